@@ -1,0 +1,74 @@
+/* The only door to the PKCS#11 token: module, login, sessions, keys, records, signatures.
+ * Nothing else in tokensign includes pkcs11.h; callers see plain data and negative errnos. */
+#pragma once
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jwk.h"
+#include "jws.h"
+
+#define HSM_ID_LEN      16
+#define HSM_MAX_SIG     512
+#define HSM_APPLICATION "tokensign"
+
+struct hsm;
+
+/* A key pair in the token, found by its CKA_ID. The private handle is refreshed in place when the
+ * token reports it stale, hence atomic: signing threads share the struct. */
+struct hsm_key {
+	uint8_t id[HSM_ID_LEN];
+	enum jws_alg alg;
+	_Atomic unsigned long priv;
+	unsigned long pub;
+};
+
+/* A CKO_DATA object of application HSM_APPLICATION: where tokensign keeps a key's metadata. */
+struct hsm_record {
+	unsigned long handle;
+	char *label;
+	char *value; /* NUL-terminated copy of CKA_VALUE */
+	size_t len;
+};
+
+/* Loads the module, finds the token (label or RFC 7512 URI), opens a session and logs in with the
+ * PIN read from pin_file (wiped right after). Returns 0 or a negative errno; hsm_last_error()
+ * says what failed. -EACCES: the PIN was refused (never retried). -ENODEV: no such token. */
+int hsm_open(const char *module, const char *token, const char *pin_file, struct hsm **ret);
+void hsm_close(struct hsm *hsm);
+
+/* Human description of the calling thread's last failure ("C_Sign: CKR_DEVICE_ERROR"). */
+const char *hsm_last_error(void);
+
+/* Cheap liveness check: the token is present and this thread's session answers. */
+int hsm_probe(struct hsm *hsm);
+
+/* Generates a key pair for alg inside the token with the SPEC §6 template, a fresh random CKA_ID
+ * and CKA_LABEL label, then checks its attributes read back. A pair that fails the check is
+ * destroyed. */
+int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, const char *label, struct hsm_key *ret);
+
+/* Finds both halves of the key pair id and checks the private key's attributes (sensitive,
+ * never extractable, always sensitive, generated in the token, sign-only) and type for alg.
+ * -ENOENT: not there; -EPERM: attributes unsafe, the key must never be used. */
+int hsm_find_key(struct hsm *hsm, const uint8_t id[HSM_ID_LEN], enum jws_alg alg,
+                 struct hsm_key *ret);
+
+/* Reads the public half as a JWK. */
+int hsm_public_jwk(struct hsm *hsm, const struct hsm_key *key, struct jwk *ret);
+
+/* Destroys both halves of a key pair (those that exist). */
+int hsm_destroy_key(struct hsm *hsm, const uint8_t id[HSM_ID_LEN]);
+
+/* Every record object; free with hsm_records_free(). */
+int hsm_list_records(struct hsm *hsm, struct hsm_record **ret, size_t *ret_n);
+void hsm_records_free(struct hsm_record *records, size_t n);
+
+/* Creates a private token record object. */
+int hsm_store_record(struct hsm *hsm, const char *label, const char *value, size_t len);
+
+/* Signs a JWS signing input with key: digest and mechanism follow key->alg; ECDSA gives R||S.
+ * Uses the calling thread's own session. Recovers once each from a closed session, a lost login
+ * and a stale handle. */
+int hsm_sign(struct hsm *hsm, struct hsm_key *key, const uint8_t *input, size_t len, uint8_t *sig,
+             size_t sig_size, size_t *ret_len);

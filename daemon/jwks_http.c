@@ -1,0 +1,271 @@
+/* HTTP for relying parties: pre-rendered JWKS with ETag/304, and the discovery document. */
+#include "jwks_http.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "etag.h"
+#include "http.h"
+#include "log.h"
+
+struct jwks_http {
+	struct daemon *d;
+	size_t n;
+	struct MHD_Daemon **mhd;
+	int *fds;
+	char cache_control[48];
+};
+
+static const char jwks_suffix[] = "/.well-known/jwks.json";
+static const char discovery_suffix[] = "/.well-known/openid-configuration";
+
+static void keyset_free_cb(void *cls)
+{
+	keyset_release(cls);
+}
+
+static void add_cache_headers(struct jwks_http *jh, struct MHD_Response *resp, const char *etag)
+{
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, jh->cache_control);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+}
+
+static enum MHD_Result reply_not_modified(struct jwks_http *jh, struct MHD_Connection *c,
+                                          const char *etag)
+{
+	struct MHD_Response *resp =
+	    MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+	enum MHD_Result r;
+
+	if (!resp)
+		return MHD_NO;
+	add_cache_headers(jh, resp, etag);
+	r = MHD_queue_response(c, MHD_HTTP_NOT_MODIFIED, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+static bool not_modified(struct MHD_Connection *c, const char *etag)
+{
+	const char *inm =
+	    MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
+	return inm && etag_none_match(inm, etag);
+}
+
+/* Serves the keyset's body as rendered at the last key change: no JSON work per request. */
+static enum MHD_Result reply_jwks(struct jwks_http *jh, struct MHD_Connection *c, size_t index)
+{
+	struct keyset *set = keyring_acquire(jh->d->keyring, index);
+	struct MHD_Response *resp;
+	enum MHD_Result r;
+
+	if (!set)
+		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+		                        "keys not loaded yet");
+	if (not_modified(c, set->etag)) {
+		r = reply_not_modified(jh, c, set->etag);
+		keyset_release(set);
+		return r;
+	}
+	resp = MHD_create_response_from_buffer_with_free_callback_cls(set->jwks_len, set->jwks,
+	                                                              keyset_free_cb, set);
+	if (!resp) {
+		keyset_release(set);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	add_cache_headers(jh, resp, set->etag);
+	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+static bool host_valid(const char *host)
+{
+	size_t n = host ? strlen(host) : 0;
+
+	return n > 0 && n < 256 &&
+	       strspn(host,
+	              "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") == n;
+}
+
+static char *discovery_render(struct jwks_http *jh, const struct issuer_conf *ic, const char *host)
+{
+	json_t *doc;
+	char *uri = NULL, *s = NULL;
+	int w;
+
+	if (jh->d->conf->jwks.public_url)
+		w = asprintf(&uri, "%s/%s%s", jh->d->conf->jwks.public_url, ic->name, jwks_suffix);
+	else
+		w = asprintf(&uri, "http://%s/%s%s", host, ic->name, jwks_suffix);
+	if (w < 0)
+		return NULL;
+	doc = json_pack("{s:s, s:s, s:[s]}", "issuer", ic->iss, "jwks_uri", uri,
+	                "id_token_signing_alg_values_supported", jws_alg_name(ic->alg));
+	if (doc)
+		s = json_dumps(doc, JSON_COMPACT);
+	json_decref(doc);
+	free(uri);
+	return s;
+}
+
+static enum MHD_Result reply_discovery(struct jwks_http *jh, struct MHD_Connection *c,
+                                       const struct issuer_conf *ic)
+{
+	const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+	struct MHD_Response *resp;
+	char etag[ETAG_SIZE];
+	enum MHD_Result r;
+	char *body;
+
+	if (!jh->d->conf->jwks.public_url && !host_valid(host))
+		return http_reply_error(c, MHD_HTTP_BAD_REQUEST, "bad_host",
+		                        "missing or invalid Host header");
+	body = discovery_render(jh, ic, host);
+	if (!body || etag_of(body, strlen(body), etag) < 0) {
+		free(body);
+		return MHD_NO;
+	}
+	if (not_modified(c, etag)) {
+		free(body);
+		return reply_not_modified(jh, c, etag);
+	}
+	resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	add_cache_headers(jh, resp, etag);
+	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+/* "/NAME/.well-known/..." -> the issuer and which document; NULL when no such issuer. */
+static const struct issuer_conf *route(struct jwks_http *jh, const char *url, bool *is_jwks,
+                                       bool *is_path)
+{
+	const char *slash;
+
+	*is_path = false;
+	if (url[0] != '/' || !(slash = strchr(url + 1, '/')))
+		return NULL;
+	if (strcmp(slash, jwks_suffix) == 0)
+		*is_jwks = true;
+	else if (strcmp(slash, discovery_suffix) == 0)
+		*is_jwks = false;
+	else
+		return NULL;
+	*is_path = true;
+	return conf_find_issuer(jh->d->conf, url + 1, (size_t)(slash - url - 1));
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **req_cls)
+{
+	struct jwks_http *jh = cls;
+	const struct issuer_conf *ic;
+	bool is_jwks = false, is_path;
+
+	ic = route(jh, url, &is_jwks, &is_path);
+	if (!is_path)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
+	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+		return http_reply_method(c, "GET, HEAD");
+	if (!ic)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
+	if (is_jwks)
+		return reply_jwks(jh, c, keyring_index(jh->d->keyring, ic));
+	return reply_discovery(jh, c, ic);
+}
+
+static int listen_socket(const struct listen_conf *lc, int *ret)
+{
+	int fd, one = 1, r;
+
+	fd = socket(lc->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* [::]:port means IPv6 only; IPv4 is its own listen line. */
+	if (lc->addr.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&lc->addr, lc->addr_len) < 0 || listen(fd, 128) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	*ret = fd;
+	return 0;
+}
+
+int jwks_http_start(struct daemon *d, struct jwks_http **ret)
+{
+	const struct conf *conf = d->conf;
+	struct jwks_http *jh = calloc(1, sizeof(*jh));
+	int r = 0;
+
+	if (!jh)
+		return -ENOMEM;
+	jh->d = d;
+	jh->mhd = calloc(conf->jwks.n_listen, sizeof(*jh->mhd));
+	jh->fds = calloc(conf->jwks.n_listen, sizeof(*jh->fds));
+	if (!jh->mhd || !jh->fds) {
+		jwks_http_stop(jh);
+		return -ENOMEM;
+	}
+	snprintf(jh->cache_control, sizeof(jh->cache_control), "public, max-age=%llu",
+	         (unsigned long long)conf->jwks.max_age);
+	for (size_t i = 0; i < conf->jwks.n_listen; i++) {
+		const struct listen_conf *lc = &conf->jwks.listen[i];
+		jh->fds[i] = -1;
+		jh->n = i + 1;
+		if ((r = listen_socket(lc, &jh->fds[i])) < 0) {
+			log_error("cannot listen on %s: %s", lc->text, strerror(-r));
+			break;
+		}
+		jh->mhd[i] = MHD_start_daemon(
+		    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL,
+		    NULL, on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, http_log, jh,
+		    MHD_OPTION_LISTEN_SOCKET, jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT,
+		    (unsigned)30, MHD_OPTION_END);
+		if (!jh->mhd[i]) {
+			log_error("cannot start the JWKS server on %s", lc->text);
+			r = -EIO;
+			break;
+		}
+	}
+	if (r < 0) {
+		jwks_http_stop(jh);
+		return r;
+	}
+	*ret = jh;
+	return 0;
+}
+
+void jwks_http_stop(struct jwks_http *jh)
+{
+	if (!jh)
+		return;
+	for (size_t i = 0; i < jh->n; i++) {
+		/* libmicrohttpd closes the listen socket it was given. */
+		if (jh->mhd && jh->mhd[i])
+			MHD_stop_daemon(jh->mhd[i]);
+		else if (jh->fds && jh->fds[i] >= 0)
+			close(jh->fds[i]);
+	}
+	free(jh->mhd);
+	free(jh->fds);
+	free(jh);
+}

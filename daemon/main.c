@@ -1,0 +1,215 @@
+/* tokensignd: arguments -> run(): configuration, token, keys, sockets, then wait for a signal. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "daemon.h"
+#include "jwks_http.h"
+#include "log.h"
+#include "sign_api.h"
+
+#define DEFAULT_CONFIG "/etc/tokensign/tokensignd.conf"
+
+static void usage(FILE *out)
+{
+	fprintf(
+	    out,
+	    "Usage: tokensignd [-c FILE] [--check-config]\n"
+	    "\n"
+	    "Signs JWTs with keys that never leave a PKCS#11 token, and publishes each issuer's\n"
+	    "JWKS. Runs in the foreground (systemd Type=notify); stop it with SIGTERM.\n"
+	    "\n"
+	    "  -c, --config FILE   configuration file (default: " DEFAULT_CONFIG ")\n"
+	    "      --check-config  validate the configuration, print every problem, exit 0 or 1\n"
+	    "  -h, --help          show this help\n"
+	    "      --version       show the version\n"
+	    "\n"
+	    "Signing API: POST /v1/issuers/NAME/sign on the [sign] socket (see docs/api.md).\n"
+	    "JWKS: GET /NAME/.well-known/jwks.json on each [jwks] listen address.\n");
+}
+
+static int config_load(const char *path, struct conf **ret)
+{
+	struct conf_errors errs = {0};
+	int r = conf_load(path, ret, &errs);
+
+	for (size_t i = 0; i < errs.n; i++)
+		fprintf(stderr, "%s\n", errs.msgs[i]);
+	conf_errors_clear(&errs);
+	return r;
+}
+
+bool daemon_ready(struct daemon *d, const char **why)
+{
+	if (hsm_probe(d->hsm) < 0) {
+		*why = "token unreachable";
+		return false;
+	}
+	for (size_t i = 0; i < d->keyring->n; i++) {
+		struct keyset *set = keyring_acquire(d->keyring, i);
+		bool ok = set && set->active;
+		keyset_release(set);
+		if (!ok) {
+			*why = d->keyring->issuers[i].conf->name;
+			return false;
+		}
+	}
+	return true;
+}
+
+static void notify_status(const struct daemon *d)
+{
+	char status[256];
+	size_t used = 0;
+
+	used += (size_t)snprintf(status, sizeof(status), "READY=1\nSTATUS=signing:");
+	for (size_t i = 0; i < d->keyring->n && used < sizeof(status); i++) {
+		struct keyset *set = keyring_acquire(d->keyring, i);
+		used += (size_t)snprintf(status + used, sizeof(status) - used, " %s=%.8s",
+		                         d->keyring->issuers[i].conf->name,
+		                         set && set->active ? set->active->kid : "none");
+		keyset_release(set);
+	}
+	sd_notify(0, status);
+}
+
+/* Loads the token's view and makes the first key of any issuer that has none. */
+static int keys_start(struct daemon *d)
+{
+	int64_t now = (int64_t)time(NULL);
+	int r;
+
+	sd_notify(0, "STATUS=Loading keys from the token");
+	r = keyring_new(d->hsm, d->conf, &d->keyring);
+	if (r == 0)
+		r = keyring_load(d->keyring, now);
+	if (r == 0) {
+		sd_notify(0, "STATUS=Generating first keys where needed");
+		r = keyring_bootstrap(d->keyring, now);
+	}
+	return r;
+}
+
+static int wait_for_signal(void)
+{
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	for (;;) {
+		if (sigwait(&set, &sig) != 0)
+			return -EINTR;
+		if (sig == SIGHUP) {
+			log_notice("SIGHUP: configuration reload is not supported yet; restart "
+			           "the daemon to apply changes");
+			continue;
+		}
+		log_notice("signal %d: shutting down", sig);
+		sd_notify(0, "STOPPING=1");
+		return 0;
+	}
+}
+
+static void block_signals(void)
+{
+	sigset_t set;
+
+	/* Blocked before any thread starts, so only sigwait() sees them. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}
+
+static int run(const char *config_path)
+{
+	struct daemon d = {0};
+	int r;
+
+	/* SoftHSM keeps key material in our address space: a core file would leak it. */
+	prctl(PR_SET_DUMPABLE, 0);
+	block_signals();
+	if (config_load(config_path, &d.conf) < 0)
+		return 1;
+	sd_notify(0, "STATUS=Logging in to the token");
+	r = hsm_open(d.conf->hsm.module, d.conf->hsm.token, d.conf->hsm.pin_file, &d.hsm);
+	if (r < 0) {
+		log_error("cannot use the token: %s", hsm_last_error());
+		goto out;
+	}
+	if ((r = keys_start(&d)) < 0)
+		goto out;
+	sd_notify(0, "STATUS=Opening sockets");
+	if ((r = sign_api_start(&d, &d.sign)) < 0 || (r = jwks_http_start(&d, &d.jwks)) < 0)
+		goto out;
+	log_notice("ready: %zu issuer(s), signing on %s", d.conf->n_issuers, d.conf->sign.path);
+	notify_status(&d);
+	r = wait_for_signal();
+out:
+	jwks_http_stop(d.jwks);
+	sign_api_stop(d.sign);
+	keyring_free(d.keyring);
+	hsm_close(d.hsm);
+	conf_free(d.conf);
+	return r < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {
+	    {"config", required_argument, NULL, 'c'},
+	    {"check-config", no_argument, NULL, 'C'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {0},
+	};
+	const char *config = DEFAULT_CONFIG;
+	bool check = false;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			config = optarg;
+			break;
+		case 'C':
+			check = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("tokensignd %s\n", TOKENSIGN_VERSION);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "tokensignd: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	if (check) {
+		struct conf *conf = NULL;
+		if (config_load(config, &conf) < 0)
+			return 1;
+		printf("%s: OK, %zu issuer(s)\n", config, conf->n_issuers);
+		conf_free(conf);
+		return 0;
+	}
+	return run(config);
+}

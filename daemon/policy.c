@@ -1,0 +1,304 @@
+/* The claim rules of SPEC §4, applied to a request body before anything is signed. */
+#include "policy.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "b64url.h"
+
+/* Members a caller might use to smuggle a JOSE header parameter into the token. */
+static const char *const header_parameters[] = {
+    "alg", "kid", "jku", "jwk", "x5u",    "x5c",       "x5t",     "x5t#S256", "crit",
+    "cty", "enc", "zip", "b64", "header", "protected", "headers", NULL,
+};
+
+static int refuse(struct policy_error *err, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int refuse(struct policy_error *err, const char *code, const char *fmt, ...)
+{
+	va_list ap;
+
+	err->status = 400;
+	err->code = code;
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+static int refuse_parse(const json_error_t *jerr, struct policy_error *err)
+{
+	switch (json_error_code(jerr)) {
+	case json_error_out_of_memory:
+		return -ENOMEM;
+	case json_error_invalid_utf8:
+	case json_error_null_character:
+	case json_error_null_byte_in_key:
+		return refuse(err, "invalid_utf8", "body is not valid UTF-8 or holds a NUL: %s",
+		              jerr->text);
+	case json_error_duplicate_key:
+		return refuse(err, "duplicate_member", "%s", jerr->text);
+	case json_error_stack_overflow:
+		return refuse(err, "too_deep", "nesting deeper than %d levels", POLICY_MAX_DEPTH);
+	default:
+		return refuse(err, "invalid_json", "invalid JSON at byte %d: %s", jerr->position,
+		              jerr->text);
+	}
+}
+
+/* True when v nests deeper than limit; the body object itself is level 1. Stops descending
+ * once the limit is passed, so recursion is bounded by the limit, not by the input. */
+static bool too_deep(json_t *v, int level, int limit)
+{
+	const char *key;
+	json_t *child;
+	size_t i;
+
+	if (!json_is_object(v) && !json_is_array(v))
+		return false;
+	if (level > limit)
+		return true;
+	if (json_is_object(v)) {
+		json_object_foreach(v, key,
+		                    child) if (too_deep(child, level + 1, limit)) return true;
+	} else {
+		json_array_foreach(v, i, child) if (too_deep(child, level + 1, limit)) return true;
+	}
+	return false;
+}
+
+static bool is_header_parameter(const char *name)
+{
+	for (const char *const *p = header_parameters; *p; p++)
+		if (strcmp(*p, name) == 0)
+			return true;
+	return false;
+}
+
+static int check_members(json_t *root, struct policy_error *err)
+{
+	const char *key;
+	json_t *v;
+
+	json_object_foreach(root, key, v)
+	{
+		if (strcmp(key, "claims") == 0 || strcmp(key, "typ") == 0)
+			continue;
+		if (is_header_parameter(key))
+			return refuse(err, "header_parameter",
+			              "'%.40s' is a JOSE header parameter; the header is built by "
+			              "the daemon alone",
+			              key);
+		return refuse(err, "unknown_member",
+		              "unknown member '%.40s'; the body has only 'claims' and 'typ'", key);
+	}
+	return 0;
+}
+
+static int pick_typ(const struct issuer_conf *ic, json_t *root, const char **ret,
+                    struct policy_error *err)
+{
+	json_t *typ = json_object_get(root, "typ");
+
+	if (!typ) {
+		*ret = ic->token_types[0];
+		return 0;
+	}
+	if (!json_is_string(typ))
+		return refuse(err, "typ_invalid", "'typ' must be a string");
+	for (size_t i = 0; i < ic->n_token_types; i++) {
+		if (strcmp(ic->token_types[i], json_string_value(typ)) == 0) {
+			*ret = ic->token_types[i];
+			return 0;
+		}
+	}
+	return refuse(err, "typ_not_allowed", "typ '%.40s' is not allowed for issuer %s",
+	              json_string_value(typ), ic->name);
+}
+
+static int check_one_aud(const struct issuer_conf *ic, json_t *v, struct policy_error *err)
+{
+	if (!json_is_string(v) || json_string_length(v) == 0)
+		return refuse(err, "aud_invalid",
+		              "'aud' must be a non-empty string or a non-empty array of them");
+	if (!issuer_aud_allowed(ic, json_string_value(v)))
+		return refuse(err, "aud_not_allowed",
+		              "audience '%.60s' is not allowed for issuer %s", json_string_value(v),
+		              ic->name);
+	return 0;
+}
+
+static int check_aud(const struct issuer_conf *ic, json_t *claims, struct policy_error *err)
+{
+	json_t *aud = json_object_get(claims, "aud"), *v;
+	size_t i;
+	int r;
+
+	if (!aud)
+		return refuse(err, "aud_missing", "'aud' is required");
+	if (!json_is_array(aud))
+		return check_one_aud(ic, aud, err);
+	if (json_array_size(aud) == 0)
+		return refuse(err, "aud_invalid", "'aud' must not be an empty array");
+	json_array_foreach(aud, i, v) if ((r = check_one_aud(ic, v, err)) < 0) return r;
+	return 0;
+}
+
+static int check_times(const struct issuer_conf *ic, json_t *claims, int64_t now, int64_t *ret_exp,
+                       struct policy_error *err)
+{
+	json_t *exp = json_object_get(claims, "exp"), *nbf = json_object_get(claims, "nbf");
+	int64_t e = now + (int64_t)ic->token_ttl;
+
+	if (exp) {
+		if (!json_is_integer(exp))
+			return refuse(err, "exp_invalid", "'exp' must be an integer NumericDate");
+		e = json_integer_value(exp);
+		if (e <= now)
+			return refuse(err, "exp_in_past", "'exp' is not in the future");
+		if (e > now + (int64_t)ic->max_token_ttl)
+			return refuse(err, "exp_too_far", "'exp' is more than %llus from now",
+			              (unsigned long long)ic->max_token_ttl);
+	}
+	if (nbf) {
+		if (!json_is_integer(nbf))
+			return refuse(err, "nbf_invalid", "'nbf' must be an integer NumericDate");
+		if (json_integer_value(nbf) > e)
+			return refuse(err, "nbf_after_exp", "'nbf' is after 'exp'");
+	}
+	*ret_exp = e;
+	return 0;
+}
+
+static size_t utf8_length(const char *s)
+{
+	size_t n = 0;
+
+	for (; *s; s++)
+		if (((unsigned char)*s & 0xc0) != 0x80)
+			n++;
+	return n;
+}
+
+static int check_iss_iat(const struct issuer_conf *ic, json_t *claims, struct policy_error *err)
+{
+	json_t *iss = json_object_get(claims, "iss");
+
+	if (iss && (!json_is_string(iss) || strcmp(json_string_value(iss), ic->iss) != 0))
+		return refuse(err, "iss_mismatch", "issuer %s signs only for iss '%.80s'", ic->name,
+		              ic->iss);
+	if (json_object_get(claims, "iat"))
+		return refuse(err, "iat_forbidden", "'iat' is set by the daemon");
+	return 0;
+}
+
+static int check_jti(json_t *claims, struct policy_error *err)
+{
+	json_t *jti = json_object_get(claims, "jti");
+	size_t n;
+
+	if (!jti)
+		return 0;
+	n = json_is_string(jti) ? utf8_length(json_string_value(jti)) : 0;
+	if (n < 1 || n > 128)
+		return refuse(err, "jti_invalid", "'jti' must be a string of 1 to 128 characters");
+	return 0;
+}
+
+/* Sets the claims the daemon owns; existing members keep their place, new ones are appended. */
+static int complete_claims(const struct issuer_conf *ic, json_t *claims, int64_t now, int64_t exp,
+                           const uint8_t jti_random[POLICY_JTI_BYTES])
+{
+	char jti[32];
+
+	if (json_object_set_new(claims, "iss", json_string(ic->iss)) < 0 ||
+	    json_object_set_new(claims, "iat", json_integer(now)) < 0 ||
+	    json_object_set_new(claims, "exp", json_integer(exp)) < 0)
+		return -ENOMEM;
+	if (!json_object_get(claims, "jti")) {
+		b64url_encode(jti_random, POLICY_JTI_BYTES, jti);
+		if (json_object_set_new(claims, "jti", json_string(jti)) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int64_t now,
+                 const uint8_t jti_random[POLICY_JTI_BYTES], struct signing_request *ret,
+                 struct policy_error *err)
+{
+	json_error_t jerr;
+	json_t *root, *claims;
+	const char *typ = NULL;
+	int64_t exp = 0;
+	char *payload;
+	int r;
+
+	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root)
+		return refuse_parse(&jerr, err);
+	if (too_deep(root, 1, POLICY_MAX_DEPTH)) {
+		r = refuse(err, "too_deep", "nesting deeper than %d levels", POLICY_MAX_DEPTH);
+		goto out;
+	}
+	if (!json_is_object(root)) {
+		r = refuse(err, "body_not_object", "the body must be a JSON object");
+		goto out;
+	}
+	if ((r = check_members(root, err)) < 0)
+		goto out;
+	claims = json_object_get(root, "claims");
+	if (!claims) {
+		r = refuse(err, "claims_missing", "'claims' is required");
+		goto out;
+	}
+	if (!json_is_object(claims)) {
+		r = refuse(err, "claims_not_object", "'claims' must be a JSON object");
+		goto out;
+	}
+	/* The order of docs/api.md's table. */
+	if ((r = pick_typ(ic, root, &typ, err)) < 0 || (r = check_iss_iat(ic, claims, err)) < 0 ||
+	    (r = check_aud(ic, claims, err)) < 0 ||
+	    (r = check_times(ic, claims, now, &exp, err)) < 0 || (r = check_jti(claims, err)) < 0)
+		goto out;
+	if ((r = complete_claims(ic, claims, now, exp, jti_random)) < 0)
+		goto out;
+	payload = json_dumps(claims, JSON_COMPACT);
+	if (!payload) {
+		r = -ENOMEM;
+		goto out;
+	}
+	ret->payload = payload;
+	ret->payload_len = strlen(payload);
+	ret->typ = typ;
+	ret->iat = now;
+	ret->exp = exp;
+	r = 0;
+out:
+	json_decref(root);
+	return r;
+}
+
+int policy_content_type_ok(const char *value)
+{
+	size_t n;
+
+	if (!value)
+		return 0;
+	while (*value == ' ' || *value == '\t')
+		value++;
+	n = strcspn(value, "; \t");
+	if (n != strlen("application/json") || strncasecmp(value, "application/json", n) != 0)
+		return 0;
+	value += n;
+	while (*value == ' ' || *value == '\t')
+		value++;
+	return *value == '\0' || *value == ';';
+}

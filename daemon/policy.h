@@ -1,0 +1,35 @@
+/* The claim policy of SPEC §4: from a request body to the exact payload the daemon will sign. */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conf.h"
+
+#define POLICY_MAX_BODY  (64 * 1024)
+#define POLICY_MAX_DEPTH 32
+#define POLICY_JTI_BYTES 16
+
+/* Why a request was refused: HTTP status, a stable code for programs, a message for people. */
+struct policy_error {
+	int status;
+	const char *code;
+	char message[192];
+};
+
+/* What the policy decided; payload is the claims exactly as they will be signed. */
+struct signing_request {
+	char *payload; /* compact JSON, caller frees */
+	size_t payload_len;
+	const char *typ; /* points into the issuer's token_types */
+	int64_t iat, exp;
+};
+
+/* Applies every claim rule of the issuer to body (len bytes, not NUL-terminated). now is the
+ * current time; jti_random supplies the 128 random bits of a generated jti. Returns 0 and fills
+ * *ret, or -EINVAL (refused, err says why: status 400) / -ENOMEM. *ret is untouched on failure. */
+int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int64_t now,
+                 const uint8_t jti_random[POLICY_JTI_BYTES], struct signing_request *ret,
+                 struct policy_error *err);
+
+/* True when a Content-Type header value names application/json (parameters allowed). */
+int policy_content_type_ok(const char *value);

@@ -1,0 +1,399 @@
+/* HTTP on the sign socket: route, caller check, body, then policy -> jws -> hsm -> token. */
+#include "sign_api.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+#include <openssl/rand.h>
+
+#include "http.h"
+#include "jws.h"
+#include "log.h"
+#include "peer.h"
+#include "policy.h"
+
+struct sign_api {
+	struct daemon *d;
+	struct MHD_Daemon *mhd;
+	int fd;
+	char *path;
+};
+
+enum route {
+	ROUTE_SIGN,
+	ROUTE_JWKS,
+};
+
+/* Per request state, from the headers to the last body byte. */
+struct request {
+	enum route route;
+	const struct issuer_conf *ic;
+	char *body;
+	size_t len;
+	bool too_large;
+};
+
+/* Per connection: the caller, read once; SO_PEERCRED is fixed at connect() anyway. */
+struct connection {
+	int err;
+	struct peer peer;
+};
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode code)
+{
+	struct connection *conn;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		free(*socket_ctx);
+		*socket_ctx = NULL;
+		return;
+	}
+	conn = calloc(1, sizeof(*conn));
+	if (!conn)
+		return;
+	conn->err = peer_from_fd(
+	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd, &conn->peer);
+	*socket_ctx = conn;
+}
+
+static const struct connection *connection_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return ci ? ci->socket_context : NULL;
+}
+
+static enum MHD_Result reply_simple(struct sign_api *api, struct MHD_Connection *c, const char *url,
+                                    const char *method)
+{
+	const char *why = NULL;
+
+	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+		return http_reply_method(c, "GET, HEAD");
+	if (strcmp(url, "/healthz") == 0)
+		return http_reply_json(c, MHD_HTTP_OK, "{\"status\":\"ok\"}");
+	if (daemon_ready(api->d, &why))
+		return http_reply_json(c, MHD_HTTP_OK, "{\"status\":\"ready\"}");
+	json_t *obj = json_pack("{s:s, s:s}", "status", "not_ready", "reason", why);
+	char *body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	enum MHD_Result r = body ? http_reply_json(c, MHD_HTTP_SERVICE_UNAVAILABLE, body) : MHD_NO;
+	json_decref(obj);
+	free(body);
+	return r;
+}
+
+/* "/v1/issuers/NAME/sign" -> route and NAME; false for any other shape. */
+static bool parse_issuer_path(const char *url, enum route *route, const char **name, size_t *len)
+{
+	const char *p = url + strlen("/v1/issuers/"), *slash;
+
+	if (strncmp(url, "/v1/issuers/", 12) != 0)
+		return false;
+	slash = strchr(p, '/');
+	if (!slash || slash == p)
+		return false;
+	if (strcmp(slash, "/sign") == 0)
+		*route = ROUTE_SIGN;
+	else if (strcmp(slash, "/jwks") == 0)
+		*route = ROUTE_JWKS;
+	else
+		return false;
+	*name = p;
+	*len = (size_t)(slash - p);
+	return true;
+}
+
+static void keyset_free_cb(void *cls)
+{
+	keyset_release(cls);
+}
+
+/* Queues the issuer's rendered JWKS without copying it; the response holds the keyset. */
+static enum MHD_Result reply_jwks(struct daemon *d, struct MHD_Connection *c,
+                                  const struct issuer_conf *ic)
+{
+	struct keyset *set = keyring_acquire(d->keyring, keyring_index(d->keyring, ic));
+	struct MHD_Response *resp;
+	enum MHD_Result r;
+
+	if (!set)
+		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
+		                        "no keys loaded");
+	resp = MHD_create_response_from_buffer_with_free_callback_cls(set->jwks_len, set->jwks,
+	                                                              keyset_free_cb, set);
+	if (!resp) {
+		keyset_release(set);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, set->etag);
+	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+/* The checks that need only the headers, in SPEC order: 404 path, 405, 404 issuer, 403, 413. */
+static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c, const char *url,
+                                  const char *method, void **req_cls)
+{
+	const struct connection *conn = connection_of(c);
+	struct request *rq;
+	const char *name, *cl;
+	enum route route;
+	size_t len;
+
+	if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0)
+		return reply_simple(api, c, url, method);
+	if (!parse_issuer_path(url, &route, &name, &len))
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
+	if (route == ROUTE_SIGN && strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+		return http_reply_method(c, "POST");
+	if (route == ROUTE_JWKS && strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
+	    strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+		return http_reply_method(c, "GET, HEAD");
+	const struct issuer_conf *ic = conf_find_issuer(api->d->conf, name, len);
+	if (!ic)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
+	if (route == ROUTE_JWKS)
+		return reply_jwks(api->d, c, ic);
+	if (!conn || conn->err < 0) {
+		log_error("issuer %s: cannot read the caller's credentials: %s", ic->name,
+		          strerror(conn ? -conn->err : ENOMEM));
+		return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
+		                        "caller credentials unavailable");
+	}
+	if (!peer_allowed(&conn->peer, ic->allow, ic->n_allow)) {
+		log_warning("issuer %s: refused caller uid %u pid %d (not in allow)", ic->name,
+		            (unsigned)conn->peer.uid, (int)conn->peer.pid);
+		return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
+		                        "this caller may not sign for this issuer");
+	}
+	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl && strtoull(cl, NULL, 10) > POLICY_MAX_BODY)
+		return http_reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+		                        "the body is over 64 KiB");
+	rq = calloc(1, sizeof(*rq));
+	if (!rq)
+		return MHD_NO;
+	rq->route = route;
+	rq->ic = ic;
+	*req_cls = rq;
+	return MHD_YES;
+}
+
+static void body_append(struct request *rq, const char *data, size_t n)
+{
+	char *grown;
+
+	if (rq->too_large || rq->len + n > POLICY_MAX_BODY) {
+		rq->too_large = true;
+		return;
+	}
+	grown = realloc(rq->body, rq->len + n + 1);
+	if (!grown) {
+		rq->too_large = true;
+		return;
+	}
+	memcpy(grown + rq->len, data, n);
+	rq->body = grown;
+	rq->len += n;
+}
+
+static char *answer_format(const char *token, const struct key *k, enum jws_alg alg,
+                           const struct signing_request *sr)
+{
+	char *s = NULL;
+
+	/* token and kid are base64url, alg a fixed name: nothing here needs JSON escaping. */
+	if (asprintf(&s,
+	             "{\"token\":\"%s\",\"kid\":\"%s\",\"alg\":\"%s\",\"iat\":%lld,\"exp\":%lld}",
+	             token, k->kid, jws_alg_name(alg), (long long)sr->iat, (long long)sr->exp) < 0)
+		return NULL;
+	return s;
+}
+
+/* Signs sr with the issuer's active key; on failure queues the error answer itself. */
+static enum MHD_Result sign_and_reply(struct sign_api *api, struct MHD_Connection *c,
+                                      const struct issuer_conf *ic,
+                                      const struct signing_request *sr)
+{
+	struct keyset *set = keyring_acquire(api->d->keyring, keyring_index(api->d->keyring, ic));
+	uint8_t sig[HSM_MAX_SIG];
+	size_t sig_len = 0, input_len = 0;
+	char *input = NULL, *token = NULL, *answer = NULL;
+	enum MHD_Result ret;
+	int r;
+
+	if (!set || !set->active) {
+		keyset_release(set);
+		log_error("issuer %s: no active key; refusing to sign", ic->name);
+		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
+		                        "the issuer has no key that may sign now");
+	}
+	r = jws_signing_input(ic->alg, set->active->kid, sr->typ, sr->payload, sr->payload_len,
+	                      &input, &input_len);
+	if (r == 0) {
+		r = hsm_sign(api->d->hsm, &set->active->hk, (const uint8_t *)input, input_len, sig,
+		             sizeof(sig), &sig_len);
+		if (r < 0)
+			log_error("issuer %s: key %s: signing failed: %s", ic->name,
+			          set->active->kid, hsm_last_error());
+	}
+	if (r == 0 && (r = jws_compact(input, input_len, sig, sig_len, &token)) == 0)
+		answer = answer_format(token, set->active, ic->alg, sr);
+	if (r < 0 || !answer)
+		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
+		                       "the token did not sign; see the daemon's log");
+	else
+		ret = http_reply_json(c, MHD_HTTP_OK, answer);
+	keyset_release(set);
+	free(input);
+	free(token);
+	free(answer);
+	return ret;
+}
+
+static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *c,
+                                   struct request *rq)
+{
+	struct signing_request sr = {0};
+	struct policy_error perr = {0};
+	uint8_t jti[POLICY_JTI_BYTES];
+	enum MHD_Result ret;
+	int r;
+
+	if (rq->too_large)
+		return http_reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+		                        "the body is over 64 KiB");
+	if (!policy_content_type_ok(
+	        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
+		return http_reply_error(c, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
+		                        "unsupported_media_type",
+		                        "Content-Type must be application/json");
+	if (RAND_bytes(jti, sizeof(jti)) != 1)
+		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
+		                        "no randomness for jti");
+	r = policy_apply(rq->ic, rq->body ? rq->body : "", rq->len, (int64_t)time(NULL), jti, &sr,
+	                 &perr);
+	if (r == -EINVAL)
+		return http_reply_error(c, (unsigned)perr.status, perr.code, perr.message);
+	if (r < 0)
+		return MHD_NO;
+	ret = sign_and_reply(api, c, rq->ic, &sr);
+	free(sr.payload);
+	return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **req_cls)
+{
+	struct sign_api *api = cls;
+	struct request *rq = *req_cls;
+
+	if (!rq)
+		return on_headers(api, c, url, method, req_cls);
+	if (*upload_size) {
+		body_append(rq, upload, *upload_size);
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	return on_complete(api, c, rq);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+	struct request *rq = *req_cls;
+
+	if (!rq)
+		return;
+	free(rq->body);
+	free(rq);
+	*req_cls = NULL;
+}
+
+static int socket_create(const struct sock_conf *sc, int *ret)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, r;
+
+	strncpy(sa.sun_path, sc->path, sizeof(sa.sun_path) - 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	/* A stale socket file from a crash would make bind fail; only ever remove a socket. */
+	struct stat st;
+	if (lstat(sc->path, &st) == 0 && S_ISSOCK(st.st_mode))
+		unlink(sc->path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(sc->path, sc->mode) < 0 ||
+	    (sc->has_group && chown(sc->path, (uid_t)-1, sc->gid) < 0) || listen(fd, 128) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	*ret = fd;
+	return 0;
+}
+
+static unsigned worker_threads(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 2 ? 2 : n > 16 ? 16 : (unsigned)n;
+}
+
+int sign_api_start(struct daemon *d, struct sign_api **ret)
+{
+	struct sign_api *api = calloc(1, sizeof(*api));
+	int r;
+
+	if (!api)
+		return -ENOMEM;
+	api->d = d;
+	api->path = strdup(d->conf->sign.path);
+	r = socket_create(&d->conf->sign, &api->fd);
+	if (r < 0) {
+		log_error("cannot listen on %s: %s", d->conf->sign.path, strerror(-r));
+		free(api->path);
+		free(api);
+		return r;
+	}
+	/* A thread pool: each worker signs on its own PKCS#11 session. */
+	api->mhd = MHD_start_daemon(
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+	    on_request, api, MHD_OPTION_EXTERNAL_LOGGER, http_log, api, MHD_OPTION_LISTEN_SOCKET,
+	    api->fd, MHD_OPTION_THREAD_POOL_SIZE, worker_threads(), MHD_OPTION_NOTIFY_CONNECTION,
+	    on_connection, api, MHD_OPTION_NOTIFY_COMPLETED, on_completed, api,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
+	if (!api->mhd) {
+		log_error("cannot start the HTTP server on %s", api->path);
+		sign_api_stop(api);
+		return -EIO;
+	}
+	*ret = api;
+	return 0;
+}
+
+void sign_api_stop(struct sign_api *api)
+{
+	if (!api)
+		return;
+	/* libmicrohttpd closes the listen socket it was given. */
+	if (api->mhd)
+		MHD_stop_daemon(api->mhd);
+	else if (api->fd >= 0)
+		close(api->fd);
+	unlink(api->path);
+	free(api->path);
+	free(api);
+}

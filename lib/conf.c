@@ -1,0 +1,839 @@
+/* Loading and validating the configuration file with libinih; every problem names file and line. */
+#include "conf.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+#include <ini.h>
+
+#include "duration.h"
+
+#define CONF_MAX_LINE 4096
+
+struct seen_key {
+	char *section;
+	char *name;
+};
+
+struct parser {
+	const char *path;
+	FILE *f;
+	char *buf;
+	size_t cap;
+	unsigned line;
+	struct conf *conf;
+	struct conf_errors *errs;
+	char *section;         /* current section, as written */
+	bool section_known;    /* false: keys below it are not reported again */
+	struct seen_key *seen; /* every name set so far, to refuse repetitions */
+	size_t n_seen;
+	unsigned hsm_line, sign_line, jwks_line, admin_line;
+	bool max_age_set;
+};
+
+static void conf_error(struct parser *p, unsigned line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void errs_add(struct conf_errors *errs, char *msg)
+{
+	char **n;
+
+	if (!msg)
+		return;
+	n = realloc(errs->msgs, (errs->n + 1) * sizeof(*n));
+	if (!n) {
+		free(msg);
+		return;
+	}
+	errs->msgs = n;
+	errs->msgs[errs->n++] = msg;
+}
+
+static void conf_error(struct parser *p, unsigned line, const char *fmt, ...)
+{
+	char *reason = NULL, *msg = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&reason, fmt, ap) < 0)
+		reason = NULL;
+	va_end(ap);
+	if (!reason)
+		return;
+	if (line > 0) {
+		if (asprintf(&msg, "%s:%u: %s", p->path, line, reason) < 0)
+			msg = NULL;
+	} else if (asprintf(&msg, "%s: %s", p->path, reason) < 0) {
+		msg = NULL;
+	}
+	free(reason);
+	errs_add(p->errs, msg);
+}
+
+void conf_errors_clear(struct conf_errors *errs)
+{
+	for (size_t i = 0; i < errs->n; i++)
+		free(errs->msgs[i]);
+	free(errs->msgs);
+	errs->msgs = NULL;
+	errs->n = 0;
+}
+
+static void free_strv(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static void issuer_conf_clear(struct issuer_conf *ic)
+{
+	free(ic->name);
+	free(ic->iss);
+	free_strv(ic->audiences, ic->n_audiences);
+	free_strv(ic->token_types, ic->n_token_types);
+	free(ic->allow);
+}
+
+void conf_free(struct conf *conf)
+{
+	if (!conf)
+		return;
+	free(conf->hsm.module);
+	free(conf->hsm.token);
+	free(conf->hsm.pin_file);
+	free(conf->sign.path);
+	free(conf->admin.path);
+	for (size_t i = 0; i < conf->jwks.n_listen; i++)
+		free(conf->jwks.listen[i].text);
+	free(conf->jwks.listen);
+	free(conf->jwks.public_url);
+	for (size_t i = 0; i < conf->n_issuers; i++)
+		issuer_conf_clear(&conf->issuers[i]);
+	free(conf->issuers);
+	free(conf);
+}
+
+const struct issuer_conf *conf_find_issuer(const struct conf *conf, const char *name, size_t len)
+{
+	for (size_t i = 0; i < conf->n_issuers; i++) {
+		const struct issuer_conf *ic = &conf->issuers[i];
+		if (strlen(ic->name) == len && memcmp(ic->name, name, len) == 0)
+			return ic;
+	}
+	return NULL;
+}
+
+bool issuer_typ_allowed(const struct issuer_conf *ic, const char *typ)
+{
+	for (size_t i = 0; i < ic->n_token_types; i++)
+		if (strcmp(ic->token_types[i], typ) == 0)
+			return true;
+	return false;
+}
+
+bool issuer_aud_allowed(const struct issuer_conf *ic, const char *aud)
+{
+	if (!ic->audiences)
+		return true;
+	for (size_t i = 0; i < ic->n_audiences; i++)
+		if (strcmp(ic->audiences[i], aud) == 0)
+			return true;
+	return false;
+}
+
+/* ---- values ---- */
+
+static bool issuer_name_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n < 1 || n > 32)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+			return false;
+	return true;
+}
+
+/* RFC 6838 restricted-name characters: what a media-type-like typ may contain. */
+static bool token_type_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n < 1 || n > 64)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && !strchr("!#$&^_.+-", s[i]))
+			return false;
+	return true;
+}
+
+static bool text_printable(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
+static int parse_u32(const char *s, uint32_t *ret)
+{
+	char *end;
+	unsigned long v;
+
+	if (!isdigit((unsigned char)*s))
+		return -EINVAL;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || *end || v > UINT32_MAX - 1)
+		return -EINVAL;
+	*ret = (uint32_t)v;
+	return 0;
+}
+
+static int parse_mode(const char *s, mode_t *ret)
+{
+	char *end;
+	unsigned long v;
+
+	if (!*s || strspn(s, "01234567") != strlen(s))
+		return -EINVAL;
+	v = strtoul(s, &end, 8);
+	if (*end || v > 0777)
+		return -EINVAL;
+	*ret = (mode_t)v;
+	return 0;
+}
+
+static int parse_listen(const char *s, struct listen_conf *ret)
+{
+	char host[64];
+	const char *colon, *h = s;
+	size_t hlen;
+	uint32_t port;
+
+	memset(ret, 0, sizeof(*ret));
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || close[1] != ':')
+			return -EINVAL;
+		h = s + 1;
+		hlen = (size_t)(close - h);
+		colon = close + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon)
+			return -EINVAL;
+		hlen = (size_t)(colon - s);
+	}
+	if (hlen == 0 || hlen >= sizeof(host) || parse_u32(colon + 1, &port) < 0 || port == 0 ||
+	    port > 65535)
+		return -EINVAL;
+	memcpy(host, h, hlen);
+	host[hlen] = '\0';
+	if (s[0] == '[') {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ret->addr;
+		if (inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
+			return -EINVAL;
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons((uint16_t)port);
+		ret->addr_len = sizeof(*a6);
+	} else {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)&ret->addr;
+		if (inet_pton(AF_INET, host, &a4->sin_addr) != 1)
+			return -EINVAL;
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons((uint16_t)port);
+		ret->addr_len = sizeof(*a4);
+	}
+	return 0;
+}
+
+/* Splits a comma-separated list, trimming blanks; empty items are an error. */
+static int split_list(const char *s, char ***ret, size_t *ret_n)
+{
+	char **v = NULL;
+	size_t n = 0;
+	const char *p = s;
+
+	for (;;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		char **nv;
+
+		while (len > 0 && isspace((unsigned char)*p)) {
+			p++;
+			len--;
+		}
+		while (len > 0 && isspace((unsigned char)p[len - 1]))
+			len--;
+		if (len == 0)
+			goto fail;
+		nv = realloc(v, (n + 1) * sizeof(*v));
+		if (!nv)
+			goto fail;
+		v = nv;
+		v[n] = strndup(p, len);
+		if (!v[n])
+			goto fail;
+		n++;
+		if (!end)
+			break;
+		p = end + 1;
+	}
+	*ret = v;
+	*ret_n = n;
+	return 0;
+fail:
+	free_strv(v, n);
+	return -EINVAL;
+}
+
+static int parse_allow_item(const char *item, struct allow_rule *ret, const char **why)
+{
+	if (strcmp(item, "*") == 0) {
+		ret->kind = ALLOW_ANY;
+		ret->id = 0;
+		return 0;
+	}
+	if (strncmp(item, "uid:", 4) == 0 || strncmp(item, "gid:", 4) == 0) {
+		ret->kind = item[0] == 'u' ? ALLOW_UID : ALLOW_GID;
+		*why = "not a number";
+		return parse_u32(item + 4, &ret->id);
+	}
+	if (strncmp(item, "user:", 5) == 0) {
+		struct passwd *pw = getpwnam(item + 5);
+		*why = "no such user";
+		if (!pw)
+			return -ENOENT;
+		ret->kind = ALLOW_UID;
+		ret->id = pw->pw_uid;
+		return 0;
+	}
+	if (strncmp(item, "group:", 6) == 0) {
+		struct group *gr = getgrnam(item + 6);
+		*why = "no such group";
+		if (!gr)
+			return -ENOENT;
+		ret->kind = ALLOW_GID;
+		ret->id = gr->gr_gid;
+		return 0;
+	}
+	*why = "expected user:NAME, group:NAME, uid:N, gid:N or *";
+	return -EINVAL;
+}
+
+static int parse_allow(struct parser *p, struct issuer_conf *ic, const char *value)
+{
+	char **items;
+	size_t n;
+
+	if (split_list(value, &items, &n) < 0) {
+		conf_error(p, p->line, "allow: empty item in list");
+		return -EINVAL;
+	}
+	free(ic->allow);
+	ic->n_allow = 0;
+	ic->allow = calloc(n, sizeof(*ic->allow));
+	for (size_t i = 0; ic->allow && i < n; i++) {
+		const char *why = "";
+		if (parse_allow_item(items[i], &ic->allow[ic->n_allow], &why) < 0)
+			conf_error(p, p->line, "allow: '%s': %s", items[i], why);
+		else
+			ic->n_allow++;
+	}
+	free_strv(items, n);
+	return 0;
+}
+
+/* ---- sections and keys ---- */
+
+static bool key_seen(struct parser *p, const char *section, const char *name)
+{
+	struct seen_key *n;
+
+	for (size_t i = 0; i < p->n_seen; i++)
+		if (strcmp(p->seen[i].section, section) == 0 && strcmp(p->seen[i].name, name) == 0)
+			return true;
+	n = realloc(p->seen, (p->n_seen + 1) * sizeof(*n));
+	if (!n)
+		return false;
+	p->seen = n;
+	p->seen[p->n_seen].section = strdup(section);
+	p->seen[p->n_seen].name = strdup(name);
+	p->n_seen++;
+	return false;
+}
+
+static int set_string(struct parser *p, char **dst, const char *name, const char *value)
+{
+	if (!*value || !text_printable(value)) {
+		conf_error(p, p->line, "%s: must be a non-empty value without control characters",
+		           name);
+		return -EINVAL;
+	}
+	free(*dst);
+	*dst = strdup(value);
+	return *dst ? 0 : -ENOMEM;
+}
+
+static int set_duration(struct parser *p, uint64_t *dst, const char *name, const char *value)
+{
+	int r = duration_parse(value, dst);
+
+	if (r == -ERANGE)
+		conf_error(p, p->line, "%s: '%s' is longer than 10 years", name, value);
+	else if (r < 0)
+		conf_error(p, p->line,
+		           "%s: '%s' is not a duration (a positive number and a unit: s, m or min, "
+		           "h, d, w; e.g. 15m, 1h30m)",
+		           name, value);
+	return r;
+}
+
+static int set_socket_key(struct parser *p, struct sock_conf *sc, const char *name,
+                          const char *value)
+{
+	if (strcmp(name, "socket") == 0) {
+		if (value[0] != '/') {
+			conf_error(p, p->line, "socket: '%s' must be an absolute path", value);
+			return -EINVAL;
+		}
+		if (strlen(value) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+			conf_error(p, p->line, "socket: path is too long for a Unix socket");
+			return -EINVAL;
+		}
+		return set_string(p, &sc->path, name, value);
+	}
+	if (strcmp(name, "mode") == 0) {
+		if (parse_mode(value, &sc->mode) < 0) {
+			conf_error(p, p->line, "mode: '%s' is not an octal mode like 0660", value);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (strcmp(name, "group") == 0) {
+		struct group *gr = getgrnam(value);
+		if (!gr) {
+			conf_error(p, p->line, "group: no such group '%s'", value);
+			return -EINVAL;
+		}
+		sc->has_group = true;
+		sc->gid = gr->gr_gid;
+		return 0;
+	}
+	conf_error(p, p->line, "unknown key '%s' in [%s]", name, p->section);
+	return -EINVAL;
+}
+
+static int set_hsm_key(struct parser *p, const char *name, const char *value)
+{
+	if (strcmp(name, "module") == 0)
+		return set_string(p, &p->conf->hsm.module, name, value);
+	if (strcmp(name, "token") == 0)
+		return set_string(p, &p->conf->hsm.token, name, value);
+	if (strcmp(name, "pin-file") == 0)
+		return set_string(p, &p->conf->hsm.pin_file, name, value);
+	conf_error(p, p->line, "unknown key '%s' in [hsm]", name);
+	return -EINVAL;
+}
+
+static int add_listen(struct parser *p, const char *value)
+{
+	struct listen_conf lc, *n;
+
+	if (parse_listen(value, &lc) < 0) {
+		conf_error(p, p->line,
+		           "listen: '%s' is not a numeric host:port or [v6]:port (port 1-65535)",
+		           value);
+		return -EINVAL;
+	}
+	n = realloc(p->conf->jwks.listen, (p->conf->jwks.n_listen + 1) * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	p->conf->jwks.listen = n;
+	lc.text = strdup(value);
+	n[p->conf->jwks.n_listen++] = lc;
+	return 0;
+}
+
+static int set_jwks_key(struct parser *p, const char *name, const char *value)
+{
+	struct conf *c = p->conf;
+
+	if (strcmp(name, "listen") == 0)
+		return add_listen(p, value);
+	if (strcmp(name, "max-age") == 0) {
+		p->max_age_set = true;
+		return set_duration(p, &c->jwks.max_age, name, value);
+	}
+	if (strcmp(name, "public-url") == 0) {
+		size_t n = strlen(value);
+		if ((strncmp(value, "https://", 8) != 0 && strncmp(value, "http://", 7) != 0) ||
+		    strpbrk(value, " \"<>\\^`{|}") || !text_printable(value)) {
+			conf_error(p, p->line, "public-url: '%s' is not an http(s) URL", value);
+			return -EINVAL;
+		}
+		while (n > 0 && value[n - 1] == '/')
+			n--;
+		free(c->jwks.public_url);
+		c->jwks.public_url = strndup(value, n);
+		return c->jwks.public_url ? 0 : -ENOMEM;
+	}
+	conf_error(p, p->line, "unknown key '%s' in [jwks]", name);
+	return -EINVAL;
+}
+
+static int set_issuer_list(struct parser *p, char ***dst, size_t *n, const char *name,
+                           const char *value)
+{
+	free_strv(*dst, *n);
+	*dst = NULL;
+	*n = 0;
+	if (split_list(value, dst, n) < 0) {
+		conf_error(p, p->line, "%s: empty item in list", name);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < *n; i++) {
+		if (strcmp(name, "token-types") == 0 && !token_type_valid((*dst)[i]))
+			conf_error(p, p->line, "token-types: '%s' is not a valid typ", (*dst)[i]);
+		else if (!text_printable((*dst)[i]))
+			conf_error(p, p->line, "%s: control character in '%s'", name, (*dst)[i]);
+	}
+	return 0;
+}
+
+static int set_issuer_key(struct parser *p, struct issuer_conf *ic, const char *name,
+                          const char *value)
+{
+	if (strcmp(name, "iss") == 0) {
+		if (strlen(value) > 512) {
+			conf_error(p, p->line, "iss: longer than 512 characters");
+			return -EINVAL;
+		}
+		return set_string(p, &ic->iss, name, value);
+	}
+	if (strcmp(name, "algorithm") == 0) {
+		if (jws_alg_from_name(value, &ic->alg) < 0) {
+			conf_error(p, p->line,
+			           "algorithm: '%s' is not one of ES256 ES384 RS256 PS256 EdDSA",
+			           value);
+			return -EINVAL;
+		}
+		if (ic->alg != JWS_ES256) {
+			conf_error(
+			    p, p->line,
+			    "algorithm: %s is not supported by this version yet (ES256 only)",
+			    value);
+			return -EINVAL;
+		}
+		return 0;
+	}
+	if (strcmp(name, "rotation-period") == 0)
+		return set_duration(p, &ic->rotation_period, name, value);
+	if (strcmp(name, "prepublish") == 0)
+		return set_duration(p, &ic->prepublish, name, value);
+	if (strcmp(name, "token-ttl") == 0)
+		return set_duration(p, &ic->token_ttl, name, value);
+	if (strcmp(name, "max-token-ttl") == 0)
+		return set_duration(p, &ic->max_token_ttl, name, value);
+	if (strcmp(name, "audiences") == 0)
+		return set_issuer_list(p, &ic->audiences, &ic->n_audiences, name, value);
+	if (strcmp(name, "token-types") == 0)
+		return set_issuer_list(p, &ic->token_types, &ic->n_token_types, name, value);
+	if (strcmp(name, "allow") == 0)
+		return parse_allow(p, ic, value);
+	conf_error(p, p->line, "unknown key '%s' in [%s]", name, p->section);
+	return -EINVAL;
+}
+
+static struct issuer_conf *issuer_by_section(struct parser *p, const char *section)
+{
+	if (strncmp(section, "issuer:", 7) != 0)
+		return NULL;
+	for (size_t i = 0; i < p->conf->n_issuers; i++)
+		if (strcmp(p->conf->issuers[i].name, section + 7) == 0)
+			return &p->conf->issuers[i];
+	return NULL;
+}
+
+static int on_value(void *user, const char *section, const char *name, const char *value)
+{
+	struct parser *p = user;
+	struct issuer_conf *ic;
+
+	if (!p->section_known)
+		return 1; /* the section header was reported already */
+	if (strcmp(name, "listen") != 0 && key_seen(p, section, name)) {
+		conf_error(p, p->line, "'%s' is set twice in [%s]", name, section);
+		return 1;
+	}
+	if (strcmp(section, "hsm") == 0)
+		set_hsm_key(p, name, value);
+	else if (strcmp(section, "sign") == 0)
+		set_socket_key(p, &p->conf->sign, name, value);
+	else if (strcmp(section, "admin") == 0)
+		set_socket_key(p, &p->conf->admin, name, value);
+	else if (strcmp(section, "jwks") == 0)
+		set_jwks_key(p, name, value);
+	else if ((ic = issuer_by_section(p, section)))
+		set_issuer_key(p, ic, name, value);
+	return 1;
+}
+
+static int issuer_add(struct parser *p, const char *name)
+{
+	struct issuer_conf *n, *ic;
+
+	n = realloc(p->conf->issuers, (p->conf->n_issuers + 1) * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	p->conf->issuers = n;
+	ic = &n[p->conf->n_issuers];
+	memset(ic, 0, sizeof(*ic));
+	ic->name = strdup(name);
+	if (!ic->name)
+		return -ENOMEM;
+	ic->line = p->line;
+	ic->alg = JWS_ES256;
+	ic->rotation_period = 30 * 86400;
+	ic->prepublish = 86400;
+	ic->token_ttl = 15 * 60;
+	ic->max_token_ttl = 3600;
+	p->conf->n_issuers++;
+	return 0;
+}
+
+static unsigned *fixed_section_line(struct parser *p, const char *name)
+{
+	if (strcmp(name, "hsm") == 0)
+		return &p->hsm_line;
+	if (strcmp(name, "sign") == 0)
+		return &p->sign_line;
+	if (strcmp(name, "admin") == 0)
+		return &p->admin_line;
+	if (strcmp(name, "jwks") == 0)
+		return &p->jwks_line;
+	return NULL;
+}
+
+/* Called by the line reader for every "[...]" line, so that empty and repeated sections are
+ * seen too (libinih only reports names and values). */
+static void on_section(struct parser *p, const char *name)
+{
+	unsigned *line = fixed_section_line(p, name);
+
+	free(p->section);
+	p->section = strdup(name);
+	p->section_known = false;
+	if (line) {
+		if (*line)
+			conf_error(p, p->line, "section [%s] repeated (first at line %u)", name,
+			           *line);
+		else
+			p->section_known = true;
+		*line = p->line;
+		return;
+	}
+	if (strncmp(name, "issuer:", 7) == 0) {
+		const struct issuer_conf *ic = issuer_by_section(p, name);
+		if (!issuer_name_valid(name + 7))
+			conf_error(p, p->line, "issuer name '%s' must match [a-z0-9-]{1,32}",
+			           name + 7);
+		else if (ic)
+			conf_error(p, p->line, "section [%s] repeated (first at line %u)", name,
+			           ic->line);
+		else if (issuer_add(p, name + 7) == 0)
+			p->section_known = true;
+		return;
+	}
+	conf_error(p, p->line, "unknown section [%s]", name);
+}
+
+/* Classifies one line: section headers are noted, malformed lines reported and blanked so that
+ * libinih never sees them. Returns false when the line must be hidden from libinih. */
+static bool inspect_line(struct parser *p, const char *line)
+{
+	const char *s = line;
+	size_t len;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	len = strlen(s);
+	while (len > 0 && isspace((unsigned char)s[len - 1]))
+		len--;
+	if (len == 0 || *s == ';' || *s == '#')
+		return true;
+	if (*s == '[') {
+		const char *close = memchr(s, ']', len);
+		char name[128];
+		if (!close || (size_t)(close - s - 1) >= sizeof(name)) {
+			conf_error(p, p->line, "malformed section header");
+			return false;
+		}
+		memcpy(name, s + 1, (size_t)(close - s - 1));
+		name[close - s - 1] = '\0';
+		on_section(p, name);
+		return true;
+	}
+	/* A colon before '=' would be a name/value separator to libinih; ours is '=' only. */
+	if (!memchr(s, '=', len) || *s == '=' ||
+	    (memchr(s, ':', len) && (char *)memchr(s, ':', len) < (char *)memchr(s, '=', len))) {
+		conf_error(p, p->line, "expected 'name = value'");
+		return false;
+	}
+	if (!p->section) {
+		conf_error(p, p->line, "'name = value' before any section");
+		return false;
+	}
+	return true;
+}
+
+static char *read_line(char *str, int num, void *stream)
+{
+	struct parser *p = stream;
+	ssize_t n = getline(&p->buf, &p->cap, p->f);
+
+	if (n < 0)
+		return NULL;
+	p->line++;
+	if (n >= num || memchr(p->buf, '\0', (size_t)n)) {
+		conf_error(p, p->line, n >= num ? "line longer than %d characters" : "NUL byte%.0d",
+		           num - 2);
+		snprintf(str, (size_t)num, "\n");
+		return str;
+	}
+	memcpy(str, p->buf, (size_t)n + 1);
+	if (!inspect_line(p, str))
+		snprintf(str, (size_t)num, "\n");
+	return str;
+}
+
+/* ---- cross-checks once the whole file is read ---- */
+
+static void validate_issuer(struct parser *p, struct issuer_conf *ic)
+{
+	const char *n = ic->name;
+
+	if (!ic->iss)
+		conf_error(p, ic->line, "[issuer:%s]: 'iss' is required", n);
+	if (ic->n_allow == 0)
+		conf_error(p, ic->line,
+		           "[issuer:%s]: 'allow' is required (who may sign for this issuer)", n);
+	if (ic->prepublish < p->conf->jwks.max_age)
+		conf_error(
+		    p, ic->line,
+		    "[issuer:%s]: prepublish (%llus) is shorter than [jwks] max-age (%llus): "
+		    "relying parties could miss a new key",
+		    n, (unsigned long long)ic->prepublish,
+		    (unsigned long long)p->conf->jwks.max_age);
+	if (ic->prepublish >= ic->rotation_period)
+		conf_error(p, ic->line,
+		           "[issuer:%s]: prepublish must be shorter than rotation-period", n);
+	if (ic->token_ttl > ic->max_token_ttl)
+		conf_error(p, ic->line, "[issuer:%s]: token-ttl is longer than max-token-ttl", n);
+	if (ic->n_token_types == 0) {
+		ic->token_types = calloc(1, sizeof(char *));
+		if (ic->token_types && (ic->token_types[0] = strdup("JWT")))
+			ic->n_token_types = 1;
+	}
+	for (size_t i = 0; i < p->conf->n_issuers && &p->conf->issuers[i] != ic; i++) {
+		const struct issuer_conf *o = &p->conf->issuers[i];
+		if (ic->iss && o->iss && strcmp(ic->iss, o->iss) == 0)
+			conf_error(p, ic->line,
+			           "[issuer:%s]: iss '%s' is also the iss of [issuer:%s]; each key "
+			           "signs for exactly one issuer",
+			           n, ic->iss, o->name);
+	}
+}
+
+static void validate(struct parser *p)
+{
+	struct conf *c = p->conf;
+
+	if (!c->hsm.module)
+		conf_error(p, p->hsm_line, "[hsm]: 'module' is required");
+	if (!c->hsm.token)
+		conf_error(p, p->hsm_line, "[hsm]: 'token' is required");
+	if (!c->hsm.pin_file) {
+		const char *dir = getenv("CREDENTIALS_DIRECTORY");
+		if (dir && *dir) {
+			if (asprintf(&c->hsm.pin_file, "%s/hsm-pin", dir) < 0)
+				c->hsm.pin_file = NULL;
+		} else {
+			conf_error(p, p->hsm_line,
+			           "[hsm]: 'pin-file' is not set and $CREDENTIALS_DIRECTORY is not "
+			           "set either");
+		}
+	}
+	if (!c->sign.path)
+		conf_error(p, p->sign_line, "[sign]: 'socket' is required");
+	if (p->admin_line && !c->admin.path)
+		conf_error(p, p->admin_line, "[admin]: 'socket' is required");
+	if (c->sign.path && c->admin.path && strcmp(c->sign.path, c->admin.path) == 0)
+		conf_error(p, p->admin_line, "[admin]: socket is the same path as [sign] socket");
+	if (c->jwks.n_listen == 0)
+		conf_error(p, p->jwks_line, "[jwks]: at least one 'listen' is required");
+	if (!p->max_age_set)
+		c->jwks.max_age = 300;
+	if (c->n_issuers == 0)
+		conf_error(p, 0, "no [issuer:NAME] section: nothing to sign for");
+	for (size_t i = 0; i < c->n_issuers; i++)
+		validate_issuer(p, &c->issuers[i]);
+}
+
+int conf_load(const char *path, struct conf **ret, struct conf_errors *errs)
+{
+	struct parser p = {.path = path, .errs = errs};
+	size_t before = errs->n;
+	int r;
+
+	p.f = fopen(path, "re");
+	if (!p.f) {
+		r = -errno;
+		conf_error(&p, 0, "cannot open: %s", strerror(-r));
+		return r;
+	}
+	p.conf = calloc(1, sizeof(*p.conf));
+	if (!p.conf) {
+		fclose(p.f);
+		return -ENOMEM;
+	}
+	p.conf->sign.mode = 0660;
+	p.conf->admin.mode = 0660;
+	/* libinih's knobs are process globals; we are its only user. */
+	ini_allow_multiline = false;
+	ini_stop_on_first_error = false;
+	ini_use_stack = false;
+	ini_max_line = CONF_MAX_LINE;
+	r = ini_parse_stream(read_line, &p, on_value, &p);
+	if (r > 0 && errs->n == before)
+		conf_error(&p, (unsigned)r, "syntax error");
+	else if (r < 0)
+		conf_error(&p, 0, "cannot parse: %s", r == -2 ? "out of memory" : "read error");
+	validate(&p);
+	fclose(p.f);
+	free(p.buf);
+	free(p.section);
+	for (size_t i = 0; i < p.n_seen; i++) {
+		free(p.seen[i].section);
+		free(p.seen[i].name);
+	}
+	free(p.seen);
+	if (errs->n != before) {
+		conf_free(p.conf);
+		return -EINVAL;
+	}
+	*ret = p.conf;
+	return 0;
+}

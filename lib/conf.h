@@ -1,0 +1,86 @@
+/* The configuration file (SPEC §3): INI -> typed, validated configuration. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "jws.h"
+
+enum allow_kind {
+	ALLOW_ANY, /* "*" */
+	ALLOW_UID, /* "user:NAME" (resolved when loaded) or "uid:N" */
+	ALLOW_GID, /* "group:NAME" (resolved when loaded) or "gid:N" */
+};
+
+struct allow_rule {
+	enum allow_kind kind;
+	uint32_t id;
+};
+
+struct issuer_conf {
+	char *name; /* [a-z0-9-]{1,32}, from the section name */
+	char *iss;
+	enum jws_alg alg;
+	uint64_t rotation_period, prepublish, token_ttl, max_token_ttl; /* seconds */
+	char **audiences;                                               /* NULL: any aud */
+	size_t n_audiences;
+	char **token_types; /* first is the default typ */
+	size_t n_token_types;
+	struct allow_rule *allow;
+	size_t n_allow;
+	unsigned line; /* of the section header */
+};
+
+struct sock_conf {
+	char *path; /* NULL when the section is absent */
+	mode_t mode;
+	bool has_group;
+	gid_t gid;
+};
+
+struct listen_conf {
+	char *text; /* as written, for messages */
+	struct sockaddr_storage addr;
+	socklen_t addr_len;
+};
+
+struct conf {
+	struct {
+		char *module;
+		char *token;
+		char *pin_file;
+	} hsm;
+	struct sock_conf sign, admin;
+	struct {
+		struct listen_conf *listen;
+		size_t n_listen;
+		uint64_t max_age;
+		char *public_url; /* without a trailing slash; NULL: from the request's Host */
+	} jwks;
+	struct issuer_conf *issuers; /* in file order */
+	size_t n_issuers;
+};
+
+/* Every problem found, each "FILE:LINE: reason" (or "FILE: reason" when no line applies). */
+struct conf_errors {
+	char **msgs;
+	size_t n;
+};
+
+/* Loads and validates path. On success returns 0 and *ret; otherwise returns -EINVAL (or the
+ * negative errno of opening the file) with every problem in errs and *ret untouched. */
+int conf_load(const char *path, struct conf **ret, struct conf_errors *errs);
+
+void conf_free(struct conf *conf);
+void conf_errors_clear(struct conf_errors *errs);
+
+/* The issuer called name (len bytes, not NUL-terminated), or NULL. */
+const struct issuer_conf *conf_find_issuer(const struct conf *conf, const char *name, size_t len);
+
+/* True when typ is one of the issuer's token-types. */
+bool issuer_typ_allowed(const struct issuer_conf *ic, const char *typ);
+
+/* True when aud is in the issuer's audiences (always true without an allow-list). */
+bool issuer_aud_allowed(const struct issuer_conf *ic, const char *aud);

@@ -1,0 +1,103 @@
+/* Encoding of the protected header, the signing input and the compact token. */
+#include "jws.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "b64url.h"
+
+static const char *const alg_names[_JWS_ALG_MAX] = {
+    [JWS_ES256] = "ES256", [JWS_ES384] = "ES384", [JWS_RS256] = "RS256",
+    [JWS_PS256] = "PS256", [JWS_EDDSA] = "EdDSA",
+};
+
+const char *jws_alg_name(enum jws_alg alg)
+{
+	if ((unsigned)alg >= _JWS_ALG_MAX)
+		return NULL;
+	return alg_names[alg];
+}
+
+int jws_alg_from_name(const char *name, enum jws_alg *ret)
+{
+	for (unsigned i = 0; i < _JWS_ALG_MAX; i++) {
+		if (strcmp(alg_names[i], name) == 0) {
+			*ret = (enum jws_alg)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+size_t jws_ecdsa_sig_len(enum jws_alg alg)
+{
+	switch (alg) {
+	case JWS_ES256:
+		return 64;
+	case JWS_ES384:
+		return 96;
+	default:
+		return 0;
+	}
+}
+
+static char *header_json(enum jws_alg alg, const char *kid, const char *typ)
+{
+	json_t *h = json_object();
+	char *s = NULL;
+
+	if (!h)
+		return NULL;
+	/* Insertion order is output order: alg, kid, typ, and nothing else, ever. */
+	if (json_object_set_new(h, "alg", json_string(jws_alg_name(alg))) == 0 &&
+	    json_object_set_new(h, "kid", json_string(kid)) == 0 &&
+	    json_object_set_new(h, "typ", json_string(typ)) == 0)
+		s = json_dumps(h, JSON_COMPACT);
+	json_decref(h);
+	return s;
+}
+
+int jws_signing_input(enum jws_alg alg, const char *kid, const char *typ, const char *payload,
+                      size_t payload_len, char **ret, size_t *ret_len)
+{
+	char *header, *out;
+	size_t hlen, h64, p64;
+
+	if (!jws_alg_name(alg) || !kid || !*kid || !typ || !*typ || !payload)
+		return -EINVAL;
+	header = header_json(alg, kid, typ);
+	if (!header)
+		return -ENOMEM;
+	hlen = strlen(header);
+	h64 = b64url_encoded_len(hlen);
+	p64 = b64url_encoded_len(payload_len);
+	out = malloc(h64 + 1 + p64 + 1);
+	if (!out) {
+		free(header);
+		return -ENOMEM;
+	}
+	b64url_encode((const uint8_t *)header, hlen, out);
+	out[h64] = '.';
+	b64url_encode((const uint8_t *)payload, payload_len, out + h64 + 1);
+	free(header);
+	*ret = out;
+	*ret_len = h64 + 1 + p64;
+	return 0;
+}
+
+int jws_compact(const char *input, size_t input_len, const uint8_t *sig, size_t sig_len, char **ret)
+{
+	size_t s64 = b64url_encoded_len(sig_len);
+	char *out = malloc(input_len + 1 + s64 + 1);
+
+	if (!out)
+		return -ENOMEM;
+	memcpy(out, input, input_len);
+	out[input_len] = '.';
+	b64url_encode(sig, sig_len, out + input_len + 1);
+	*ret = out;
+	return 0;
+}
