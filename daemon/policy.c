@@ -87,17 +87,21 @@ static int check_members(json_t *root, struct policy_error *err)
 	const char *key;
 	json_t *v;
 
+	/* Two passes: an attempt to set a header parameter is named as such wherever it stands. */
 	json_object_foreach(root, key, v)
 	{
-		if (strcmp(key, "claims") == 0 || strcmp(key, "typ") == 0)
-			continue;
 		if (is_header_parameter(key))
 			return refuse(err, "header_parameter",
 			              "'%.40s' is a JOSE header parameter; the header is built by "
 			              "the daemon alone",
 			              key);
-		return refuse(err, "unknown_member",
-		              "unknown member '%.40s'; the body has only 'claims' and 'typ'", key);
+	}
+	json_object_foreach(root, key, v)
+	{
+		if (strcmp(key, "claims") != 0 && strcmp(key, "typ") != 0)
+			return refuse(
+			    err, "unknown_member",
+			    "unknown member '%.40s'; the body has only 'claims' and 'typ'", key);
 	}
 	return 0;
 }
@@ -241,7 +245,11 @@ int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int
 	char *payload;
 	int r;
 
-	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+	/* A raw NUL is a control character to jansson; to callers it is the same fault as \u0000.
+	 */
+	if (memchr(body, '\0', len))
+		return refuse(err, "invalid_utf8", "the body holds a NUL byte");
+	root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 	if (!root)
 		return refuse_parse(&jerr, err);
 	if (too_deep(root, 1, POLICY_MAX_DEPTH)) {

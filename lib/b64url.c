@@ -13,24 +13,29 @@ size_t b64url_encoded_len(size_t n)
 
 void b64url_encode(const uint8_t *in, size_t n, char *out)
 {
-	size_t done = 0, o = 0;
+	size_t whole = n - n % 3, done = 0, o = 0;
+	char tail[5];
 
-	/* EVP_EncodeBlock takes an int; feed it in chunks so any size works. */
-	while (done < n) {
-		size_t chunk = n - done > 3 * 4096 ? 3 * 4096 : n - done;
-		int w = EVP_EncodeBlock((unsigned char *)out + o, in + done, (int)chunk);
-		o += (size_t)w;
+	/* Whole 3-byte groups straight into out (EVP_EncodeBlock takes an int, hence chunks); the
+	 * last one or two bytes go through a small buffer because their padded form ("xx==") is
+	 * longer than what the caller allocated for the unpadded one. */
+	while (done < whole) {
+		size_t chunk = whole - done > 3 * 4096 ? 3 * 4096 : whole - done;
+		o += (size_t)EVP_EncodeBlock((unsigned char *)out + o, in + done, (int)chunk);
 		done += chunk;
 	}
-	while (o > 0 && out[o - 1] == '=')
-		o--;
+	if (n > whole) {
+		EVP_EncodeBlock((unsigned char *)tail, in + whole, (int)(n - whole));
+		memcpy(out + o, tail, n - whole + 1);
+		o += n - whole + 1;
+	}
+	out[o] = '\0';
 	for (size_t i = 0; i < o; i++) {
 		if (out[i] == '+')
 			out[i] = '-';
 		else if (out[i] == '/')
 			out[i] = '_';
 	}
-	out[o] = '\0';
 }
 
 static int b64url_value(char c)
