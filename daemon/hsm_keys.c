@@ -1,0 +1,464 @@
+/* Keys, records and signatures in the token: templates, attribute checks, C_Sign. */
+#include "hsm.h"
+#include "hsm_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+
+/* DER of the named curves' OIDs, as CKA_EC_PARAMS wants them. */
+static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+
+struct alg_info {
+	CK_KEY_TYPE key_type;
+	CK_MECHANISM_TYPE gen, sign;
+	const uint8_t *params;
+	size_t params_len;
+	const char *crv;
+	const EVP_MD *(*digest)(void);
+};
+
+static int alg_lookup(enum jws_alg alg, struct alg_info *ret)
+{
+	switch (alg) {
+	case JWS_ES256:
+		*ret = (struct alg_info){CKK_EC,    CKM_EC_KEY_PAIR_GEN, CKM_ECDSA,
+		                         oid_p256,  sizeof(oid_p256),    "P-256",
+		                         EVP_sha256};
+		return 0;
+	default:
+		return hsm_fail_text(-EOPNOTSUPP, "algorithm %s is not supported yet",
+		                     jws_alg_name(alg) ? jws_alg_name(alg) : "?");
+	}
+}
+
+/* Finds the single object of class with CKA_ID id. */
+static CK_RV find_by_id(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+                        const uint8_t id[HSM_ID_LEN], CK_OBJECT_HANDLE *ret, CK_ULONG *ret_n)
+{
+	CK_ATTRIBUTE tmpl[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_ID, (void *)id, HSM_ID_LEN},
+	};
+	CK_OBJECT_HANDLE found[2];
+	CK_ULONG n = 0;
+	CK_RV rv;
+
+	rv = h->f->C_FindObjectsInit(s, tmpl, 2);
+	if (rv != CKR_OK)
+		return rv;
+	rv = h->f->C_FindObjects(s, found, 2, &n);
+	h->f->C_FindObjectsFinal(s);
+	if (rv == CKR_OK && n > 0)
+		*ret = found[0];
+	*ret_n = n;
+	return rv;
+}
+
+/* The attributes SPEC §6 demands of a private key that may sign, read back from the token. */
+static int check_private_attributes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                                    const struct alg_info *ai)
+{
+	struct {
+		CK_ATTRIBUTE_TYPE type;
+		const char *name;
+		CK_BBOOL want;
+	} rules[] = {
+	    {CKA_TOKEN, "CKA_TOKEN", CK_TRUE},
+	    {CKA_PRIVATE, "CKA_PRIVATE", CK_TRUE},
+	    {CKA_SENSITIVE, "CKA_SENSITIVE", CK_TRUE},
+	    {CKA_SIGN, "CKA_SIGN", CK_TRUE},
+	    {CKA_EXTRACTABLE, "CKA_EXTRACTABLE", CK_FALSE},
+	    {CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", CK_TRUE},
+	    {CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE", CK_TRUE},
+	    {CKA_LOCAL, "CKA_LOCAL", CK_TRUE},
+	    {CKA_DECRYPT, "CKA_DECRYPT", CK_FALSE},
+	    {CKA_UNWRAP, "CKA_UNWRAP", CK_FALSE},
+	    {CKA_DERIVE, "CKA_DERIVE", CK_FALSE},
+	};
+	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
+	CK_ATTRIBUTE a = {CKA_KEY_TYPE, &kt, sizeof(kt)};
+	CK_RV rv;
+
+	rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
+	if (rv != CKR_OK)
+		return hsm_fail("C_GetAttributeValue(CKA_KEY_TYPE)", rv, hsm_ckr_errno(rv));
+	if (kt != ai->key_type)
+		return hsm_fail_text(-EPERM, "key type 0x%lx does not match the algorithm",
+		                     (unsigned long)kt);
+	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++) {
+		CK_BBOOL v = !rules[i].want;
+		CK_ATTRIBUTE b = {rules[i].type, &v, sizeof(v)};
+		rv = h->f->C_GetAttributeValue(s, obj, &b, 1);
+		if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+			return hsm_fail("C_GetAttributeValue", rv, hsm_ckr_errno(rv));
+		if (rv != CKR_OK || v != rules[i].want)
+			return hsm_fail_text(-EPERM, "private key has %s %s; it must never be used",
+			                     rules[i].name, v ? "true" : "false");
+	}
+	return 0;
+}
+
+static CK_RV find_pair(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN],
+                       CK_OBJECT_HANDLE *priv, CK_OBJECT_HANDLE *pub, int *err)
+{
+	CK_ULONG n1 = 0, n2 = 0;
+	CK_RV rv;
+
+	*err = 0;
+	rv = find_by_id(h, s, CKO_PRIVATE_KEY, id, priv, &n1);
+	if (rv == CKR_OK)
+		rv = find_by_id(h, s, CKO_PUBLIC_KEY, id, pub, &n2);
+	if (rv == CKR_OK && (n1 != 1 || n2 != 1))
+		*err = hsm_fail_text(n1 == 0 || n2 == 0 ? -ENOENT : -EEXIST,
+		                     "key pair: %lu private and %lu public objects with this id",
+		                     (unsigned long)n1, (unsigned long)n2);
+	return rv;
+}
+
+int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, struct hsm_key *ret)
+{
+	CK_OBJECT_HANDLE priv = 0, pub = 0;
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	struct alg_info ai;
+	int r, err;
+	CK_RV rv;
+
+	if ((r = alg_lookup(alg, &ai)) < 0)
+		return r;
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		rv = find_pair(h, s->handle, id, &priv, &pub, &err);
+	} while ((r = hsm_recover(h, s, rv, "C_FindObjects", &rc)) > 0);
+	if (r < 0)
+		return r;
+	if (err < 0)
+		return err;
+	if ((r = check_private_attributes(h, s->handle, priv, &ai)) < 0)
+		return r;
+	memcpy(ret->id, id, HSM_ID_LEN);
+	ret->alg = alg;
+	atomic_store(&ret->priv, priv);
+	ret->pub = pub;
+	return 0;
+}
+
+int hsm_destroy_key(struct hsm *h, const uint8_t id[HSM_ID_LEN])
+{
+	CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
+	struct hsm_session *s;
+	int r;
+
+	if ((r = hsm_session_get(h, &s)) < 0)
+		return r;
+	for (size_t i = 0; i < 2; i++) {
+		CK_OBJECT_HANDLE obj;
+		CK_ULONG n = 0;
+		CK_RV rv = find_by_id(h, s->handle, classes[i], id, &obj, &n);
+		if (rv == CKR_OK && n > 0)
+			rv = h->f->C_DestroyObject(s->handle, obj);
+		if ((r = hsm_check("C_DestroyObject", rv)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_info *ai,
+                           const char *label, const uint8_t id[HSM_ID_LEN], CK_OBJECT_HANDLE *pub,
+                           CK_OBJECT_HANDLE *priv)
+{
+	CK_MECHANISM mech = {ai->gen, NULL, 0};
+	CK_ULONG label_len = strlen(label);
+	CK_ATTRIBUTE pub_tmpl[] = {
+	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},
+	    {CKA_PRIVATE, (void *)&no, sizeof(no)},
+	    {CKA_VERIFY, (void *)&yes, sizeof(yes)},
+	    {CKA_ENCRYPT, (void *)&no, sizeof(no)},
+	    {CKA_WRAP, (void *)&no, sizeof(no)},
+	    {CKA_LABEL, (void *)label, label_len},
+	    {CKA_ID, (void *)id, HSM_ID_LEN},
+	    {CKA_EC_PARAMS, (void *)ai->params, ai->params_len},
+	};
+	CK_ATTRIBUTE priv_tmpl[] = {
+	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},     {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
+	    {CKA_SENSITIVE, (void *)&yes, sizeof(yes)}, {CKA_SIGN, (void *)&yes, sizeof(yes)},
+	    {CKA_EXTRACTABLE, (void *)&no, sizeof(no)}, {CKA_DECRYPT, (void *)&no, sizeof(no)},
+	    {CKA_UNWRAP, (void *)&no, sizeof(no)},      {CKA_DERIVE, (void *)&no, sizeof(no)},
+	    {CKA_LABEL, (void *)label, label_len},      {CKA_ID, (void *)id, HSM_ID_LEN},
+	};
+
+	return h->f->C_GenerateKeyPair(s, &mech, pub_tmpl, sizeof(pub_tmpl) / sizeof(pub_tmpl[0]),
+	                               priv_tmpl, sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub,
+	                               priv);
+}
+
+int hsm_generate_key(struct hsm *h, enum jws_alg alg, const char *label, struct hsm_key *ret)
+{
+	CK_OBJECT_HANDLE pub = 0, priv = 0;
+	uint8_t id[HSM_ID_LEN];
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	struct alg_info ai;
+	CK_RV rv;
+	int r;
+
+	if ((r = alg_lookup(alg, &ai)) < 0)
+		return r;
+	if (RAND_bytes(id, sizeof(id)) != 1)
+		return hsm_fail_text(-EIO, "no randomness for a key id");
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		rv = generate_pair(h, s->handle, &ai, label, id, &pub, &priv);
+	} while ((r = hsm_recover(h, s, rv, "C_GenerateKeyPair", &rc)) > 0);
+	if (r < 0)
+		return r;
+	r = check_private_attributes(h, s->handle, priv, &ai);
+	if (r < 0) {
+		char why[160];
+		snprintf(why, sizeof(why), "%s", hsm_last_error());
+		hsm_destroy_key(h, id);
+		hsm_fail_text(r, "%s", why);
+		return r;
+	}
+	memcpy(ret->id, id, HSM_ID_LEN);
+	ret->alg = alg;
+	atomic_store(&ret->priv, priv);
+	ret->pub = pub;
+	return 0;
+}
+
+/* Reads a variable-length attribute into a new buffer. */
+static CK_RV get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                       CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len)
+{
+	CK_ATTRIBUTE a = {type, NULL, 0};
+	CK_RV rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
+
+	if (rv != CKR_OK)
+		return rv;
+	if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > 1 << 20)
+		return CKR_ATTRIBUTE_VALUE_INVALID;
+	a.pValue = malloc(a.ulValueLen + 1);
+	if (!a.pValue)
+		return CKR_HOST_MEMORY;
+	rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
+	if (rv != CKR_OK) {
+		free(a.pValue);
+		return rv;
+	}
+	((uint8_t *)a.pValue)[a.ulValueLen] = 0;
+	*ret = a.pValue;
+	*ret_len = a.ulValueLen;
+	return CKR_OK;
+}
+
+int hsm_public_jwk(struct hsm *h, const struct hsm_key *key, struct jwk *ret)
+{
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	struct alg_info ai;
+	uint8_t *point = NULL;
+	size_t len = 0;
+	CK_RV rv;
+	int r;
+
+	if ((r = alg_lookup(key->alg, &ai)) < 0)
+		return r;
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		rv = get_bytes(h, s->handle, key->pub, CKA_EC_POINT, &point, &len);
+	} while ((r = hsm_recover(h, s, rv, "C_GetAttributeValue(CKA_EC_POINT)", &rc)) > 0);
+	if (r < 0)
+		return r;
+	r = jwk_from_ec_point(ai.crv, point, len, ret);
+	free(point);
+	if (r < 0)
+		return hsm_fail_text(r, "the token's public key is not a valid %s point", ai.crv);
+	return 0;
+}
+
+/* ---- records ---- */
+
+static CK_RV find_records(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE **ret,
+                          CK_ULONG *ret_n)
+{
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_ATTRIBUTE tmpl[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_APPLICATION, (void *)HSM_APPLICATION, strlen(HSM_APPLICATION)},
+	};
+	CK_OBJECT_HANDLE *all = NULL;
+	CK_ULONG n = 0, got = 0;
+	CK_RV rv;
+
+	rv = h->f->C_FindObjectsInit(s, tmpl, 2);
+	if (rv != CKR_OK)
+		return rv;
+	do {
+		CK_OBJECT_HANDLE *grown = realloc(all, (n + 64) * sizeof(*all));
+		if (!grown) {
+			rv = CKR_HOST_MEMORY;
+			break;
+		}
+		all = grown;
+		rv = h->f->C_FindObjects(s, all + n, 64, &got);
+		n += got;
+	} while (rv == CKR_OK && got == 64);
+	h->f->C_FindObjectsFinal(s);
+	if (rv != CKR_OK) {
+		free(all);
+		return rv;
+	}
+	*ret = all;
+	*ret_n = n;
+	return CKR_OK;
+}
+
+void hsm_records_free(struct hsm_record *records, size_t n)
+{
+	for (size_t i = 0; records && i < n; i++) {
+		free(records[i].label);
+		free(records[i].value);
+	}
+	free(records);
+}
+
+static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record **ret,
+                          size_t *ret_n)
+{
+	CK_OBJECT_HANDLE *handles = NULL;
+	struct hsm_record *recs;
+	CK_ULONG n = 0;
+	CK_RV rv = find_records(h, s, &handles, &n);
+
+	if (rv != CKR_OK)
+		return rv;
+	recs = calloc(n ? n : 1, sizeof(*recs));
+	if (!recs) {
+		free(handles);
+		return CKR_HOST_MEMORY;
+	}
+	for (CK_ULONG i = 0; i < n && rv == CKR_OK; i++) {
+		size_t llen;
+		recs[i].handle = handles[i];
+		rv = get_bytes(h, s, handles[i], CKA_LABEL, (uint8_t **)&recs[i].label, &llen);
+		if (rv == CKR_OK)
+			rv = get_bytes(h, s, handles[i], CKA_VALUE, (uint8_t **)&recs[i].value,
+			               &recs[i].len);
+	}
+	free(handles);
+	if (rv != CKR_OK) {
+		hsm_records_free(recs, n);
+		return rv;
+	}
+	*ret = recs;
+	*ret_n = n;
+	return CKR_OK;
+}
+
+int hsm_list_records(struct hsm *h, struct hsm_record **ret, size_t *ret_n)
+{
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	CK_RV rv;
+	int r;
+
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		rv = read_records(h, s->handle, ret, ret_n);
+	} while ((r = hsm_recover(h, s, rv, "reading records", &rc)) > 0);
+	return r;
+}
+
+int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t len)
+{
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_ATTRIBUTE tmpl[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},
+	    {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
+	    {CKA_APPLICATION, (void *)HSM_APPLICATION, strlen(HSM_APPLICATION)},
+	    {CKA_LABEL, (void *)label, strlen(label)},
+	    {CKA_VALUE, (void *)value, len},
+	};
+	CK_OBJECT_HANDLE obj;
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	CK_RV rv;
+	int r;
+
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		rv = h->f->C_CreateObject(s->handle, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &obj);
+	} while ((r = hsm_recover(h, s, rv, "C_CreateObject", &rc)) > 0);
+	return r;
+}
+
+/* ---- signing ---- */
+
+static CK_RV sign_once(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
+                       const struct alg_info *ai, const uint8_t *digest, size_t dlen, uint8_t *sig,
+                       CK_ULONG *sig_len)
+{
+	CK_MECHANISM mech = {ai->sign, NULL, 0};
+	CK_RV rv = h->f->C_SignInit(s, &mech, key);
+
+	if (rv != CKR_OK)
+		return rv;
+	return h->f->C_Sign(s, (CK_BYTE_PTR)digest, dlen, sig, sig_len);
+}
+
+int hsm_sign(struct hsm *h, struct hsm_key *key, const uint8_t *input, size_t len, uint8_t *sig,
+             size_t sig_size, size_t *ret_len)
+{
+	uint8_t digest[EVP_MAX_MD_SIZE];
+	unsigned dlen = 0;
+	struct hsm_session *s;
+	struct alg_info ai;
+	bool refound = false;
+	CK_ULONG slen;
+	int r;
+
+	if ((r = alg_lookup(key->alg, &ai)) < 0)
+		return r;
+	if (EVP_Digest(input, len, digest, &dlen, ai.digest(), NULL) != 1)
+		return hsm_fail_text(-EIO, "digest failed");
+	for (;;) {
+		struct recovery rc = {0};
+		CK_RV rv;
+		do {
+			if ((r = hsm_session_get(h, &s)) < 0)
+				return r;
+			slen = sig_size;
+			rv = sign_once(h, s->handle, atomic_load(&key->priv), &ai, digest, dlen,
+			               sig, &slen);
+		} while ((r = hsm_recover(h, s, rv, "C_Sign", &rc)) > 0);
+		if (r != -ESTALE || refound)
+			break;
+		/* The token forgot our handle (re-inserted, reloaded): find the key again. */
+		refound = true;
+		struct hsm_key fresh;
+		if ((r = hsm_find_key(h, key->id, key->alg, &fresh)) < 0)
+			return r;
+		atomic_store(&key->priv, atomic_load(&fresh.priv));
+	}
+	if (r < 0)
+		return r;
+	if (jws_ecdsa_sig_len(key->alg) && slen != jws_ecdsa_sig_len(key->alg))
+		return hsm_fail_text(-EIO, "C_Sign returned %lu bytes, not an R||S signature",
+		                     (unsigned long)slen);
+	*ret_len = slen;
+	return 0;
+}
