@@ -1,12 +1,9 @@
 /* Loading and validating the configuration file with libinih; every problem names file and line. */
 #include "conf.h"
 
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
-#include <netinet/in.h>
-#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +12,7 @@
 
 #include <ini.h>
 
+#include "conf_values.h"
 #include "duration.h"
 
 #define CONF_MAX_LINE 4096
@@ -88,19 +86,12 @@ void conf_errors_clear(struct conf_errors *errs)
 	errs->n = 0;
 }
 
-static void free_strv(char **v, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		free(v[i]);
-	free(v);
-}
-
 static void issuer_conf_clear(struct issuer_conf *ic)
 {
 	free(ic->name);
 	free(ic->iss);
-	free_strv(ic->audiences, ic->n_audiences);
-	free_strv(ic->token_types, ic->n_token_types);
+	conf_free_strv(ic->audiences, ic->n_audiences);
+	conf_free_strv(ic->token_types, ic->n_token_types);
 	free(ic->allow);
 }
 
@@ -151,194 +142,12 @@ bool issuer_aud_allowed(const struct issuer_conf *ic, const char *aud)
 	return false;
 }
 
-/* ---- values ---- */
-
-static bool issuer_name_valid(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n < 1 || n > 32)
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
-			return false;
-	return true;
-}
-
-/* RFC 6838 restricted-name characters: what a media-type-like typ may contain. */
-static bool token_type_valid(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n < 1 || n > 64)
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!isalnum((unsigned char)s[i]) && !strchr("!#$&^_.+-", s[i]))
-			return false;
-	return true;
-}
-
-static bool text_printable(const char *s)
-{
-	for (; *s; s++)
-		if ((unsigned char)*s < 0x20 || *s == 0x7f)
-			return false;
-	return true;
-}
-
-static int parse_u32(const char *s, uint32_t *ret)
-{
-	char *end;
-	unsigned long v;
-
-	if (!isdigit((unsigned char)*s))
-		return -EINVAL;
-	errno = 0;
-	v = strtoul(s, &end, 10);
-	if (errno || *end || v > UINT32_MAX - 1)
-		return -EINVAL;
-	*ret = (uint32_t)v;
-	return 0;
-}
-
-static int parse_mode(const char *s, mode_t *ret)
-{
-	char *end;
-	unsigned long v;
-
-	if (!*s || strspn(s, "01234567") != strlen(s))
-		return -EINVAL;
-	v = strtoul(s, &end, 8);
-	if (*end || v > 0777)
-		return -EINVAL;
-	*ret = (mode_t)v;
-	return 0;
-}
-
-static int parse_listen(const char *s, struct listen_conf *ret)
-{
-	char host[64];
-	const char *colon, *h = s;
-	size_t hlen;
-	uint32_t port;
-
-	memset(ret, 0, sizeof(*ret));
-	if (s[0] == '[') {
-		const char *close = strchr(s, ']');
-		if (!close || close[1] != ':')
-			return -EINVAL;
-		h = s + 1;
-		hlen = (size_t)(close - h);
-		colon = close + 1;
-	} else {
-		colon = strrchr(s, ':');
-		if (!colon)
-			return -EINVAL;
-		hlen = (size_t)(colon - s);
-	}
-	if (hlen == 0 || hlen >= sizeof(host) || parse_u32(colon + 1, &port) < 0 || port == 0 ||
-	    port > 65535)
-		return -EINVAL;
-	memcpy(host, h, hlen);
-	host[hlen] = '\0';
-	if (s[0] == '[') {
-		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ret->addr;
-		if (inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
-			return -EINVAL;
-		a6->sin6_family = AF_INET6;
-		a6->sin6_port = htons((uint16_t)port);
-		ret->addr_len = sizeof(*a6);
-	} else {
-		struct sockaddr_in *a4 = (struct sockaddr_in *)&ret->addr;
-		if (inet_pton(AF_INET, host, &a4->sin_addr) != 1)
-			return -EINVAL;
-		a4->sin_family = AF_INET;
-		a4->sin_port = htons((uint16_t)port);
-		ret->addr_len = sizeof(*a4);
-	}
-	return 0;
-}
-
-/* Splits a comma-separated list, trimming blanks; empty items are an error. */
-static int split_list(const char *s, char ***ret, size_t *ret_n)
-{
-	char **v = NULL;
-	size_t n = 0;
-	const char *p = s;
-
-	for (;;) {
-		const char *end = strchr(p, ',');
-		size_t len = end ? (size_t)(end - p) : strlen(p);
-		char **nv;
-
-		while (len > 0 && isspace((unsigned char)*p)) {
-			p++;
-			len--;
-		}
-		while (len > 0 && isspace((unsigned char)p[len - 1]))
-			len--;
-		if (len == 0)
-			goto fail;
-		nv = realloc(v, (n + 1) * sizeof(*v));
-		if (!nv)
-			goto fail;
-		v = nv;
-		v[n] = strndup(p, len);
-		if (!v[n])
-			goto fail;
-		n++;
-		if (!end)
-			break;
-		p = end + 1;
-	}
-	*ret = v;
-	*ret_n = n;
-	return 0;
-fail:
-	free_strv(v, n);
-	return -EINVAL;
-}
-
-static int parse_allow_item(const char *item, struct allow_rule *ret, const char **why)
-{
-	if (strcmp(item, "*") == 0) {
-		ret->kind = ALLOW_ANY;
-		ret->id = 0;
-		return 0;
-	}
-	if (strncmp(item, "uid:", 4) == 0 || strncmp(item, "gid:", 4) == 0) {
-		ret->kind = item[0] == 'u' ? ALLOW_UID : ALLOW_GID;
-		*why = "not a number";
-		return parse_u32(item + 4, &ret->id);
-	}
-	if (strncmp(item, "user:", 5) == 0) {
-		struct passwd *pw = getpwnam(item + 5);
-		*why = "no such user";
-		if (!pw)
-			return -ENOENT;
-		ret->kind = ALLOW_UID;
-		ret->id = pw->pw_uid;
-		return 0;
-	}
-	if (strncmp(item, "group:", 6) == 0) {
-		struct group *gr = getgrnam(item + 6);
-		*why = "no such group";
-		if (!gr)
-			return -ENOENT;
-		ret->kind = ALLOW_GID;
-		ret->id = gr->gr_gid;
-		return 0;
-	}
-	*why = "expected user:NAME, group:NAME, uid:N, gid:N or *";
-	return -EINVAL;
-}
-
 static int parse_allow(struct parser *p, struct issuer_conf *ic, const char *value)
 {
 	char **items;
 	size_t n;
 
-	if (split_list(value, &items, &n) < 0) {
+	if (conf_split_list(value, &items, &n) < 0) {
 		conf_error(p, p->line, "allow: empty item in list");
 		return -EINVAL;
 	}
@@ -347,12 +156,12 @@ static int parse_allow(struct parser *p, struct issuer_conf *ic, const char *val
 	ic->allow = calloc(n, sizeof(*ic->allow));
 	for (size_t i = 0; ic->allow && i < n; i++) {
 		const char *why = "";
-		if (parse_allow_item(items[i], &ic->allow[ic->n_allow], &why) < 0)
+		if (conf_parse_allow_item(items[i], &ic->allow[ic->n_allow], &why) < 0)
 			conf_error(p, p->line, "allow: '%s': %s", items[i], why);
 		else
 			ic->n_allow++;
 	}
-	free_strv(items, n);
+	conf_free_strv(items, n);
 	return 0;
 }
 
@@ -377,7 +186,7 @@ static bool key_seen(struct parser *p, const char *section, const char *name)
 
 static int set_string(struct parser *p, char **dst, const char *name, const char *value)
 {
-	if (!*value || !text_printable(value)) {
+	if (!*value || !conf_text_printable(value)) {
 		conf_error(p, p->line, "%s: must be a non-empty value without control characters",
 		           name);
 		return -EINVAL;
@@ -416,7 +225,7 @@ static int set_socket_key(struct parser *p, struct sock_conf *sc, const char *na
 		return set_string(p, &sc->path, name, value);
 	}
 	if (strcmp(name, "mode") == 0) {
-		if (parse_mode(value, &sc->mode) < 0) {
+		if (conf_parse_mode(value, &sc->mode) < 0) {
 			conf_error(p, p->line, "mode: '%s' is not an octal mode like 0660", value);
 			return -EINVAL;
 		}
@@ -452,7 +261,7 @@ static int add_listen(struct parser *p, const char *value)
 {
 	struct listen_conf lc, *n;
 
-	if (parse_listen(value, &lc) < 0) {
+	if (conf_parse_listen(value, &lc) < 0) {
 		conf_error(p, p->line,
 		           "listen: '%s' is not a numeric host:port or [v6]:port (port 1-65535)",
 		           value);
@@ -480,7 +289,7 @@ static int set_jwks_key(struct parser *p, const char *name, const char *value)
 	if (strcmp(name, "public-url") == 0) {
 		size_t n = strlen(value);
 		if ((strncmp(value, "https://", 8) != 0 && strncmp(value, "http://", 7) != 0) ||
-		    strpbrk(value, " \"<>\\^`{|}") || !text_printable(value)) {
+		    strpbrk(value, " \"<>\\^`{|}") || !conf_text_printable(value)) {
 			conf_error(p, p->line, "public-url: '%s' is not an http(s) URL", value);
 			return -EINVAL;
 		}
@@ -497,17 +306,17 @@ static int set_jwks_key(struct parser *p, const char *name, const char *value)
 static int set_issuer_list(struct parser *p, char ***dst, size_t *n, const char *name,
                            const char *value)
 {
-	free_strv(*dst, *n);
+	conf_free_strv(*dst, *n);
 	*dst = NULL;
 	*n = 0;
-	if (split_list(value, dst, n) < 0) {
+	if (conf_split_list(value, dst, n) < 0) {
 		conf_error(p, p->line, "%s: empty item in list", name);
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < *n; i++) {
-		if (strcmp(name, "token-types") == 0 && !token_type_valid((*dst)[i]))
+		if (strcmp(name, "token-types") == 0 && !conf_token_type_valid((*dst)[i]))
 			conf_error(p, p->line, "token-types: '%s' is not a valid typ", (*dst)[i]);
-		else if (!text_printable((*dst)[i]))
+		else if (!conf_text_printable((*dst)[i]))
 			conf_error(p, p->line, "%s: control character in '%s'", name, (*dst)[i]);
 	}
 	return 0;
@@ -647,7 +456,7 @@ static void on_section(struct parser *p, const char *name)
 	}
 	if (strncmp(name, "issuer:", 7) == 0) {
 		const struct issuer_conf *ic = issuer_by_section(p, name);
-		if (!issuer_name_valid(name + 7))
+		if (!conf_issuer_name_valid(name + 7))
 			conf_error(p, p->line, "issuer name '%s' must match [a-z0-9-]{1,32}",
 			           name + 7);
 		else if (ic)
