@@ -174,10 +174,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **req_cls)
 {
+	static int headers_seen;
 	struct jwks_http *jh = cls;
 	const struct issuer_conf *ic;
 	bool is_jwks = false, is_path;
 
+	/* Answering in the first call, before libmicrohttpd has seen the end of the request,
+	 * makes it close the connection; answer in the second, as its examples do. */
+	if (!*req_cls) {
+		*req_cls = &headers_seen;
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		*upload_size = 0;
+		return MHD_YES;
+	}
 	ic = route(jh, url, &is_jwks, &is_path);
 	if (!is_path)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");

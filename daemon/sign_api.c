@@ -293,6 +293,17 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 	return ret;
 }
 
+/* Marks a bodyless request whose headers were seen: libmicrohttpd closes the connection after
+ * an answer given in the first call, so GET and HEAD are answered in the second. A POST that is
+ * refused on its headers alone is answered at once, without reading its body. */
+static char headers_seen;
+
+static bool bodyless(const char *method)
+{
+	return strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
+	       strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **req_cls)
@@ -300,6 +311,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	struct sign_api *api = cls;
 	struct request *rq = *req_cls;
 
+	if (!rq && bodyless(method)) {
+		*req_cls = &headers_seen;
+		return MHD_YES;
+	}
+	if ((void *)rq == &headers_seen) {
+		if (*upload_size) { /* a body on GET is allowed and ignored */
+			*upload_size = 0;
+			return MHD_YES;
+		}
+		*req_cls = NULL;
+		return on_headers(api, c, url, method, req_cls);
+	}
 	if (!rq)
 		return on_headers(api, c, url, method, req_cls);
 	if (*upload_size) {
@@ -315,7 +338,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 {
 	struct request *rq = *req_cls;
 
-	if (!rq)
+	if (!rq || (void *)rq == &headers_seen)
 		return;
 	free(rq->body);
 	free(rq);
