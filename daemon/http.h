@@ -13,4 +13,4 @@ enum MHD_Result http_reply_error(struct MHD_Connection *c, unsigned status, cons
 enum MHD_Result http_reply_method(struct MHD_Connection *c, const char *allow);
 
 /* Logs libmicrohttpd's own messages through our log. */
-void http_log(void *cls, const char *fmt, va_list ap);
+void http_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));

@@ -6,7 +6,7 @@
 
 #include "conf.h"
 
-#define PEER_MAX_GROUPS 256
+#define PEER_MAX_GROUPS 256 /* held inline; a caller in more groups spills into more[] */
 
 struct peer {
 	pid_t pid;
@@ -14,10 +14,14 @@ struct peer {
 	gid_t gid; /* primary */
 	gid_t groups[PEER_MAX_GROUPS];
 	int n_groups; /* supplementary; may include the primary again */
+	gid_t *more;  /* supplementary groups beyond the first PEER_MAX_GROUPS, or NULL */
+	int n_more;
 };
 
-/* Reads the credentials of the process connected to fd. Returns 0 or a negative errno. */
+/* Reads the credentials of the process connected to fd. Returns 0 or a negative errno. Release
+ * with peer_clear(). */
 int peer_from_fd(int fd, struct peer *ret);
+void peer_clear(struct peer *peer);
 
 /* True when any rule admits the peer: "*", its uid, or its primary or a supplementary gid. */
 bool peer_allowed(const struct peer *peer, const struct allow_rule *rules, size_t n);

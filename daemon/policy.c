@@ -127,11 +127,13 @@ static int pick_typ(const struct issuer_conf *ic, json_t *root, const char **ret
 	              json_string_value(typ), ic->name);
 }
 
-static int check_one_aud(const struct issuer_conf *ic, json_t *v, struct policy_error *err)
+static bool aud_value_valid(json_t *v)
 {
-	if (!json_is_string(v) || json_string_length(v) == 0)
-		return refuse(err, "aud_invalid",
-		              "'aud' must be a non-empty string or a non-empty array of them");
+	return json_is_string(v) && json_string_length(v) > 0;
+}
+
+static int check_aud_allowed(const struct issuer_conf *ic, json_t *v, struct policy_error *err)
+{
 	if (!issuer_aud_allowed(ic, json_string_value(v)))
 		return refuse(err, "aud_not_allowed",
 		              "audience '%.60s' is not allowed for issuer %s", json_string_value(v),
@@ -139,6 +141,7 @@ static int check_one_aud(const struct issuer_conf *ic, json_t *v, struct policy_
 	return 0;
 }
 
+/* Shape first (aud_invalid), then the allow-list (aud_not_allowed), as docs/api.md orders. */
 static int check_aud(const struct issuer_conf *ic, json_t *claims, struct policy_error *err)
 {
 	json_t *aud = json_object_get(claims, "aud"), *v;
@@ -147,11 +150,26 @@ static int check_aud(const struct issuer_conf *ic, json_t *claims, struct policy
 
 	if (!aud)
 		return refuse(err, "aud_missing", "'aud' is required");
-	if (!json_is_array(aud))
-		return check_one_aud(ic, aud, err);
+	if (!json_is_array(aud)) {
+		if (!aud_value_valid(aud))
+			return refuse(err, "aud_invalid",
+			              "'aud' must be a non-empty string or a "
+			              "non-empty array of them");
+		return check_aud_allowed(ic, aud, err);
+	}
 	if (json_array_size(aud) == 0)
 		return refuse(err, "aud_invalid", "'aud' must not be an empty array");
-	json_array_foreach(aud, i, v) if ((r = check_one_aud(ic, v, err)) < 0) return r;
+	json_array_foreach(aud, i, v)
+	{
+		if (!aud_value_valid(v))
+			return refuse(err, "aud_invalid",
+			              "every 'aud' value must be a non-empty string");
+	}
+	json_array_foreach(aud, i, v)
+	{
+		if ((r = check_aud_allowed(ic, v, err)) < 0)
+			return r;
+	}
 	return 0;
 }
 

@@ -53,6 +53,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx
 	struct connection *conn;
 
 	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		if (*socket_ctx)
+			peer_clear(&((struct connection *)*socket_ctx)->peer);
 		free(*socket_ctx);
 		*socket_ctx = NULL;
 		return;
@@ -286,8 +288,11 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 	                 &perr);
 	if (r == -EINVAL)
 		return http_reply_error(c, (unsigned)perr.status, perr.code, perr.message);
-	if (r < 0)
-		return MHD_NO;
+	if (r < 0) {
+		log_error("issuer %s: cannot build the payload: %s", rq->ic->name, strerror(-r));
+		return http_reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
+		                        "the daemon could not build the token; see its log");
+	}
 	ret = sign_and_reply(api, c, rq->ic, &sr);
 	free(sr.payload);
 	return ret;

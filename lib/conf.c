@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <ini.h>
@@ -288,8 +289,10 @@ static int set_jwks_key(struct parser *p, const char *name, const char *value)
 	}
 	if (strcmp(name, "public-url") == 0) {
 		size_t n = strlen(value);
+		const char *host = strstr(value, "://");
 		if ((strncmp(value, "https://", 8) != 0 && strncmp(value, "http://", 7) != 0) ||
-		    strpbrk(value, " \"<>\\^`{|}") || !conf_text_printable(value)) {
+		    !host || host[3] == '\0' || host[3] == '/' || strpbrk(value, " \"<>\\^`{|}") ||
+		    !conf_text_printable(value)) {
 			conf_error(p, p->line, "public-url: '%s' is not an http(s) URL", value);
 			return -EINVAL;
 		}
@@ -513,9 +516,17 @@ static char *read_line(char *str, int num, void *stream)
 	struct parser *p = stream;
 	ssize_t n = getline(&p->buf, &p->cap, p->f);
 
-	if (n < 0)
+	if (n < 0) {
+		if (ferror(p->f))
+			conf_error(p, p->line, "cannot read: %s", strerror(errno));
 		return NULL;
+	}
 	p->line++;
+	/* A UTF-8 byte order mark is not part of the first line's text. */
+	if (p->line == 1 && n >= 3 && memcmp(p->buf, "\xef\xbb\xbf", 3) == 0) {
+		memmove(p->buf, p->buf + 3, (size_t)n - 2);
+		n -= 3;
+	}
 	if (n >= num || memchr(p->buf, '\0', (size_t)n)) {
 		conf_error(p, p->line, n >= num ? "line longer than %d characters" : "NUL byte%.0d",
 		           num - 2);
@@ -613,6 +624,12 @@ int conf_load(const char *path, struct conf **ret, struct conf_errors *errs)
 		conf_error(&p, 0, "cannot open: %s", strerror(-r));
 		return r;
 	}
+	struct stat st;
+	if (fstat(fileno(p.f), &st) == 0 && S_ISDIR(st.st_mode)) {
+		fclose(p.f);
+		conf_error(&p, 0, "cannot read: %s", strerror(EISDIR));
+		return -EISDIR;
+	}
 	p.conf = calloc(1, sizeof(*p.conf));
 	if (!p.conf) {
 		fclose(p.f);
@@ -625,6 +642,7 @@ int conf_load(const char *path, struct conf **ret, struct conf_errors *errs)
 	ini_stop_on_first_error = false;
 	ini_use_stack = false;
 	ini_max_line = CONF_MAX_LINE;
+	ini_initial_alloc = CONF_MAX_LINE;
 	r = ini_parse_stream(read_line, &p, on_value, &p);
 	if (r > 0 && errs->n == before)
 		conf_error(&p, (unsigned)r, "syntax error");

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 void conf_free_strv(char **v, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -44,10 +46,15 @@ bool conf_token_type_valid(const char *s)
 
 bool conf_text_printable(const char *s)
 {
-	for (; *s; s++)
-		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+	json_t *utf8;
+
+	for (const char *c = s; *c; c++)
+		if ((unsigned char)*c < 0x20 || *c == 0x7f)
 			return false;
-	return true;
+	/* Values end up in JSON (tokens, discovery documents): jansson refuses invalid UTF-8. */
+	utf8 = json_string(s);
+	json_decref(utf8);
+	return utf8 != NULL;
 }
 
 int conf_parse_u32(const char *s, uint32_t *ret)

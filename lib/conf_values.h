@@ -15,7 +15,7 @@ bool conf_issuer_name_valid(const char *s);
 /* RFC 6838 restricted-name characters, 1 to 64 of them. */
 bool conf_token_type_valid(const char *s);
 
-/* No control characters. */
+/* Valid UTF-8 without control characters. */
 bool conf_text_printable(const char *s);
 
 /* Decimal, no sign, no blanks. */

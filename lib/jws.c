@@ -68,6 +68,11 @@ int jws_signing_input(enum jws_alg alg, const char *kid, const char *typ, const 
 
 	if (!jws_alg_name(alg) || !kid || !*kid || !typ || !*typ || !payload)
 		return -EINVAL;
+	/* jansson refuses strings that are not UTF-8: a caller error, not a lack of memory. */
+	json_t *check = json_pack("[s,s]", kid, typ);
+	if (!check)
+		return -EINVAL;
+	json_decref(check);
 	header = header_json(alg, kid, typ);
 	if (!header)
 		return -ENOMEM;

@@ -1,0 +1,781 @@
+/* Unit tests of lib/conf.c (SPEC §3): typed values and defaults of a valid file, then one case per
+ * configuration error, each named by file, line and reason. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "unit.h"
+
+/* A minimal valid file. Cases replace one of its lines; the L_ names are its line numbers. */
+static const char *const base[] = {
+	"[hsm]",                                    /* 1 */
+	"module = /usr/lib/softhsm/libsofthsm2.so", /* 2 */
+	"token = tokensign",                        /* 3 */
+	"pin-file = /etc/tokensign/hsm-pin",        /* 4 */
+	"",                                         /* 5 */
+	"[sign]",                                   /* 6 */
+	"socket = /run/tokensignd/sign.sock",       /* 7 */
+	"",                                         /* 8 */
+	"[admin]",                                  /* 9 */
+	"socket = /run/tokensignd/admin.sock",      /* 10 */
+	"",                                         /* 11 */
+	"[jwks]",                                   /* 12 */
+	"listen = 127.0.0.1:8080",                  /* 13 */
+	"",                                         /* 14 */
+	"[issuer:main]",                            /* 15 */
+	"iss = https://login.example.com/main",     /* 16 */
+	"allow = *",                                /* 17 */
+};
+enum {
+	L_HSM = 1, L_MODULE = 2, L_TOKEN = 3, L_PIN = 4, L_HSM_FREE = 5,
+	L_SIGN = 6, L_SIGN_SOCKET = 7, L_SIGN_FREE = 8,
+	L_ADMIN = 9, L_ADMIN_SOCKET = 10, L_ADMIN_FREE = 11,
+	L_JWKS = 12, L_LISTEN = 13, L_JWKS_FREE = 14,
+	L_ISSUER = 15, L_ISS = 16, L_ALLOW = 17,
+	L_END = 18, /* a line appended at the end, inside [issuer:main] */
+	N_BASE = 17,
+};
+
+static char path[64];
+
+static void write_file(const char *text, size_t len)
+{
+	int fd;
+
+	strcpy(path, "/tmp/tokensign-test-conf-XXXXXX");
+	fd = mkstemp(path);
+	CHECK(fd >= 0);
+	if (fd < 0)
+		abort();
+	CHECK_INT(write(fd, text, len), (long long)len);
+	close(fd);
+}
+
+/* The base file with line `line` replaced by `text` (which may hold several lines), or with
+ * `text` appended when line is L_END. Returns a malloc'd string. */
+static char *base_with(unsigned line, const char *text)
+{
+	size_t cap = 8192 + (text ? strlen(text) : 0), len = 0;
+	char *s = malloc(cap);
+
+	if (!s)
+		abort();
+	for (unsigned i = 1; i <= N_BASE; i++)
+		len += (size_t)snprintf(s + len, cap - len, "%s\n", i == line ? text : base[i - 1]);
+	if (line == L_END)
+		len += (size_t)snprintf(s + len, cap - len, "%s\n", text);
+	return s;
+}
+
+static void dump_errors(const struct conf_errors *e)
+{
+	for (size_t i = 0; i < e->n; i++)
+		fprintf(stderr, "    error[%zu]: %s\n", i, e->msgs[i]);
+}
+
+/* True when some message is "PATH:LINE: ..." (or "PATH: ..." for line 0) containing word. */
+static bool has_error(const struct conf_errors *e, unsigned line, const char *word)
+{
+	char prefix[128];
+
+	if (line)
+		snprintf(prefix, sizeof(prefix), "%s:%u: ", path, line);
+	else
+		snprintf(prefix, sizeof(prefix), "%s: ", path);
+	for (size_t i = 0; i < e->n; i++)
+		if (strncmp(e->msgs[i], prefix, strlen(prefix)) == 0 &&
+		    strcasestr(e->msgs[i] + strlen(prefix), word))
+			return true;
+	return false;
+}
+
+/* Loads text and expects failure with exactly n_errors messages, one of them at line with word. */
+static void expect_errors_at(const char *caller, int caller_line, const char *text, size_t len,
+			     unsigned line, const char *word, size_t n_errors)
+{
+	struct conf *c = (struct conf *)&path; /* a sentinel: must stay untouched */
+	struct conf_errors e = {0};
+	int r;
+	unsigned before = unit_failures;
+
+	write_file(text, len);
+	r = conf_load(path, &c, &e);
+	CHECK_INT(r, -EINVAL);
+	CHECK(c == (struct conf *)&path);
+	CHECK(has_error(&e, line, word));
+	CHECK_INT(e.n, n_errors);
+	if (unit_failures != before) {
+		fprintf(stderr, "    ^ case at %s:%d (expected line %u, \"%s\")\n", caller,
+			caller_line, line, word);
+		dump_errors(&e);
+	}
+	if (r == 0 && c != (struct conf *)&path)
+		conf_free(c);
+	conf_errors_clear(&e);
+	unlink(path);
+}
+
+#define EXPECT_TEXT(text, line, word, n)                                                           \
+	expect_errors_at(__FILE__, __LINE__, (text), strlen(text), (line), (word), (n))
+
+/* Replaces base line `at` with `text` and expects the error at `line`. */
+#define EXPECT(at, text, line, word, n)                                                            \
+	do {                                                                                       \
+		char *unit_s_ = base_with((at), (text));                                           \
+		EXPECT_TEXT(unit_s_, (line), (word), (n));                                         \
+		free(unit_s_);                                                                     \
+	} while (0)
+
+/* Loads text, expecting success. The caller conf_free()s. */
+static struct conf *load_ok(const char *text)
+{
+	struct conf *c = NULL;
+	struct conf_errors e = {0};
+	int r;
+
+	write_file(text, strlen(text));
+	r = conf_load(path, &c, &e);
+	CHECK_INT(r, 0);
+	CHECK_INT(e.n, 0);
+	if (r != 0 || e.n) {
+		dump_errors(&e);
+		fprintf(stderr, "    file:\n%s\n", text);
+	}
+	conf_errors_clear(&e);
+	unlink(path);
+	return r == 0 ? c : NULL;
+}
+
+static void check_v4(const struct listen_conf *l, const char *text, const char *ip, uint16_t port)
+{
+	const struct sockaddr_in *a = (const struct sockaddr_in *)&l->addr;
+	char buf[INET_ADDRSTRLEN] = "";
+
+	CHECK_STR(l->text, text);
+	CHECK_INT(a->sin_family, AF_INET);
+	CHECK_INT(l->addr_len, sizeof(struct sockaddr_in));
+	CHECK_INT(ntohs(a->sin_port), port);
+	inet_ntop(AF_INET, &a->sin_addr, buf, sizeof(buf));
+	CHECK_STR(buf, ip);
+}
+
+static void check_v6(const struct listen_conf *l, const char *text, const char *ip, uint16_t port)
+{
+	const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&l->addr;
+	char buf[INET6_ADDRSTRLEN] = "";
+
+	CHECK_STR(l->text, text);
+	CHECK_INT(a->sin6_family, AF_INET6);
+	CHECK_INT(l->addr_len, sizeof(struct sockaddr_in6));
+	CHECK_INT(ntohs(a->sin6_port), port);
+	inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof(buf));
+	CHECK_STR(buf, ip);
+}
+
+static const char full[] =
+	"; tokensignd configuration used by the unit tests\n" /* 1 */
+	"# a comment of the other kind\n"                   /* 2 */
+	"[hsm]\n"                                           /* 3 */
+	"module   = /usr/lib/softhsm/libsofthsm2.so   ; PKCS#11 module path\n"
+	"token    = pkcs11:token=tokensign\n"
+	"pin-file = /etc/tokensign/hsm-pin\n"
+	"\n"
+	"[sign]\n" /* 8 */
+	"socket = /run/tokensignd/sign.sock\n"
+	"group  = root\n"
+	"\n"
+	"[admin]\n" /* 12 */
+	"socket = /run/tokensignd/admin.sock\n"
+	"mode   = 0600\n"
+	"group  = root\n"
+	"\n"
+	"[jwks]\n" /* 17 */
+	"listen     = 127.0.0.1:8080\n"
+	"listen     = [::1]:8443\n"
+	"public-url = https://keys.example.com/\n"
+	"\n"
+	"[issuer:main]\n" /* 22 */
+	"iss   = https://login.example.com/main\n"
+	"allow = user:root, group:root, uid:1234, gid:5678, *\n"
+	"\n"
+	"[issuer:svc-2]\n" /* 26 */
+	"iss             = https://login.example.com/svc\n"
+	"algorithm       = ES256\n"
+	"rotation-period = 7d\n"
+	"prepublish      = 2h\n"
+	"token-ttl       = 5min\n"
+	"max-token-ttl   = 30m\n"
+	"audiences       = api://orders, api://billing\n"
+	"token-types     = at+jwt,JWT\n"
+	"allow           = uid:1234 ; who may sign\n";
+
+static void test_full(void)
+{
+	struct conf *c;
+	const struct issuer_conf *m, *s;
+
+	unsetenv("CREDENTIALS_DIRECTORY");
+	c = load_ok(full);
+	if (!c)
+		return;
+	CHECK_STR(c->hsm.module, "/usr/lib/softhsm/libsofthsm2.so");
+	CHECK_STR(c->hsm.token, "pkcs11:token=tokensign");
+	CHECK_STR(c->hsm.pin_file, "/etc/tokensign/hsm-pin");
+
+	CHECK_STR(c->sign.path, "/run/tokensignd/sign.sock");
+	CHECK_INT(c->sign.mode, 0660); /* default */
+	CHECK(c->sign.has_group);
+	CHECK_INT(c->sign.gid, 0);
+	CHECK_STR(c->admin.path, "/run/tokensignd/admin.sock");
+	CHECK_INT(c->admin.mode, 0600);
+	CHECK(c->admin.has_group);
+	CHECK_INT(c->admin.gid, 0);
+
+	CHECK_INT(c->jwks.n_listen, 2);
+	if (c->jwks.n_listen == 2) {
+		check_v4(&c->jwks.listen[0], "127.0.0.1:8080", "127.0.0.1", 8080);
+		check_v6(&c->jwks.listen[1], "[::1]:8443", "::1", 8443);
+	}
+	CHECK_U64(c->jwks.max_age, 300); /* default */
+	CHECK_STR(c->jwks.public_url, "https://keys.example.com");
+
+	CHECK_INT(c->n_issuers, 2);
+	if (c->n_issuers != 2)
+		goto out;
+	m = &c->issuers[0];
+	CHECK_STR(m->name, "main");
+	CHECK_INT(m->line, 22);
+	CHECK_STR(m->iss, "https://login.example.com/main");
+	CHECK_INT(m->alg, JWS_ES256);
+	CHECK_U64(m->rotation_period, 30 * 86400);
+	CHECK_U64(m->prepublish, 86400);
+	CHECK_U64(m->token_ttl, 15 * 60);
+	CHECK_U64(m->max_token_ttl, 3600);
+	CHECK(m->audiences == NULL);
+	CHECK_INT(m->n_audiences, 0);
+	CHECK_INT(m->n_token_types, 1);
+	if (m->n_token_types == 1)
+		CHECK_STR(m->token_types[0], "JWT");
+	CHECK_INT(m->n_allow, 5);
+	if (m->n_allow == 5) {
+		CHECK_INT(m->allow[0].kind, ALLOW_UID);
+		CHECK_INT(m->allow[0].id, 0);
+		CHECK_INT(m->allow[1].kind, ALLOW_GID);
+		CHECK_INT(m->allow[1].id, 0);
+		CHECK_INT(m->allow[2].kind, ALLOW_UID);
+		CHECK_INT(m->allow[2].id, 1234);
+		CHECK_INT(m->allow[3].kind, ALLOW_GID);
+		CHECK_INT(m->allow[3].id, 5678);
+		CHECK_INT(m->allow[4].kind, ALLOW_ANY);
+	}
+
+	s = &c->issuers[1];
+	CHECK_STR(s->name, "svc-2");
+	CHECK_INT(s->line, 26);
+	CHECK_STR(s->iss, "https://login.example.com/svc");
+	CHECK_INT(s->alg, JWS_ES256);
+	CHECK_U64(s->rotation_period, 7 * 86400);
+	CHECK_U64(s->prepublish, 7200);
+	CHECK_U64(s->token_ttl, 300);
+	CHECK_U64(s->max_token_ttl, 1800);
+	CHECK_INT(s->n_audiences, 2);
+	if (s->n_audiences == 2) {
+		CHECK_STR(s->audiences[0], "api://orders");
+		CHECK_STR(s->audiences[1], "api://billing");
+	}
+	CHECK_INT(s->n_token_types, 2);
+	if (s->n_token_types == 2) {
+		CHECK_STR(s->token_types[0], "at+jwt");
+		CHECK_STR(s->token_types[1], "JWT");
+	}
+	CHECK_INT(s->n_allow, 1);
+	if (s->n_allow == 1) {
+		CHECK_INT(s->allow[0].kind, ALLOW_UID);
+		CHECK_INT(s->allow[0].id, 1234);
+	}
+
+	/* Lookups. */
+	CHECK(conf_find_issuer(c, "main", 4) == m);
+	CHECK(conf_find_issuer(c, "svc-2", 5) == s);
+	CHECK(conf_find_issuer(c, "svc-2/sign", 5) == s); /* name is len bytes, not NUL-ended */
+	CHECK(conf_find_issuer(c, "mainx", 4) == m);
+	CHECK(conf_find_issuer(c, "mai", 3) == NULL);
+	CHECK(conf_find_issuer(c, "mainx", 5) == NULL);
+	CHECK(conf_find_issuer(c, "MAIN", 4) == NULL);
+	CHECK(conf_find_issuer(c, "", 0) == NULL);
+
+	CHECK(issuer_typ_allowed(m, "JWT"));
+	CHECK(!issuer_typ_allowed(m, "at+jwt"));
+	CHECK(!issuer_typ_allowed(m, "jwt"));
+	CHECK(issuer_typ_allowed(s, "at+jwt"));
+	CHECK(issuer_typ_allowed(s, "JWT"));
+	CHECK(!issuer_typ_allowed(s, "AT+JWT"));
+	CHECK(!issuer_typ_allowed(s, ""));
+
+	CHECK(issuer_aud_allowed(m, "anything"));
+	CHECK(issuer_aud_allowed(s, "api://orders"));
+	CHECK(issuer_aud_allowed(s, "api://billing"));
+	CHECK(!issuer_aud_allowed(s, "api://order"));
+	CHECK(!issuer_aud_allowed(s, "api://orders "));
+	CHECK(!issuer_aud_allowed(s, "API://ORDERS"));
+	CHECK(!issuer_aud_allowed(s, ""));
+out:
+	conf_free(c);
+}
+
+/* The example of SPEC §3, with its comments, using names that exist on any system. */
+static void test_spec_example(void)
+{
+	static const char spec[] =
+		"[hsm]\n"
+		"module   = /usr/lib/softhsm/libsofthsm2.so   ; PKCS#11 module path\n"
+		"token    = tokensign                          ; token label, or an RFC 7512 URI "
+		"\"pkcs11:token=...\"\n"
+		"pin-file = /run/credentials/tokensignd.service/hsm-pin  ; default: "
+		"$CREDENTIALS_DIRECTORY/hsm-pin\n"
+		"\n"
+		"[sign]\n"
+		"socket = /run/tokensignd/sign.sock           ; HTTP/1.1 over this Unix socket\n"
+		"mode   = 0660\n"
+		"group  = root                   ; optional: group owner of the socket file\n"
+		"\n"
+		"[admin]\n"
+		"socket = /run/tokensignd/admin.sock          ; keyrotate talks here\n"
+		"mode   = 0660\n"
+		"group  = root                     ; callers: uid 0, the daemon's own uid, members of "
+		"this group\n"
+		"\n"
+		"[jwks]\n"
+		"listen     = 127.0.0.1:8080                  ; host:port, [v6]:port; may be given "
+		"more than once\n"
+		"max-age    = 5m                              ; Cache-Control max-age of JWKS "
+		"responses\n"
+		"public-url = https://keys.example.com        ; optional base of jwks_uri; default: "
+		"from the request's Host\n"
+		"\n"
+		"[issuer:main]                                ; one section per issuer; NAME is "
+		"[a-z0-9-]{1,32}\n"
+		"iss             = https://login.example.com/main  ; the only iss this issuer's keys "
+		"sign\n"
+		"algorithm       = ES256                      ; ES256 ES384 RS256 PS256 EdDSA\n"
+		"rotation-period = 30d                        ; how long a key is the active key\n"
+		"prepublish      = 1d                         ; how long a key is in the JWKS before "
+		"it signs; must be >= jwks max-age\n"
+		"token-ttl       = 15m                        ; exp when the caller gives none\n"
+		"max-token-ttl   = 1h                         ; exp beyond now+this is refused\n"
+		"audiences       = api://orders, api://billing ; optional allow-list for aud\n"
+		"token-types     = JWT, at+jwt                ; allowed typ values; first is the "
+		"default (default: JWT)\n"
+		"allow           = user:root, group:root ; who may sign for this issuer: user:, "
+		"group:, uid:, gid:, or * \n";
+	struct conf *c = load_ok(spec);
+
+	if (!c)
+		return;
+	CHECK_STR(c->hsm.token, "tokensign");
+	CHECK_STR(c->hsm.pin_file, "/run/credentials/tokensignd.service/hsm-pin");
+	CHECK_INT(c->sign.mode, 0660);
+	CHECK_U64(c->jwks.max_age, 300);
+	CHECK_STR(c->jwks.public_url, "https://keys.example.com");
+	CHECK_INT(c->n_issuers, 1);
+	if (c->n_issuers == 1) {
+		CHECK_STR(c->issuers[0].iss, "https://login.example.com/main");
+		CHECK_INT(c->issuers[0].n_audiences, 2);
+		CHECK_INT(c->issuers[0].n_token_types, 2);
+		CHECK_INT(c->issuers[0].n_allow, 2);
+		if (c->issuers[0].n_audiences == 2)
+			CHECK_STR(c->issuers[0].audiences[1], "api://billing");
+		if (c->issuers[0].n_token_types == 2)
+			CHECK_STR(c->issuers[0].token_types[1], "at+jwt");
+	}
+	conf_free(c);
+}
+
+static void test_credentials_directory(void)
+{
+	char *text = base_with(L_PIN, "");
+	struct conf *c;
+
+	unsetenv("CREDENTIALS_DIRECTORY");
+	EXPECT_TEXT(text, L_HSM, "CREDENTIALS_DIRECTORY", 1);
+	setenv("CREDENTIALS_DIRECTORY", "", 1);
+	EXPECT_TEXT(text, L_HSM, "pin-file", 1);
+	setenv("CREDENTIALS_DIRECTORY", "/run/credentials/tokensignd.service", 1);
+	c = load_ok(text);
+	if (c)
+		CHECK_STR(c->hsm.pin_file, "/run/credentials/tokensignd.service/hsm-pin");
+	conf_free(c);
+	/* An explicit pin-file wins over the credentials directory. */
+	free(text);
+	text = base_with(L_HSM_FREE, "");
+	c = load_ok(text);
+	if (c)
+		CHECK_STR(c->hsm.pin_file, "/etc/tokensign/hsm-pin");
+	conf_free(c);
+	unsetenv("CREDENTIALS_DIRECTORY");
+	free(text);
+}
+
+static void test_long_lines(void)
+{
+	char *line = malloc(6000), *text;
+	struct conf *c;
+
+	if (!line)
+		abort();
+	/* 5000 characters: refused with the line's number. */
+	strcpy(line, "module = /");
+	memset(line + 10, 'a', 4990);
+	line[5000] = '\0';
+	EXPECT(L_MODULE, line, L_MODULE, "long", 2); /* + module is required */
+	/* The same under an unknown key: the length is what is reported. */
+	memcpy(line, "zzzzzz", 6);
+	EXPECT(L_HSM_FREE, line, L_HSM_FREE, "long", 1);
+
+	/* Long but legal lines load: an iss of 512 characters (the documented maximum). */
+	strcpy(line, "iss = https://login.example.com/");
+	memset(line + strlen(line), 'a', 512 - strlen("https://login.example.com/"));
+	line[6 + 512] = '\0';
+	text = base_with(L_ISS, line);
+	c = load_ok(text);
+	if (c && c->n_issuers == 1)
+		CHECK_INT(strlen(c->issuers[0].iss), 512);
+	conf_free(c);
+	free(text);
+	/* 513 characters: refused because of the iss limit, not the line length. */
+	strcpy(line, "iss = https://login.example.com/");
+	memset(line + strlen(line), 'a', 513 - strlen("https://login.example.com/"));
+	line[6 + 513] = '\0';
+	EXPECT(L_ISS, line, L_ISS, "512", 2); /* and then 'iss' is required */
+
+	/* An audiences list of about 3000 characters. */
+	strcpy(line, "audiences = ");
+	for (int i = 0; i < 150; i++)
+		sprintf(line + strlen(line), "%sapi://aud-%04d", i ? ", " : "", i);
+	text = base_with(L_END, line);
+	c = load_ok(text);
+	if (c && c->n_issuers == 1) {
+		CHECK_INT(c->issuers[0].n_audiences, 150);
+		if (c->issuers[0].n_audiences == 150)
+			CHECK_STR(c->issuers[0].audiences[149], "api://aud-0149");
+	}
+	conf_free(c);
+	free(text);
+	free(line);
+}
+
+static void test_errors_sections(void)
+{
+	EXPECT(L_JWKS_FREE, "[bogus]", L_JWKS_FREE, "unknown section", 1);
+	/* Keys under an unknown section are not reported again. */
+	EXPECT(L_JWKS_FREE, "[bogus]\nfoo = 1\nbar = 2", L_JWKS_FREE, "unknown section", 1);
+	EXPECT(L_JWKS_FREE, "[issuer]", L_JWKS_FREE, "section", 1);
+	EXPECT(L_JWKS_FREE, "[HSM]", L_JWKS_FREE, "unknown section", 1);
+	EXPECT(L_JWKS_FREE, "[sign]", L_JWKS_FREE, "repeated", 1);
+	EXPECT(L_END, "[issuer:main]", L_END, "repeated", 1);
+	EXPECT(L_JWKS_FREE, "[hsm", L_JWKS_FREE, "section", 1);
+
+	EXPECT(L_ISSUER, "[issuer:Main]", L_ISSUER, "issuer name", 2); /* + no issuer */
+	EXPECT(L_ISSUER, "[issuer:]", L_ISSUER, "issuer name", 2);
+	EXPECT(L_ISSUER, "[issuer:a_b]", L_ISSUER, "issuer name", 2);
+	EXPECT(L_ISSUER, "[issuer:a.b]", L_ISSUER, "issuer name", 2);
+	EXPECT(L_ISSUER, "[issuer:abcdefghijklmnopqrstuvwxyz0123456]", L_ISSUER, "issuer name", 2);
+	{
+		/* 32 characters is the longest legal name. */
+		struct conf *c;
+		char *t = base_with(L_ISSUER, "[issuer:abcdefghijklmnopqrstuvwxyz-01234]");
+		c = load_ok(t);
+		if (c && c->n_issuers == 1)
+			CHECK_STR(c->issuers[0].name, "abcdefghijklmnopqrstuvwxyz-01234");
+		conf_free(c);
+		free(t);
+	}
+
+	{
+		/* No issuer at all: the three issuer lines blank. */
+		char *t = base_with(L_ISSUER, "");
+		char *p = strstr(t, "iss = ");
+		memset(p, ' ', strlen("iss = https://login.example.com/main"));
+		p = strstr(t, "allow = *");
+		memset(p, ' ', strlen("allow = *"));
+		EXPECT_TEXT(t, 0, "no [issuer", 1);
+		free(t);
+	}
+}
+
+static void test_errors_keys(void)
+{
+	/* Unknown key in each kind of section. */
+	EXPECT(L_HSM_FREE, "slot = 1", L_HSM_FREE, "unknown key", 1);
+	EXPECT(L_SIGN_FREE, "owner = root", L_SIGN_FREE, "unknown key", 1);
+	EXPECT(L_ADMIN_FREE, "listen = 127.0.0.1:1", L_ADMIN_FREE, "unknown key", 1);
+	EXPECT(L_JWKS_FREE, "max_age = 5m", L_JWKS_FREE, "unknown key", 1);
+	EXPECT(L_END, "alg = ES256", L_END, "unknown key", 1);
+	EXPECT(L_END, "Iss = https://x", L_END, "unknown key", 1);
+
+	/* A key set twice, in a fixed section and in an issuer. */
+	EXPECT(L_TOKEN, "token = a\ntoken = b", L_TOKEN + 1, "twice", 1);
+	EXPECT(L_END, "iss = https://login.example.com/other", L_END, "twice", 1);
+	EXPECT(L_SIGN_FREE, "mode = 0600\nmode = 0660", L_SIGN_FREE + 1, "twice", 1);
+	/* ...but the same key in two issuers is fine, and listen may repeat (test_full). */
+
+	/* Lines that are not name = value. */
+	EXPECT(L_HSM_FREE, "module /usr/lib/x.so", L_HSM_FREE, "name = value", 1);
+	EXPECT(L_HSM_FREE, "slot: 1", L_HSM_FREE, "name = value", 1);
+	EXPECT(L_HSM_FREE, "= 1", L_HSM_FREE, "name = value", 1);
+	/* A value before any section: + module, token, pin-file, sign, listen, issuer. */
+	EXPECT_TEXT("token = x\n[hsm]\n", 1, "before any section", 7);
+}
+
+static void test_errors_values(void)
+{
+	/* Durations. */
+	EXPECT(L_END, "token-ttl = 15", L_END, "duration", 1);
+	EXPECT(L_END, "rotation-period = 1.5d", L_END, "duration", 1);
+	EXPECT(L_END, "prepublish = 0s", L_END, "duration", 1);
+	EXPECT(L_JWKS_FREE, "max-age = 5 m", L_JWKS_FREE, "duration", 1);
+	EXPECT(L_END, "rotation-period = 3661d", L_END, "10 years", 1);
+	EXPECT(L_END, "max-token-ttl = 99999999999999999999s", L_END, "10 years", 1);
+
+	/* Socket sections. */
+	EXPECT(L_SIGN_FREE, "mode = 0999", L_SIGN_FREE, "mode", 1);
+	EXPECT(L_SIGN_FREE, "mode = 01777", L_SIGN_FREE, "mode", 1);
+	EXPECT(L_SIGN_FREE, "mode = rw-rw----", L_SIGN_FREE, "mode", 1);
+	EXPECT(L_ADMIN_FREE, "mode =", L_ADMIN_FREE, "mode", 1);
+	EXPECT(L_SIGN_FREE, "group = no-such-group-tokensign", L_SIGN_FREE, "no such group", 1);
+	EXPECT(L_ADMIN_FREE, "group = no-such-group-tokensign", L_ADMIN_FREE, "no such group", 1);
+	EXPECT(L_SIGN_SOCKET, "socket = run/sign.sock", L_SIGN_SOCKET, "absolute", 2);
+	EXPECT(L_ADMIN_SOCKET, "socket = ./admin.sock", L_ADMIN_SOCKET, "absolute", 2);
+	EXPECT(L_ADMIN_SOCKET, "socket = /run/tokensignd/sign.sock", L_ADMIN, "same", 1);
+
+	/* listen: each also leaves [jwks] without a listen. */
+	EXPECT(L_LISTEN, "listen = 127.0.0.1", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = 127.0.0.1:", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = 127.0.0.1:0", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = 127.0.0.1:70000", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = 127.0.0.1:65536", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = 127.0.0.1:-80", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = localhost:8080", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = keys.example.com:443", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = :8080", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = ::1:8080", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = [::1]", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = [::1]8080", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = [127.0.0.1]:8080", L_LISTEN, "listen", 2);
+	EXPECT(L_LISTEN, "listen = 256.0.0.1:8080", L_LISTEN, "listen", 2);
+	{
+		/* Port 65535 and a second listen are fine. */
+		char *t = base_with(L_JWKS_FREE, "listen = [::]:65535");
+		struct conf *c = load_ok(t);
+		if (c) {
+			CHECK_INT(c->jwks.n_listen, 2);
+			if (c->jwks.n_listen == 2)
+				check_v6(&c->jwks.listen[1], "[::]:65535", "::", 65535);
+		}
+		conf_free(c);
+		free(t);
+	}
+
+	EXPECT(L_JWKS_FREE, "public-url = ftp://keys.example.com", L_JWKS_FREE, "public-url", 1);
+	EXPECT(L_JWKS_FREE, "public-url = keys.example.com", L_JWKS_FREE, "public-url", 1);
+	EXPECT(L_JWKS_FREE, "public-url = https://keys.example.com/a b", L_JWKS_FREE,
+	       "public-url", 1);
+	EXPECT(L_JWKS_FREE, "public-url = https://", L_JWKS_FREE, "public-url", 1); /* no host */
+	EXPECT(L_JWKS_FREE, "public-url = https:///", L_JWKS_FREE, "public-url", 1);
+
+	/* Issuer values. */
+	EXPECT(L_END, "algorithm = HS256", L_END, "HS256", 1);
+	EXPECT(L_END, "algorithm = es256", L_END, "algorithm", 1);
+	EXPECT(L_END, "algorithm = none", L_END, "algorithm", 1);
+	{
+		static const char *const later[] = {"RS256", "PS256", "ES384", "EdDSA"};
+		for (size_t i = 0; i < 4; i++) {
+			char line[64];
+			snprintf(line, sizeof(line), "algorithm = %s", later[i]);
+			EXPECT(L_END, line, L_END, "not supported", 1);
+			EXPECT(L_END, line, L_END, "ES256 only", 1);
+		}
+	}
+	EXPECT(L_END, "audiences = api://a, , api://b", L_END, "empty item", 1);
+	EXPECT(L_END, "audiences = api://a,", L_END, "empty item", 1);
+	EXPECT(L_END, "token-types = JWT,,at+jwt", L_END, "empty item", 1);
+	EXPECT(L_ALLOW, "allow = *,", L_ALLOW, "empty item", 2); /* + allow is required */
+	EXPECT(L_END, "token-types = JWT, not valid", L_END, "token-types", 1);
+	EXPECT(L_END, "token-types = JWT, a\"b", L_END, "token-types", 1);
+
+	/* iss goes into every token and into the discovery document: it must be valid UTF-8. */
+	EXPECT(L_ISS, "iss = https://login.example.com/\xff", L_ISS, "iss", 2); /* + required */
+	EXPECT(L_ISS, "iss = https://login.example.com/\xc3", L_ISS, "iss", 2);
+	EXPECT(L_ISS, "iss = https://login.example.com/\ta", L_ISS, "iss", 2);
+
+	/* allow. */
+	EXPECT(L_ALLOW, "allow = *, user:no-such-user-tokensign", L_ALLOW, "no such user", 1);
+	EXPECT(L_ALLOW, "allow = user:no-such-user-tokensign", L_ALLOW, "no such user", 2);
+	EXPECT(L_ALLOW, "allow = *, group:no-such-group-tokensign", L_ALLOW, "no such group", 1);
+	EXPECT(L_ALLOW, "allow = *, bob", L_ALLOW, "allow", 1);
+	EXPECT(L_ALLOW, "allow = *, uid:abc", L_ALLOW, "allow", 1);
+	EXPECT(L_ALLOW, "allow = *, uid:", L_ALLOW, "allow", 1);
+	EXPECT(L_ALLOW, "allow = *, gid:-1", L_ALLOW, "allow", 1);
+	EXPECT(L_ALLOW, "allow = *, uid:4294967295", L_ALLOW, "allow", 1); /* (uid_t)-1 */
+	EXPECT(L_ALLOW, "allow = *, uid:99999999999", L_ALLOW, "allow", 1);
+	EXPECT(L_ALLOW, "allow = *, user:", L_ALLOW, "allow", 1);
+	EXPECT(L_ALLOW, "allow = *, USER:root", L_ALLOW, "allow", 1);
+}
+
+static void test_errors_missing(void)
+{
+	EXPECT(L_ALLOW, "", L_ISSUER, "allow", 1);
+	EXPECT(L_ISS, "", L_ISSUER, "iss", 1);
+	EXPECT(L_MODULE, "", L_HSM, "module", 1);
+	EXPECT(L_TOKEN, "", L_HSM, "token", 1);
+	EXPECT(L_SIGN_SOCKET, "", L_SIGN, "socket", 1);
+	EXPECT(L_LISTEN, "", L_JWKS, "listen", 1);
+	EXPECT(L_ADMIN_SOCKET, "", L_ADMIN, "socket", 1);
+	{
+		/* No [sign] section at all: no line to point at. */
+		char *t = base_with(L_SIGN, "");
+		char *p = strstr(t, "socket = /run/tokensignd/sign.sock");
+		memset(p, ' ', strlen("socket = /run/tokensignd/sign.sock"));
+		EXPECT_TEXT(t, 0, "[sign]", 1);
+		free(t);
+	}
+}
+
+static void test_errors_cross(void)
+{
+	/* prepublish against [jwks] max-age: the default max-age is 5m, and an explicit one. */
+	EXPECT(L_END, "prepublish = 4m", L_ISSUER, "max-age", 1);
+	EXPECT(L_JWKS_FREE, "max-age = 2d", L_ISSUER, "prepublish", 1);
+	{
+		char *t = base_with(L_END, "prepublish = 5m");
+		struct conf *c = load_ok(t); /* equal is enough */
+		conf_free(c);
+		free(t);
+	}
+	/* prepublish must be shorter than rotation-period. */
+	EXPECT(L_END, "rotation-period = 1d", L_ISSUER, "rotation-period", 1);
+	EXPECT(L_END, "rotation-period = 1d\nprepublish = 2d", L_ISSUER, "rotation-period", 1);
+	/* token-ttl within max-token-ttl. */
+	EXPECT(L_END, "token-ttl = 2h", L_ISSUER, "token-ttl", 1);
+	EXPECT(L_END, "max-token-ttl = 10m", L_ISSUER, "max-token-ttl", 1);
+	/* Two issuers with the same iss: reported at the second. */
+	EXPECT(L_END, "\n[issuer:other]\niss = https://login.example.com/main\nallow = *", L_END + 1,
+	       "iss", 1);
+	{
+		/* A different iss is fine. */
+		char *t = base_with(L_END, "\n[issuer:other]\niss = https://login.example.com/o\n"
+					   "allow = *");
+		struct conf *c = load_ok(t);
+		if (c)
+			CHECK_INT(c->n_issuers, 2);
+		conf_free(c);
+		free(t);
+	}
+}
+
+static void test_errors_all_reported(void)
+{
+	static const char text[] = "[hsm]\n"                           /* 1 */
+				   "module = /usr/lib/softhsm/libsofthsm2.so\n" /* 2 */
+				   "slot = 3\n"                         /* 3: unknown key */
+				   "[sign]\n"                           /* 4 */
+				   "socket = /run/s.sock\n"             /* 5 */
+				   "mode = 0800\n"                      /* 6: bad mode */
+				   "[jwks]\n"                           /* 7 */
+				   "listen = 127.0.0.1:8080\n"          /* 8 */
+				   "listen = host:1\n"                  /* 9: bad listen */
+				   "[issuer:main]\n"                    /* 10: no allow */
+				   "iss = https://a\n"                  /* 11 */
+				   "token-ttl = forever\n"              /* 12: bad duration */
+				   "[wat]\n";                           /* 13: unknown section */
+	struct conf_errors e = {0};
+	struct conf *c = NULL;
+
+	unsetenv("CREDENTIALS_DIRECTORY");
+	write_file(text, strlen(text));
+	CHECK_INT(conf_load(path, &c, &e), -EINVAL);
+	CHECK(c == NULL);
+	CHECK(has_error(&e, 1, "token"));
+	CHECK(has_error(&e, 1, "pin-file"));
+	CHECK(has_error(&e, 3, "unknown key"));
+	CHECK(has_error(&e, 6, "mode"));
+	CHECK(has_error(&e, 9, "listen"));
+	CHECK(has_error(&e, 10, "allow"));
+	CHECK(has_error(&e, 12, "duration"));
+	CHECK(has_error(&e, 13, "unknown section"));
+	CHECK_INT(e.n, 8);
+	if (e.n != 8)
+		dump_errors(&e);
+	/* A second load appends to errs; it does not drop what was there. */
+	CHECK_INT(conf_load(path, &c, &e), -EINVAL);
+	CHECK_INT(e.n, 16);
+	conf_errors_clear(&e);
+	CHECK_INT(e.n, 0);
+	CHECK(e.msgs == NULL);
+	unlink(path);
+}
+
+static void test_nul_and_missing_file(void)
+{
+	struct conf_errors e = {0};
+	struct conf *c = (struct conf *)&path;
+	char *t = base_with(L_HSM_FREE, "slot = a?b");
+	size_t len = strlen(t);
+
+	/* A NUL byte in a line. */
+	*strchr(t, '?') = '\0';
+	expect_errors_at(__FILE__, __LINE__, t, len, L_HSM_FREE, "NUL", 1);
+	free(t);
+
+	CHECK_INT(conf_load("/nonexistent/tokensign/tokensignd.conf", &c, &e), -ENOENT);
+	CHECK(c == (struct conf *)&path);
+	CHECK_INT(e.n, 1);
+	if (e.n == 1) {
+		CHECK(strncmp(e.msgs[0], "/nonexistent/tokensign/tokensignd.conf: ", 40) == 0);
+		CHECK(strstr(e.msgs[0], "No such file") != NULL);
+	}
+	conf_errors_clear(&e);
+
+	/* A directory opens but cannot be read: say so, rather than list every missing key. */
+	c = (struct conf *)&path;
+	CHECK(conf_load("/", &c, &e) < 0);
+	CHECK(c == (struct conf *)&path);
+	CHECK_INT(e.n, 1);
+	if (e.n >= 1)
+		CHECK(strcasestr(e.msgs[0], "directory") != NULL);
+	if (e.n != 1)
+		dump_errors(&e);
+	conf_errors_clear(&e);
+
+	/* An empty file names every required part. */
+	EXPECT_TEXT("", 0, "module", 6);
+}
+
+static void test_free_null(void)
+{
+	struct conf_errors e = {0};
+
+	conf_free(NULL);
+	conf_errors_clear(&e);
+	CHECK(e.n == 0);
+}
+
+int main(void)
+{
+	unsetenv("CREDENTIALS_DIRECTORY");
+	test_full();
+	test_spec_example();
+	test_credentials_directory();
+	test_long_lines();
+	test_errors_sections();
+	test_errors_keys();
+	test_errors_values();
+	test_errors_missing();
+	test_errors_cross();
+	test_errors_all_reported();
+	test_nul_and_missing_file();
+	test_free_null();
+	return unit_finish("conf");
+}
