@@ -8,6 +8,8 @@
 
 struct sign_api;
 struct jwks_http;
+struct admin_api;
+struct scheduler;
 
 struct daemon {
 	struct conf *conf;
@@ -15,8 +17,10 @@ struct daemon {
 	struct keyring *keyring;
 	struct sign_api *sign;
 	struct jwks_http *jwks;
+	struct admin_api *admin;
+	struct scheduler *scheduler;
 };
 
-/* Ready means the token answers and every issuer has a key that may sign now. On false, *why
- * names the first problem (a static string or an issuer name). */
+/* Ready means the token answers and every issuer has a key that may sign now and no trouble
+ * making the next one. On false, *why names the first problem (static, or an issuer name). */
 bool daemon_ready(struct daemon *d, const char **why);

@@ -64,8 +64,15 @@ int hsm_destroy_key(struct hsm *hsm, const uint8_t id[HSM_ID_LEN]);
 int hsm_list_records(struct hsm *hsm, struct hsm_record **ret, size_t *ret_n);
 void hsm_records_free(struct hsm_record *records, size_t n);
 
-/* Creates a private token record object. */
-int hsm_store_record(struct hsm *hsm, const char *label, const char *value, size_t len);
+/* Creates a private token record object; *ret_handle (may be NULL) is its handle. */
+int hsm_store_record(struct hsm *hsm, const char *label, const char *value, size_t len,
+                     unsigned long *ret_handle);
+
+/* Destroys one object (a record). An object already gone is not an error. */
+int hsm_destroy_object(struct hsm *hsm, unsigned long handle);
+
+/* The CKA_IDs of every key object (private or public) labelled "tokensign:...", each once. */
+int hsm_list_key_ids(struct hsm *hsm, uint8_t (**ret)[HSM_ID_LEN], size_t *ret_n);
 
 /* Signs a JWS signing input with key: digest and mechanism follow key->alg; ECDSA gives R||S.
  * Uses the calling thread's own session. Recovers once each from a closed session, a lost login

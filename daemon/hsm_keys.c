@@ -3,6 +3,7 @@
 #include "hsm_internal.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,7 +382,8 @@ int hsm_list_records(struct hsm *h, struct hsm_record **ret, size_t *ret_n)
 	return r;
 }
 
-int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t len)
+int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t len,
+                     unsigned long *ret_handle)
 {
 	CK_OBJECT_CLASS cls = CKO_DATA;
 	CK_ATTRIBUTE tmpl[] = {
@@ -403,7 +405,96 @@ int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t
 			return r;
 		rv = h->f->C_CreateObject(s->handle, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &obj);
 	} while ((r = hsm_recover(h, s, rv, "C_CreateObject", &rc)) > 0);
+	if (r == 0 && ret_handle)
+		*ret_handle = obj;
 	return r;
+}
+
+int hsm_destroy_object(struct hsm *h, unsigned long handle)
+{
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	CK_RV rv;
+	int r;
+
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		rv = h->f->C_DestroyObject(s->handle, handle);
+		if (rv == CKR_OBJECT_HANDLE_INVALID)
+			rv = CKR_OK; /* another instance was first */
+	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
+	return r;
+}
+
+static bool id_listed(uint8_t (*ids)[HSM_ID_LEN], size_t n, const uint8_t *id)
+{
+	for (size_t i = 0; i < n; i++)
+		if (memcmp(ids[i], id, HSM_ID_LEN) == 0)
+			return true;
+	return false;
+}
+
+/* Appends the ids of one class of key objects labelled tokensign:... to ids. */
+static CK_RV list_class_ids(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+                            uint8_t (**ids)[HSM_ID_LEN], size_t *n)
+{
+	CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}};
+	CK_OBJECT_HANDLE objs[64];
+	CK_ULONG got = 0;
+	CK_RV rv = h->f->C_FindObjectsInit(s, tmpl, 1);
+
+	while (rv == CKR_OK && (rv = h->f->C_FindObjects(s, objs, 64, &got)) == CKR_OK && got) {
+		for (CK_ULONG i = 0; i < got; i++) {
+			char label[64] = {0};
+			uint8_t id[HSM_ID_LEN + 1];
+			CK_ATTRIBUTE a[] = {{CKA_LABEL, label, sizeof(label) - 1},
+			                    {CKA_ID, id, sizeof(id)}};
+			uint8_t(*grown)[HSM_ID_LEN];
+
+			if (h->f->C_GetAttributeValue(s, objs[i], a, 2) != CKR_OK ||
+			    a[1].ulValueLen != HSM_ID_LEN ||
+			    strncmp(label, "tokensign:", 10) != 0 || id_listed(*ids, *n, id))
+				continue;
+			grown = realloc(*ids, (*n + 1) * sizeof(**ids));
+			if (!grown) {
+				rv = CKR_HOST_MEMORY;
+				break;
+			}
+			*ids = grown;
+			memcpy((*ids)[(*n)++], id, HSM_ID_LEN);
+		}
+	}
+	h->f->C_FindObjectsFinal(s);
+	return rv;
+}
+
+int hsm_list_key_ids(struct hsm *h, uint8_t (**ret)[HSM_ID_LEN], size_t *ret_n)
+{
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	uint8_t(*ids)[HSM_ID_LEN] = NULL;
+	size_t n = 0;
+	CK_RV rv;
+	int r;
+
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		free(ids);
+		ids = NULL;
+		n = 0;
+		rv = list_class_ids(h, s->handle, CKO_PRIVATE_KEY, &ids, &n);
+		if (rv == CKR_OK)
+			rv = list_class_ids(h, s->handle, CKO_PUBLIC_KEY, &ids, &n);
+	} while ((r = hsm_recover(h, s, rv, "listing key objects", &rc)) > 0);
+	if (r < 0) {
+		free(ids);
+		return r;
+	}
+	*ret = ids;
+	*ret_n = n;
+	return 0;
 }
 
 /* ---- signing ---- */

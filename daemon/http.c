@@ -1,9 +1,14 @@
 /* JSON answers and libmicrohttpd log routing for both HTTP front ends. */
 #include "http.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -75,4 +80,80 @@ void http_log(void *cls, const char *fmt, va_list ap)
 	while (n > 0 && line[n - 1] == '\n')
 		line[--n] = '\0';
 	log_warning("http: %s", line);
+}
+
+void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                        enum MHD_ConnectionNotificationCode code)
+{
+	struct http_peer *conn;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		if (*socket_ctx)
+			peer_clear(&((struct http_peer *)*socket_ctx)->peer);
+		free(*socket_ctx);
+		*socket_ctx = NULL;
+		return;
+	}
+	conn = calloc(1, sizeof(*conn));
+	if (!conn)
+		return;
+	conn->err = peer_from_fd(
+	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd, &conn->peer);
+	*socket_ctx = conn;
+}
+
+const struct http_peer *http_peer_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return ci ? ci->socket_context : NULL;
+}
+
+int http_unix_listen(const struct sock_conf *sc, int *ret)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, r;
+
+	strncpy(sa.sun_path, sc->path, sizeof(sa.sun_path) - 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	/* A stale socket file from a crash would make bind fail; only ever remove a socket. */
+	struct stat st;
+	if (lstat(sc->path, &st) == 0 && S_ISSOCK(st.st_mode))
+		unlink(sc->path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(sc->path, sc->mode) < 0 ||
+	    (sc->has_group && chown(sc->path, (uid_t)-1, sc->gid) < 0) || listen(fd, 128) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	*ret = fd;
+	return 0;
+}
+
+void http_body_append(struct http_body *b, const char *data, size_t n, size_t max)
+{
+	char *grown;
+
+	if (b->too_large || b->len + n > max) {
+		b->too_large = true;
+		return;
+	}
+	grown = realloc(b->data, b->len + n + 1);
+	if (!grown) {
+		b->too_large = true;
+		return;
+	}
+	memcpy(grown + b->len, data, n);
+	grown[b->len + n] = '\0';
+	b->data = grown;
+	b->len += n;
+}
+
+void http_body_free(struct http_body *b)
+{
+	free(b->data);
+	b->data = NULL;
+	b->len = 0;
 }

@@ -1,6 +1,12 @@
 /* Small helpers shared by the two HTTP front ends (sign socket, public JWKS). */
 #pragma once
+#include <stdbool.h>
+#include <stddef.h>
+
 #include <microhttpd.h>
+
+#include "conf.h"
+#include "peer.h"
 
 /* Queues a JSON body (copied) with status. */
 enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body);
@@ -14,3 +20,26 @@ enum MHD_Result http_reply_method(struct MHD_Connection *c, const char *allow);
 
 /* Logs libmicrohttpd's own messages through our log. */
 void http_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
+/* Creates, binds and listens on the Unix socket of sc, with its mode and group; a stale socket
+ * file is replaced, any other file is not. */
+int http_unix_listen(const struct sock_conf *sc, int *ret_fd);
+
+/* The caller of a Unix-socket connection, read once when it connects (SO_PEERCRED is fixed at
+ * connect() anyway). Install http_on_connection as MHD_OPTION_NOTIFY_CONNECTION. */
+struct http_peer {
+	int err; /* negative errno: credentials unreadable, the caller is refused */
+	struct peer peer;
+};
+void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                        enum MHD_ConnectionNotificationCode code);
+const struct http_peer *http_peer_of(struct MHD_Connection *c);
+
+/* A request body collected across calls of the access handler, capped at max bytes. */
+struct http_body {
+	char *data; /* NUL-terminated */
+	size_t len;
+	bool too_large;
+};
+void http_body_append(struct http_body *b, const char *data, size_t n, size_t max);
+void http_body_free(struct http_body *b);

@@ -8,9 +8,10 @@
 
 #include <jansson.h>
 
+#include "audit.h"
 #include "log.h"
 
-#define RECORD_VERSION 1
+#define RECORD_VERSION 2
 
 int keyring_new(struct hsm *hsm, const struct conf *conf, struct keyring **ret)
 {
@@ -25,6 +26,7 @@ int keyring_new(struct hsm *hsm, const struct conf *conf, struct keyring **ret)
 		free(kr);
 		return -ENOMEM;
 	}
+	pthread_mutex_init(&kr->mutate, NULL);
 	for (size_t i = 0; i < kr->n; i++) {
 		kr->issuers[i].conf = &conf->issuers[i];
 		pthread_mutex_init(&kr->issuers[i].lock, NULL);
@@ -50,6 +52,10 @@ void keyring_free(struct keyring *kr)
 		keyset_release(kr->issuers[i].set);
 		pthread_mutex_destroy(&kr->issuers[i].lock);
 	}
+	pthread_mutex_destroy(&kr->mutate);
+	free(kr->orphans);
+	free(kr->stale);
+	free(kr->recorded);
 	free(kr->issuers);
 	free(kr);
 }
@@ -74,26 +80,41 @@ struct keyset *keyring_acquire(struct keyring *kr, size_t i)
 	return set;
 }
 
-/* ---- the keyset ---- */
-
-static int key_order(const void *a, const void *b)
+struct key *keyset_signer(struct keyset *set, int64_t now)
 {
-	const struct key *x = a, *y = b;
-
-	if (x->activates_at != y->activates_at)
-		return x->activates_at < y->activates_at ? -1 : 1;
-	return strcmp(x->kid, y->kid);
+	if (!set)
+		return NULL;
+	/* The scheduler rebuilds the set at every transition; until it has, the set itself knows
+	 * who signs on either side of the next handover, so no request fails at the boundary. */
+	if (set->active && now < set->active_until)
+		return set->active;
+	if (set->next && now >= set->next->activates_at && now < set->next_until)
+		return set->next;
+	return NULL;
 }
+
+struct schedule_timing keyring_timing(const struct issuer_conf *ic)
+{
+	return (struct schedule_timing){
+	    .rotation_period = (int64_t)ic->rotation_period,
+	    .prepublish = (int64_t)ic->prepublish,
+	    .max_token_ttl = (int64_t)ic->max_token_ttl,
+	};
+}
+
+/* ---- building a keyset ---- */
 
 static int render_jwks(struct keyset *set, enum jws_alg alg)
 {
 	json_t *keys = json_array(), *doc;
-	int r = -ENOMEM;
 
 	if (!keys)
 		return -ENOMEM;
 	for (size_t i = 0; i < set->n; i++) {
-		json_t *jwk = jwk_to_json(&set->keys[i].jwk, set->keys[i].kid, alg);
+		json_t *jwk;
+		if (set->keys[i].st.state == KEY_EXPIRED)
+			continue;
+		jwk = jwk_to_json(&set->keys[i].jwk, set->keys[i].kid, alg);
 		if (!jwk || json_array_append_new(keys, jwk) < 0) {
 			json_decref(keys);
 			return -ENOMEM;
@@ -104,28 +125,54 @@ static int render_jwks(struct keyset *set, enum jws_alg alg)
 		return -ENOMEM;
 	set->jwks = json_dumps(doc, JSON_COMPACT);
 	json_decref(doc);
-	if (set->jwks) {
-		set->jwks_len = strlen(set->jwks);
-		r = etag_of(set->jwks, set->jwks_len, set->etag);
-	}
-	return r;
+	if (!set->jwks)
+		return -ENOMEM;
+	set->jwks_len = strlen(set->jwks);
+	return etag_of(set->jwks, set->jwks_len, set->etag);
 }
 
-/* The key that signs now: the latest activation not in the future; equal times break on the
- * smaller kid, so every instance on the token picks the same key. */
-static struct key *pick_active(struct key *keys, size_t n, int64_t now)
+static int key_order(const void *a, const void *b)
 {
-	struct key *best = NULL;
+	const struct key *x = a, *y = b;
+	struct schedule_key sx = {x->kid, x->activates_at, 0, 0},
+	                    sy = {y->kid, y->activates_at, 0, 0};
 
-	for (size_t i = 0; i < n; i++) {
-		if (keys[i].activates_at > now)
-			continue;
-		if (!best || keys[i].activates_at > best->activates_at ||
-		    (keys[i].activates_at == best->activates_at &&
-		     strcmp(keys[i].kid, best->kid) < 0))
-			best = &keys[i];
+	return schedule_key_order(&sx, &sy);
+}
+
+/* Derives states at now and fills active/next. keys must be in schedule order. */
+static void keyset_derive(const struct issuer_conf *ic, struct keyset *set, int64_t now)
+{
+	struct schedule_timing t = keyring_timing(ic);
+	struct schedule_key *sk = calloc(set->n ? set->n : 1, sizeof(*sk));
+	struct schedule_state *st = calloc(set->n ? set->n : 1, sizeof(*st));
+	int active;
+
+	set->active = set->next = NULL;
+	if (!sk || !st)
+		goto out; /* no active key: fail closed */
+	for (size_t i = 0; i < set->n; i++)
+		sk[i] = (struct schedule_key){set->keys[i].kid, set->keys[i].activates_at,
+		                              set->keys[i].retires_at, set->keys[i].max_token_ttl};
+	active = schedule_derive(&t, sk, set->n, now, st);
+	for (size_t i = 0; i < set->n; i++)
+		set->keys[i].st = st[i];
+	if (active >= 0) {
+		set->active = &set->keys[active];
+		set->active_until = set->active->retires_at + t.prepublish;
 	}
-	return best;
+	for (size_t i = 0; i < set->n; i++) {
+		if (st[i].state != KEY_PENDING)
+			continue;
+		set->next = &set->keys[i];
+		set->next_until = set->next->retires_at + t.prepublish;
+		if (set->active && set->next->activates_at < set->active_until)
+			set->active_until = set->next->activates_at;
+		break;
+	}
+out:
+	free(sk);
+	free(st);
 }
 
 /* Takes ownership of keys. */
@@ -140,10 +187,11 @@ static int keyset_build(const struct issuer_conf *ic, struct key *keys, size_t n
 		return -ENOMEM;
 	}
 	atomic_init(&set->refs, 1);
-	qsort(keys, n, sizeof(*keys), key_order);
+	if (n > 0)
+		qsort(keys, n, sizeof(*keys), key_order);
 	set->keys = keys;
 	set->n = n;
-	set->active = pick_active(keys, n, now);
+	keyset_derive(ic, set, now);
 	r = render_jwks(set, ic->alg);
 	if (r < 0) {
 		keyset_release(set);
@@ -153,23 +201,37 @@ static int keyset_build(const struct issuer_conf *ic, struct key *keys, size_t n
 	return 0;
 }
 
+/* Swaps in the new view and writes the audit records of the handover it implies. */
 static void keyring_publish(struct keyring *kr, size_t i, struct keyset *set)
 {
+	struct issuer_keys *ik = &kr->issuers[i];
+	const char *old_kid, *new_kid;
 	struct keyset *old;
 
-	pthread_mutex_lock(&kr->issuers[i].lock);
-	old = kr->issuers[i].set;
-	kr->issuers[i].set = set;
-	pthread_mutex_unlock(&kr->issuers[i].lock);
+	pthread_mutex_lock(&ik->lock);
+	old = ik->set;
+	ik->set = set;
+	pthread_mutex_unlock(&ik->lock);
+	old_kid = old && old->active ? old->active->kid : NULL;
+	new_kid = set->active ? set->active->kid : NULL;
+	if (new_kid && (!old_kid || strcmp(old_kid, new_kid) != 0))
+		audit_key(AUDIT_ACTIVATED, ik->conf->name, new_kid, -1);
+	if (old_kid && (!new_kid || strcmp(old_kid, new_kid) != 0))
+		audit_key(AUDIT_RETIRED, ik->conf->name, old_kid, -1);
+	if (old_kid && !new_kid)
+		log_error("issuer %s: no key may sign now; signing fails closed until a successor "
+		          "has been published for prepublish",
+		          ik->conf->name);
 	keyset_release(old);
 }
 
 /* ---- records: what the token remembers about each key ---- */
 
-struct record {
-	const char *issuer, *iss, *kid, *alg, *id_hex;
-	json_int_t v, created_at, activates_at;
-};
+static void hex_encode(const uint8_t *in, size_t n, char *out)
+{
+	for (size_t i = 0; i < n; i++)
+		sprintf(out + 2 * i, "%02x", in[i]);
+}
 
 static int hex_decode(const char *s, uint8_t *out, size_t n)
 {
@@ -184,18 +246,19 @@ static int hex_decode(const char *s, uint8_t *out, size_t n)
 	return 0;
 }
 
-static char *record_format(const char *issuer, const char *iss, const char *kid, enum jws_alg alg,
-                           const uint8_t id[HSM_ID_LEN], int64_t created, int64_t activates)
+char *keyring_record_format(const struct issuer_conf *ic, const struct key *k)
 {
 	char hex[2 * HSM_ID_LEN + 1];
 	json_t *obj;
 	char *s;
 
-	for (size_t i = 0; i < HSM_ID_LEN; i++)
-		sprintf(hex + 2 * i, "%02x", id[i]);
-	obj = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:I, s:I}", "v", RECORD_VERSION, "issuer",
-	                issuer, "iss", iss, "kid", kid, "alg", jws_alg_name(alg), "id", hex,
-	                "created_at", (json_int_t)created, "activates_at", (json_int_t)activates);
+	hex_encode(k->hk.id, HSM_ID_LEN, hex);
+	obj = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "v",
+	                RECORD_VERSION, "issuer", ic->name, "iss", ic->iss, "kid", k->kid, "alg",
+	                jws_alg_name(ic->alg), "id", hex, "seq", (json_int_t)k->seq, "created_at",
+	                (json_int_t)k->created_at, "activates_at", (json_int_t)k->activates_at,
+	                "retires_at", (json_int_t)k->retires_at, "max_token_ttl",
+	                (json_int_t)k->max_token_ttl);
 	if (!obj)
 		return NULL;
 	s = json_dumps(obj, JSON_COMPACT);
@@ -203,49 +266,83 @@ static char *record_format(const char *issuer, const char *iss, const char *kid,
 	return s;
 }
 
-/* Turns one token record into a usable key of ic, or says (in the log) why not. */
-static int key_from_record(struct keyring *kr, const struct issuer_conf *ic, json_t *doc,
-                           const char *label, struct key *ret)
+struct record {
+	const char *issuer, *iss, *kid, *alg, *id_hex;
+	json_int_t v, seq, created_at, activates_at, retires_at, max_token_ttl;
+};
+
+static int record_parse(json_t *doc, struct record *rec)
 {
-	struct record rec = {0};
 	json_error_t jerr;
+
+	memset(rec, 0, sizeof(*rec));
+	if (json_unpack_ex(doc, &jerr, 0, "{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}",
+	                   "v", &rec->v, "issuer", &rec->issuer, "iss", &rec->iss, "kid", &rec->kid,
+	                   "alg", &rec->alg, "id", &rec->id_hex, "seq", &rec->seq, "created_at",
+	                   &rec->created_at, "activates_at", &rec->activates_at, "retires_at",
+	                   &rec->retires_at, "max_token_ttl", &rec->max_token_ttl) < 0 ||
+	    rec->v != RECORD_VERSION || strlen(rec->kid) != JWK_KID_LEN || rec->seq < 0 ||
+	    rec->retires_at < rec->activates_at)
+		return -EINVAL;
+	return 0;
+}
+
+/* Loads the key a record describes, or says (in the log) why it is not usable. */
+static int key_load(struct keyring *kr, const struct issuer_conf *ic, const struct record *rec,
+                    struct key *ret)
+{
+	uint8_t id[HSM_ID_LEN];
 	enum jws_alg alg;
 	int r;
 
-	if (json_unpack_ex(doc, &jerr, 0, "{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:I}", "v", &rec.v,
-	                   "issuer", &rec.issuer, "iss", &rec.iss, "kid", &rec.kid, "alg", &rec.alg,
-	                   "id", &rec.id_hex, "created_at", &rec.created_at, "activates_at",
-	                   &rec.activates_at) < 0 ||
-	    rec.v != RECORD_VERSION || jws_alg_from_name(rec.alg, &alg) < 0 ||
-	    hex_decode(rec.id_hex, ret->hk.id, HSM_ID_LEN) < 0 || strlen(rec.kid) != JWK_KID_LEN) {
-		log_warning("record '%s' is malformed, ignoring it", label);
-		return -EINVAL;
-	}
+	memcpy(id, ret->hk.id, HSM_ID_LEN);
 	/* A key is bound to one iss for life: after an iss change it must not sign again. */
-	if (strcmp(rec.iss, ic->iss) != 0 || alg != ic->alg) {
+	if (strcmp(rec->iss, ic->iss) != 0 || jws_alg_from_name(rec->alg, &alg) < 0 ||
+	    alg != ic->alg) {
 		log_warning(
 		    "issuer %s: key %s was made for iss '%s' with %s; the configuration now "
 		    "says '%s' with %s, so it is not used",
-		    ic->name, rec.kid, rec.iss, rec.alg, ic->iss, jws_alg_name(ic->alg));
+		    ic->name, rec->kid, rec->iss, rec->alg, ic->iss, jws_alg_name(ic->alg));
 		return -EINVAL;
 	}
-	r = hsm_find_key(kr->hsm, ret->hk.id, alg, &ret->hk);
+	r = hsm_find_key(kr->hsm, id, alg, &ret->hk);
 	if (r == 0)
 		r = hsm_public_jwk(kr->hsm, &ret->hk, &ret->jwk);
 	if (r < 0) {
-		log_error("issuer %s: key %s is not usable: %s", ic->name, rec.kid,
+		log_error("issuer %s: key %s is not usable: %s", ic->name, rec->kid,
 		          hsm_last_error());
 		return r;
 	}
-	if (jwk_thumbprint(&ret->jwk, ret->kid) < 0 || strcmp(ret->kid, rec.kid) != 0) {
+	if (jwk_thumbprint(&ret->jwk, ret->kid) < 0 || strcmp(ret->kid, rec->kid) != 0) {
 		log_error("issuer %s: key %s: the token's public key has thumbprint %s; record and "
 		          "key disagree, not used",
-		          ic->name, rec.kid, ret->kid);
+		          ic->name, rec->kid, ret->kid);
 		return -EINVAL;
 	}
-	ret->created_at = rec.created_at;
-	ret->activates_at = rec.activates_at;
 	return 0;
+}
+
+/* A key already known at this revision is copied rather than read from the token again. */
+static const struct key *known_key(const struct keyset *set, const uint8_t *id, int64_t seq)
+{
+	for (size_t i = 0; set && i < set->n; i++)
+		if (memcmp(set->keys[i].hk.id, id, HSM_ID_LEN) == 0 && set->keys[i].seq == seq)
+			return &set->keys[i];
+	return NULL;
+}
+
+/* True when another record of the same key has a higher revision (this one is stale). */
+static bool record_superseded(json_t *const *docs, size_t n, size_t self, const struct record *r)
+{
+	for (size_t j = 0; j < n; j++) {
+		struct record o;
+		if (j == self || !docs[j] || record_parse(docs[j], &o) < 0)
+			continue;
+		if (strcmp(o.id_hex, r->id_hex) == 0 &&
+		    (o.seq > r->seq || (o.seq == r->seq && j < self)))
+			return true;
+	}
+	return false;
 }
 
 static int append_key(struct key **keys, size_t *n, const struct key *k)
@@ -260,23 +357,55 @@ static int append_key(struct key **keys, size_t *n, const struct key *k)
 	return 0;
 }
 
-static int issuer_collect(struct keyring *kr, const struct issuer_conf *ic,
-                          const struct hsm_record *recs, size_t n_recs, struct key **ret,
-                          size_t *ret_n)
+static int record_to_key(struct keyring *kr, size_t i, const struct hsm_record *hr,
+                         const struct record *rec, struct key *k)
 {
+	const struct issuer_conf *ic = kr->issuers[i].conf;
+	struct keyset *cur = keyring_acquire(kr, i);
+	const struct key *known;
+	int r = 0;
+
+	memset(k, 0, sizeof(*k));
+	if (hex_decode(rec->id_hex, k->hk.id, HSM_ID_LEN) < 0) {
+		keyset_release(cur);
+		return -EINVAL;
+	}
+	known = known_key(cur, k->hk.id, rec->seq);
+	if (known)
+		*k = *known;
+	else
+		r = key_load(kr, ic, rec, k);
+	keyset_release(cur);
+	if (r < 0)
+		return r;
+	k->created_at = rec->created_at;
+	k->activates_at = rec->activates_at;
+	k->retires_at = rec->retires_at;
+	k->max_token_ttl = rec->max_token_ttl;
+	k->seq = rec->seq;
+	k->record = hr->handle;
+	return 0;
+}
+
+static int issuer_collect(struct keyring *kr, size_t i, const struct hsm_record *recs,
+                          json_t *const *docs, size_t n_recs, struct key **ret, size_t *ret_n)
+{
+	const struct issuer_conf *ic = kr->issuers[i].conf;
 	struct key *keys = NULL;
 	size_t n = 0;
 
-	for (size_t i = 0; i < n_recs; i++) {
-		json_t *doc = json_loadb(recs[i].value, recs[i].len, JSON_REJECT_DUPLICATES, NULL);
-		json_t *issuer = doc ? json_object_get(doc, "issuer") : NULL;
+	for (size_t j = 0; j < n_recs; j++) {
+		struct record rec;
 		struct key k;
-		int r = -EINVAL;
 
-		if (json_is_string(issuer) && strcmp(json_string_value(issuer), ic->name) == 0)
-			r = key_from_record(kr, ic, doc, recs[i].label, &k);
-		json_decref(doc);
-		if (r == 0 && append_key(&keys, &n, &k) < 0) {
+		if (!docs[j] || record_parse(docs[j], &rec) < 0 ||
+		    strcmp(rec.issuer, ic->name) != 0)
+			continue;
+		if (record_superseded(docs, n_recs, j, &rec))
+			continue;
+		if (record_to_key(kr, i, &recs[j], &rec, &k) < 0)
+			continue;
+		if (append_key(&keys, &n, &k) < 0) {
 			free(keys);
 			return -ENOMEM;
 		}
@@ -286,10 +415,50 @@ static int issuer_collect(struct keyring *kr, const struct issuer_conf *ic,
 	return 0;
 }
 
-int keyring_load(struct keyring *kr, int64_t now)
+static json_t **records_parse(const struct hsm_record *recs, size_t n)
+{
+	json_t **docs = calloc(n ? n : 1, sizeof(*docs));
+
+	for (size_t j = 0; docs && j < n; j++) {
+		struct record rec;
+		docs[j] = json_loadb(recs[j].value, recs[j].len, JSON_REJECT_DUPLICATES, NULL);
+		if (docs[j] && record_parse(docs[j], &rec) < 0) {
+			log_warning("record '%s' is malformed, ignoring it", recs[j].label);
+			json_decref(docs[j]);
+			docs[j] = NULL;
+		}
+	}
+	return docs;
+}
+
+/* Remembers, for maintenance, which key ids have a record and which records are stale. */
+static int records_note(struct keyring *kr, const struct hsm_record *recs, json_t *const *docs,
+                        size_t n)
+{
+	kr->n_stale = kr->n_recorded = 0;
+	free(kr->stale);
+	free(kr->recorded);
+	kr->stale = calloc(n ? n : 1, sizeof(*kr->stale));
+	kr->recorded = calloc(n ? n : 1, sizeof(*kr->recorded));
+	if (!kr->stale || !kr->recorded)
+		return -ENOMEM;
+	for (size_t j = 0; j < n; j++) {
+		struct record rec;
+		if (!docs[j] || record_parse(docs[j], &rec) < 0)
+			continue;
+		if (record_superseded(docs, n, j, &rec))
+			kr->stale[kr->n_stale++] = recs[j].handle;
+		else if (hex_decode(rec.id_hex, kr->recorded[kr->n_recorded], HSM_ID_LEN) == 0)
+			kr->n_recorded++;
+	}
+	return 0;
+}
+
+int keyring_refresh(struct keyring *kr, int64_t now)
 {
 	struct hsm_record *recs = NULL;
 	size_t n_recs = 0;
+	json_t **docs;
 	int r;
 
 	r = hsm_list_records(kr->hsm, &recs, &n_recs);
@@ -297,83 +466,26 @@ int keyring_load(struct keyring *kr, int64_t now)
 		log_error("cannot read key records from the token: %s", hsm_last_error());
 		return r;
 	}
-	for (size_t i = 0; i < kr->n; i++) {
-		const struct issuer_conf *ic = kr->issuers[i].conf;
+	docs = records_parse(recs, n_recs);
+	if (!docs) {
+		hsm_records_free(recs, n_recs);
+		return -ENOMEM;
+	}
+	r = records_note(kr, recs, docs, n_recs);
+	for (size_t i = 0; i < kr->n && r == 0; i++) {
 		struct keyset *set;
 		struct key *keys;
 		size_t n;
 
-		r = issuer_collect(kr, ic, recs, n_recs, &keys, &n);
+		r = issuer_collect(kr, i, recs, docs, n_recs, &keys, &n);
 		if (r == 0)
-			r = keyset_build(ic, keys, n, now, &set);
-		if (r < 0)
-			break;
-		keyring_publish(kr, i, set);
+			r = keyset_build(kr->issuers[i].conf, keys, n, now, &set);
+		if (r == 0)
+			keyring_publish(kr, i, set);
 	}
+	for (size_t j = 0; j < n_recs; j++)
+		json_decref(docs[j]);
+	free(docs);
 	hsm_records_free(recs, n_recs);
 	return r;
-}
-
-/* Makes a key for ic in the token and commits it with its record; the record is written last,
- * so a crash in between leaves a key pair without a record, which is never used. */
-static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t now,
-                      int64_t activates, struct key *ret)
-{
-	char label[64], rlabel[128];
-	char *rec;
-	int r;
-
-	snprintf(label, sizeof(label), "tokensign:%s", ic->name);
-	r = hsm_generate_key(kr->hsm, ic->alg, label, &ret->hk);
-	if (r < 0) {
-		log_error("issuer %s: cannot generate a key: %s", ic->name, hsm_last_error());
-		return r;
-	}
-	r = hsm_public_jwk(kr->hsm, &ret->hk, &ret->jwk);
-	if (r == 0)
-		r = jwk_thumbprint(&ret->jwk, ret->kid);
-	rec = r == 0
-	          ? record_format(ic->name, ic->iss, ret->kid, ic->alg, ret->hk.id, now, activates)
-	          : NULL;
-	snprintf(rlabel, sizeof(rlabel), "tokensign:%s:%s", ic->name, ret->kid);
-	if (!rec || (r = hsm_store_record(kr->hsm, rlabel, rec, strlen(rec))) < 0) {
-		log_error("issuer %s: cannot record the new key: %s", ic->name, hsm_last_error());
-		hsm_destroy_key(kr->hsm, ret->hk.id);
-		free(rec);
-		return r < 0 ? r : -ENOMEM;
-	}
-	free(rec);
-	ret->created_at = now;
-	ret->activates_at = activates;
-	log_notice("issuer %s: generated key %s (%s), active from %lld", ic->name, ret->kid,
-	           jws_alg_name(ic->alg), (long long)activates);
-	return 0;
-}
-
-int keyring_bootstrap(struct keyring *kr, int64_t now)
-{
-	for (size_t i = 0; i < kr->n; i++) {
-		const struct issuer_conf *ic = kr->issuers[i].conf;
-		struct keyset *cur = keyring_acquire(kr, i), *set;
-		bool empty = !cur || cur->n == 0;
-		struct key *k;
-		int r;
-
-		keyset_release(cur);
-		if (!empty)
-			continue;
-		k = calloc(1, sizeof(*k));
-		if (!k)
-			return -ENOMEM;
-		r = key_create(kr, ic, now, now, k);
-		if (r < 0) {
-			free(k);
-			return r;
-		}
-		r = keyset_build(ic, k, 1, now, &set);
-		if (r < 0)
-			return r;
-		keyring_publish(kr, i, set);
-	}
-	return 0;
 }

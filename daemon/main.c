@@ -10,9 +10,12 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "admin_api.h"
 #include "daemon.h"
 #include "jwks_http.h"
 #include "log.h"
+#include "rotation.h"
+#include "scheduler.h"
 #include "sign_api.h"
 
 #define DEFAULT_CONFIG "/etc/tokensign/tokensignd.conf"
@@ -48,16 +51,22 @@ static int config_load(const char *path, struct conf **ret)
 
 bool daemon_ready(struct daemon *d, const char **why)
 {
+	int64_t now = (int64_t)time(NULL);
+
 	if (hsm_probe(d->hsm) < 0) {
 		*why = "token unreachable";
 		return false;
 	}
 	for (size_t i = 0; i < d->keyring->n; i++) {
+		struct issuer_keys *ik = &d->keyring->issuers[i];
 		struct keyset *set = keyring_acquire(d->keyring, i);
-		bool ok = set && set->active;
+		bool ok = keyset_signer(set, now) != NULL;
 		keyset_release(set);
+		pthread_mutex_lock(&d->keyring->mutate);
+		ok = ok && !ik->problem[0];
+		pthread_mutex_unlock(&d->keyring->mutate);
 		if (!ok) {
-			*why = d->keyring->issuers[i].conf->name;
+			*why = ik->conf->name;
 			return false;
 		}
 	}
@@ -80,20 +89,29 @@ static void notify_status(const struct daemon *d)
 	sd_notify(0, status);
 }
 
-/* Loads the token's view and makes the first key of any issuer that has none. */
+/* Loads the token's view, makes the first keys where there are none, and starts the scheduler.
+ * A first start whose key cannot be made is an error; later trouble is the scheduler's. */
 static int keys_start(struct daemon *d)
 {
-	int64_t now = (int64_t)time(NULL);
+	int64_t now = (int64_t)time(NULL), next;
 	int r;
 
 	sd_notify(0, "STATUS=Loading keys from the token");
 	r = keyring_new(d->hsm, d->conf, &d->keyring);
 	if (r == 0)
-		r = keyring_load(d->keyring, now);
-	if (r == 0) {
-		sd_notify(0, "STATUS=Generating first keys where needed");
-		r = keyring_bootstrap(d->keyring, now);
+		r = rotation_maintain(d->keyring, now, &next);
+	for (size_t i = 0; r == 0 && i < d->keyring->n; i++) {
+		struct issuer_keys *ik = &d->keyring->issuers[i];
+		struct keyset *set = keyring_acquire(d->keyring, i);
+		if (set && set->n == 0 && ik->problem[0]) {
+			log_error("issuer %s has no key and none could be made: %s", ik->conf->name,
+			          ik->problem);
+			r = -EIO;
+		}
+		keyset_release(set);
 	}
+	if (r == 0)
+		r = scheduler_start(d->keyring, scheduler_rescan_interval(d->conf), &d->scheduler);
 	return r;
 }
 
@@ -152,14 +170,17 @@ static int run(const char *config_path)
 	if ((r = keys_start(&d)) < 0)
 		goto out;
 	sd_notify(0, "STATUS=Opening sockets");
-	if ((r = sign_api_start(&d, &d.sign)) < 0 || (r = jwks_http_start(&d, &d.jwks)) < 0)
+	if ((r = sign_api_start(&d, &d.sign)) < 0 || (r = jwks_http_start(&d, &d.jwks)) < 0 ||
+	    (r = admin_api_start(&d, &d.admin)) < 0)
 		goto out;
 	log_notice("ready: %zu issuer(s), signing on %s", d.conf->n_issuers, d.conf->sign.path);
 	notify_status(&d);
 	r = wait_for_signal();
 out:
+	admin_api_stop(d.admin);
 	jwks_http_stop(d.jwks);
 	sign_api_stop(d.sign);
+	scheduler_stop(d.scheduler);
 	keyring_free(d.keyring);
 	hsm_close(d.hsm);
 	conf_free(d.conf);

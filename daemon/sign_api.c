@@ -36,43 +36,8 @@ enum route {
 struct request {
 	enum route route;
 	const struct issuer_conf *ic;
-	char *body;
-	size_t len;
-	bool too_large;
+	struct http_body body;
 };
-
-/* Per connection: the caller, read once; SO_PEERCRED is fixed at connect() anyway. */
-struct connection {
-	int err;
-	struct peer peer;
-};
-
-static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
-                          enum MHD_ConnectionNotificationCode code)
-{
-	struct connection *conn;
-
-	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
-		if (*socket_ctx)
-			peer_clear(&((struct connection *)*socket_ctx)->peer);
-		free(*socket_ctx);
-		*socket_ctx = NULL;
-		return;
-	}
-	conn = calloc(1, sizeof(*conn));
-	if (!conn)
-		return;
-	conn->err = peer_from_fd(
-	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd, &conn->peer);
-	*socket_ctx = conn;
-}
-
-static const struct connection *connection_of(struct MHD_Connection *c)
-{
-	const union MHD_ConnectionInfo *ci =
-	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-	return ci ? ci->socket_context : NULL;
-}
 
 static enum MHD_Result reply_simple(struct sign_api *api, struct MHD_Connection *c, const char *url,
                                     const char *method)
@@ -147,7 +112,7 @@ static enum MHD_Result reply_jwks(struct daemon *d, struct MHD_Connection *c,
 static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c, const char *url,
                                   const char *method, void **req_cls)
 {
-	const struct connection *conn = connection_of(c);
+	const struct http_peer *conn = http_peer_of(c);
 	struct request *rq;
 	const char *name, *cl;
 	enum route route;
@@ -192,24 +157,6 @@ static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c
 	return MHD_YES;
 }
 
-static void body_append(struct request *rq, const char *data, size_t n)
-{
-	char *grown;
-
-	if (rq->too_large || rq->len + n > POLICY_MAX_BODY) {
-		rq->too_large = true;
-		return;
-	}
-	grown = realloc(rq->body, rq->len + n + 1);
-	if (!grown) {
-		rq->too_large = true;
-		return;
-	}
-	memcpy(grown + rq->len, data, n);
-	rq->body = grown;
-	rq->len += n;
-}
-
 static char *answer_format(const char *token, const struct key *k, enum jws_alg alg,
                            const struct signing_request *sr)
 {
@@ -232,26 +179,27 @@ static enum MHD_Result sign_and_reply(struct sign_api *api, struct MHD_Connectio
 	uint8_t sig[HSM_MAX_SIG];
 	size_t sig_len = 0, input_len = 0;
 	char *input = NULL, *token = NULL, *answer = NULL;
+	struct key *k = keyset_signer(set, sr->iat);
 	enum MHD_Result ret;
 	int r;
 
-	if (!set || !set->active) {
+	if (!k) {
 		keyset_release(set);
 		log_error("issuer %s: no active key; refusing to sign", ic->name);
 		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
 		                        "the issuer has no key that may sign now");
 	}
-	r = jws_signing_input(ic->alg, set->active->kid, sr->typ, sr->payload, sr->payload_len,
-	                      &input, &input_len);
+	r = jws_signing_input(ic->alg, k->kid, sr->typ, sr->payload, sr->payload_len, &input,
+	                      &input_len);
 	if (r == 0) {
-		r = hsm_sign(api->d->hsm, &set->active->hk, (const uint8_t *)input, input_len, sig,
+		r = hsm_sign(api->d->hsm, &k->hk, (const uint8_t *)input, input_len, sig,
 		             sizeof(sig), &sig_len);
 		if (r < 0)
-			log_error("issuer %s: key %s: signing failed: %s", ic->name,
-			          set->active->kid, hsm_last_error());
+			log_error("issuer %s: key %s: signing failed: %s", ic->name, k->kid,
+			          hsm_last_error());
 	}
 	if (r == 0 && (r = jws_compact(input, input_len, sig, sig_len, &token)) == 0)
-		answer = answer_format(token, set->active, ic->alg, sr);
+		answer = answer_format(token, k, ic->alg, sr);
 	if (r < 0 || !answer)
 		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
 		                       "the token did not sign; see the daemon's log");
@@ -273,7 +221,7 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 	enum MHD_Result ret;
 	int r;
 
-	if (rq->too_large)
+	if (rq->body.too_large)
 		return http_reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
 		                        "the body is over 64 KiB");
 	if (!policy_content_type_ok(
@@ -284,8 +232,8 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 	if (RAND_bytes(jti, sizeof(jti)) != 1)
 		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
 		                        "no randomness for jti");
-	r = policy_apply(rq->ic, rq->body ? rq->body : "", rq->len, (int64_t)time(NULL), jti, &sr,
-	                 &perr);
+	r = policy_apply(rq->ic, rq->body.data ? rq->body.data : "", rq->body.len,
+	                 (int64_t)time(NULL), jti, &sr, &perr);
 	if (r == -EINVAL)
 		return http_reply_error(c, (unsigned)perr.status, perr.code, perr.message);
 	if (r < 0) {
@@ -331,7 +279,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (!rq)
 		return on_headers(api, c, url, method, req_cls);
 	if (*upload_size) {
-		body_append(rq, upload, *upload_size);
+		http_body_append(&rq->body, upload, *upload_size, POLICY_MAX_BODY);
 		*upload_size = 0;
 		return MHD_YES;
 	}
@@ -345,32 +293,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 
 	if (!rq || (void *)rq == &headers_seen)
 		return;
-	free(rq->body);
+	http_body_free(&rq->body);
 	free(rq);
 	*req_cls = NULL;
-}
-
-static int socket_create(const struct sock_conf *sc, int *ret)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	int fd, r;
-
-	strncpy(sa.sun_path, sc->path, sizeof(sa.sun_path) - 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	/* A stale socket file from a crash would make bind fail; only ever remove a socket. */
-	struct stat st;
-	if (lstat(sc->path, &st) == 0 && S_ISSOCK(st.st_mode))
-		unlink(sc->path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(sc->path, sc->mode) < 0 ||
-	    (sc->has_group && chown(sc->path, (uid_t)-1, sc->gid) < 0) || listen(fd, 128) < 0) {
-		r = -errno;
-		close(fd);
-		return r;
-	}
-	*ret = fd;
-	return 0;
 }
 
 static unsigned worker_threads(void)
@@ -389,7 +314,7 @@ int sign_api_start(struct daemon *d, struct sign_api **ret)
 		return -ENOMEM;
 	api->d = d;
 	api->path = strdup(d->conf->sign.path);
-	r = socket_create(&d->conf->sign, &api->fd);
+	r = http_unix_listen(&d->conf->sign, &api->fd);
 	if (r < 0) {
 		log_error("cannot listen on %s: %s", d->conf->sign.path, strerror(-r));
 		free(api->path);
@@ -401,7 +326,7 @@ int sign_api_start(struct daemon *d, struct sign_api **ret)
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
 	    on_request, api, MHD_OPTION_EXTERNAL_LOGGER, http_log, api, MHD_OPTION_LISTEN_SOCKET,
 	    api->fd, MHD_OPTION_THREAD_POOL_SIZE, worker_threads(), MHD_OPTION_NOTIFY_CONNECTION,
-	    on_connection, api, MHD_OPTION_NOTIFY_COMPLETED, on_completed, api,
+	    http_on_connection, api, MHD_OPTION_NOTIFY_COMPLETED, on_completed, api,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
 	if (!api->mhd) {
 		log_error("cannot start the HTTP server on %s", api->path);

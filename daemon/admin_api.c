@@ -1,0 +1,377 @@
+/* HTTP on the admin socket: who may call, then list, status, rotate and revoke. */
+#include "admin_api.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "http.h"
+#include "log.h"
+#include "rotation.h"
+#include "scheduler.h"
+
+#define ADMIN_MAX_BODY 4096
+
+struct admin_api {
+	struct daemon *d;
+	struct MHD_Daemon *mhd;
+	int fd;
+	char *path;
+};
+
+struct request {
+	struct http_body body;
+};
+
+static const char *const state_names[] = {
+    [KEY_PENDING] = "pending",
+    [KEY_ACTIVE] = "active",
+    [KEY_RETIRED] = "retired",
+    [KEY_EXPIRED] = "expired",
+};
+
+/* uid 0, the daemon's own uid, or a member of [admin] group. */
+static bool caller_is_admin(const struct daemon *d, const struct http_peer *hp)
+{
+	const struct sock_conf *sc = &d->conf->admin;
+
+	if (!hp || hp->err < 0)
+		return false;
+	if (hp->peer.uid == 0 || hp->peer.uid == geteuid())
+		return true;
+	if (!sc->has_group)
+		return false;
+	struct allow_rule rule = {ALLOW_GID, sc->gid};
+	return peer_allowed(&hp->peer, &rule, 1);
+}
+
+static enum MHD_Result reply_obj(struct MHD_Connection *c, unsigned status, json_t *obj)
+{
+	char *body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	enum MHD_Result r = body ? http_reply_json(c, status, body) : MHD_NO;
+
+	json_decref(obj);
+	free(body);
+	return r;
+}
+
+static json_t *json_kid(const char *kid)
+{
+	return kid && *kid ? json_string(kid) : json_null();
+}
+
+static int list_issuer(struct daemon *d, size_t i, int64_t now, json_t *out)
+{
+	const struct issuer_conf *ic = d->keyring->issuers[i].conf;
+	struct keyset *set = keyring_acquire(d->keyring, i);
+
+	for (size_t j = 0; set && j < set->n; j++) {
+		const struct key *k = &set->keys[j];
+		enum key_state st = k->st.state;
+		/* The set may predate a handover the scheduler has not applied yet. */
+		if (k == keyset_signer(set, now))
+			st = KEY_ACTIVE;
+		else if (st == KEY_ACTIVE || (st == KEY_PENDING && k->activates_at <= now))
+			st = KEY_RETIRED;
+		if (st == KEY_EXPIRED)
+			continue;
+		json_array_append_new(
+		    out, json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I}", "issuer", ic->name,
+		                   "kid", k->kid, "alg", jws_alg_name(ic->alg), "state",
+		                   state_names[st], "created_at", (json_int_t)k->created_at,
+		                   "activates_at", (json_int_t)k->activates_at, "retires_at",
+		                   (json_int_t)k->st.retired_at, "destroy_after",
+		                   (json_int_t)k->st.destroy_after));
+	}
+	keyset_release(set);
+	return 0;
+}
+
+static enum MHD_Result reply_keys(struct daemon *d, struct MHD_Connection *c)
+{
+	const char *only = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "issuer");
+	const struct issuer_conf *ic = only ? conf_find_issuer(d->conf, only, strlen(only)) : NULL;
+	int64_t now = (int64_t)time(NULL);
+	json_t *keys = json_array();
+
+	if (only && !ic) {
+		json_decref(keys);
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
+	}
+	for (size_t i = 0; keys && i < d->keyring->n; i++)
+		if (!ic || d->keyring->issuers[i].conf == ic)
+			list_issuer(d, i, now, keys);
+	return reply_obj(c, MHD_HTTP_OK, json_pack("{s:o}", "keys", keys));
+}
+
+static json_t *issuer_status(struct daemon *d, size_t i, int64_t now)
+{
+	struct issuer_keys *ik = &d->keyring->issuers[i];
+	struct keyset *set = keyring_acquire(d->keyring, i);
+	struct key *signer = keyset_signer(set, now);
+	struct key *next = set && set->next && set->next != signer ? set->next : NULL;
+	json_t *o;
+
+	pthread_mutex_lock(&d->keyring->mutate);
+	o = json_pack("{s:s, s:o, s:o, s:b, s:o, s:o}", "issuer", ik->conf->name, "active_kid",
+	              json_kid(signer ? signer->kid : NULL), "pending_kid",
+	              json_kid(next ? next->kid : NULL), "signing", signer != NULL, "next_rotation",
+	              next ? json_integer(next->activates_at) : json_null(), "problem",
+	              ik->problem[0] ? json_string(ik->problem) : json_null());
+	pthread_mutex_unlock(&d->keyring->mutate);
+	keyset_release(set);
+	return o;
+}
+
+static enum MHD_Result reply_status(struct daemon *d, struct MHD_Connection *c)
+{
+	int64_t now = (int64_t)time(NULL);
+	json_t *issuers = json_array();
+
+	for (size_t i = 0; issuers && i < d->keyring->n; i++)
+		json_array_append_new(issuers, issuer_status(d, i, now));
+	return reply_obj(c, MHD_HTTP_OK,
+	                 json_pack("{s:s, s:o}", "token",
+	                           hsm_probe(d->hsm) == 0 ? "ok" : "unreachable", "issuers",
+	                           issuers));
+}
+
+static int64_t caller_uid(struct MHD_Connection *c)
+{
+	const struct http_peer *hp = http_peer_of(c);
+	return hp ? (int64_t)hp->peer.uid : -1;
+}
+
+static enum MHD_Result reply_rotate(struct daemon *d, struct MHD_Connection *c, size_t i,
+                                    json_t *body)
+{
+	struct rotate_result res = {0};
+	json_t *now = json_object_get(body, "now");
+	int r;
+
+	if (now && !json_is_boolean(now))
+		return http_reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
+		                        "'now' must be true or false");
+	r = rotation_rotate(d->keyring, i, json_is_true(now), caller_uid(c), &res);
+	if (r < 0)
+		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
+		                        hsm_last_error());
+	scheduler_poke(d->scheduler);
+	return reply_obj(c, MHD_HTTP_OK,
+	                 json_pack("{s:s, s:o, s:s, s:I}", "issuer",
+	                           d->keyring->issuers[i].conf->name, "active_kid",
+	                           json_kid(res.active_kid), "next_kid", res.next_kid, "switch_at",
+	                           (json_int_t)res.switch_at));
+}
+
+static enum MHD_Result reply_revoke(struct daemon *d, struct MHD_Connection *c, size_t i,
+                                    const char *kid)
+{
+	struct revoke_result res = {0};
+	int r = rotation_revoke(d->keyring, i, kid, caller_uid(c), &res);
+
+	if (r == -ENOENT)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_kid",
+		                        "the issuer has no such key");
+	if (r < 0)
+		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
+		                        hsm_last_error());
+	scheduler_poke(d->scheduler);
+	return reply_obj(
+	    c, MHD_HTTP_OK,
+	    json_pack("{s:s, s:s, s:s, s:o, s:o}", "issuer", d->keyring->issuers[i].conf->name,
+	              "revoked_kid", res.revoked_kid, "was", res.was, "active_kid",
+	              json_kid(res.active_kid), "pending_kid", json_kid(res.pending_kid)));
+}
+
+/* POST /v1/issuers/NAME/rotate and /v1/issuers/NAME/keys/KID/revoke, body complete. */
+static enum MHD_Result on_post(struct admin_api *api, struct MHD_Connection *c, const char *url,
+                               struct request *rq)
+{
+	const char *p = url + strlen("/v1/issuers/"), *slash = strchr(p, '/');
+	const struct issuer_conf *ic;
+	enum MHD_Result ret;
+	json_t *body;
+	size_t i;
+
+	if (rq->body.too_large)
+		return http_reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+		                        "the body is over 4 KiB");
+	body = json_loadb(rq->body.data ? rq->body.data : "{}", rq->body.len ? rq->body.len : 2,
+	                  JSON_REJECT_DUPLICATES, NULL);
+	if (!json_is_object(body)) {
+		json_decref(body);
+		return http_reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid_json",
+		                        "the body must be a JSON object");
+	}
+	ic = conf_find_issuer(api->d->conf, p, (size_t)(slash - p));
+	i = keyring_index(api->d->keyring, ic);
+	if (strcmp(slash, "/rotate") == 0)
+		ret = reply_rotate(api->d, c, i, body);
+	else
+		ret = reply_revoke(api->d, c, i, slash + strlen("/keys/"));
+	json_decref(body);
+	return ret;
+}
+
+enum route { ROUTE_NONE, ROUTE_KEYS, ROUTE_STATUS, ROUTE_ROTATE, ROUTE_REVOKE };
+
+/* Recognises the paths; for issuer paths also checks the issuer exists (*known). */
+static enum route route_of(const struct conf *conf, const char *url, bool *known)
+{
+	const char *p, *slash;
+
+	*known = true;
+	if (strcmp(url, "/v1/keys") == 0)
+		return ROUTE_KEYS;
+	if (strcmp(url, "/v1/status") == 0)
+		return ROUTE_STATUS;
+	if (strncmp(url, "/v1/issuers/", 12) != 0)
+		return ROUTE_NONE;
+	p = url + 12;
+	slash = strchr(p, '/');
+	if (!slash || slash == p)
+		return ROUTE_NONE;
+	*known = conf_find_issuer(conf, p, (size_t)(slash - p)) != NULL;
+	if (strcmp(slash, "/rotate") == 0)
+		return ROUTE_ROTATE;
+	if (strncmp(slash, "/keys/", 6) == 0 && strlen(slash) > 6 + strlen("/revoke") &&
+	    strcmp(slash + strlen(slash) - 7, "/revoke") == 0)
+		return ROUTE_REVOKE;
+	return ROUTE_NONE;
+}
+
+/* Decides on the headers alone: 403, 404, 405; NULL result means "go on, read the body". */
+static enum MHD_Result on_headers(struct admin_api *api, struct MHD_Connection *c, const char *url,
+                                  const char *method, void **req_cls)
+{
+	bool known, get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+	enum route route = route_of(api->d->conf, url, &known);
+	struct request *rq;
+
+	if (!caller_is_admin(api->d, http_peer_of(c))) {
+		const struct http_peer *hp = http_peer_of(c);
+		log_warning("admin: refused caller uid %d", hp ? (int)hp->peer.uid : -1);
+		return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
+		                        "only root, the daemon's user and [admin] group may use "
+		                        "this socket");
+	}
+	if (route == ROUTE_NONE)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
+	if ((route == ROUTE_KEYS || route == ROUTE_STATUS) != get)
+		return http_reply_method(c, get ? "POST" : "GET");
+	if (!known)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
+	if (route == ROUTE_KEYS)
+		return reply_keys(api->d, c);
+	if (route == ROUTE_STATUS)
+		return reply_status(api->d, c);
+	rq = calloc(1, sizeof(*rq));
+	if (!rq)
+		return MHD_NO;
+	*req_cls = rq;
+	return MHD_YES;
+}
+
+static char headers_seen;
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **req_cls)
+{
+	struct admin_api *api = cls;
+	struct request *rq = *req_cls;
+
+	/* Answers after the whole request was read keep the connection alive. */
+	if (!rq) {
+		*req_cls = &headers_seen;
+		return MHD_YES;
+	}
+	if ((void *)rq == &headers_seen) {
+		if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && *upload_size) {
+			*upload_size = 0;
+			return MHD_YES;
+		}
+		*req_cls = NULL;
+		enum MHD_Result r = on_headers(api, c, url, method, req_cls);
+		if (!*req_cls || *req_cls == &headers_seen)
+			return r;
+		rq = *req_cls;
+	}
+	if (*upload_size) {
+		http_body_append(&rq->body, upload, *upload_size, ADMIN_MAX_BODY);
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	return on_post(api, c, url, rq);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+	struct request *rq = *req_cls;
+
+	if (!rq || (void *)rq == &headers_seen)
+		return;
+	http_body_free(&rq->body);
+	free(rq);
+	*req_cls = NULL;
+}
+
+int admin_api_start(struct daemon *d, struct admin_api **ret)
+{
+	struct admin_api *api;
+	int r;
+
+	*ret = NULL;
+	if (!d->conf->admin.path) {
+		log_notice("no [admin] socket configured: keyrotate cannot reach this daemon");
+		return 0;
+	}
+	api = calloc(1, sizeof(*api));
+	if (!api)
+		return -ENOMEM;
+	api->d = d;
+	api->fd = -1;
+	api->path = strdup(d->conf->admin.path);
+	r = http_unix_listen(&d->conf->admin, &api->fd);
+	if (r < 0) {
+		log_error("cannot listen on %s: %s", d->conf->admin.path, strerror(-r));
+		admin_api_stop(api);
+		return r;
+	}
+	api->mhd =
+	    MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0,
+	                     NULL, NULL, on_request, api, MHD_OPTION_EXTERNAL_LOGGER, http_log, api,
+	                     MHD_OPTION_LISTEN_SOCKET, api->fd, MHD_OPTION_NOTIFY_CONNECTION,
+	                     http_on_connection, api, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+	                     api, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
+	if (!api->mhd) {
+		log_error("cannot start the admin server on %s", api->path);
+		admin_api_stop(api);
+		return -EIO;
+	}
+	*ret = api;
+	return 0;
+}
+
+void admin_api_stop(struct admin_api *api)
+{
+	if (!api)
+		return;
+	/* libmicrohttpd closes the listen socket it was given. */
+	if (api->mhd)
+		MHD_stop_daemon(api->mhd);
+	else if (api->fd >= 0)
+		close(api->fd);
+	if (api->path)
+		unlink(api->path);
+	free(api->path);
+	free(api);
+}

@@ -1,0 +1,51 @@
+/* The key lifecycle of SPEC §6 as pure arithmetic on times: states, handovers, next instants. */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+/* Clock skew allowed to relying parties after a token's exp, before its key may go. */
+#define SCHEDULE_SKEW 60
+
+enum key_state {
+	KEY_PENDING, /* in the JWKS, not signing yet */
+	KEY_ACTIVE,  /* the key that signs */
+	KEY_RETIRED, /* in the JWKS, never signs again */
+	KEY_EXPIRED, /* past destroy_after: to be destroyed */
+};
+
+struct schedule_timing {
+	int64_t rotation_period, prepublish, max_token_ttl;
+};
+
+/* What a key's record fixes. Arrays of these are sorted by activates_at, then kid. */
+struct schedule_key {
+	const char *kid;
+	int64_t activates_at;
+	int64_t retires_at;    /* scheduled end of its active period */
+	int64_t max_token_ttl; /* as configured when it was made */
+};
+
+/* What follows from the records and the clock. */
+struct schedule_state {
+	enum key_state state;
+	int64_t retired_at;    /* when it stops (stopped) signing */
+	int64_t destroy_after; /* retired_at + max-token-ttl + SCHEDULE_SKEW */
+};
+
+/* Derives every key's state at now; returns the index of the active key or -1 (fail closed).
+ * The active key is the latest activation not after now (equal times: the smaller kid, which
+ * every instance agrees on), as long as now is before its scheduled retirement + prepublish. */
+int schedule_derive(const struct schedule_timing *t, const struct schedule_key *keys, size_t n,
+                    int64_t now, struct schedule_state *out);
+
+/* The first instant after now at which schedule_derive() gives another answer, or INT64_MAX. */
+int64_t schedule_next_change(const struct schedule_timing *t, const struct schedule_key *keys,
+                             size_t n, const struct schedule_state *st, int64_t now);
+
+/* When a pending key made now should start signing: at the active key's scheduled retirement,
+ * but never before it has been published for prepublish. active < 0: there is no active key. */
+int64_t schedule_pending_start(const struct schedule_timing *t, const struct schedule_key *keys,
+                               int active, int64_t now);
+
+/* Sorts keys into schedule order (activates_at, then kid); a qsort comparator. */
+int schedule_key_order(const void *a, const void *b);
