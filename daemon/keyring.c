@@ -140,7 +140,8 @@ static int keyset_build(const struct issuer_conf *ic, struct key *keys, size_t n
 		return -ENOMEM;
 	}
 	atomic_init(&set->refs, 1);
-	qsort(keys, n, sizeof(*keys), key_order);
+	if (n > 0)
+		qsort(keys, n, sizeof(*keys), key_order);
 	set->keys = keys;
 	set->n = n;
 	set->active = pick_active(keys, n, now);
