@@ -254,14 +254,17 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 	sweep_orphans(kr);
 	if (changed && (r = keyring_refresh(kr, now)) < 0)
 		return r;
-	changed = false;
-	for (size_t i = 0; i < kr->n; i++) {
-		struct keyset *set = keyring_acquire(kr, i);
-		ensure_pending(kr, i, set, now, &changed);
-		keyset_release(set);
+	/* Twice: at first start the first pass makes the active key, the second its successor. */
+	for (int pass = 0; pass < 2; pass++) {
+		changed = false;
+		for (size_t i = 0; i < kr->n; i++) {
+			struct keyset *set = keyring_acquire(kr, i);
+			ensure_pending(kr, i, set, now, &changed);
+			keyset_release(set);
+		}
+		if (changed && (r = keyring_refresh(kr, now)) < 0)
+			return r;
 	}
-	if (changed && (r = keyring_refresh(kr, now)) < 0)
-		return r;
 	for (size_t i = 0; i < kr->n; i++) {
 		struct keyset *set = keyring_acquire(kr, i);
 		next = min64(next, issuer_next(&kr->issuers[i], set));
