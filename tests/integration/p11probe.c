@@ -156,6 +156,9 @@ static void probe_object(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 	CK_RV rv;
 
 	rv = p11->C_GetAttributeValue(s, o, &a, 1);
+	/* The daemon may destroy an object between our listing and this read: it is gone. */
+	if (rv == CKR_OBJECT_HANDLE_INVALID)
+		return;
 	if (rv != CKR_OK)
 		die("C_GetAttributeValue(CKA_CLASS)", rv);
 
