@@ -139,11 +139,8 @@ static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int6
 	}
 	if (now < ik->retry_at)
 		return 0;
-	start = now + t.prepublish;
-	if (empty)
-		start = now;
-	else if (set->active)
-		start = start > set->active->retires_at ? start : set->active->retires_at;
+	start = empty ? now
+	              : schedule_pending_start(&t, set->active ? set->active->retires_at : -1, now);
 	r = key_create(kr, ik->conf, now, start, &k);
 	if (r < 0) {
 		issuer_problem(ik, now, r);

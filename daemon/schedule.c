@@ -94,10 +94,8 @@ int64_t schedule_next_change(const struct schedule_timing *t, const struct sched
 	return next;
 }
 
-int64_t schedule_pending_start(const struct schedule_timing *t, const struct schedule_key *keys,
-                               int active, int64_t now)
+int64_t schedule_pending_start(const struct schedule_timing *t, int64_t active_retires_at,
+                               int64_t now)
 {
-	int64_t earliest = now + t->prepublish;
-
-	return active < 0 ? earliest : max64(earliest, keys[active].retires_at);
+	return max64(now + t->prepublish, active_retires_at);
 }

@@ -43,9 +43,9 @@ int64_t schedule_next_change(const struct schedule_timing *t, const struct sched
                              size_t n, const struct schedule_state *st, int64_t now);
 
 /* When a pending key made now should start signing: at the active key's scheduled retirement,
- * but never before it has been published for prepublish. active < 0: there is no active key. */
-int64_t schedule_pending_start(const struct schedule_timing *t, const struct schedule_key *keys,
-                               int active, int64_t now);
+ * but never before it has been published for prepublish. active_retires_at < 0: no active key. */
+int64_t schedule_pending_start(const struct schedule_timing *t, int64_t active_retires_at,
+                               int64_t now);
 
 /* Sorts keys into schedule order (activates_at, then kid); a qsort comparator. */
 int schedule_key_order(const void *a, const void *b);

@@ -1,0 +1,136 @@
+/* Unit tests of daemon/schedule.c: the lifecycle arithmetic of SPEC §6. */
+#include "schedule.h"
+#include "unit.h"
+
+/* rotation-period 100, prepublish 10, max-token-ttl 5: retired keys live 5 + 60 after they stop. */
+static const struct schedule_timing T = {100, 10, 5};
+
+static int derive(struct schedule_key *k, size_t n, int64_t now, struct schedule_state *st)
+{
+	return schedule_derive(&T, k, n, now, st);
+}
+
+/* The first key alone: active during its period and the grace, then nothing signs. */
+static void test_single_key(void)
+{
+	struct schedule_key k[] = {{"a", 1000, 1100, 5}};
+	struct schedule_state st[1];
+
+	CHECK_INT(derive(k, 1, 999, st), -1);
+	CHECK_INT(st[0].state, KEY_PENDING);
+	CHECK_INT(derive(k, 1, 1000, st), 0);
+	CHECK_INT(st[0].state, KEY_ACTIVE);
+	CHECK_INT(st[0].retired_at, 1100);
+	CHECK_INT(st[0].destroy_after, 1100 + 5 + SCHEDULE_SKEW);
+	/* Past its period with no successor: the grace of prepublish, and not one second more. */
+	CHECK_INT(derive(k, 1, 1109, st), 0);
+	CHECK_INT(derive(k, 1, 1110, st), -1);
+	CHECK_INT(st[0].state, KEY_RETIRED);
+	CHECK_INT(st[0].retired_at, 1110);
+	CHECK_INT(st[0].destroy_after, 1110 + 5 + SCHEDULE_SKEW);
+	CHECK_INT(derive(k, 1, 1110 + 5 + SCHEDULE_SKEW, st), -1);
+	CHECK_INT(st[0].state, KEY_EXPIRED);
+}
+
+/* A successor on time takes over exactly at its activation; the predecessor retires then. */
+static void test_handover(void)
+{
+	struct schedule_key k[] = {{"a", 1000, 1100, 5}, {"b", 1100, 1200, 5}};
+	struct schedule_state st[2];
+
+	CHECK_INT(derive(k, 2, 1099, st), 0);
+	CHECK_INT(st[1].state, KEY_PENDING);
+	CHECK_INT(derive(k, 2, 1100, st), 1);
+	CHECK_INT(st[0].state, KEY_RETIRED);
+	CHECK_INT(st[0].retired_at, 1100);
+	CHECK_INT(st[0].destroy_after, 1100 + 5 + SCHEDULE_SKEW);
+	CHECK_INT(st[1].state, KEY_ACTIVE);
+}
+
+/* A late successor (made after a failure) ends the grace early; one later than the grace leaves
+ * a gap in which nothing signs. */
+static void test_late_successor(void)
+{
+	struct schedule_key k[] = {{"a", 1000, 1100, 5}, {"b", 1105, 1205, 5}};
+	struct schedule_key gap[] = {{"a", 1000, 1100, 5}, {"b", 1120, 1220, 5}};
+	struct schedule_state st[2];
+
+	CHECK_INT(derive(k, 2, 1104, st), 0);
+	CHECK_INT(derive(k, 2, 1105, st), 1);
+	CHECK_INT(st[0].retired_at, 1105);
+	CHECK_INT(derive(gap, 2, 1112, st), -1);
+	CHECK_INT(st[0].state, KEY_RETIRED);
+	CHECK_INT(st[0].retired_at, 1110);
+	CHECK_INT(st[1].state, KEY_PENDING);
+	CHECK_INT(derive(gap, 2, 1120, st), 1);
+}
+
+/* Equal activation times: the smaller kid signs, on every instance; the other never did. */
+static void test_tie(void)
+{
+	struct schedule_key k[] = {
+	    {"a", 1000, 1100, 5}, {"b", 1200, 1300, 5}, {"c", 1200, 1300, 5}};
+	struct schedule_state st[3];
+
+	CHECK_INT(derive(k, 3, 1200, st), 1);
+	CHECK_INT(st[2].state, KEY_RETIRED);
+	CHECK_INT(st[2].retired_at, 1200);
+	CHECK_INT(st[0].retired_at, 1110); /* a's grace ended before b and c started */
+}
+
+/* A retired key's destruction uses the longer of the recorded and configured token lifetimes. */
+static void test_ttl_kept_from_record(void)
+{
+	struct schedule_key k[] = {{"a", 1000, 1100, 3600}, {"b", 1100, 1200, 5}};
+	struct schedule_state st[2];
+
+	derive(k, 2, 1150, st);
+	CHECK_INT(st[0].destroy_after, 1100 + 3600 + SCHEDULE_SKEW);
+	CHECK_INT(st[1].destroy_after, 1200 + 5 + SCHEDULE_SKEW);
+}
+
+static void test_next_change(void)
+{
+	struct schedule_key k[] = {{"a", 1000, 1100, 5}, {"b", 1100, 1200, 5}};
+	struct schedule_state st[2];
+
+	derive(k, 2, 1050, st);
+	CHECK_INT(schedule_next_change(&T, k, 2, st, 1050), 1100);
+	derive(k, 2, 1100, st);
+	CHECK_INT(schedule_next_change(&T, k, 2, st, 1100), 1100 + 5 + SCHEDULE_SKEW);
+	derive(k, 1, 1100, st); /* a alone, past its period: its grace ends next */
+	CHECK_INT(schedule_next_change(&T, k, 1, st, 1100), 1110);
+	CHECK(schedule_next_change(&T, k, 0, st, 1100) == INT64_MAX);
+}
+
+static void test_pending_start(void)
+{
+	/* Made when its predecessor activates: starts when the predecessor's period ends. */
+	CHECK_INT(schedule_pending_start(&T, 1100, 1000), 1100);
+	/* Made late: never before it has been published for prepublish. */
+	CHECK_INT(schedule_pending_start(&T, 1100, 1095), 1105);
+	CHECK_INT(schedule_pending_start(&T, -1, 1095), 1105);
+}
+
+static void test_order(void)
+{
+	struct schedule_key a = {"b", 5, 0, 0}, b = {"a", 6, 0, 0}, c = {"a", 5, 0, 0};
+
+	CHECK(schedule_key_order(&a, &b) < 0);
+	CHECK(schedule_key_order(&b, &a) > 0);
+	CHECK(schedule_key_order(&c, &a) < 0);
+	CHECK(schedule_key_order(&a, &a) == 0);
+}
+
+int main(void)
+{
+	test_single_key();
+	test_handover();
+	test_late_successor();
+	test_tie();
+	test_ttl_kept_from_record();
+	test_next_change();
+	test_pending_start();
+	test_order();
+	return unit_finish("schedule");
+}
