@@ -214,8 +214,13 @@ static enum MHD_Result on_post(struct admin_api *api, struct MHD_Connection *c, 
 	i = keyring_index(api->d->keyring, ic);
 	if (strcmp(slash, "/rotate") == 0)
 		ret = reply_rotate(api->d, c, i, body);
-	else
-		ret = reply_revoke(api->d, c, i, slash + strlen("/keys/"));
+	else {
+		/* ".../keys/KID/revoke": route_of() made sure of the shape. */
+		const char *kid = slash + strlen("/keys/");
+		char *k = strndup(kid, strlen(kid) - strlen("/revoke"));
+		ret = k ? reply_revoke(api->d, c, i, k) : MHD_NO;
+		free(k);
+	}
 	json_decref(body);
 	return ret;
 }
@@ -247,16 +252,16 @@ static enum route route_of(const struct conf *conf, const char *url, bool *known
 	return ROUTE_NONE;
 }
 
-/* Decides on the headers alone: 403, 404, 405; NULL result means "go on, read the body". */
-static enum MHD_Result on_headers(struct admin_api *api, struct MHD_Connection *c, const char *url,
-                                  const char *method, void **req_cls)
+/* Decides once the whole request is in (bodies here are tiny): libmicrohttpd answers only
+ * then without dropping the connection, and the rules below need no early exit. */
+static enum MHD_Result on_complete(struct admin_api *api, struct MHD_Connection *c, const char *url,
+                                   const char *method, struct request *rq)
 {
 	bool known, get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
 	enum route route = route_of(api->d->conf, url, &known);
-	struct request *rq;
+	const struct http_peer *hp = http_peer_of(c);
 
-	if (!caller_is_admin(api->d, http_peer_of(c))) {
-		const struct http_peer *hp = http_peer_of(c);
+	if (!caller_is_admin(api->d, hp)) {
 		log_warning("admin: refused caller uid %d", hp ? (int)hp->peer.uid : -1);
 		return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
 		                        "only root, the daemon's user and [admin] group may use "
@@ -272,14 +277,8 @@ static enum MHD_Result on_headers(struct admin_api *api, struct MHD_Connection *
 		return reply_keys(api->d, c);
 	if (route == ROUTE_STATUS)
 		return reply_status(api->d, c);
-	rq = calloc(1, sizeof(*rq));
-	if (!rq)
-		return MHD_NO;
-	*req_cls = rq;
-	return MHD_YES;
+	return on_post(api, c, url, rq);
 }
-
-static char headers_seen;
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload,
@@ -288,28 +287,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	struct admin_api *api = cls;
 	struct request *rq = *req_cls;
 
-	/* Answers after the whole request was read keep the connection alive. */
 	if (!rq) {
-		*req_cls = &headers_seen;
-		return MHD_YES;
-	}
-	if ((void *)rq == &headers_seen) {
-		if (strcmp(method, MHD_HTTP_METHOD_POST) != 0 && *upload_size) {
-			*upload_size = 0;
-			return MHD_YES;
-		}
-		*req_cls = NULL;
-		enum MHD_Result r = on_headers(api, c, url, method, req_cls);
-		if (!*req_cls || *req_cls == &headers_seen)
-			return r;
-		rq = *req_cls;
+		rq = calloc(1, sizeof(*rq));
+		*req_cls = rq;
+		return rq ? MHD_YES : MHD_NO;
 	}
 	if (*upload_size) {
 		http_body_append(&rq->body, upload, *upload_size, ADMIN_MAX_BODY);
 		*upload_size = 0;
 		return MHD_YES;
 	}
-	return on_post(api, c, url, rq);
+	return on_complete(api, c, url, method, rq);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
@@ -317,7 +305,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 {
 	struct request *rq = *req_cls;
 
-	if (!rq || (void *)rq == &headers_seen)
+	if (!rq)
 		return;
 	http_body_free(&rq->body);
 	free(rq);
