@@ -186,10 +186,17 @@ static int login(struct hsm *h, CK_SESSION_HANDLE s)
 	CK_RV rv;
 	int r;
 
+	/* A token locks the PIN after a few wrong tries: one refusal is final until restart. */
+	if (h->pin_refused)
+		return hsm_fail_text(-EACCES,
+		                     "the token refused the PIN before; not trying it again "
+		                     "until the daemon restarts");
 	r = pin_read(h->pin_file, pin, sizeof(pin), &len);
 	if (r == 0) {
 		rv = h->f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, len);
 		r = rv == CKR_USER_ALREADY_LOGGED_IN ? 0 : hsm_check("C_Login", rv);
+		if (r == -EACCES)
+			h->pin_refused = true;
 	}
 	explicit_bzero(pin, sizeof(pin));
 	return r;
@@ -249,6 +256,18 @@ int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what
 		return r < 0 ? r : 1;
 	}
 	return hsm_fail(what, rv, hsm_ckr_errno(rv));
+}
+
+CK_RV hsm_require_login(struct hsm *h, struct hsm_session *s)
+{
+	CK_SESSION_INFO info;
+	CK_RV rv = h->f->C_GetSessionInfo(s->handle, &info);
+
+	if (rv != CKR_OK)
+		return rv;
+	if (info.state != CKS_RW_USER_FUNCTIONS && info.state != CKS_RO_USER_FUNCTIONS)
+		return CKR_USER_NOT_LOGGED_IN;
+	return CKR_OK;
 }
 
 /* ---- module and token ---- */
@@ -367,7 +386,6 @@ void hsm_close(struct hsm *h)
 int hsm_probe(struct hsm *h)
 {
 	struct hsm_session *s;
-	CK_SESSION_INFO info;
 	struct recovery rc = {0};
 	CK_RV rv;
 	int r;
@@ -375,10 +393,7 @@ int hsm_probe(struct hsm *h)
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;
-		rv = h->f->C_GetSessionInfo(s->handle, &info);
-		if (rv == CKR_OK && info.state != CKS_RW_USER_FUNCTIONS &&
-		    info.state != CKS_RO_USER_FUNCTIONS)
-			rv = CKR_USER_NOT_LOGGED_IN;
+		rv = hsm_require_login(h, s);
 	} while ((r = hsm_recover(h, s, rv, "C_GetSessionInfo", &rc)) > 0);
 	return r;
 }

@@ -21,6 +21,7 @@ struct hsm {
 	pthread_key_t tls;    /* this thread's struct hsm_session */
 	pthread_mutex_t lock; /* sessions list, login */
 	struct hsm_session *sessions;
+	bool pin_refused; /* the token refused the PIN once: never try it again */
 };
 
 struct recovery {
@@ -36,6 +37,12 @@ int hsm_ckr_errno(CK_RV rv);
 
 /* 0 for CKR_OK, else hsm_fail(what, rv, hsm_ckr_errno(rv)). */
 int hsm_check(const char *what, CK_RV rv);
+
+/* CKR_OK when the session is logged in; CKR_USER_NOT_LOGGED_IN when not (hsm_recover() then
+ * logs in once); the session's own error otherwise. Private objects are invisible to a session
+ * that is not logged in, so every lookup that must see them calls this first: an empty answer
+ * from a logged-out session would look like a token without keys. */
+CK_RV hsm_require_login(struct hsm *h, struct hsm_session *s);
 
 /* The calling thread's own session, opened on first use. */
 int hsm_session_get(struct hsm *h, struct hsm_session **ret);

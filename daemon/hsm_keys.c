@@ -129,7 +129,7 @@ int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, 
 	struct hsm_session *s;
 	struct recovery rc = {0};
 	struct alg_info ai;
-	int r, err;
+	int r, err = 0;
 	CK_RV rv;
 
 	if ((r = alg_lookup(alg, &ai)) < 0)
@@ -137,7 +137,9 @@ int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, 
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;
-		rv = find_pair(h, s->handle, id, &priv, &pub, &err);
+		rv = hsm_require_login(h, s);
+		if (rv == CKR_OK)
+			rv = find_pair(h, s->handle, id, &priv, &pub, &err);
 	} while ((r = hsm_recover(h, s, rv, "C_FindObjects", &rc)) > 0);
 	if (r < 0)
 		return r;
@@ -152,24 +154,36 @@ int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, 
 	return 0;
 }
 
-int hsm_destroy_key(struct hsm *h, const uint8_t id[HSM_ID_LEN])
+static CK_RV destroy_pair(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN])
 {
 	CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
-	struct hsm_session *s;
-	int r;
+	CK_RV rv = CKR_OK;
 
-	if ((r = hsm_session_get(h, &s)) < 0)
-		return r;
-	for (size_t i = 0; i < 2; i++) {
+	for (size_t i = 0; i < 2 && rv == CKR_OK; i++) {
 		CK_OBJECT_HANDLE obj;
 		CK_ULONG n = 0;
-		CK_RV rv = find_by_id(h, s->handle, classes[i], id, &obj, &n);
+		rv = find_by_id(h, s, classes[i], id, &obj, &n);
 		if (rv == CKR_OK && n > 0)
-			rv = h->f->C_DestroyObject(s->handle, obj);
-		if ((r = hsm_check("C_DestroyObject", rv)) < 0)
-			return r;
+			rv = h->f->C_DestroyObject(s, obj);
 	}
-	return 0;
+	return rv;
+}
+
+int hsm_destroy_key(struct hsm *h, const uint8_t id[HSM_ID_LEN])
+{
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	CK_RV rv;
+	int r;
+
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		rv = hsm_require_login(h, s);
+		if (rv == CKR_OK)
+			rv = destroy_pair(h, s->handle, id);
+	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
+	return r;
 }
 
 static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_info *ai,
@@ -218,7 +232,9 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, const char *label, struct 
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;
-		rv = generate_pair(h, s->handle, &ai, label, id, &pub, &priv);
+		rv = hsm_require_login(h, s);
+		if (rv == CKR_OK)
+			rv = generate_pair(h, s->handle, &ai, label, id, &pub, &priv);
 	} while ((r = hsm_recover(h, s, rv, "C_GenerateKeyPair", &rc)) > 0);
 	if (r < 0)
 		return r;
@@ -377,7 +393,9 @@ int hsm_list_records(struct hsm *h, struct hsm_record **ret, size_t *ret_n)
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;
-		rv = read_records(h, s->handle, ret, ret_n);
+		rv = hsm_require_login(h, s);
+		if (rv == CKR_OK)
+			rv = read_records(h, s->handle, ret, ret_n);
 	} while ((r = hsm_recover(h, s, rv, "reading records", &rc)) > 0);
 	return r;
 }
@@ -403,7 +421,10 @@ int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;
-		rv = h->f->C_CreateObject(s->handle, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &obj);
+		rv = hsm_require_login(h, s);
+		if (rv == CKR_OK)
+			rv = h->f->C_CreateObject(s->handle, tmpl, sizeof(tmpl) / sizeof(tmpl[0]),
+			                          &obj);
 	} while ((r = hsm_recover(h, s, rv, "C_CreateObject", &rc)) > 0);
 	if (r == 0 && ret_handle)
 		*ret_handle = obj;

@@ -1,0 +1,262 @@
+#!/usr/bin/python3
+"""Verify a tokensign JWT with PyJWT (Debian python3-jwt 2.6), fetching the
+issuer's live JWKS with PyJWKClient.
+
+    verify_pyjwt.py --token T --jwks-url URL --iss ISS --aud AUD \
+                    --alg ALG --kid KID --typ TYP
+
+Each option also takes the form --name=VALUE, which a value starting with "-" needs
+(a base64url kid may start with "-"; argparse would read "--kid -abc" as two options).
+
+Prints exactly one JSON line on stdout:
+    {"ok":true,"claims":{...}}                 exit 0: the token verifies
+    {"ok":false,"error":"STAGE: ..."}          exit 1: the token is rejected
+    {"ok":false,"error":"setup: ..."}          exit 2: the verifier could not run
+                                               (missing library, bad usage)
+STAGE names why the token was rejected, so that tests can tell a right
+rejection from an accident: format (not a well-formed compact JWS),
+header (protected header is not exactly {alg, kid, typ} with the expected
+values), jwks (the JWKS could not be fetched or parsed), key (no key in the
+JWKS for the token's kid, or that key is unfit), signature (the signature does
+not verify), claims (iss, aud, exp).
+
+This file must stay standalone (it is run as a subprocess with /usr/bin/python3)
+and depend on nothing of tokensign: it is an independent verifier.
+"""
+
+import argparse
+import base64
+import hashlib
+import importlib
+import json
+import re
+import socket
+import sys
+import time
+
+HEADER_MEMBERS = ("alg", "kid", "typ")
+FETCH_TIMEOUT_S = 10
+_B64URL = re.compile(r"[A-Za-z0-9_-]*\Z")
+
+
+class Reject(Exception):
+    def __init__(self, stage, message):
+        super().__init__(f"{stage}: {message}")
+
+
+def emit(obj, code):
+    sys.stdout.write(json.dumps(obj, separators=(",", ":"), sort_keys=True) + "\n")
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def fail_setup(message):
+    emit({"ok": False, "error": f"setup: {message}"}, 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors are "could not run", not "rejected"
+        fail_setup(f"usage: {message}")
+
+
+def parse_args(argv):
+    p = _Parser(description="Verify a JWT against a live JWKS with PyJWT.")
+    for name in ("token", "jwks-url", "iss", "aud", "alg", "kid", "typ"):
+        p.add_argument(f"--{name}", required=True)
+    return p.parse_args(argv)
+
+
+def b64url_decode(segment, what):
+    """Strict RFC 7515 base64url: URL alphabet, no padding, canonical."""
+    if not _B64URL.match(segment) or len(segment) % 4 == 1:
+        raise Reject("format", f"{what} is not unpadded base64url")
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        raise Reject("format", f"{what} is not canonical base64url")
+    return raw
+
+
+def strict_json_object(raw, what):
+    """UTF-8 JSON object, no duplicate member names at any depth, no NaN/Infinity."""
+
+    def pairs(items):
+        obj = {}
+        for k, v in items:
+            if k in obj:
+                raise Reject("format", f"{what} repeats the member {k!r}")
+            obj[k] = v
+        return obj
+
+    def bad_constant(c):
+        raise Reject("format", f"{what} holds the non-JSON constant {c}")
+
+    try:
+        text = raw.decode("utf-8")
+        obj = json.loads(text, object_pairs_hook=pairs, parse_constant=bad_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise Reject("format", f"{what} is not UTF-8 JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise Reject("format", f"{what} is not a JSON object")
+    return obj
+
+
+def split_token(token):
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise Reject("format", f"compact JWS must have 3 parts, has {len(parts)}")
+    header = strict_json_object(b64url_decode(parts[0], "protected header"), "protected header")
+    payload = strict_json_object(b64url_decode(parts[1], "payload"), "payload")
+    if not b64url_decode(parts[2], "signature"):
+        raise Reject("format", "empty signature")
+    return header, payload
+
+
+def check_header(header, args):
+    extra = sorted(set(header) - set(HEADER_MEMBERS))
+    if extra:
+        raise Reject("header", f"protected header has members other than alg, kid, typ: {extra}")
+    for name in HEADER_MEMBERS:
+        want = getattr(args, name)
+        if name not in header:
+            raise Reject("header", f"protected header lacks {name!r}")
+        if header[name] != want:
+            raise Reject("header", f"protected header {name} is {header[name]!r}, expected {want!r}")
+
+
+# RFC 7638 §3.2: the required members of each key type, in lexicographic order.
+_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
+# Members that would make a JWK a private or secret key (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037).
+_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+
+
+def rfc7638_thumbprint(jwk):
+    members = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))
+    if members is None or not all(isinstance(jwk.get(m), str) for m in members):
+        raise Reject("key", f"JWK {jwk.get('kid')!r} has no thumbprint members for kty {jwk.get('kty')!r}")
+    text = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def check_jwk(jwks, kid, alg):
+    """The JWK the token names must be a public signing key for this alg whose
+    kid is its RFC 7638 thumbprint."""
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        raise Reject("jwks", "JWKS is not an object with a 'keys' array")
+    found = [k for k in jwks["keys"] if isinstance(k, dict) and k.get("kid") == kid]
+    if len(found) != 1:
+        raise Reject("key", f"{len(found)} keys with kid {kid!r} in the JWKS")
+    jwk = found[0]
+    private = [m for m in _PRIVATE_MEMBERS if m in jwk]
+    if private:
+        raise Reject("key", f"JWK {kid!r} holds private key members {private}")
+    if jwk.get("alg", alg) != alg:
+        raise Reject("key", f"JWK {kid!r} is for alg {jwk.get('alg')!r}, not {alg!r}")
+    if jwk.get("use", "sig") != "sig":
+        raise Reject("key", f"JWK {kid!r} has use {jwk.get('use')!r}, not 'sig'")
+    thumb = rfc7638_thumbprint(jwk)
+    if thumb != kid:
+        raise Reject("key", f"kid {kid!r} is not the RFC 7638 thumbprint of its key ({thumb!r})")
+    return jwk
+
+
+def check_claims(claims, args):
+    """Belt and braces over the library's own checks."""
+    if claims.get("iss") != args.iss:
+        raise Reject("claims", f"iss is {claims.get('iss')!r}, expected {args.iss!r}")
+    aud = claims.get("aud")
+    auds = aud if isinstance(aud, list) else [aud]
+    if not auds or not all(isinstance(a, str) for a in auds) or args.aud not in auds:
+        raise Reject("claims", f"aud {aud!r} does not hold {args.aud!r}")
+    exp = claims.get("exp")
+    if type(exp) is not int:
+        raise Reject("claims", f"exp {exp!r} is not an integer NumericDate")
+    if exp <= time.time():
+        raise Reject("claims", f"exp {exp} is not in the future")
+
+
+def verify(args):
+    try:
+        import jwt
+        from jwt import exceptions as jex
+    except ImportError as e:
+        fail_setup(f"PyJWT is not importable ({e}); install python3-jwt")
+    try:
+        importlib.import_module("cryptography")  # PyJWT needs it for ES*/RS*/PS*/EdDSA
+    except ImportError as e:
+        fail_setup(f"cryptography is not importable ({e}); install python3-cryptography")
+
+    header, _ = split_token(args.token)
+    check_header(header, args)
+
+    client = jwt.PyJWKClient(args.jwks_url)
+    try:
+        raw_jwks = client.fetch_data()  # also primes the client's JWKS cache
+    except (jex.PyJWKClientError, ValueError, OSError) as e:
+        raise Reject("jwks", f"{type(e).__name__}: {e}") from None
+    try:
+        signing_key = client.get_signing_key_from_jwt(args.token)
+    except (jex.PyJWKClientError, jex.PyJWKSetError, jex.PyJWKError) as e:
+        raise Reject("key", f"{type(e).__name__}: {e}") from None
+    except (jex.PyJWTError, ValueError, OSError) as e:
+        raise Reject("jwks", f"{type(e).__name__}: {e}") from None
+
+    try:
+        claims = jwt.decode(
+            args.token,
+            signing_key.key,
+            algorithms=[args.alg],
+            audience=args.aud,
+            issuer=args.iss,
+            leeway=0,
+            options={
+                "verify_signature": True,
+                "verify_exp": True,
+                "verify_aud": True,
+                "verify_iss": True,
+                "require": ["exp", "iss", "aud"],
+            },
+        )
+    except jex.InvalidSignatureError as e:
+        raise Reject("signature", f"{type(e).__name__}: {e}") from None
+    except jex.InvalidAlgorithmError as e:
+        raise Reject("header", f"{type(e).__name__}: {e}") from None
+    except (
+        jex.ExpiredSignatureError,
+        jex.InvalidAudienceError,
+        jex.InvalidIssuerError,
+        jex.MissingRequiredClaimError,
+        jex.ImmatureSignatureError,
+        jex.InvalidIssuedAtError,
+    ) as e:
+        raise Reject("claims", f"{type(e).__name__}: {e}") from None
+    except jex.DecodeError as e:
+        raise Reject("format", f"{type(e).__name__}: {e}") from None
+    except jex.PyJWTError as e:
+        raise Reject("claims", f"{type(e).__name__}: {e}") from None
+
+    # The header the library saw must be the one we checked.
+    lib_header = jwt.get_unverified_header(args.token)
+    if lib_header != header:
+        raise Reject("header", f"PyJWT read the header as {lib_header!r}, we read {header!r}")
+    # Our own checks run after the library's, so that a rejection the tests
+    # see is the library's wherever the library checks the point at all.
+    check_jwk(raw_jwks, args.kid, args.alg)
+    check_claims(claims, args)
+    return claims
+
+
+def main(argv):
+    args = parse_args(argv)
+    socket.setdefaulttimeout(FETCH_TIMEOUT_S)  # PyJWKClient's urlopen has no timeout
+    try:
+        claims = verify(args)
+    except Reject as e:
+        emit({"ok": False, "error": str(e)}, 1)
+    except Exception as e:  # a verifier bug is a rejection too, never a pass
+        emit({"ok": False, "error": f"internal: {type(e).__name__}: {e}"}, 1)
+    emit({"ok": True, "claims": claims}, 0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
