@@ -441,7 +441,9 @@ int hsm_destroy_object(struct hsm *h, unsigned long handle)
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;
-		rv = h->f->C_DestroyObject(s->handle, handle);
+		rv = hsm_require_login(h, s);
+		if (rv == CKR_OK)
+			rv = h->f->C_DestroyObject(s->handle, handle);
 		if (rv == CKR_OBJECT_HANDLE_INVALID)
 			rv = CKR_OK; /* another instance was first */
 	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
@@ -505,7 +507,9 @@ int hsm_list_key_ids(struct hsm *h, uint8_t (**ret)[HSM_ID_LEN], size_t *ret_n)
 		free(ids);
 		ids = NULL;
 		n = 0;
-		rv = list_class_ids(h, s->handle, CKO_PRIVATE_KEY, &ids, &n);
+		rv = hsm_require_login(h, s);
+		if (rv == CKR_OK)
+			rv = list_class_ids(h, s->handle, CKO_PRIVATE_KEY, &ids, &n);
 		if (rv == CKR_OK)
 			rv = list_class_ids(h, s->handle, CKO_PUBLIC_KEY, &ids, &n);
 	} while ((r = hsm_recover(h, s, rv, "listing key objects", &rc)) > 0);
