@@ -43,10 +43,20 @@ const char *hsm_last_error(void);
 /* Cheap liveness check: the token is present and this thread's session answers. */
 int hsm_probe(struct hsm *hsm);
 
-/* Generates a key pair for alg inside the token with the SPEC §6 template, a fresh random CKA_ID
- * and CKA_LABEL label, then checks its attributes read back. A pair that fails the check is
- * destroyed. */
-int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, const char *label, struct hsm_key *ret);
+/* Checks that the token can generate keys for alg (RSA: of key_bits) and sign with them, and
+ * picks the mechanism: a combined one (CKM_SHA256_RSA_PKCS) when the token has it, else the
+ * raw one with the digest made here. Must succeed before keys of alg are made or used.
+ * -EOPNOTSUPP: the token cannot serve alg (hsm_last_error() says what is missing). */
+int hsm_prepare_alg(struct hsm *hsm, enum jws_alg alg, unsigned key_bits);
+
+/* How alg is signed on this token, for the log ("CKM_ECDSA over a SHA-256 digest"). */
+const char *hsm_alg_plan(struct hsm *hsm, enum jws_alg alg);
+
+/* Generates a key pair for alg (RSA: key_bits, e = 65537) inside the token with the SPEC §6
+ * template, a fresh random CKA_ID and CKA_LABEL label, then checks its attributes read back. A
+ * pair that fails the check is destroyed. */
+int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned key_bits, const char *label,
+                     struct hsm_key *ret);
 
 /* Finds both halves of the key pair id and checks the private key's attributes (sensitive,
  * never extractable, always sensitive, generated in the token, sign-only) and type for alg.

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 
+#include <openssl/evp.h>
 #include <p11-kit/pkcs11.h>
 
 #include "hsm.h"
@@ -11,6 +12,38 @@
 struct hsm_session {
 	CK_SESSION_HANDLE handle;
 	struct hsm_session *next;
+};
+
+/* How a JWS signing input reaches C_Sign for one algorithm on this token. */
+enum hsm_input {
+	HSM_INPUT_RAW,         /* the signing input itself: the mechanism hashes (or EdDSA) */
+	HSM_INPUT_DIGEST,      /* its digest, computed here (ECDSA, raw RSA-PSS) */
+	HSM_INPUT_DIGEST_INFO, /* DigestInfo || digest (raw RSA PKCS#1 v1.5) */
+};
+
+struct hsm_sign_way {
+	CK_MECHANISM_TYPE mech;
+	enum hsm_input input;
+	bool pss; /* takes CK_RSA_PKCS_PSS_PARAMS (SHA-256, MGF1-SHA-256, 32-byte salt) */
+	const char *desc;
+};
+
+/* What PKCS#11 needs to make and use keys of one JWS algorithm. */
+struct alg_info {
+	CK_KEY_TYPE key_type;
+	CK_MECHANISM_TYPE gen;
+	const uint8_t *params; /* CKA_EC_PARAMS for EC and EdDSA keys */
+	size_t params_len;
+	const char *crv; /* JWK crv, NULL for RSA */
+	const EVP_MD *(*digest)(void);
+	struct hsm_sign_way ways[2]; /* in order of preference */
+	size_t n_ways;
+};
+
+/* The way chosen for an algorithm by hsm_prepare_alg(). */
+struct hsm_plan {
+	bool ready;
+	const struct hsm_sign_way *way;
 };
 
 struct hsm {
@@ -22,11 +55,24 @@ struct hsm {
 	pthread_mutex_t lock; /* sessions list, login */
 	struct hsm_session *sessions;
 	bool pin_refused; /* the token refused the PIN once: never try it again */
+	struct hsm_plan plans[_JWS_ALG_MAX];
 };
 
 struct recovery {
 	bool reopened, relogged;
 };
+
+/* The algorithm table; NULL (and the thread's error set) for an algorithm we do not know. */
+const struct alg_info *hsm_alg_info(enum jws_alg alg);
+
+/* What to hand C_Sign for input under way: input itself, or a digest (with DigestInfo) written
+ * to buf. Returns 0 or a negative errno. */
+int hsm_sign_data(const struct alg_info *ai, const struct hsm_sign_way *way, const uint8_t *input,
+                  size_t len, uint8_t *buf, size_t buf_size, const uint8_t **ret, size_t *ret_len);
+
+/* Reads a variable-length attribute into a new NUL-terminated buffer. */
+CK_RV hsm_get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                    CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len);
 
 /* Records "what: CKR_NAME" as the thread's last error and returns err. */
 int hsm_fail(const char *what, CK_RV rv, int err);

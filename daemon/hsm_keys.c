@@ -13,32 +13,6 @@
 
 static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 
-/* DER of the named curves' OIDs, as CKA_EC_PARAMS wants them. */
-static const uint8_t oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-
-struct alg_info {
-	CK_KEY_TYPE key_type;
-	CK_MECHANISM_TYPE gen, sign;
-	const uint8_t *params;
-	size_t params_len;
-	const char *crv;
-	const EVP_MD *(*digest)(void);
-};
-
-static int alg_lookup(enum jws_alg alg, struct alg_info *ret)
-{
-	switch (alg) {
-	case JWS_ES256:
-		*ret = (struct alg_info){CKK_EC,    CKM_EC_KEY_PAIR_GEN, CKM_ECDSA,
-		                         oid_p256,  sizeof(oid_p256),    "P-256",
-		                         EVP_sha256};
-		return 0;
-	default:
-		return hsm_fail_text(-EOPNOTSUPP, "algorithm %s is not supported yet",
-		                     jws_alg_name(alg) ? jws_alg_name(alg) : "?");
-	}
-}
-
 /* Finds the single object of class with CKA_ID id. */
 static CK_RV find_by_id(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
                         const uint8_t id[HSM_ID_LEN], CK_OBJECT_HANDLE *ret, CK_ULONG *ret_n)
@@ -128,12 +102,12 @@ int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, 
 	CK_OBJECT_HANDLE priv = 0, pub = 0;
 	struct hsm_session *s;
 	struct recovery rc = {0};
-	struct alg_info ai;
+	const struct alg_info *ai = hsm_alg_info(alg);
 	int r, err = 0;
 	CK_RV rv;
 
-	if ((r = alg_lookup(alg, &ai)) < 0)
-		return r;
+	if (!ai)
+		return -EINVAL;
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;
@@ -145,7 +119,7 @@ int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, 
 		return r;
 	if (err < 0)
 		return err;
-	if ((r = check_private_attributes(h, s->handle, priv, &ai)) < 0)
+	if ((r = check_private_attributes(h, s->handle, priv, ai)) < 0)
 		return r;
 	memcpy(ret->id, id, HSM_ID_LEN);
 	ret->alg = alg;
@@ -187,11 +161,12 @@ int hsm_destroy_key(struct hsm *h, const uint8_t id[HSM_ID_LEN])
 }
 
 static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_info *ai,
-                           const char *label, const uint8_t id[HSM_ID_LEN], CK_OBJECT_HANDLE *pub,
-                           CK_OBJECT_HANDLE *priv)
+                           unsigned key_bits, const char *label, const uint8_t id[HSM_ID_LEN],
+                           CK_OBJECT_HANDLE *pub, CK_OBJECT_HANDLE *priv)
 {
+	static const uint8_t f4[] = {0x01, 0x00, 0x01}; /* e = 65537 */
 	CK_MECHANISM mech = {ai->gen, NULL, 0};
-	CK_ULONG label_len = strlen(label);
+	CK_ULONG label_len = strlen(label), bits = key_bits;
 	CK_ATTRIBUTE pub_tmpl[] = {
 	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},
 	    {CKA_PRIVATE, (void *)&no, sizeof(no)},
@@ -200,7 +175,9 @@ static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_
 	    {CKA_WRAP, (void *)&no, sizeof(no)},
 	    {CKA_LABEL, (void *)label, label_len},
 	    {CKA_ID, (void *)id, HSM_ID_LEN},
+	    /* The key type's own parameters go last: a curve, or size and exponent. */
 	    {CKA_EC_PARAMS, (void *)ai->params, ai->params_len},
+	    {CKA_PUBLIC_EXPONENT, (void *)f4, sizeof(f4)},
 	};
 	CK_ATTRIBUTE priv_tmpl[] = {
 	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},     {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
@@ -209,24 +186,30 @@ static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_
 	    {CKA_UNWRAP, (void *)&no, sizeof(no)},      {CKA_DERIVE, (void *)&no, sizeof(no)},
 	    {CKA_LABEL, (void *)label, label_len},      {CKA_ID, (void *)id, HSM_ID_LEN},
 	};
+	CK_ULONG n_pub = sizeof(pub_tmpl) / sizeof(pub_tmpl[0]);
 
-	return h->f->C_GenerateKeyPair(s, &mech, pub_tmpl, sizeof(pub_tmpl) / sizeof(pub_tmpl[0]),
-	                               priv_tmpl, sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub,
-	                               priv);
+	if (ai->key_type == CKK_RSA) {
+		pub_tmpl[n_pub - 2] = (CK_ATTRIBUTE){CKA_MODULUS_BITS, &bits, sizeof(bits)};
+	} else {
+		n_pub--; /* no exponent */
+	}
+	return h->f->C_GenerateKeyPair(s, &mech, pub_tmpl, n_pub, priv_tmpl,
+	                               sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub, priv);
 }
 
-int hsm_generate_key(struct hsm *h, enum jws_alg alg, const char *label, struct hsm_key *ret)
+int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const char *label,
+                     struct hsm_key *ret)
 {
+	const struct alg_info *ai = hsm_alg_info(alg);
 	CK_OBJECT_HANDLE pub = 0, priv = 0;
 	uint8_t id[HSM_ID_LEN];
 	struct hsm_session *s;
 	struct recovery rc = {0};
-	struct alg_info ai;
 	CK_RV rv;
 	int r;
 
-	if ((r = alg_lookup(alg, &ai)) < 0)
-		return r;
+	if (!ai)
+		return -EINVAL;
 	if (RAND_bytes(id, sizeof(id)) != 1)
 		return hsm_fail_text(-EIO, "no randomness for a key id");
 	do {
@@ -234,11 +217,11 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, const char *label, struct 
 			return r;
 		rv = hsm_require_login(h, s);
 		if (rv == CKR_OK)
-			rv = generate_pair(h, s->handle, &ai, label, id, &pub, &priv);
+			rv = generate_pair(h, s->handle, ai, key_bits, label, id, &pub, &priv);
 	} while ((r = hsm_recover(h, s, rv, "C_GenerateKeyPair", &rc)) > 0);
 	if (r < 0)
 		return r;
-	r = check_private_attributes(h, s->handle, priv, &ai);
+	r = check_private_attributes(h, s->handle, priv, ai);
 	if (r < 0) {
 		char why[160];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
@@ -253,9 +236,8 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, const char *label, struct 
 	return 0;
 }
 
-/* Reads a variable-length attribute into a new buffer. */
-static CK_RV get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                       CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len)
+CK_RV hsm_get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                    CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len)
 {
 	CK_ATTRIBUTE a = {type, NULL, 0};
 	CK_RV rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
@@ -278,177 +260,69 @@ static CK_RV get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 	return CKR_OK;
 }
 
-int hsm_public_jwk(struct hsm *h, const struct hsm_key *key, struct jwk *ret)
+/* ---- signing ---- */
+
+static CK_RV sign_once(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
+                       const struct hsm_sign_way *way, const uint8_t *data, size_t dlen,
+                       uint8_t *sig, CK_ULONG *sig_len)
 {
+	CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+	CK_MECHANISM mech = {way->mech, way->pss ? &pss : NULL, way->pss ? sizeof(pss) : 0};
+	CK_RV rv = h->f->C_SignInit(s, &mech, key);
+
+	if (rv != CKR_OK)
+		return rv;
+	return h->f->C_Sign(s, (CK_BYTE_PTR)data, dlen, sig, sig_len);
+}
+
+int hsm_sign(struct hsm *h, struct hsm_key *key, const uint8_t *input, size_t len, uint8_t *sig,
+             size_t sig_size, size_t *ret_len)
+{
+	const struct alg_info *ai = hsm_alg_info(key->alg);
+	uint8_t buf[64 + EVP_MAX_MD_SIZE];
+	const uint8_t *data;
+	size_t dlen;
 	struct hsm_session *s;
-	struct recovery rc = {0};
-	struct alg_info ai;
-	uint8_t *point = NULL;
-	size_t len = 0;
-	CK_RV rv;
+	bool refound = false;
+	CK_ULONG slen;
 	int r;
 
-	if ((r = alg_lookup(key->alg, &ai)) < 0)
+	if (!ai)
+		return -EINVAL;
+	if (!h->plans[key->alg].ready)
+		return hsm_fail_text(-EOPNOTSUPP, "%s was not prepared", jws_alg_name(key->alg));
+	r = hsm_sign_data(ai, h->plans[key->alg].way, input, len, buf, sizeof(buf), &data, &dlen);
+	if (r < 0)
 		return r;
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
+	for (;;) {
+		struct recovery rc = {0};
+		CK_RV rv;
+		do {
+			if ((r = hsm_session_get(h, &s)) < 0)
+				return r;
+			slen = sig_size;
+			rv = sign_once(h, s->handle, atomic_load(&key->priv),
+			               h->plans[key->alg].way, data, dlen, sig, &slen);
+		} while ((r = hsm_recover(h, s, rv, "C_Sign", &rc)) > 0);
+		if (r != -ESTALE || refound)
+			break;
+		/* The token forgot our handle (re-inserted, reloaded): find the key again. */
+		refound = true;
+		struct hsm_key fresh;
+		if ((r = hsm_find_key(h, key->id, key->alg, &fresh)) < 0)
 			return r;
-		rv = get_bytes(h, s->handle, key->pub, CKA_EC_POINT, &point, &len);
-	} while ((r = hsm_recover(h, s, rv, "C_GetAttributeValue(CKA_EC_POINT)", &rc)) > 0);
+		atomic_store(&key->priv, atomic_load(&fresh.priv));
+	}
 	if (r < 0)
 		return r;
-	r = jwk_from_ec_point(ai.crv, point, len, ret);
-	free(point);
-	if (r < 0)
-		return hsm_fail_text(r, "the token's public key is not a valid %s point", ai.crv);
+	if (jws_ecdsa_sig_len(key->alg) && slen != jws_ecdsa_sig_len(key->alg))
+		return hsm_fail_text(-EIO, "C_Sign returned %lu bytes, not an R||S signature",
+		                     (unsigned long)slen);
+	*ret_len = slen;
 	return 0;
 }
 
-/* ---- records ---- */
-
-static CK_RV find_records(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE **ret,
-                          CK_ULONG *ret_n)
-{
-	CK_OBJECT_CLASS cls = CKO_DATA;
-	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_CLASS, &cls, sizeof(cls)},
-	    {CKA_APPLICATION, (void *)HSM_APPLICATION, strlen(HSM_APPLICATION)},
-	};
-	CK_OBJECT_HANDLE *all = NULL;
-	CK_ULONG n = 0, got = 0;
-	CK_RV rv;
-
-	rv = h->f->C_FindObjectsInit(s, tmpl, 2);
-	if (rv != CKR_OK)
-		return rv;
-	do {
-		CK_OBJECT_HANDLE *grown = realloc(all, (n + 64) * sizeof(*all));
-		if (!grown) {
-			rv = CKR_HOST_MEMORY;
-			break;
-		}
-		all = grown;
-		rv = h->f->C_FindObjects(s, all + n, 64, &got);
-		n += got;
-	} while (rv == CKR_OK && got == 64);
-	h->f->C_FindObjectsFinal(s);
-	if (rv != CKR_OK) {
-		free(all);
-		return rv;
-	}
-	*ret = all;
-	*ret_n = n;
-	return CKR_OK;
-}
-
-void hsm_records_free(struct hsm_record *records, size_t n)
-{
-	for (size_t i = 0; records && i < n; i++) {
-		free(records[i].label);
-		free(records[i].value);
-	}
-	free(records);
-}
-
-static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record **ret,
-                          size_t *ret_n)
-{
-	CK_OBJECT_HANDLE *handles = NULL;
-	struct hsm_record *recs;
-	CK_ULONG n = 0;
-	CK_RV rv = find_records(h, s, &handles, &n);
-
-	if (rv != CKR_OK)
-		return rv;
-	recs = calloc(n ? n : 1, sizeof(*recs));
-	if (!recs) {
-		free(handles);
-		return CKR_HOST_MEMORY;
-	}
-	for (CK_ULONG i = 0; i < n && rv == CKR_OK; i++) {
-		size_t llen;
-		recs[i].handle = handles[i];
-		rv = get_bytes(h, s, handles[i], CKA_LABEL, (uint8_t **)&recs[i].label, &llen);
-		if (rv == CKR_OK)
-			rv = get_bytes(h, s, handles[i], CKA_VALUE, (uint8_t **)&recs[i].value,
-			               &recs[i].len);
-	}
-	free(handles);
-	if (rv != CKR_OK) {
-		hsm_records_free(recs, n);
-		return rv;
-	}
-	*ret = recs;
-	*ret_n = n;
-	return CKR_OK;
-}
-
-int hsm_list_records(struct hsm *h, struct hsm_record **ret, size_t *ret_n)
-{
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_RV rv;
-	int r;
-
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = read_records(h, s->handle, ret, ret_n);
-	} while ((r = hsm_recover(h, s, rv, "reading records", &rc)) > 0);
-	return r;
-}
-
-int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t len,
-                     unsigned long *ret_handle)
-{
-	CK_OBJECT_CLASS cls = CKO_DATA;
-	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_CLASS, &cls, sizeof(cls)},
-	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},
-	    {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
-	    {CKA_APPLICATION, (void *)HSM_APPLICATION, strlen(HSM_APPLICATION)},
-	    {CKA_LABEL, (void *)label, strlen(label)},
-	    {CKA_VALUE, (void *)value, len},
-	};
-	CK_OBJECT_HANDLE obj;
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_RV rv;
-	int r;
-
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = h->f->C_CreateObject(s->handle, tmpl, sizeof(tmpl) / sizeof(tmpl[0]),
-			                          &obj);
-	} while ((r = hsm_recover(h, s, rv, "C_CreateObject", &rc)) > 0);
-	if (r == 0 && ret_handle)
-		*ret_handle = obj;
-	return r;
-}
-
-int hsm_destroy_object(struct hsm *h, unsigned long handle)
-{
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_RV rv;
-	int r;
-
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = h->f->C_DestroyObject(s->handle, handle);
-		if (rv == CKR_OBJECT_HANDLE_INVALID)
-			rv = CKR_OK; /* another instance was first */
-	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
-	return r;
-}
+/* ---- listing ---- */
 
 static bool id_listed(uint8_t (*ids)[HSM_ID_LEN], size_t n, const uint8_t *id)
 {
@@ -519,62 +393,5 @@ int hsm_list_key_ids(struct hsm *h, uint8_t (**ret)[HSM_ID_LEN], size_t *ret_n)
 	}
 	*ret = ids;
 	*ret_n = n;
-	return 0;
-}
-
-/* ---- signing ---- */
-
-static CK_RV sign_once(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
-                       const struct alg_info *ai, const uint8_t *digest, size_t dlen, uint8_t *sig,
-                       CK_ULONG *sig_len)
-{
-	CK_MECHANISM mech = {ai->sign, NULL, 0};
-	CK_RV rv = h->f->C_SignInit(s, &mech, key);
-
-	if (rv != CKR_OK)
-		return rv;
-	return h->f->C_Sign(s, (CK_BYTE_PTR)digest, dlen, sig, sig_len);
-}
-
-int hsm_sign(struct hsm *h, struct hsm_key *key, const uint8_t *input, size_t len, uint8_t *sig,
-             size_t sig_size, size_t *ret_len)
-{
-	uint8_t digest[EVP_MAX_MD_SIZE];
-	unsigned dlen = 0;
-	struct hsm_session *s;
-	struct alg_info ai;
-	bool refound = false;
-	CK_ULONG slen;
-	int r;
-
-	if ((r = alg_lookup(key->alg, &ai)) < 0)
-		return r;
-	if (EVP_Digest(input, len, digest, &dlen, ai.digest(), NULL) != 1)
-		return hsm_fail_text(-EIO, "digest failed");
-	for (;;) {
-		struct recovery rc = {0};
-		CK_RV rv;
-		do {
-			if ((r = hsm_session_get(h, &s)) < 0)
-				return r;
-			slen = sig_size;
-			rv = sign_once(h, s->handle, atomic_load(&key->priv), &ai, digest, dlen,
-			               sig, &slen);
-		} while ((r = hsm_recover(h, s, rv, "C_Sign", &rc)) > 0);
-		if (r != -ESTALE || refound)
-			break;
-		/* The token forgot our handle (re-inserted, reloaded): find the key again. */
-		refound = true;
-		struct hsm_key fresh;
-		if ((r = hsm_find_key(h, key->id, key->alg, &fresh)) < 0)
-			return r;
-		atomic_store(&key->priv, atomic_load(&fresh.priv));
-	}
-	if (r < 0)
-		return r;
-	if (jws_ecdsa_sig_len(key->alg) && slen != jws_ecdsa_sig_len(key->alg))
-		return hsm_fail_text(-EIO, "C_Sign returned %lu bytes, not an R||S signature",
-		                     (unsigned long)slen);
-	*ret_len = slen;
 	return 0;
 }

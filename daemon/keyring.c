@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "audit.h"
 #include "log.h"
@@ -39,6 +40,8 @@ void keyset_release(struct keyset *set)
 {
 	if (!set || atomic_fetch_sub(&set->refs, 1) != 1)
 		return;
+	for (size_t i = 0; i < set->n; i++)
+		EVP_PKEY_free(set->keys[i].evp);
 	free(set->keys);
 	free(set->jwks);
 	free(set);
@@ -191,6 +194,12 @@ static int keyset_build(const struct issuer_conf *ic, struct key *keys, size_t n
 		qsort(keys, n, sizeof(*keys), key_order);
 	set->keys = keys;
 	set->n = n;
+	/* Each set owns its public keys: copies of known keys arrive without one. */
+	for (size_t i = 0; i < n; i++)
+		if (jwk_to_evp(&keys[i].jwk, &keys[i].evp) < 0) {
+			keyset_release(set);
+			return -ENOMEM;
+		}
 	keyset_derive(ic, set, now);
 	r = render_jwks(set, ic->alg);
 	if (r < 0) {
@@ -371,9 +380,10 @@ static int record_to_key(struct keyring *kr, size_t i, const struct hsm_record *
 		return -EINVAL;
 	}
 	known = known_key(cur, k->hk.id, rec->seq);
-	if (known)
+	if (known) {
 		*k = *known;
-	else
+		k->evp = NULL; /* owned by the old set */
+	} else
 		r = key_load(kr, ic, rec, k);
 	keyset_release(cur);
 	if (r < 0)

@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <openssl/types.h>
+
 #include "conf.h"
 #include "etag.h"
 #include "hsm.h"
@@ -21,6 +23,7 @@ struct key {
 	unsigned long record; /* handle of the record object */
 	/* Derived from the record and the clock when the keyset was built. */
 	struct schedule_state st;
+	EVP_PKEY *evp; /* the public key for self-checks; owned by the keyset */
 };
 
 /* An immutable view of one issuer's keys; replaced whole when the keys change, so readers never

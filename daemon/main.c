@@ -115,6 +115,28 @@ static int keys_start(struct daemon *d)
 	return r;
 }
 
+/* Every issuer's algorithm must be one the token can generate and sign: refuse to start
+ * otherwise, rather than fail at the first rotation. */
+static int algorithms_prepare(struct daemon *d)
+{
+	for (size_t i = 0; i < d->conf->n_issuers; i++) {
+		const struct issuer_conf *ic = &d->conf->issuers[i];
+		int r = hsm_prepare_alg(d->hsm, ic->alg, ic->key_size);
+		if (r < 0) {
+			log_error("issuer %s: %s cannot be served by this token: %s", ic->name,
+			          jws_alg_name(ic->alg), hsm_last_error());
+			return r;
+		}
+		log_info("issuer %s: %s%s via %s, self-check %s", ic->name, jws_alg_name(ic->alg),
+		         ic->key_size ? (ic->key_size == 2048   ? " (2048 bits)"
+		                         : ic->key_size == 3072 ? " (3072 bits)"
+		                                                : " (4096 bits)")
+		                      : "",
+		         hsm_alg_plan(d->hsm, ic->alg), ic->self_check ? "on" : "off");
+	}
+	return 0;
+}
+
 static int wait_for_signal(void)
 {
 	sigset_t set;
@@ -167,7 +189,7 @@ static int run(const char *config_path)
 		log_error("cannot use the token: %s", hsm_last_error());
 		goto out;
 	}
-	if ((r = keys_start(&d)) < 0)
+	if ((r = algorithms_prepare(&d)) < 0 || (r = keys_start(&d)) < 0)
 		goto out;
 	sd_notify(0, "STATUS=Opening sockets");
 	if ((r = sign_api_start(&d, &d.sign)) < 0 || (r = jwks_http_start(&d, &d.jwks)) < 0 ||

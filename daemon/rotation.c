@@ -43,7 +43,7 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 
 	memset(ret, 0, sizeof(*ret));
 	snprintf(label, sizeof(label), "tokensign:%s", ic->name);
-	r = hsm_generate_key(kr->hsm, ic->alg, label, &ret->hk);
+	r = hsm_generate_key(kr->hsm, ic->alg, ic->key_size, label, &ret->hk);
 	if (r < 0)
 		return r;
 	r = hsm_public_jwk(kr->hsm, &ret->hk, &ret->jwk);

@@ -16,6 +16,7 @@
 
 #include "http.h"
 #include "jws.h"
+#include "jws_verify.h"
 #include "log.h"
 #include "peer.h"
 #include "policy.h"
@@ -171,6 +172,36 @@ static char *answer_format(const char *token, const struct key *k, enum jws_alg 
 }
 
 /* Signs sr with the issuer's active key; on failure queues the error answer itself. */
+/* The token's signature, checked against the key's public half before anything leaves: a
+ * faulty signature (the RSA-CRT fault attack leaks the key through one) is never answered. */
+static int sign_checked(struct sign_api *api, const struct issuer_conf *ic, struct key *k,
+                        const char *input, size_t input_len, uint8_t *sig, size_t *sig_len,
+                        const char **code)
+{
+	int r = hsm_sign(api->d->hsm, &k->hk, (const uint8_t *)input, input_len, sig, HSM_MAX_SIG,
+	                 sig_len);
+
+	*code = "hsm_unavailable";
+	if (r < 0) {
+		log_error("issuer %s: key %s: signing failed: %s", ic->name, k->kid,
+		          hsm_last_error());
+		return r;
+	}
+	if (!ic->self_check)
+		return 0;
+	r = jws_verify(ic->alg, k->evp, input, input_len, sig, *sig_len);
+	if (r < 0) {
+		*code = "signature_check_failed";
+		log_msg(LOG_CRIT,
+		        "issuer %s: key %s: the token returned a signature that does not verify "
+		        "(%s); no token was issued. A faulty HSM can leak its key this way: "
+		        "investigate before trusting this token again",
+		        ic->name, k->kid, r == -EBADMSG ? "bad signature" : "check failed");
+	}
+	return r;
+}
+
+/* Signs sr with the issuer's active key; on failure queues the error answer itself. */
 static enum MHD_Result sign_and_reply(struct sign_api *api, struct MHD_Connection *c,
                                       const struct issuer_conf *ic,
                                       const struct signing_request *sr)
@@ -180,6 +211,7 @@ static enum MHD_Result sign_and_reply(struct sign_api *api, struct MHD_Connectio
 	size_t sig_len = 0, input_len = 0;
 	char *input = NULL, *token = NULL, *answer = NULL;
 	struct key *k = keyset_signer(set, sr->iat);
+	const char *code = "hsm_unavailable";
 	enum MHD_Result ret;
 	int r;
 
@@ -191,17 +223,12 @@ static enum MHD_Result sign_and_reply(struct sign_api *api, struct MHD_Connectio
 	}
 	r = jws_signing_input(ic->alg, k->kid, sr->typ, sr->payload, sr->payload_len, &input,
 	                      &input_len);
-	if (r == 0) {
-		r = hsm_sign(api->d->hsm, &k->hk, (const uint8_t *)input, input_len, sig,
-		             sizeof(sig), &sig_len);
-		if (r < 0)
-			log_error("issuer %s: key %s: signing failed: %s", ic->name, k->kid,
-			          hsm_last_error());
-	}
+	if (r == 0)
+		r = sign_checked(api, ic, k, input, input_len, sig, &sig_len, &code);
 	if (r == 0 && (r = jws_compact(input, input_len, sig, sig_len, &token)) == 0)
 		answer = answer_format(token, k, ic->alg, sr);
 	if (r < 0 || !answer)
-		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
+		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, code,
 		                       "the token did not sign; see the daemon's log");
 	else
 		ret = http_reply_json(c, MHD_HTTP_OK, answer);

@@ -342,13 +342,6 @@ static int set_issuer_key(struct parser *p, struct issuer_conf *ic, const char *
 			           value);
 			return -EINVAL;
 		}
-		if (ic->alg != JWS_ES256) {
-			conf_error(
-			    p, p->line,
-			    "algorithm: %s is not supported by this version yet (ES256 only)",
-			    value);
-			return -EINVAL;
-		}
 		return 0;
 	}
 	if (strcmp(name, "rotation-period") == 0)
@@ -359,6 +352,28 @@ static int set_issuer_key(struct parser *p, struct issuer_conf *ic, const char *
 		return set_duration(p, &ic->token_ttl, name, value);
 	if (strcmp(name, "max-token-ttl") == 0)
 		return set_duration(p, &ic->max_token_ttl, name, value);
+	if (strcmp(name, "key-size") == 0) {
+		uint32_t bits;
+		if (conf_parse_u32(value, &bits) < 0 ||
+		    (bits != 2048 && bits != 3072 && bits != 4096)) {
+			conf_error(p, p->line, "key-size: '%s' must be 2048, 3072 or 4096%s", value,
+			           conf_parse_u32(value, &bits) == 0 && bits < 2048
+			               ? " (RSA below 2048 bits is not safe)"
+			               : "");
+			return -EINVAL;
+		}
+		ic->key_size = bits;
+		ic->key_size_line = p->line;
+		return 0;
+	}
+	if (strcmp(name, "self-check") == 0) {
+		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
+			conf_error(p, p->line, "self-check: '%s' must be yes or no", value);
+			return -EINVAL;
+		}
+		ic->self_check = strcmp(value, "yes") == 0;
+		return 0;
+	}
 	if (strcmp(name, "audiences") == 0)
 		return set_issuer_list(p, &ic->audiences, &ic->n_audiences, name, value);
 	if (strcmp(name, "token-types") == 0)
@@ -422,6 +437,7 @@ static int issuer_add(struct parser *p, const char *name)
 	ic->prepublish = 86400;
 	ic->token_ttl = 15 * 60;
 	ic->max_token_ttl = 3600;
+	ic->self_check = -1;
 	p->conf->n_issuers++;
 	return 0;
 }
@@ -560,6 +576,14 @@ static void validate_issuer(struct parser *p, struct issuer_conf *ic)
 	if (ic->prepublish >= ic->rotation_period)
 		conf_error(p, ic->line,
 		           "[issuer:%s]: prepublish must be shorter than rotation-period", n);
+	if (jws_alg_is_rsa(ic->alg) && ic->key_size == 0)
+		ic->key_size = 2048;
+	else if (!jws_alg_is_rsa(ic->alg) && ic->key_size != 0)
+		conf_error(p, ic->key_size_line,
+		           "[issuer:%s]: key-size applies to RS256 and PS256 only", n);
+	/* Verifying is cheap for RSA, where the fault attack on RSA-CRT lives: on unless said. */
+	if (ic->self_check < 0)
+		ic->self_check = jws_alg_is_rsa(ic->alg);
 	if (ic->token_ttl > ic->max_token_ttl)
 		conf_error(p, ic->line, "[issuer:%s]: token-ttl is longer than max-token-ttl", n);
 	if (ic->n_token_types == 0) {

@@ -23,6 +23,9 @@ struct issuer_conf {
 	char *name; /* [a-z0-9-]{1,32}, from the section name */
 	char *iss;
 	enum jws_alg alg;
+	unsigned key_size;      /* RSA modulus bits (2048, 3072, 4096); 0 for other algorithms */
+	unsigned key_size_line; /* where key-size was set, for messages */
+	int self_check;         /* verify each signature before it leaves: 1 yes, 0 no */
 	uint64_t rotation_period, prepublish, token_ttl, max_token_ttl; /* seconds */
 	char **audiences;                                               /* NULL: any aud */
 	size_t n_audiences;

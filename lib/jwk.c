@@ -7,6 +7,8 @@
 
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/bn.h>
+#include <openssl/param_build.h>
 #include <openssl/params.h>
 
 #include "b64url.h"
@@ -96,6 +98,24 @@ int jwk_from_ec_point(const char *crv, const uint8_t *point, size_t len, struct 
 	return 0;
 }
 
+int jwk_from_okp_point(const char *crv, const uint8_t *point, size_t len, struct jwk *ret)
+{
+	const uint8_t *raw = point;
+
+	if (strcmp(crv, "Ed25519") != 0)
+		return -EINVAL;
+	if (len == 34 && point[0] == 0x04 && point[1] == 32)
+		raw = point + 2;
+	else if (len != 32)
+		return -EINVAL;
+	memset(ret, 0, sizeof(*ret));
+	ret->kty = JWK_KTY_OKP;
+	ret->crv = "Ed25519";
+	ret->coord_len = 32;
+	memcpy(ret->x, raw, 32);
+	return 0;
+}
+
 static void strip_zeros(const uint8_t **p, size_t *len)
 {
 	while (*len > 1 && (*p)[0] == 0) {
@@ -130,6 +150,12 @@ static int set_b64(json_t *obj, const char *name, const uint8_t *v, size_t len)
 /* Adds the key members; callers add kid/alg/use around them. */
 static int add_key_members(json_t *obj, const struct jwk *key)
 {
+	if (key->kty == JWK_KTY_OKP) {
+		if (json_object_set_new(obj, "crv", json_string(key->crv)) < 0 ||
+		    set_b64(obj, "x", key->x, key->coord_len) < 0)
+			return -ENOMEM;
+		return 0;
+	}
 	if (key->kty == JWK_KTY_EC) {
 		if (json_object_set_new(obj, "crv", json_string(key->crv)) < 0 ||
 		    set_b64(obj, "x", key->x, key->coord_len) < 0 ||
@@ -144,7 +170,7 @@ static int add_key_members(json_t *obj, const struct jwk *key)
 
 static const char *kty_name(enum jwk_kty kty)
 {
-	return kty == JWK_KTY_EC ? "EC" : "RSA";
+	return kty == JWK_KTY_EC ? "EC" : kty == JWK_KTY_OKP ? "OKP" : "RSA";
 }
 
 int jwk_thumbprint(const struct jwk *key, char *kid)
@@ -190,4 +216,68 @@ json_t *jwk_to_json(const struct jwk *key, const char *kid, enum jws_alg alg)
 		return NULL;
 	}
 	return obj;
+}
+
+static int evp_from_ec(const struct jwk *key, EVP_PKEY **ret)
+{
+	const char *group = strcmp(key->crv, "P-256") == 0 ? "prime256v1" : "secp384r1";
+	uint8_t point[1 + 2 * JWK_MAX_COORD];
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+	OSSL_PARAM params[3];
+	int r = -EINVAL;
+
+	if (!ctx)
+		return -ENOMEM;
+	point[0] = 0x04;
+	memcpy(point + 1, key->x, key->coord_len);
+	memcpy(point + 1 + key->coord_len, key->y, key->coord_len);
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)group, 0);
+	params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, point,
+	                                              1 + 2 * key->coord_len);
+	params[2] = OSSL_PARAM_construct_end();
+	if (EVP_PKEY_fromdata_init(ctx) > 0 &&
+	    EVP_PKEY_fromdata(ctx, ret, EVP_PKEY_PUBLIC_KEY, params) > 0)
+		r = 0;
+	EVP_PKEY_CTX_free(ctx);
+	return r;
+}
+
+static int evp_from_rsa(const struct jwk *key, EVP_PKEY **ret)
+{
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+	BIGNUM *n = BN_bin2bn(key->n, (int)key->n_len, NULL);
+	BIGNUM *e = BN_bin2bn(key->e, (int)key->e_len, NULL);
+	OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+	OSSL_PARAM *params = NULL;
+	int r = -ENOMEM;
+
+	if (!ctx || !n || !e || !bld || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
+	    !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) ||
+	    !(params = OSSL_PARAM_BLD_to_param(bld)))
+		goto out;
+	r = -EINVAL;
+	if (EVP_PKEY_fromdata_init(ctx) > 0 &&
+	    EVP_PKEY_fromdata(ctx, ret, EVP_PKEY_PUBLIC_KEY, params) > 0)
+		r = 0;
+out:
+	OSSL_PARAM_free(params);
+	OSSL_PARAM_BLD_free(bld);
+	BN_free(n);
+	BN_free(e);
+	EVP_PKEY_CTX_free(ctx);
+	return r;
+}
+
+int jwk_to_evp(const struct jwk *key, EVP_PKEY **ret)
+{
+	switch (key->kty) {
+	case JWK_KTY_EC:
+		return evp_from_ec(key, ret);
+	case JWK_KTY_RSA:
+		return evp_from_rsa(key, ret);
+	case JWK_KTY_OKP:
+		*ret = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, key->x, key->coord_len);
+		return *ret ? 0 : -EINVAL;
+	}
+	return -EINVAL;
 }

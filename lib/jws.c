@@ -32,6 +32,11 @@ int jws_alg_from_name(const char *name, enum jws_alg *ret)
 	return -EINVAL;
 }
 
+int jws_alg_is_rsa(enum jws_alg alg)
+{
+	return alg == JWS_RS256 || alg == JWS_PS256;
+}
+
 size_t jws_ecdsa_sig_len(enum jws_alg alg)
 {
 	switch (alg) {

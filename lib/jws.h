@@ -18,6 +18,9 @@ const char *jws_alg_name(enum jws_alg alg);
 /* Parses an algorithm name (exact, case-sensitive). Returns 0 or -EINVAL. */
 int jws_alg_from_name(const char *name, enum jws_alg *ret);
 
+/* True for RS256 and PS256. */
+int jws_alg_is_rsa(enum jws_alg alg);
+
 /* Size of a signature in bytes for ECDSA algorithms (R||S, RFC 7518 §3.4); 0 for others. */
 size_t jws_ecdsa_sig_len(enum jws_alg alg);
 

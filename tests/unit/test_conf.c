@@ -10,30 +10,42 @@
 
 /* A minimal valid file. Cases replace one of its lines; the L_ names are its line numbers. */
 static const char *const base[] = {
-	"[hsm]",                                    /* 1 */
-	"module = /usr/lib/softhsm/libsofthsm2.so", /* 2 */
-	"token = tokensign",                        /* 3 */
-	"pin-file = /etc/tokensign/hsm-pin",        /* 4 */
-	"",                                         /* 5 */
-	"[sign]",                                   /* 6 */
-	"socket = /run/tokensignd/sign.sock",       /* 7 */
-	"",                                         /* 8 */
-	"[admin]",                                  /* 9 */
-	"socket = /run/tokensignd/admin.sock",      /* 10 */
-	"",                                         /* 11 */
-	"[jwks]",                                   /* 12 */
-	"listen = 127.0.0.1:8080",                  /* 13 */
-	"",                                         /* 14 */
-	"[issuer:main]",                            /* 15 */
-	"iss = https://login.example.com/main",     /* 16 */
-	"allow = *",                                /* 17 */
+    "[hsm]",                                    /* 1 */
+    "module = /usr/lib/softhsm/libsofthsm2.so", /* 2 */
+    "token = tokensign",                        /* 3 */
+    "pin-file = /etc/tokensign/hsm-pin",        /* 4 */
+    "",                                         /* 5 */
+    "[sign]",                                   /* 6 */
+    "socket = /run/tokensignd/sign.sock",       /* 7 */
+    "",                                         /* 8 */
+    "[admin]",                                  /* 9 */
+    "socket = /run/tokensignd/admin.sock",      /* 10 */
+    "",                                         /* 11 */
+    "[jwks]",                                   /* 12 */
+    "listen = 127.0.0.1:8080",                  /* 13 */
+    "",                                         /* 14 */
+    "[issuer:main]",                            /* 15 */
+    "iss = https://login.example.com/main",     /* 16 */
+    "allow = *",                                /* 17 */
 };
 enum {
-	L_HSM = 1, L_MODULE = 2, L_TOKEN = 3, L_PIN = 4, L_HSM_FREE = 5,
-	L_SIGN = 6, L_SIGN_SOCKET = 7, L_SIGN_FREE = 8,
-	L_ADMIN = 9, L_ADMIN_SOCKET = 10, L_ADMIN_FREE = 11,
-	L_JWKS = 12, L_LISTEN = 13, L_JWKS_FREE = 14,
-	L_ISSUER = 15, L_ISS = 16, L_ALLOW = 17,
+	L_HSM = 1,
+	L_MODULE = 2,
+	L_TOKEN = 3,
+	L_PIN = 4,
+	L_HSM_FREE = 5,
+	L_SIGN = 6,
+	L_SIGN_SOCKET = 7,
+	L_SIGN_FREE = 8,
+	L_ADMIN = 9,
+	L_ADMIN_SOCKET = 10,
+	L_ADMIN_FREE = 11,
+	L_JWKS = 12,
+	L_LISTEN = 13,
+	L_JWKS_FREE = 14,
+	L_ISSUER = 15,
+	L_ISS = 16,
+	L_ALLOW = 17,
 	L_END = 18, /* a line appended at the end, inside [issuer:main] */
 	N_BASE = 17,
 };
@@ -93,7 +105,7 @@ static bool has_error(const struct conf_errors *e, unsigned line, const char *wo
 
 /* Loads text and expects failure with exactly n_errors messages, one of them at line with word. */
 static void expect_errors_at(const char *caller, int caller_line, const char *text, size_t len,
-			     unsigned line, const char *word, size_t n_errors)
+                             unsigned line, const char *word, size_t n_errors)
 {
 	struct conf *c = (struct conf *)&path; /* a sentinel: must stay untouched */
 	struct conf_errors e = {0};
@@ -108,7 +120,7 @@ static void expect_errors_at(const char *caller, int caller_line, const char *te
 	CHECK_INT(e.n, n_errors);
 	if (unit_failures != before) {
 		fprintf(stderr, "    ^ case at %s:%d (expected line %u, \"%s\")\n", caller,
-			caller_line, line, word);
+		        caller_line, line, word);
 		dump_errors(&e);
 	}
 	if (r == 0 && c != (struct conf *)&path)
@@ -174,42 +186,41 @@ static void check_v6(const struct listen_conf *l, const char *text, const char *
 	CHECK_STR(buf, ip);
 }
 
-static const char full[] =
-	"; tokensignd configuration used by the unit tests\n" /* 1 */
-	"# a comment of the other kind\n"                   /* 2 */
-	"[hsm]\n"                                           /* 3 */
-	"module   = /usr/lib/softhsm/libsofthsm2.so   ; PKCS#11 module path\n"
-	"token    = pkcs11:token=tokensign\n"
-	"pin-file = /etc/tokensign/hsm-pin\n"
-	"\n"
-	"[sign]\n" /* 8 */
-	"socket = /run/tokensignd/sign.sock\n"
-	"group  = root\n"
-	"\n"
-	"[admin]\n" /* 12 */
-	"socket = /run/tokensignd/admin.sock\n"
-	"mode   = 0600\n"
-	"group  = root\n"
-	"\n"
-	"[jwks]\n" /* 17 */
-	"listen     = 127.0.0.1:8080\n"
-	"listen     = [::1]:8443\n"
-	"public-url = https://keys.example.com/\n"
-	"\n"
-	"[issuer:main]\n" /* 22 */
-	"iss   = https://login.example.com/main\n"
-	"allow = user:root, group:root, uid:1234, gid:5678, *\n"
-	"\n"
-	"[issuer:svc-2]\n" /* 26 */
-	"iss             = https://login.example.com/svc\n"
-	"algorithm       = ES256\n"
-	"rotation-period = 7d\n"
-	"prepublish      = 2h\n"
-	"token-ttl       = 5min\n"
-	"max-token-ttl   = 30m\n"
-	"audiences       = api://orders, api://billing\n"
-	"token-types     = at+jwt,JWT\n"
-	"allow           = uid:1234 ; who may sign\n";
+static const char full[] = "; tokensignd configuration used by the unit tests\n" /* 1 */
+                           "# a comment of the other kind\n"                     /* 2 */
+                           "[hsm]\n"                                             /* 3 */
+                           "module   = /usr/lib/softhsm/libsofthsm2.so   ; PKCS#11 module path\n"
+                           "token    = pkcs11:token=tokensign\n"
+                           "pin-file = /etc/tokensign/hsm-pin\n"
+                           "\n"
+                           "[sign]\n" /* 8 */
+                           "socket = /run/tokensignd/sign.sock\n"
+                           "group  = root\n"
+                           "\n"
+                           "[admin]\n" /* 12 */
+                           "socket = /run/tokensignd/admin.sock\n"
+                           "mode   = 0600\n"
+                           "group  = root\n"
+                           "\n"
+                           "[jwks]\n" /* 17 */
+                           "listen     = 127.0.0.1:8080\n"
+                           "listen     = [::1]:8443\n"
+                           "public-url = https://keys.example.com/\n"
+                           "\n"
+                           "[issuer:main]\n" /* 22 */
+                           "iss   = https://login.example.com/main\n"
+                           "allow = user:root, group:root, uid:1234, gid:5678, *\n"
+                           "\n"
+                           "[issuer:svc-2]\n" /* 26 */
+                           "iss             = https://login.example.com/svc\n"
+                           "algorithm       = ES256\n"
+                           "rotation-period = 7d\n"
+                           "prepublish      = 2h\n"
+                           "token-ttl       = 5min\n"
+                           "max-token-ttl   = 30m\n"
+                           "audiences       = api://orders, api://billing\n"
+                           "token-types     = at+jwt,JWT\n"
+                           "allow           = uid:1234 ; who may sign\n";
 
 static void test_full(void)
 {
@@ -329,47 +340,47 @@ out:
 static void test_spec_example(void)
 {
 	static const char spec[] =
-		"[hsm]\n"
-		"module   = /usr/lib/softhsm/libsofthsm2.so   ; PKCS#11 module path\n"
-		"token    = tokensign                          ; token label, or an RFC 7512 URI "
-		"\"pkcs11:token=...\"\n"
-		"pin-file = /run/credentials/tokensignd.service/hsm-pin  ; default: "
-		"$CREDENTIALS_DIRECTORY/hsm-pin\n"
-		"\n"
-		"[sign]\n"
-		"socket = /run/tokensignd/sign.sock           ; HTTP/1.1 over this Unix socket\n"
-		"mode   = 0660\n"
-		"group  = root                   ; optional: group owner of the socket file\n"
-		"\n"
-		"[admin]\n"
-		"socket = /run/tokensignd/admin.sock          ; keyrotate talks here\n"
-		"mode   = 0660\n"
-		"group  = root                     ; callers: uid 0, the daemon's own uid, members of "
-		"this group\n"
-		"\n"
-		"[jwks]\n"
-		"listen     = 127.0.0.1:8080                  ; host:port, [v6]:port; may be given "
-		"more than once\n"
-		"max-age    = 5m                              ; Cache-Control max-age of JWKS "
-		"responses\n"
-		"public-url = https://keys.example.com        ; optional base of jwks_uri; default: "
-		"from the request's Host\n"
-		"\n"
-		"[issuer:main]                                ; one section per issuer; NAME is "
-		"[a-z0-9-]{1,32}\n"
-		"iss             = https://login.example.com/main  ; the only iss this issuer's keys "
-		"sign\n"
-		"algorithm       = ES256                      ; ES256 ES384 RS256 PS256 EdDSA\n"
-		"rotation-period = 30d                        ; how long a key is the active key\n"
-		"prepublish      = 1d                         ; how long a key is in the JWKS before "
-		"it signs; must be >= jwks max-age\n"
-		"token-ttl       = 15m                        ; exp when the caller gives none\n"
-		"max-token-ttl   = 1h                         ; exp beyond now+this is refused\n"
-		"audiences       = api://orders, api://billing ; optional allow-list for aud\n"
-		"token-types     = JWT, at+jwt                ; allowed typ values; first is the "
-		"default (default: JWT)\n"
-		"allow           = user:root, group:root ; who may sign for this issuer: user:, "
-		"group:, uid:, gid:, or * \n";
+	    "[hsm]\n"
+	    "module   = /usr/lib/softhsm/libsofthsm2.so   ; PKCS#11 module path\n"
+	    "token    = tokensign                          ; token label, or an RFC 7512 URI "
+	    "\"pkcs11:token=...\"\n"
+	    "pin-file = /run/credentials/tokensignd.service/hsm-pin  ; default: "
+	    "$CREDENTIALS_DIRECTORY/hsm-pin\n"
+	    "\n"
+	    "[sign]\n"
+	    "socket = /run/tokensignd/sign.sock           ; HTTP/1.1 over this Unix socket\n"
+	    "mode   = 0660\n"
+	    "group  = root                   ; optional: group owner of the socket file\n"
+	    "\n"
+	    "[admin]\n"
+	    "socket = /run/tokensignd/admin.sock          ; keyrotate talks here\n"
+	    "mode   = 0660\n"
+	    "group  = root                     ; callers: uid 0, the daemon's own uid, members of "
+	    "this group\n"
+	    "\n"
+	    "[jwks]\n"
+	    "listen     = 127.0.0.1:8080                  ; host:port, [v6]:port; may be given "
+	    "more than once\n"
+	    "max-age    = 5m                              ; Cache-Control max-age of JWKS "
+	    "responses\n"
+	    "public-url = https://keys.example.com        ; optional base of jwks_uri; default: "
+	    "from the request's Host\n"
+	    "\n"
+	    "[issuer:main]                                ; one section per issuer; NAME is "
+	    "[a-z0-9-]{1,32}\n"
+	    "iss             = https://login.example.com/main  ; the only iss this issuer's keys "
+	    "sign\n"
+	    "algorithm       = ES256                      ; ES256 ES384 RS256 PS256 EdDSA\n"
+	    "rotation-period = 30d                        ; how long a key is the active key\n"
+	    "prepublish      = 1d                         ; how long a key is in the JWKS before "
+	    "it signs; must be >= jwks max-age\n"
+	    "token-ttl       = 15m                        ; exp when the caller gives none\n"
+	    "max-token-ttl   = 1h                         ; exp beyond now+this is refused\n"
+	    "audiences       = api://orders, api://billing ; optional allow-list for aud\n"
+	    "token-types     = JWT, at+jwt                ; allowed typ values; first is the "
+	    "default (default: JWT)\n"
+	    "allow           = user:root, group:root ; who may sign for this issuer: user:, "
+	    "group:, uid:, gid:, or * \n";
 	struct conf *c = load_ok(spec);
 
 	if (!c)
@@ -580,8 +591,8 @@ static void test_errors_values(void)
 
 	EXPECT(L_JWKS_FREE, "public-url = ftp://keys.example.com", L_JWKS_FREE, "public-url", 1);
 	EXPECT(L_JWKS_FREE, "public-url = keys.example.com", L_JWKS_FREE, "public-url", 1);
-	EXPECT(L_JWKS_FREE, "public-url = https://keys.example.com/a b", L_JWKS_FREE,
-	       "public-url", 1);
+	EXPECT(L_JWKS_FREE, "public-url = https://keys.example.com/a b", L_JWKS_FREE, "public-url",
+	       1);
 	EXPECT(L_JWKS_FREE, "public-url = https://", L_JWKS_FREE, "public-url", 1); /* no host */
 	EXPECT(L_JWKS_FREE, "public-url = https:///", L_JWKS_FREE, "public-url", 1);
 
@@ -590,14 +601,64 @@ static void test_errors_values(void)
 	EXPECT(L_END, "algorithm = es256", L_END, "algorithm", 1);
 	EXPECT(L_END, "algorithm = none", L_END, "algorithm", 1);
 	{
-		static const char *const later[] = {"RS256", "PS256", "ES384", "EdDSA"};
-		for (size_t i = 0; i < 4; i++) {
-			char line[64];
-			snprintf(line, sizeof(line), "algorithm = %s", later[i]);
-			EXPECT(L_END, line, L_END, "not supported", 1);
-			EXPECT(L_END, line, L_END, "ES256 only", 1);
+		/* Every JOSE algorithm of SPEC §3; RSA gets 2048 bits and the self-check by
+		 * default. */
+		static const struct {
+			const char *name;
+			enum jws_alg alg;
+			unsigned bits;
+			int check;
+		} algs[] = {{"ES256", JWS_ES256, 0, 0},
+		            {"ES384", JWS_ES384, 0, 0},
+		            {"RS256", JWS_RS256, 2048, 1},
+		            {"PS256", JWS_PS256, 2048, 1},
+		            {"EdDSA", JWS_EDDSA, 0, 0}};
+		for (size_t i = 0; i < sizeof(algs) / sizeof(algs[0]); i++) {
+			char line[64], *t;
+			struct conf *c;
+			snprintf(line, sizeof(line), "algorithm = %s", algs[i].name);
+			t = base_with(L_END, line);
+			c = load_ok(t);
+			if (c) {
+				const struct issuer_conf *ic = conf_find_issuer(c, "main", 4);
+				CHECK(ic != NULL);
+				if (ic) {
+					CHECK_INT(ic->alg, algs[i].alg);
+					CHECK_INT(ic->key_size, algs[i].bits);
+					CHECK_INT(ic->self_check, algs[i].check);
+				}
+				conf_free(c);
+			}
+			free(t);
 		}
 	}
+	{
+		struct conf *c;
+		char *t = base_with(L_END, "algorithm = PS256\nkey-size = 4096\nself-check = no");
+		c = load_ok(t);
+		if (c) {
+			const struct issuer_conf *ic = conf_find_issuer(c, "main", 4);
+			CHECK(ic && ic->key_size == 4096 && ic->self_check == 0);
+			conf_free(c);
+		}
+		free(t);
+		t = base_with(L_END, "algorithm = EdDSA\nself-check = yes");
+		c = load_ok(t);
+		if (c) {
+			const struct issuer_conf *ic = conf_find_issuer(c, "main", 4);
+			CHECK(ic && ic->key_size == 0 && ic->self_check == 1);
+			conf_free(c);
+		}
+		free(t);
+	}
+	/* RSA below 2048 bits, odd sizes, sizes for curves, bad self-check values. */
+	EXPECT(L_END, "algorithm = RS256\nkey-size = 1024", L_END + 1, "below 2048", 1);
+	EXPECT(L_END, "algorithm = RS256\nkey-size = 2047", L_END + 1, "below 2048", 1);
+	EXPECT(L_END, "algorithm = RS256\nkey-size = 2500", L_END + 1, "key-size", 1);
+	EXPECT(L_END, "algorithm = RS256\nkey-size = big", L_END + 1, "key-size", 1);
+	EXPECT(L_END, "algorithm = ES256\nkey-size = 2048", L_END + 1, "RS256 and PS256 only", 1);
+	EXPECT(L_END, "key-size = 3072", L_END, "RS256 and PS256 only", 1);
+	EXPECT(L_END, "self-check = maybe", L_END, "self-check", 1);
 	EXPECT(L_END, "audiences = api://a, , api://b", L_END, "empty item", 1);
 	EXPECT(L_END, "audiences = api://a,", L_END, "empty item", 1);
 	EXPECT(L_END, "token-types = JWT,,at+jwt", L_END, "empty item", 1);
@@ -661,12 +722,12 @@ static void test_errors_cross(void)
 	EXPECT(L_END, "token-ttl = 2h", L_ISSUER, "token-ttl", 1);
 	EXPECT(L_END, "max-token-ttl = 10m", L_ISSUER, "max-token-ttl", 1);
 	/* Two issuers with the same iss: reported at the second. */
-	EXPECT(L_END, "\n[issuer:other]\niss = https://login.example.com/main\nallow = *", L_END + 1,
-	       "iss", 1);
+	EXPECT(L_END, "\n[issuer:other]\niss = https://login.example.com/main\nallow = *",
+	       L_END + 1, "iss", 1);
 	{
 		/* A different iss is fine. */
 		char *t = base_with(L_END, "\n[issuer:other]\niss = https://login.example.com/o\n"
-					   "allow = *");
+		                           "allow = *");
 		struct conf *c = load_ok(t);
 		if (c)
 			CHECK_INT(c->n_issuers, 2);
@@ -677,19 +738,19 @@ static void test_errors_cross(void)
 
 static void test_errors_all_reported(void)
 {
-	static const char text[] = "[hsm]\n"                           /* 1 */
-				   "module = /usr/lib/softhsm/libsofthsm2.so\n" /* 2 */
-				   "slot = 3\n"                         /* 3: unknown key */
-				   "[sign]\n"                           /* 4 */
-				   "socket = /run/s.sock\n"             /* 5 */
-				   "mode = 0800\n"                      /* 6: bad mode */
-				   "[jwks]\n"                           /* 7 */
-				   "listen = 127.0.0.1:8080\n"          /* 8 */
-				   "listen = host:1\n"                  /* 9: bad listen */
-				   "[issuer:main]\n"                    /* 10: no allow */
-				   "iss = https://a\n"                  /* 11 */
-				   "token-ttl = forever\n"              /* 12: bad duration */
-				   "[wat]\n";                           /* 13: unknown section */
+	static const char text[] = "[hsm]\n"                                    /* 1 */
+	                           "module = /usr/lib/softhsm/libsofthsm2.so\n" /* 2 */
+	                           "slot = 3\n"                                 /* 3: unknown key */
+	                           "[sign]\n"                                   /* 4 */
+	                           "socket = /run/s.sock\n"                     /* 5 */
+	                           "mode = 0800\n"                              /* 6: bad mode */
+	                           "[jwks]\n"                                   /* 7 */
+	                           "listen = 127.0.0.1:8080\n"                  /* 8 */
+	                           "listen = host:1\n"                          /* 9: bad listen */
+	                           "[issuer:main]\n"                            /* 10: no allow */
+	                           "iss = https://a\n"                          /* 11 */
+	                           "token-ttl = forever\n" /* 12: bad duration */
+	                           "[wat]\n";              /* 13: unknown section */
 	struct conf_errors e = {0};
 	struct conf *c = NULL;
 
