@@ -312,13 +312,13 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 	*req_cls = NULL;
 }
 
-int admin_api_start(struct daemon *d, struct admin_api **ret)
+int admin_api_start(struct daemon *d, int fd, struct admin_api **ret)
 {
 	struct admin_api *api;
-	int r;
+	int r = 0;
 
 	*ret = NULL;
-	if (!d->conf->admin.path) {
+	if (fd < 0 && !d->conf->admin.path) {
 		log_notice("no [admin] socket configured: keyrotate cannot reach this daemon");
 		return 0;
 	}
@@ -326,9 +326,10 @@ int admin_api_start(struct daemon *d, struct admin_api **ret)
 	if (!api)
 		return -ENOMEM;
 	api->d = d;
-	api->fd = -1;
-	api->path = strdup(d->conf->admin.path);
-	r = http_unix_listen(&d->conf->admin, &api->fd);
+	api->fd = fd;
+	api->path = fd >= 0 ? NULL : strdup(d->conf->admin.path);
+	if (fd < 0)
+		r = http_unix_listen(&d->conf->admin, &api->fd);
 	if (r < 0) {
 		log_error("cannot listen on %s: %s", d->conf->admin.path, strerror(-r));
 		admin_api_stop(api);
@@ -341,7 +342,7 @@ int admin_api_start(struct daemon *d, struct admin_api **ret)
 	                     http_on_connection, api, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
 	                     api, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
 	if (!api->mhd) {
-		log_error("cannot start the admin server on %s", api->path);
+		log_error("cannot start the admin server");
 		admin_api_stop(api);
 		return -EIO;
 	}

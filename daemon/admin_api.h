@@ -2,6 +2,7 @@
 #pragma once
 #include "daemon.h"
 
-/* Does nothing (and succeeds) when the configuration has no [admin] section. */
-int admin_api_start(struct daemon *d, struct admin_api **ret);
+/* Serves on fd when systemd passed one, else on the [admin] socket; does nothing (and succeeds)
+ * when neither exists. */
+int admin_api_start(struct daemon *d, int fd, struct admin_api **ret);
 void admin_api_stop(struct admin_api *api);

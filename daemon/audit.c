@@ -4,12 +4,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <jansson.h>
 #include <systemd/sd-journal.h>
+#include <systemd/sd-login.h>
 
 #include "log.h"
 
-/* journalctl MESSAGE_ID=6d1f0c1e5a3b4c2f9e8d7a6b5c4d3e2f */
+/* journalctl MESSAGE_ID=6d1f0c1e5a3b4c2f9e8d7a6b5c4d3e2f: key lifecycle events */
 #define AUDIT_MESSAGE_ID "6d1f0c1e5a3b4c2f9e8d7a6b5c4d3e2f"
+/* journalctl MESSAGE_ID=4b9e2d7c1f0a4e6b8c3d5a7f9e1b2c4d: tokens issued */
+#define SIGNED_MESSAGE_ID "4b9e2d7c1f0a4e6b8c3d5a7f9e1b2c4d"
 
 static const char *const event_names[] = {
     [AUDIT_GENERATED] = "generated", [AUDIT_ACTIVATED] = "activated",
@@ -17,13 +21,24 @@ static const char *const event_names[] = {
     [AUDIT_REVOKED] = "revoked",     [AUDIT_ROTATION_FORCED] = "rotation-forced",
 };
 
+/* Outside the journal: one JSON object per line on stderr, machine-readable. Takes obj. */
+static void json_line(json_t *obj)
+{
+	char *line = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+
+	if (line)
+		fprintf(stderr, "%s\n", line);
+	free(line);
+	json_decref(obj);
+}
+
 void audit_key(enum audit_event event, const char *issuer, const char *kid, int64_t operator_uid)
 {
 	const char *name = event_names[event];
 	char who[32] = "schedule";
 
 	if (operator_uid >= 0)
-		snprintf(who, sizeof(who), "uid:%lld", (long long)operator_uid);
+		snprintf(who, sizeof(who), "uid %lld", (long long)operator_uid);
 	if (getenv("JOURNAL_STREAM")) {
 		sd_journal_send("MESSAGE=issuer %s: key %s %s (%s)", issuer, kid, name, who,
 		                "MESSAGE_ID=" AUDIT_MESSAGE_ID, "PRIORITY=%d", LOG_NOTICE,
@@ -32,5 +47,32 @@ void audit_key(enum audit_event event, const char *issuer, const char *kid, int6
 		                (long long)operator_uid, NULL);
 		return;
 	}
-	log_notice("audit: event=%s issuer=%s kid=%s by=%s", name, issuer, kid, who);
+	json_line(json_pack("{s:s, s:s, s:s, s:I}", "event", name, "issuer", issuer, "kid", kid,
+	                    "operator_uid", (json_int_t)operator_uid));
+}
+
+void audit_signed(const struct audit_signature *a)
+{
+	char *unit = NULL;
+
+	if (getenv("JOURNAL_STREAM")) {
+		/* The caller's unit answers "which service asked", better than a pid. */
+		if (sd_pid_get_unit(a->pid, &unit) < 0)
+			unit = NULL;
+		sd_journal_send(
+		    "MESSAGE=issuer %s: signed jti %s with key %s for uid %u", a->issuer, a->jti,
+		    a->kid, (unsigned)a->uid, "MESSAGE_ID=" SIGNED_MESSAGE_ID, "PRIORITY=%d",
+		    LOG_INFO, "TOKENSIGN_EVENT=signed", "TOKENSIGN_ISSUER=%s", a->issuer,
+		    "TOKENSIGN_KID=%s", a->kid, "TOKENSIGN_JTI=%s", a->jti, "TOKENSIGN_AUD=%s",
+		    a->aud, "TOKENSIGN_EXP=%lld", (long long)a->exp, "TOKENSIGN_CALLER_UID=%u",
+		    (unsigned)a->uid, "TOKENSIGN_CALLER_PID=%d", (int)a->pid,
+		    "TOKENSIGN_CALLER_UNIT=%s", unit ? unit : "", NULL);
+		free(unit);
+		return;
+	}
+	json_line(json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:I}", "event", "signed", "issuer",
+	                    a->issuer, "kid", a->kid, "jti", a->jti, "aud",
+	                    json_loads(a->aud, JSON_DECODE_ANY, NULL) ?: json_string(a->aud), "exp",
+	                    (json_int_t)a->exp, "uid", (json_int_t)a->uid, "pid",
+	                    (json_int_t)a->pid));
 }

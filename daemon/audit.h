@@ -14,3 +14,14 @@ enum audit_event {
 
 /* operator_uid < 0: the daemon itself acted (schedule), not a person. */
 void audit_key(enum audit_event event, const char *issuer, const char *kid, int64_t operator_uid);
+
+/* One record per token issued: who asked (uid, pid, the caller's systemd unit), for which issuer
+ * and audience, with which key, its jti and exp. Never a claim value beyond these, never the
+ * token. aud is the compact JSON of the aud claim. */
+struct audit_signature {
+	const char *issuer, *kid, *jti, *aud;
+	int64_t exp;
+	uint32_t uid;
+	int32_t pid;
+};
+void audit_signed(const struct audit_signature *a);

@@ -221,41 +221,46 @@ static int listen_socket(const struct listen_conf *lc, int *ret)
 	return 0;
 }
 
-int jwks_http_start(struct daemon *d, struct jwks_http **ret)
+static int serve(struct jwks_http *jh, size_t i, const char *what)
+{
+	jh->mhd[i] = MHD_start_daemon(
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+	    on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, http_log, jh, MHD_OPTION_LISTEN_SOCKET,
+	    jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
+	if (!jh->mhd[i]) {
+		log_error("cannot start the JWKS server on %s", what);
+		return -EIO;
+	}
+	return 0;
+}
+
+int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http **ret)
 {
 	const struct conf *conf = d->conf;
+	size_t total = n > 0 ? n : conf->jwks.n_listen;
 	struct jwks_http *jh = calloc(1, sizeof(*jh));
 	int r = 0;
 
 	if (!jh)
 		return -ENOMEM;
 	jh->d = d;
-	jh->mhd = calloc(conf->jwks.n_listen, sizeof(*jh->mhd));
-	jh->fds = calloc(conf->jwks.n_listen, sizeof(*jh->fds));
+	jh->mhd = calloc(total, sizeof(*jh->mhd));
+	jh->fds = calloc(total, sizeof(*jh->fds));
 	if (!jh->mhd || !jh->fds) {
 		jwks_http_stop(jh);
 		return -ENOMEM;
 	}
 	snprintf(jh->cache_control, sizeof(jh->cache_control), "public, max-age=%llu",
 	         (unsigned long long)conf->jwks.max_age);
-	for (size_t i = 0; i < conf->jwks.n_listen; i++) {
-		const struct listen_conf *lc = &conf->jwks.listen[i];
-		jh->fds[i] = -1;
+	for (size_t i = 0; i < total && r == 0; i++) {
 		jh->n = i + 1;
-		if ((r = listen_socket(lc, &jh->fds[i])) < 0) {
-			log_error("cannot listen on %s: %s", lc->text, strerror(-r));
+		jh->fds[i] = n > 0 ? fds[i] : -1;
+		if (n == 0 && (r = listen_socket(&conf->jwks.listen[i], &jh->fds[i])) < 0) {
+			log_error("cannot listen on %s: %s", conf->jwks.listen[i].text,
+			          strerror(-r));
 			break;
 		}
-		jh->mhd[i] = MHD_start_daemon(
-		    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL,
-		    NULL, on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, http_log, jh,
-		    MHD_OPTION_LISTEN_SOCKET, jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT,
-		    (unsigned)30, MHD_OPTION_END);
-		if (!jh->mhd[i]) {
-			log_error("cannot start the JWKS server on %s", lc->text);
-			r = -EIO;
-			break;
-		}
+		r = serve(jh, i, n > 0 ? "a passed socket" : conf->jwks.listen[i].text);
 	}
 	if (r < 0) {
 		jwks_http_stop(jh);

@@ -10,6 +10,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "activation.h"
 #include "admin_api.h"
 #include "daemon.h"
 #include "jwks_http.h"
@@ -73,17 +74,22 @@ bool daemon_ready(struct daemon *d, const char **why)
 	return true;
 }
 
-static void notify_status(const struct daemon *d)
+/* "STATUS=signing: main=Qx7a1b2c billing=3yXpUYjw", with prefix (e.g. READY=1) before it. */
+static void notify_status(struct daemon *d, const char *prefix)
 {
-	char status[256];
+	int64_t now = (int64_t)time(NULL);
+	char status[512];
 	size_t used = 0;
+	int w;
 
-	used += (size_t)snprintf(status, sizeof(status), "READY=1\nSTATUS=signing:");
+	w = snprintf(status, sizeof(status), "%sSTATUS=signing:", prefix);
+	used = w > 0 ? (size_t)w : 0;
 	for (size_t i = 0; i < d->keyring->n && used < sizeof(status); i++) {
 		struct keyset *set = keyring_acquire(d->keyring, i);
-		used += (size_t)snprintf(status + used, sizeof(status) - used, " %s=%.8s",
-		                         d->keyring->issuers[i].conf->name,
-		                         set && set->active ? set->active->kid : "none");
+		struct key *k = keyset_signer(set, now);
+		w = snprintf(status + used, sizeof(status) - used, " %s=%.8s",
+		             d->keyring->issuers[i].conf->name, k ? k->kid : "NONE");
+		used += w > 0 ? (size_t)w : 0;
 		keyset_release(set);
 	}
 	sd_notify(0, status);
@@ -137,8 +143,14 @@ static int algorithms_prepare(struct daemon *d)
 	return 0;
 }
 
-static int wait_for_signal(void)
+/* The main loop: signals, and under a systemd watchdog a heartbeat that is only sent while the
+ * token answers, so that a hung HSM gets the service restarted. */
+static int main_loop(struct daemon *d)
 {
+	uint64_t watchdog_usec = 0;
+	bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
+	struct timespec tick = {.tv_sec = (time_t)(watchdog_usec / 2000000),
+	                        .tv_nsec = (long)(watchdog_usec / 2 % 1000000) * 1000};
 	sigset_t set;
 	int sig;
 
@@ -147,8 +159,20 @@ static int wait_for_signal(void)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
 	for (;;) {
-		if (sigwait(&set, &sig) != 0)
-			return -EINTR;
+		sig = watchdog ? sigtimedwait(&set, NULL, &tick) : sigwaitinfo(&set, NULL);
+		if (sig < 0 && errno == EAGAIN) {
+			if (hsm_probe(d->hsm) == 0)
+				sd_notify(0, "WATCHDOG=1");
+			else
+				log_error(
+				    "the token does not answer (%s); withholding the watchdog "
+				    "heartbeat",
+				    hsm_last_error());
+			notify_status(d, "");
+			continue;
+		}
+		if (sig < 0)
+			continue; /* EINTR */
 		if (sig == SIGHUP) {
 			log_notice("SIGHUP: configuration reload is not supported yet; restart "
 			           "the daemon to apply changes");
@@ -175,13 +199,14 @@ static void block_signals(void)
 
 static int run(const char *config_path)
 {
+	struct activation act;
 	struct daemon d = {0};
 	int r;
 
 	/* SoftHSM keeps key material in our address space: a core file would leak it. */
 	prctl(PR_SET_DUMPABLE, 0);
 	block_signals();
-	if (config_load(config_path, &d.conf) < 0)
+	if (config_load(config_path, &d.conf) < 0 || activation_collect(&act) < 0)
 		return 1;
 	sd_notify(0, "STATUS=Logging in to the token");
 	r = hsm_open(d.conf->hsm.module, d.conf->hsm.token, d.conf->hsm.pin_file, &d.hsm);
@@ -192,12 +217,13 @@ static int run(const char *config_path)
 	if ((r = algorithms_prepare(&d)) < 0 || (r = keys_start(&d)) < 0)
 		goto out;
 	sd_notify(0, "STATUS=Opening sockets");
-	if ((r = sign_api_start(&d, &d.sign)) < 0 || (r = jwks_http_start(&d, &d.jwks)) < 0 ||
-	    (r = admin_api_start(&d, &d.admin)) < 0)
+	if ((r = sign_api_start(&d, act.sign, &d.sign)) < 0 ||
+	    (r = jwks_http_start(&d, act.jwks, act.n_jwks, &d.jwks)) < 0 ||
+	    (r = admin_api_start(&d, act.admin, &d.admin)) < 0)
 		goto out;
 	log_notice("ready: %zu issuer(s), signing on %s", d.conf->n_issuers, d.conf->sign.path);
-	notify_status(&d);
-	r = wait_for_signal();
+	notify_status(&d, "READY=1\n");
+	r = main_loop(&d);
 out:
 	admin_api_stop(d.admin);
 	jwks_http_stop(d.jwks);

@@ -252,6 +252,17 @@ static int complete_claims(const struct issuer_conf *ic, json_t *claims, int64_t
 	return 0;
 }
 
+/* Copies what the audit record of the signature names: jti and aud, nothing else. */
+static void audit_fields(json_t *claims, struct signing_request *ret)
+{
+	char *aud = json_dumps(json_object_get(claims, "aud"), JSON_COMPACT | JSON_ENCODE_ANY);
+
+	snprintf(ret->jti, sizeof(ret->jti), "%s",
+	         json_string_value(json_object_get(claims, "jti")));
+	snprintf(ret->aud, sizeof(ret->aud), "%s", aud ? aud : "");
+	free(aud);
+}
+
 int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int64_t now,
                  const uint8_t jti_random[POLICY_JTI_BYTES], struct signing_request *ret,
                  struct policy_error *err)
@@ -301,6 +312,7 @@ int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int
 		r = -ENOMEM;
 		goto out;
 	}
+	audit_fields(claims, ret);
 	ret->payload = payload;
 	ret->payload_len = strlen(payload);
 	ret->typ = typ;

@@ -22,6 +22,8 @@ struct signing_request {
 	size_t payload_len;
 	const char *typ; /* points into the issuer's token_types */
 	int64_t iat, exp;
+	char jti[4 * 128 + 1]; /* for the audit record: at most 128 characters */
+	char aud[256];         /* compact JSON of aud, cut at 255 bytes: audit only */
 };
 
 /* Applies every claim rule of the issuer to body (len bytes, not NUL-terminated). now is the

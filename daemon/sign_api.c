@@ -14,6 +14,7 @@
 #include <microhttpd.h>
 #include <openssl/rand.h>
 
+#include "audit.h"
 #include "http.h"
 #include "jws.h"
 #include "jws_verify.h"
@@ -171,7 +172,6 @@ static char *answer_format(const char *token, const struct key *k, enum jws_alg 
 	return s;
 }
 
-/* Signs sr with the issuer's active key; on failure queues the error answer itself. */
 /* The token's signature, checked against the key's public half before anything leaves: a
  * faulty signature (the RSA-CRT fault attack leaks the key through one) is never answered. */
 static int sign_checked(struct sign_api *api, const struct issuer_conf *ic, struct key *k,
@@ -199,6 +199,23 @@ static int sign_checked(struct sign_api *api, const struct issuer_conf *ic, stru
 		        ic->name, k->kid, r == -EBADMSG ? "bad signature" : "check failed");
 	}
 	return r;
+}
+
+static void audit_token(struct MHD_Connection *c, const struct issuer_conf *ic, const struct key *k,
+                        const struct signing_request *sr)
+{
+	const struct http_peer *hp = http_peer_of(c);
+	struct audit_signature a = {
+	    .issuer = ic->name,
+	    .kid = k->kid,
+	    .jti = sr->jti,
+	    .aud = sr->aud,
+	    .exp = sr->exp,
+	    .uid = hp ? (uint32_t)hp->peer.uid : 0,
+	    .pid = hp ? (int32_t)hp->peer.pid : 0,
+	};
+
+	audit_signed(&a);
 }
 
 /* Signs sr with the issuer's active key; on failure queues the error answer itself. */
@@ -230,8 +247,10 @@ static enum MHD_Result sign_and_reply(struct sign_api *api, struct MHD_Connectio
 	if (r < 0 || !answer)
 		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, code,
 		                       "the token did not sign; see the daemon's log");
-	else
+	else {
 		ret = http_reply_json(c, MHD_HTTP_OK, answer);
+		audit_token(c, ic, k, sr);
+	}
 	keyset_release(set);
 	free(input);
 	free(token);
@@ -332,16 +351,19 @@ static unsigned worker_threads(void)
 	return n < 2 ? 2 : n > 16 ? 16 : (unsigned)n;
 }
 
-int sign_api_start(struct daemon *d, struct sign_api **ret)
+int sign_api_start(struct daemon *d, int fd, struct sign_api **ret)
 {
 	struct sign_api *api = calloc(1, sizeof(*api));
-	int r;
+	int r = 0;
 
 	if (!api)
 		return -ENOMEM;
 	api->d = d;
-	api->path = strdup(d->conf->sign.path);
-	r = http_unix_listen(&d->conf->sign, &api->fd);
+	api->fd = fd;
+	/* A passed socket belongs to its unit: we never unlink its path. */
+	api->path = fd >= 0 ? NULL : strdup(d->conf->sign.path);
+	if (fd < 0)
+		r = http_unix_listen(&d->conf->sign, &api->fd);
 	if (r < 0) {
 		log_error("cannot listen on %s: %s", d->conf->sign.path, strerror(-r));
 		free(api->path);
@@ -356,7 +378,7 @@ int sign_api_start(struct daemon *d, struct sign_api **ret)
 	    http_on_connection, api, MHD_OPTION_NOTIFY_COMPLETED, on_completed, api,
 	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
 	if (!api->mhd) {
-		log_error("cannot start the HTTP server on %s", api->path);
+		log_error("cannot start the HTTP server on the sign socket");
 		sign_api_stop(api);
 		return -EIO;
 	}
@@ -373,7 +395,8 @@ void sign_api_stop(struct sign_api *api)
 		MHD_stop_daemon(api->mhd);
 	else if (api->fd >= 0)
 		close(api->fd);
-	unlink(api->path);
+	if (api->path)
+		unlink(api->path);
 	free(api->path);
 	free(api);
 }

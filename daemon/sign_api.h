@@ -2,6 +2,7 @@
 #pragma once
 #include "daemon.h"
 
-/* Creates the socket (mode, group from the configuration), starts serving. */
-int sign_api_start(struct daemon *d, struct sign_api **ret);
+/* Serves on fd when systemd passed one (fd >= 0: the unit owns path, mode and group), else
+ * creates the [sign] socket with the configured mode and group. */
+int sign_api_start(struct daemon *d, int fd, struct sign_api **ret);
 void sign_api_stop(struct sign_api *api);
