@@ -37,9 +37,9 @@ static const char *const state_names[] = {
 };
 
 /* uid 0, the daemon's own uid, or a member of [admin] group. */
-static bool caller_is_admin(const struct daemon *d, const struct http_peer *hp)
+static bool caller_is_admin(const struct runtime *rt, const struct http_peer *hp)
 {
-	const struct sock_conf *sc = &d->conf->admin;
+	const struct sock_conf *sc = &rt->conf->admin;
 
 	if (!hp || hp->err < 0)
 		return false;
@@ -66,10 +66,10 @@ static json_t *json_kid(const char *kid)
 	return kid && *kid ? json_string(kid) : json_null();
 }
 
-static int list_issuer(struct daemon *d, size_t i, int64_t now, json_t *out)
+static int list_issuer(struct runtime *rt, size_t i, int64_t now, json_t *out)
 {
-	const struct issuer_conf *ic = d->keyring->issuers[i].conf;
-	struct keyset *set = keyring_acquire(d->keyring, i);
+	const struct issuer_conf *ic = rt->keyring->issuers[i].conf;
+	struct keyset *set = keyring_acquire(rt->keyring, i);
 
 	for (size_t j = 0; set && j < set->n; j++) {
 		const struct key *k = &set->keys[j];
@@ -93,10 +93,10 @@ static int list_issuer(struct daemon *d, size_t i, int64_t now, json_t *out)
 	return 0;
 }
 
-static enum MHD_Result reply_keys(struct daemon *d, struct MHD_Connection *c)
+static enum MHD_Result reply_keys(struct runtime *rt, struct MHD_Connection *c)
 {
 	const char *only = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "issuer");
-	const struct issuer_conf *ic = only ? conf_find_issuer(d->conf, only, strlen(only)) : NULL;
+	const struct issuer_conf *ic = only ? conf_find_issuer(rt->conf, only, strlen(only)) : NULL;
 	int64_t now = (int64_t)time(NULL);
 	json_t *keys = json_array();
 
@@ -104,41 +104,41 @@ static enum MHD_Result reply_keys(struct daemon *d, struct MHD_Connection *c)
 		json_decref(keys);
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	}
-	for (size_t i = 0; keys && i < d->keyring->n; i++)
-		if (!ic || d->keyring->issuers[i].conf == ic)
-			list_issuer(d, i, now, keys);
+	for (size_t i = 0; keys && i < rt->keyring->n; i++)
+		if (!ic || rt->keyring->issuers[i].conf == ic)
+			list_issuer(rt, i, now, keys);
 	return reply_obj(c, MHD_HTTP_OK, json_pack("{s:o}", "keys", keys));
 }
 
-static json_t *issuer_status(struct daemon *d, size_t i, int64_t now)
+static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now)
 {
-	struct issuer_keys *ik = &d->keyring->issuers[i];
-	struct keyset *set = keyring_acquire(d->keyring, i);
+	struct issuer_keys *ik = &rt->keyring->issuers[i];
+	struct keyset *set = keyring_acquire(rt->keyring, i);
 	struct key *signer = keyset_signer(set, now);
 	struct key *next = set && set->next && set->next != signer ? set->next : NULL;
 	json_t *o;
 
-	pthread_mutex_lock(&d->keyring->mutate);
+	pthread_mutex_lock(&rt->keyring->mutate);
 	o = json_pack("{s:s, s:o, s:o, s:b, s:o, s:o}", "issuer", ik->conf->name, "active_kid",
 	              json_kid(signer ? signer->kid : NULL), "pending_kid",
 	              json_kid(next ? next->kid : NULL), "signing", signer != NULL, "next_rotation",
 	              next ? json_integer(next->activates_at) : json_null(), "problem",
 	              ik->problem[0] ? json_string(ik->problem) : json_null());
-	pthread_mutex_unlock(&d->keyring->mutate);
+	pthread_mutex_unlock(&rt->keyring->mutate);
 	keyset_release(set);
 	return o;
 }
 
-static enum MHD_Result reply_status(struct daemon *d, struct MHD_Connection *c)
+static enum MHD_Result reply_status(struct runtime *rt, struct MHD_Connection *c)
 {
 	int64_t now = (int64_t)time(NULL);
 	json_t *issuers = json_array();
 
-	for (size_t i = 0; issuers && i < d->keyring->n; i++)
-		json_array_append_new(issuers, issuer_status(d, i, now));
+	for (size_t i = 0; issuers && i < rt->keyring->n; i++)
+		json_array_append_new(issuers, issuer_status(rt, i, now));
 	return reply_obj(c, MHD_HTTP_OK,
 	                 json_pack("{s:s, s:o}", "token",
-	                           hsm_probe(d->hsm) == 0 ? "ok" : "unreachable", "issuers",
+	                           hsm_probe(rt->hsm) == 0 ? "ok" : "unreachable", "issuers",
 	                           issuers));
 }
 
@@ -148,8 +148,8 @@ static int64_t caller_uid(struct MHD_Connection *c)
 	return hp ? (int64_t)hp->peer.uid : -1;
 }
 
-static enum MHD_Result reply_rotate(struct daemon *d, struct MHD_Connection *c, size_t i,
-                                    json_t *body)
+static enum MHD_Result reply_rotate(struct daemon *d, struct runtime *rt, struct MHD_Connection *c,
+                                    size_t i, json_t *body)
 {
 	struct rotate_result res = {0};
 	json_t *now = json_object_get(body, "now");
@@ -158,23 +158,23 @@ static enum MHD_Result reply_rotate(struct daemon *d, struct MHD_Connection *c, 
 	if (now && !json_is_boolean(now))
 		return http_reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
 		                        "'now' must be true or false");
-	r = rotation_rotate(d->keyring, i, json_is_true(now), caller_uid(c), &res);
+	r = rotation_rotate(rt->keyring, i, json_is_true(now), caller_uid(c), &res);
 	if (r < 0)
 		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
 		                        hsm_last_error());
-	scheduler_poke(d->scheduler);
+	daemon_poke_scheduler(d);
 	return reply_obj(c, MHD_HTTP_OK,
 	                 json_pack("{s:s, s:o, s:s, s:I}", "issuer",
-	                           d->keyring->issuers[i].conf->name, "active_kid",
+	                           rt->keyring->issuers[i].conf->name, "active_kid",
 	                           json_kid(res.active_kid), "next_kid", res.next_kid, "switch_at",
 	                           (json_int_t)res.switch_at));
 }
 
-static enum MHD_Result reply_revoke(struct daemon *d, struct MHD_Connection *c, size_t i,
-                                    const char *kid)
+static enum MHD_Result reply_revoke(struct daemon *d, struct runtime *rt, struct MHD_Connection *c,
+                                    size_t i, const char *kid)
 {
 	struct revoke_result res = {0};
-	int r = rotation_revoke(d->keyring, i, kid, caller_uid(c), &res);
+	int r = rotation_revoke(rt->keyring, i, kid, caller_uid(c), &res);
 
 	if (r == -ENOENT)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_kid",
@@ -182,17 +182,17 @@ static enum MHD_Result reply_revoke(struct daemon *d, struct MHD_Connection *c, 
 	if (r < 0)
 		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
 		                        hsm_last_error());
-	scheduler_poke(d->scheduler);
+	daemon_poke_scheduler(d);
 	return reply_obj(
 	    c, MHD_HTTP_OK,
-	    json_pack("{s:s, s:s, s:s, s:o, s:o}", "issuer", d->keyring->issuers[i].conf->name,
+	    json_pack("{s:s, s:s, s:s, s:o, s:o}", "issuer", rt->keyring->issuers[i].conf->name,
 	              "revoked_kid", res.revoked_kid, "was", res.was, "active_kid",
 	              json_kid(res.active_kid), "pending_kid", json_kid(res.pending_kid)));
 }
 
 /* POST /v1/issuers/NAME/rotate and /v1/issuers/NAME/keys/KID/revoke, body complete. */
-static enum MHD_Result on_post(struct admin_api *api, struct MHD_Connection *c, const char *url,
-                               struct request *rq)
+static enum MHD_Result on_post(struct admin_api *api, struct runtime *rt, struct MHD_Connection *c,
+                               const char *url, struct request *rq)
 {
 	const char *p = url + strlen("/v1/issuers/"), *slash = strchr(p, '/');
 	const struct issuer_conf *ic;
@@ -210,15 +210,15 @@ static enum MHD_Result on_post(struct admin_api *api, struct MHD_Connection *c, 
 		return http_reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid_json",
 		                        "the body must be a JSON object");
 	}
-	ic = conf_find_issuer(api->d->conf, p, (size_t)(slash - p));
-	i = keyring_index(api->d->keyring, ic);
+	ic = conf_find_issuer(rt->conf, p, (size_t)(slash - p));
+	i = keyring_index(rt->keyring, ic);
 	if (strcmp(slash, "/rotate") == 0)
-		ret = reply_rotate(api->d, c, i, body);
+		ret = reply_rotate(api->d, rt, c, i, body);
 	else {
 		/* ".../keys/KID/revoke": route_of() made sure of the shape. */
 		const char *kid = slash + strlen("/keys/");
 		char *k = strndup(kid, strlen(kid) - strlen("/revoke"));
-		ret = k ? reply_revoke(api->d, c, i, k) : MHD_NO;
+		ret = k ? reply_revoke(api->d, rt, c, i, k) : MHD_NO;
 		free(k);
 	}
 	json_decref(body);
@@ -254,14 +254,14 @@ static enum route route_of(const struct conf *conf, const char *url, bool *known
 
 /* Decides once the whole request is in (bodies here are tiny): libmicrohttpd answers only
  * then without dropping the connection, and the rules below need no early exit. */
-static enum MHD_Result on_complete(struct admin_api *api, struct MHD_Connection *c, const char *url,
-                                   const char *method, struct request *rq)
+static enum MHD_Result decide(struct admin_api *api, struct runtime *rt, struct MHD_Connection *c,
+                              const char *url, const char *method, struct request *rq)
 {
 	bool known, get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
-	enum route route = route_of(api->d->conf, url, &known);
+	enum route route = route_of(rt->conf, url, &known);
 	const struct http_peer *hp = http_peer_of(c);
 
-	if (!caller_is_admin(api->d, hp)) {
+	if (!caller_is_admin(rt, hp)) {
 		log_warning("admin: refused caller uid %d", hp ? (int)hp->peer.uid : -1);
 		return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
 		                        "only root, the daemon's user and [admin] group may use "
@@ -274,10 +274,10 @@ static enum MHD_Result on_complete(struct admin_api *api, struct MHD_Connection 
 	if (!known)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	if (route == ROUTE_KEYS)
-		return reply_keys(api->d, c);
+		return reply_keys(rt, c);
 	if (route == ROUTE_STATUS)
-		return reply_status(api->d, c);
-	return on_post(api, c, url, rq);
+		return reply_status(rt, c);
+	return on_post(api, rt, c, url, rq);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -286,6 +286,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
 	struct admin_api *api = cls;
 	struct request *rq = *req_cls;
+	struct runtime *rt;
+	enum MHD_Result r;
 
 	if (!rq) {
 		rq = calloc(1, sizeof(*rq));
@@ -297,7 +299,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		*upload_size = 0;
 		return MHD_YES;
 	}
-	return on_complete(api, c, url, method, rq);
+	rt = runtime_acquire(api->d);
+	r = decide(api, rt, c, url, method, rq);
+	runtime_release(rt);
+	return r;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
@@ -318,7 +323,7 @@ int admin_api_start(struct daemon *d, int fd, struct admin_api **ret)
 	int r = 0;
 
 	*ret = NULL;
-	if (fd < 0 && !d->conf->admin.path) {
+	if (fd < 0 && !d->rt->conf->admin.path) {
 		log_notice("no [admin] socket configured: keyrotate cannot reach this daemon");
 		return 0;
 	}
@@ -327,11 +332,11 @@ int admin_api_start(struct daemon *d, int fd, struct admin_api **ret)
 		return -ENOMEM;
 	api->d = d;
 	api->fd = fd;
-	api->path = fd >= 0 ? NULL : strdup(d->conf->admin.path);
+	api->path = fd >= 0 ? NULL : strdup(d->rt->conf->admin.path);
 	if (fd < 0)
-		r = http_unix_listen(&d->conf->admin, &api->fd);
+		r = http_unix_listen(&d->rt->conf->admin, &api->fd);
 	if (r < 0) {
-		log_error("cannot listen on %s: %s", d->conf->admin.path, strerror(-r));
+		log_error("cannot listen on %s: %s", d->rt->conf->admin.path, strerror(-r));
 		admin_api_stop(api);
 		return r;
 	}

@@ -1,7 +1,11 @@
-/* The daemon's one context: configuration, token, keys and the HTTP front ends. */
+/* The daemon's one context: the token, the current runtime (configuration and keys, swapped
+ * whole on reload), and the front ends. */
 #pragma once
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
+#include "activation.h"
 #include "conf.h"
 #include "hsm.h"
 #include "keyring.h"
@@ -11,15 +15,34 @@ struct jwks_http;
 struct admin_api;
 struct scheduler;
 
-struct daemon {
+/* One configuration and the keys it implies. Requests hold a reference from their first to
+ * their last byte, so a reload never pulls an issuer from under a request in flight. */
+struct runtime {
+	atomic_int refs;
 	struct conf *conf;
-	struct hsm *hsm;
 	struct keyring *keyring;
+	struct hsm *hsm;        /* the daemon's; the same in every runtime */
+	char cache_control[48]; /* "public, max-age=N" of the JWKS answers */
+};
+
+struct daemon {
+	const char *config_path;
+	struct hsm *hsm;
+	pthread_mutex_t rt_lock; /* guards the rt pointer, not its contents */
+	struct runtime *rt;
+	struct scheduler *scheduler;
+	struct activation act; /* sockets systemd passed; the same across reloads */
 	struct sign_api *sign;
 	struct jwks_http *jwks;
 	struct admin_api *admin;
-	struct scheduler *scheduler;
 };
+
+/* A reference to the current runtime; give it back with runtime_release(). */
+struct runtime *runtime_acquire(struct daemon *d);
+void runtime_release(struct runtime *rt);
+
+/* Wakes the scheduler now (an operator changed the schedule); safe during a reload. */
+void daemon_poke_scheduler(struct daemon *d);
 
 /* Ready means the token answers and every issuer has a key that may sign now and no trouble
  * making the next one. On false, *why names the first problem (static, or an issuer name). */

@@ -95,6 +95,9 @@ int hsm_prepare_alg(struct hsm *h, enum jws_alg alg, unsigned key_bits)
 		    -EOPNOTSUPP, "the token cannot generate %s keys%s (mechanism 0x%lx)",
 		    jws_alg_name(alg), ai->key_type == CKK_RSA ? " of that size" : "",
 		    (unsigned long)ai->gen);
+	/* Signing threads read the plan: once made, it is never written again (reloads). */
+	if (h->plans[alg].ready)
+		return 0;
 	for (size_t i = 0; i < ai->n_ways; i++) {
 		if (!mechanism_can(h, ai->ways[i].mech, CKF_SIGN, 0))
 			continue;

@@ -21,7 +21,6 @@ struct jwks_http {
 	size_t n;
 	struct MHD_Daemon **mhd;
 	int *fds;
-	char cache_control[48];
 };
 
 static const char jwks_suffix[] = "/.well-known/jwks.json";
@@ -32,13 +31,13 @@ static void keyset_free_cb(void *cls)
 	keyset_release(cls);
 }
 
-static void add_cache_headers(struct jwks_http *jh, struct MHD_Response *resp, const char *etag)
+static void add_cache_headers(struct runtime *rt, struct MHD_Response *resp, const char *etag)
 {
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, jh->cache_control);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, rt->cache_control);
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
 }
 
-static enum MHD_Result reply_not_modified(struct jwks_http *jh, struct MHD_Connection *c,
+static enum MHD_Result reply_not_modified(struct runtime *rt, struct MHD_Connection *c,
                                           const char *etag)
 {
 	struct MHD_Response *resp =
@@ -47,7 +46,7 @@ static enum MHD_Result reply_not_modified(struct jwks_http *jh, struct MHD_Conne
 
 	if (!resp)
 		return MHD_NO;
-	add_cache_headers(jh, resp, etag);
+	add_cache_headers(rt, resp, etag);
 	r = MHD_queue_response(c, MHD_HTTP_NOT_MODIFIED, resp);
 	MHD_destroy_response(resp);
 	return r;
@@ -61,9 +60,9 @@ static bool not_modified(struct MHD_Connection *c, const char *etag)
 }
 
 /* Serves the keyset's body as rendered at the last key change: no JSON work per request. */
-static enum MHD_Result reply_jwks(struct jwks_http *jh, struct MHD_Connection *c, size_t index)
+static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c, size_t index)
 {
-	struct keyset *set = keyring_acquire(jh->d->keyring, index);
+	struct keyset *set = keyring_acquire(rt->keyring, index);
 	struct MHD_Response *resp;
 	enum MHD_Result r;
 
@@ -71,7 +70,7 @@ static enum MHD_Result reply_jwks(struct jwks_http *jh, struct MHD_Connection *c
 		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable",
 		                        "keys not loaded yet");
 	if (not_modified(c, set->etag)) {
-		r = reply_not_modified(jh, c, set->etag);
+		r = reply_not_modified(rt, c, set->etag);
 		keyset_release(set);
 		return r;
 	}
@@ -82,7 +81,7 @@ static enum MHD_Result reply_jwks(struct jwks_http *jh, struct MHD_Connection *c
 		return MHD_NO;
 	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	add_cache_headers(jh, resp, set->etag);
+	add_cache_headers(rt, resp, set->etag);
 	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return r;
@@ -97,14 +96,14 @@ static bool host_valid(const char *host)
 	              "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") == n;
 }
 
-static char *discovery_render(struct jwks_http *jh, const struct issuer_conf *ic, const char *host)
+static char *discovery_render(struct runtime *rt, const struct issuer_conf *ic, const char *host)
 {
 	json_t *doc;
 	char *uri = NULL, *s = NULL;
 	int w;
 
-	if (jh->d->conf->jwks.public_url)
-		w = asprintf(&uri, "%s/%s%s", jh->d->conf->jwks.public_url, ic->name, jwks_suffix);
+	if (rt->conf->jwks.public_url)
+		w = asprintf(&uri, "%s/%s%s", rt->conf->jwks.public_url, ic->name, jwks_suffix);
 	else
 		w = asprintf(&uri, "http://%s/%s%s", host, ic->name, jwks_suffix);
 	if (w < 0)
@@ -118,7 +117,7 @@ static char *discovery_render(struct jwks_http *jh, const struct issuer_conf *ic
 	return s;
 }
 
-static enum MHD_Result reply_discovery(struct jwks_http *jh, struct MHD_Connection *c,
+static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection *c,
                                        const struct issuer_conf *ic)
 {
 	const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
@@ -127,17 +126,17 @@ static enum MHD_Result reply_discovery(struct jwks_http *jh, struct MHD_Connecti
 	enum MHD_Result r;
 	char *body;
 
-	if (!jh->d->conf->jwks.public_url && !host_valid(host))
+	if (!rt->conf->jwks.public_url && !host_valid(host))
 		return http_reply_error(c, MHD_HTTP_BAD_REQUEST, "bad_host",
 		                        "missing or invalid Host header");
-	body = discovery_render(jh, ic, host);
+	body = discovery_render(rt, ic, host);
 	if (!body || etag_of(body, strlen(body), etag) < 0) {
 		free(body);
 		return MHD_NO;
 	}
 	if (not_modified(c, etag)) {
 		free(body);
-		return reply_not_modified(jh, c, etag);
+		return reply_not_modified(rt, c, etag);
 	}
 	resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
 	if (!resp) {
@@ -145,14 +144,14 @@ static enum MHD_Result reply_discovery(struct jwks_http *jh, struct MHD_Connecti
 		return MHD_NO;
 	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	add_cache_headers(jh, resp, etag);
+	add_cache_headers(rt, resp, etag);
 	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return r;
 }
 
 /* "/NAME/.well-known/..." -> the issuer and which document; NULL when no such issuer. */
-static const struct issuer_conf *route(struct jwks_http *jh, const char *url, bool *is_jwks,
+static const struct issuer_conf *route(struct runtime *rt, const char *url, bool *is_jwks,
                                        bool *is_path)
 {
 	const char *slash;
@@ -167,7 +166,25 @@ static const struct issuer_conf *route(struct jwks_http *jh, const char *url, bo
 	else
 		return NULL;
 	*is_path = true;
-	return conf_find_issuer(jh->d->conf, url + 1, (size_t)(slash - url - 1));
+	return conf_find_issuer(rt->conf, url + 1, (size_t)(slash - url - 1));
+}
+
+static enum MHD_Result answer(struct runtime *rt, struct MHD_Connection *c, const char *url,
+                              const char *method)
+{
+	const struct issuer_conf *ic;
+	bool is_jwks = false, is_path;
+
+	ic = route(rt, url, &is_jwks, &is_path);
+	if (!is_path)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
+	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+		return http_reply_method(c, "GET, HEAD");
+	if (!ic)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
+	if (is_jwks)
+		return reply_jwks(rt, c, keyring_index(rt->keyring, ic));
+	return reply_discovery(rt, c, ic);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -176,8 +193,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
 	static int headers_seen;
 	struct jwks_http *jh = cls;
-	const struct issuer_conf *ic;
-	bool is_jwks = false, is_path;
+	struct runtime *rt;
+	enum MHD_Result r;
 
 	/* Answering in the first call, before libmicrohttpd has seen the end of the request,
 	 * makes it close the connection; answer in the second, as its examples do. */
@@ -189,16 +206,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		*upload_size = 0;
 		return MHD_YES;
 	}
-	ic = route(jh, url, &is_jwks, &is_path);
-	if (!is_path)
-		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
-	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-		return http_reply_method(c, "GET, HEAD");
-	if (!ic)
-		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
-	if (is_jwks)
-		return reply_jwks(jh, c, keyring_index(jh->d->keyring, ic));
-	return reply_discovery(jh, c, ic);
+	rt = runtime_acquire(jh->d);
+	r = answer(rt, c, url, method);
+	runtime_release(rt);
+	return r;
 }
 
 static int listen_socket(const struct listen_conf *lc, int *ret)
@@ -236,7 +247,7 @@ static int serve(struct jwks_http *jh, size_t i, const char *what)
 
 int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http **ret)
 {
-	const struct conf *conf = d->conf;
+	const struct conf *conf = d->rt->conf;
 	size_t total = n > 0 ? n : conf->jwks.n_listen;
 	struct jwks_http *jh = calloc(1, sizeof(*jh));
 	int r = 0;
@@ -250,8 +261,6 @@ int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http
 		jwks_http_stop(jh);
 		return -ENOMEM;
 	}
-	snprintf(jh->cache_control, sizeof(jh->cache_control), "public, max-age=%llu",
-	         (unsigned long long)conf->jwks.max_age);
 	for (size_t i = 0; i < total && r == 0; i++) {
 		jh->n = i + 1;
 		jh->fds[i] = n > 0 ? fds[i] : -1;

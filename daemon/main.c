@@ -15,7 +15,8 @@
 #include "daemon.h"
 #include "jwks_http.h"
 #include "log.h"
-#include "rotation.h"
+#include "reload.h"
+#include "runtime.h"
 #include "scheduler.h"
 #include "sign_api.h"
 
@@ -39,7 +40,7 @@ static void usage(FILE *out)
 	    "JWKS: GET /NAME/.well-known/jwks.json on each [jwks] listen address.\n");
 }
 
-static int config_load(const char *path, struct conf **ret)
+static int config_check(const char *path, struct conf **ret)
 {
 	struct conf_errors errs = {0};
 	int r = conf_load(path, ret, &errs);
@@ -52,95 +53,51 @@ static int config_load(const char *path, struct conf **ret)
 
 bool daemon_ready(struct daemon *d, const char **why)
 {
+	struct runtime *rt = runtime_acquire(d);
 	int64_t now = (int64_t)time(NULL);
+	bool ok = true;
 
+	*why = NULL;
 	if (hsm_probe(d->hsm) < 0) {
 		*why = "token unreachable";
-		return false;
+		ok = false;
 	}
-	for (size_t i = 0; i < d->keyring->n; i++) {
-		struct issuer_keys *ik = &d->keyring->issuers[i];
-		struct keyset *set = keyring_acquire(d->keyring, i);
-		bool ok = keyset_signer(set, now) != NULL;
+	for (size_t i = 0; ok && i < rt->keyring->n; i++) {
+		struct issuer_keys *ik = &rt->keyring->issuers[i];
+		struct keyset *set = keyring_acquire(rt->keyring, i);
+		ok = keyset_signer(set, now) != NULL;
 		keyset_release(set);
-		pthread_mutex_lock(&d->keyring->mutate);
+		pthread_mutex_lock(&rt->keyring->mutate);
 		ok = ok && !ik->problem[0];
-		pthread_mutex_unlock(&d->keyring->mutate);
-		if (!ok) {
+		pthread_mutex_unlock(&rt->keyring->mutate);
+		if (!ok)
 			*why = ik->conf->name;
-			return false;
-		}
 	}
-	return true;
+	runtime_release(rt);
+	return ok;
 }
 
 /* "STATUS=signing: main=Qx7a1b2c billing=3yXpUYjw", with prefix (e.g. READY=1) before it. */
 static void notify_status(struct daemon *d, const char *prefix)
 {
+	struct runtime *rt = runtime_acquire(d);
 	int64_t now = (int64_t)time(NULL);
 	char status[512];
-	size_t used = 0;
+	size_t used;
 	int w;
 
 	w = snprintf(status, sizeof(status), "%sSTATUS=signing:", prefix);
 	used = w > 0 ? (size_t)w : 0;
-	for (size_t i = 0; i < d->keyring->n && used < sizeof(status); i++) {
-		struct keyset *set = keyring_acquire(d->keyring, i);
+	for (size_t i = 0; i < rt->keyring->n && used < sizeof(status); i++) {
+		struct keyset *set = keyring_acquire(rt->keyring, i);
 		struct key *k = keyset_signer(set, now);
 		w = snprintf(status + used, sizeof(status) - used, " %s=%.8s",
-		             d->keyring->issuers[i].conf->name, k ? k->kid : "NONE");
+		             rt->keyring->issuers[i].conf->name, k ? k->kid : "NONE");
 		used += w > 0 ? (size_t)w : 0;
 		keyset_release(set);
 	}
+	runtime_release(rt);
 	sd_notify(0, status);
-}
-
-/* Loads the token's view, makes the first keys where there are none, and starts the scheduler.
- * A first start whose key cannot be made is an error; later trouble is the scheduler's. */
-static int keys_start(struct daemon *d)
-{
-	int64_t now = (int64_t)time(NULL), next;
-	int r;
-
-	sd_notify(0, "STATUS=Loading keys from the token");
-	r = keyring_new(d->hsm, d->conf, &d->keyring);
-	if (r == 0)
-		r = rotation_maintain(d->keyring, now, &next);
-	for (size_t i = 0; r == 0 && i < d->keyring->n; i++) {
-		struct issuer_keys *ik = &d->keyring->issuers[i];
-		struct keyset *set = keyring_acquire(d->keyring, i);
-		if (set && set->n == 0 && ik->problem[0]) {
-			log_error("issuer %s has no key and none could be made: %s", ik->conf->name,
-			          ik->problem);
-			r = -EIO;
-		}
-		keyset_release(set);
-	}
-	if (r == 0)
-		r = scheduler_start(d->keyring, scheduler_rescan_interval(d->conf), &d->scheduler);
-	return r;
-}
-
-/* Every issuer's algorithm must be one the token can generate and sign: refuse to start
- * otherwise, rather than fail at the first rotation. */
-static int algorithms_prepare(struct daemon *d)
-{
-	for (size_t i = 0; i < d->conf->n_issuers; i++) {
-		const struct issuer_conf *ic = &d->conf->issuers[i];
-		int r = hsm_prepare_alg(d->hsm, ic->alg, ic->key_size);
-		if (r < 0) {
-			log_error("issuer %s: %s cannot be served by this token: %s", ic->name,
-			          jws_alg_name(ic->alg), hsm_last_error());
-			return r;
-		}
-		log_info("issuer %s: %s%s via %s, self-check %s", ic->name, jws_alg_name(ic->alg),
-		         ic->key_size ? (ic->key_size == 2048   ? " (2048 bits)"
-		                         : ic->key_size == 3072 ? " (3072 bits)"
-		                                                : " (4096 bits)")
-		                      : "",
-		         hsm_alg_plan(d->hsm, ic->alg), ic->self_check ? "on" : "off");
-	}
-	return 0;
 }
 
 /* The main loop: signals, and under a systemd watchdog a heartbeat that is only sent while the
@@ -174,8 +131,9 @@ static int main_loop(struct daemon *d)
 		if (sig < 0)
 			continue; /* EINTR */
 		if (sig == SIGHUP) {
-			log_notice("SIGHUP: configuration reload is not supported yet; restart "
-			           "the daemon to apply changes");
+			sd_notify(0, "RELOADING=1\nSTATUS=Reloading the configuration");
+			daemon_reload(d);
+			notify_status(d, "READY=1\n");
 			continue;
 		}
 		log_notice("signal %d: shutting down", sig);
@@ -199,29 +157,35 @@ static void block_signals(void)
 
 static int run(const char *config_path)
 {
-	struct activation act;
-	struct daemon d = {0};
+	struct daemon d = {.config_path = config_path};
+	struct conf *conf = NULL;
 	int r;
 
 	/* SoftHSM keeps key material in our address space: a core file would leak it. */
 	prctl(PR_SET_DUMPABLE, 0);
 	block_signals();
-	if (config_load(config_path, &d.conf) < 0 || activation_collect(&act) < 0)
+	pthread_mutex_init(&d.rt_lock, NULL);
+	if (daemon_config_load(config_path, &conf) < 0 || activation_collect(&d.act) < 0) {
+		conf_free(conf);
 		return 1;
+	}
 	sd_notify(0, "STATUS=Logging in to the token");
-	r = hsm_open(d.conf->hsm.module, d.conf->hsm.token, d.conf->hsm.pin_file, &d.hsm);
+	r = hsm_open(conf->hsm.module, conf->hsm.token, conf->hsm.pin_file, &d.hsm);
 	if (r < 0) {
 		log_error("cannot use the token: %s", hsm_last_error());
+		conf_free(conf);
 		goto out;
 	}
-	if ((r = algorithms_prepare(&d)) < 0 || (r = keys_start(&d)) < 0)
+	if ((r = runtime_new(d.hsm, conf, &d.rt)) < 0 ||
+	    (r = scheduler_start(d.rt->keyring, scheduler_rescan_interval(d.rt->conf),
+	                         &d.scheduler)) < 0)
 		goto out;
 	sd_notify(0, "STATUS=Opening sockets");
-	if ((r = sign_api_start(&d, act.sign, &d.sign)) < 0 ||
-	    (r = jwks_http_start(&d, act.jwks, act.n_jwks, &d.jwks)) < 0 ||
-	    (r = admin_api_start(&d, act.admin, &d.admin)) < 0)
+	if ((r = sign_api_start(&d, d.act.sign, &d.sign)) < 0 ||
+	    (r = jwks_http_start(&d, d.act.jwks, d.act.n_jwks, &d.jwks)) < 0 ||
+	    (r = admin_api_start(&d, d.act.admin, &d.admin)) < 0)
 		goto out;
-	log_notice("ready: %zu issuer(s), signing on %s", d.conf->n_issuers, d.conf->sign.path);
+	log_notice("ready: %zu issuer(s)", d.rt->conf->n_issuers);
 	notify_status(&d, "READY=1\n");
 	r = main_loop(&d);
 out:
@@ -229,9 +193,9 @@ out:
 	jwks_http_stop(d.jwks);
 	sign_api_stop(d.sign);
 	scheduler_stop(d.scheduler);
-	keyring_free(d.keyring);
+	runtime_release(d.rt);
 	hsm_close(d.hsm);
-	conf_free(d.conf);
+	pthread_mutex_destroy(&d.rt_lock);
 	return r < 0 ? 1 : 0;
 }
 
@@ -274,7 +238,7 @@ int main(int argc, char **argv)
 	}
 	if (check) {
 		struct conf *conf = NULL;
-		if (config_load(config, &conf) < 0)
+		if (config_check(config, &conf) < 0)
 			return 1;
 		printf("%s: OK, %zu issuer(s)\n", config, conf->n_issuers);
 		conf_free(conf);

@@ -34,9 +34,15 @@ enum route {
 	ROUTE_JWKS,
 };
 
+/* Marks a bodyless request whose headers were seen: libmicrohttpd closes the connection after
+ * an answer given in the first call, so GET and HEAD are answered in the second. A POST that is
+ * refused on its headers alone is answered at once, without reading its body. */
+static char headers_seen;
+
 /* Per request state, from the headers to the last body byte. */
 struct request {
 	enum route route;
+	struct runtime *rt; /* held until the request completes: ic lives in it */
 	const struct issuer_conf *ic;
 	struct http_body body;
 };
@@ -87,10 +93,10 @@ static void keyset_free_cb(void *cls)
 }
 
 /* Queues the issuer's rendered JWKS without copying it; the response holds the keyset. */
-static enum MHD_Result reply_jwks(struct daemon *d, struct MHD_Connection *c,
+static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c,
                                   const struct issuer_conf *ic)
 {
-	struct keyset *set = keyring_acquire(d->keyring, keyring_index(d->keyring, ic));
+	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
 	struct MHD_Response *resp;
 	enum MHD_Result r;
 
@@ -111,8 +117,8 @@ static enum MHD_Result reply_jwks(struct daemon *d, struct MHD_Connection *c,
 }
 
 /* The checks that need only the headers, in SPEC order: 404 path, 405, 404 issuer, 403, 413. */
-static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c, const char *url,
-                                  const char *method, void **req_cls)
+static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct MHD_Connection *c,
+                              const char *url, const char *method, void **req_cls)
 {
 	const struct http_peer *conn = http_peer_of(c);
 	struct request *rq;
@@ -129,11 +135,11 @@ static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c
 	if (route == ROUTE_JWKS && strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
 	    strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
 		return http_reply_method(c, "GET, HEAD");
-	const struct issuer_conf *ic = conf_find_issuer(api->d->conf, name, len);
+	const struct issuer_conf *ic = conf_find_issuer(rt->conf, name, len);
 	if (!ic)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	if (route == ROUTE_JWKS)
-		return reply_jwks(api->d, c, ic);
+		return reply_jwks(rt, c, ic);
 	if (!conn || conn->err < 0) {
 		log_error("issuer %s: cannot read the caller's credentials: %s", ic->name,
 		          strerror(conn ? -conn->err : ENOMEM));
@@ -157,6 +163,21 @@ static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c
 	rq->ic = ic;
 	*req_cls = rq;
 	return MHD_YES;
+}
+
+/* Decides on the headers with the current runtime; a request that goes on keeps it. */
+static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c, const char *url,
+                                  const char *method, void **req_cls)
+{
+	struct runtime *rt = runtime_acquire(api->d);
+	enum MHD_Result r = decide(api, rt, c, url, method, req_cls);
+	struct request *rq = *req_cls;
+
+	if (rq && (void *)rq != &headers_seen)
+		rq->rt = rt;
+	else
+		runtime_release(rt);
+	return r;
 }
 
 static char *answer_format(const char *token, const struct key *k, enum jws_alg alg,
@@ -219,11 +240,11 @@ static void audit_token(struct MHD_Connection *c, const struct issuer_conf *ic, 
 }
 
 /* Signs sr with the issuer's active key; on failure queues the error answer itself. */
-static enum MHD_Result sign_and_reply(struct sign_api *api, struct MHD_Connection *c,
-                                      const struct issuer_conf *ic,
+static enum MHD_Result sign_and_reply(struct sign_api *api, struct runtime *rt,
+                                      struct MHD_Connection *c, const struct issuer_conf *ic,
                                       const struct signing_request *sr)
 {
-	struct keyset *set = keyring_acquire(api->d->keyring, keyring_index(api->d->keyring, ic));
+	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
 	uint8_t sig[HSM_MAX_SIG];
 	size_t sig_len = 0, input_len = 0;
 	char *input = NULL, *token = NULL, *answer = NULL;
@@ -287,15 +308,10 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 		return http_reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
 		                        "the daemon could not build the token; see its log");
 	}
-	ret = sign_and_reply(api, c, rq->ic, &sr);
+	ret = sign_and_reply(api, rq->rt, c, rq->ic, &sr);
 	free(sr.payload);
 	return ret;
 }
-
-/* Marks a bodyless request whose headers were seen: libmicrohttpd closes the connection after
- * an answer given in the first call, so GET and HEAD are answered in the second. A POST that is
- * refused on its headers alone is answered at once, without reading its body. */
-static char headers_seen;
 
 static bool bodyless(const char *method)
 {
@@ -339,6 +355,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 
 	if (!rq || (void *)rq == &headers_seen)
 		return;
+	runtime_release(rq->rt);
 	http_body_free(&rq->body);
 	free(rq);
 	*req_cls = NULL;
@@ -361,11 +378,11 @@ int sign_api_start(struct daemon *d, int fd, struct sign_api **ret)
 	api->d = d;
 	api->fd = fd;
 	/* A passed socket belongs to its unit: we never unlink its path. */
-	api->path = fd >= 0 ? NULL : strdup(d->conf->sign.path);
+	api->path = fd >= 0 ? NULL : strdup(d->rt->conf->sign.path);
 	if (fd < 0)
-		r = http_unix_listen(&d->conf->sign, &api->fd);
+		r = http_unix_listen(&d->rt->conf->sign, &api->fd);
 	if (r < 0) {
-		log_error("cannot listen on %s: %s", d->conf->sign.path, strerror(-r));
+		log_error("cannot listen on %s: %s", d->rt->conf->sign.path, strerror(-r));
 		free(api->path);
 		free(api);
 		return r;

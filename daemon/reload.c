@@ -1,0 +1,131 @@
+/* SIGHUP: a new runtime is built beside the running one and swapped in only when complete. */
+#include "reload.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "jwks_http.h"
+#include "admin_api.h"
+#include "log.h"
+#include "runtime.h"
+#include "scheduler.h"
+#include "sign_api.h"
+
+int daemon_config_load(const char *path, struct conf **ret)
+{
+	struct conf_errors errs = {0};
+	int r = conf_load(path, ret, &errs);
+
+	for (size_t i = 0; i < errs.n; i++)
+		log_error("%s", errs.msgs[i]);
+	conf_errors_clear(&errs);
+	return r;
+}
+
+static bool same_str(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* The token is opened once: another module, token or PIN file needs a restart. */
+static bool hsm_changed(const struct conf *a, const struct conf *b)
+{
+	return !same_str(a->hsm.module, b->hsm.module) || !same_str(a->hsm.token, b->hsm.token) ||
+	       !same_str(a->hsm.pin_file, b->hsm.pin_file);
+}
+
+static bool listen_changed(const struct conf *a, const struct conf *b)
+{
+	if (a->jwks.n_listen != b->jwks.n_listen)
+		return true;
+	for (size_t i = 0; i < a->jwks.n_listen; i++)
+		if (strcmp(a->jwks.listen[i].text, b->jwks.listen[i].text) != 0)
+			return true;
+	return false;
+}
+
+/* Mode and group of a socket we made: applied to the existing file, no connection is lost. */
+static void socket_attrs(const struct sock_conf *sc)
+{
+	if (sc->path && (chmod(sc->path, sc->mode) < 0 ||
+	                 (sc->has_group && chown(sc->path, (uid_t)-1, sc->gid) < 0)))
+		log_error("reload: cannot set mode or group of %s: %s", sc->path, strerror(errno));
+}
+
+/* Sockets systemd passed stay as they are: the units own them. */
+static void sockets_apply(struct daemon *d, const struct conf *old, const struct conf *now)
+{
+	if (d->act.sign < 0) {
+		if (!same_str(old->sign.path, now->sign.path)) {
+			struct sign_api *fresh = NULL;
+			if (sign_api_start(d, -1, &fresh) == 0) {
+				sign_api_stop(d->sign);
+				d->sign = fresh;
+			}
+		} else {
+			socket_attrs(&now->sign);
+		}
+	}
+	if (d->act.admin < 0) {
+		if (!same_str(old->admin.path, now->admin.path)) {
+			struct admin_api *fresh = NULL;
+			admin_api_stop(d->admin);
+			d->admin = NULL;
+			if (admin_api_start(d, -1, &fresh) == 0)
+				d->admin = fresh;
+		} else {
+			socket_attrs(&now->admin);
+		}
+	}
+	/* The same address cannot be bound twice: JWKS connections are re-opened by clients. */
+	if (d->act.n_jwks == 0 && listen_changed(old, now)) {
+		jwks_http_stop(d->jwks);
+		d->jwks = NULL;
+		if (jwks_http_start(d, NULL, 0, &d->jwks) < 0)
+			log_error("reload: the JWKS is not served until the listen addresses work");
+	}
+}
+
+void daemon_reload(struct daemon *d)
+{
+	struct runtime *rt = NULL, *old;
+	struct conf *conf = NULL;
+
+	log_notice("reload: reading %s", d->config_path);
+	if (daemon_config_load(d->config_path, &conf) < 0) {
+		log_error("reload: %s has the problems above; the running configuration stays",
+		          d->config_path);
+		return;
+	}
+	if (hsm_changed(d->rt->conf, conf)) {
+		log_error("reload: [hsm] changed; restart the daemon to use another module, token "
+		          "or PIN file. The running configuration stays");
+		conf_free(conf);
+		return;
+	}
+	if (runtime_new(d->hsm, conf, &rt) < 0) {
+		log_error("reload: the new configuration cannot be served (above); the running "
+		          "configuration stays");
+		return;
+	}
+	struct scheduler *sched = NULL;
+
+	pthread_mutex_lock(&d->rt_lock);
+	sched = d->scheduler;
+	d->scheduler = NULL;
+	pthread_mutex_unlock(&d->rt_lock);
+	scheduler_stop(sched);
+	sched = NULL;
+	if (scheduler_start(rt->keyring, scheduler_rescan_interval(rt->conf), &sched) < 0)
+		log_error("reload: the scheduler did not start; keys will not rotate");
+	pthread_mutex_lock(&d->rt_lock);
+	old = d->rt;
+	d->rt = rt;
+	d->scheduler = sched;
+	pthread_mutex_unlock(&d->rt_lock);
+	sockets_apply(d, old->conf, rt->conf);
+	log_notice("reload: done, %zu issuer(s)", rt->conf->n_issuers);
+	runtime_release(old);
+}

@@ -1,0 +1,111 @@
+/* Runtimes: a configuration and the keys it implies, reference-counted for reloads. */
+#include "runtime.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "log.h"
+#include "rotation.h"
+#include "scheduler.h"
+
+struct runtime *runtime_acquire(struct daemon *d)
+{
+	struct runtime *rt;
+
+	pthread_mutex_lock(&d->rt_lock);
+	rt = d->rt;
+	atomic_fetch_add(&rt->refs, 1);
+	pthread_mutex_unlock(&d->rt_lock);
+	return rt;
+}
+
+void daemon_poke_scheduler(struct daemon *d)
+{
+	pthread_mutex_lock(&d->rt_lock);
+	scheduler_poke(d->scheduler);
+	pthread_mutex_unlock(&d->rt_lock);
+}
+
+void runtime_release(struct runtime *rt)
+{
+	if (!rt || atomic_fetch_sub(&rt->refs, 1) != 1)
+		return;
+	keyring_free(rt->keyring);
+	conf_free(rt->conf);
+	free(rt);
+}
+
+/* Every issuer's algorithm must be one the token can generate and sign: refuse it now rather
+ * than fail at the first rotation. */
+static int algorithms_prepare(struct hsm *hsm, const struct conf *conf)
+{
+	for (size_t i = 0; i < conf->n_issuers; i++) {
+		const struct issuer_conf *ic = &conf->issuers[i];
+		char bits[24] = "";
+		int r = hsm_prepare_alg(hsm, ic->alg, ic->key_size);
+
+		if (r < 0) {
+			log_error("issuer %s: %s cannot be served by this token: %s", ic->name,
+			          jws_alg_name(ic->alg), hsm_last_error());
+			return r;
+		}
+		if (ic->key_size)
+			snprintf(bits, sizeof(bits), " (%u bits)", ic->key_size);
+		log_info("issuer %s: %s%s via %s, self-check %s", ic->name, jws_alg_name(ic->alg),
+		         bits, hsm_alg_plan(hsm, ic->alg), ic->self_check ? "on" : "off");
+	}
+	return 0;
+}
+
+/* Loads the token's view and makes the first keys where there are none. An issuer left with no
+ * key at all is an error; later trouble is the scheduler's. */
+static int keys_load(struct runtime *rt)
+{
+	int64_t now = (int64_t)time(NULL), next;
+	int r;
+
+	sd_notify(0, "STATUS=Loading keys from the token");
+	r = keyring_new(rt->hsm, rt->conf, &rt->keyring);
+	if (r == 0)
+		r = rotation_maintain(rt->keyring, now, &next);
+	for (size_t i = 0; r == 0 && i < rt->keyring->n; i++) {
+		struct issuer_keys *ik = &rt->keyring->issuers[i];
+		struct keyset *set = keyring_acquire(rt->keyring, i);
+		if (set && set->n == 0 && ik->problem[0]) {
+			log_error("issuer %s has no key and none could be made: %s", ik->conf->name,
+			          ik->problem);
+			r = -EIO;
+		}
+		keyset_release(set);
+	}
+	return r;
+}
+
+int runtime_new(struct hsm *hsm, struct conf *conf, struct runtime **ret)
+{
+	struct runtime *rt = calloc(1, sizeof(*rt));
+	int r;
+
+	if (!rt) {
+		conf_free(conf);
+		return -ENOMEM;
+	}
+	atomic_init(&rt->refs, 1);
+	rt->conf = conf;
+	rt->hsm = hsm;
+	snprintf(rt->cache_control, sizeof(rt->cache_control), "public, max-age=%llu",
+	         (unsigned long long)conf->jwks.max_age);
+	r = algorithms_prepare(hsm, conf);
+	if (r == 0)
+		r = keys_load(rt);
+	if (r < 0) {
+		runtime_release(rt);
+		return r;
+	}
+	*ret = rt;
+	return 0;
+}
