@@ -20,9 +20,7 @@
 
 struct admin_api {
 	struct daemon *d;
-	struct MHD_Daemon *mhd;
-	int fd;
-	char *path;
+	struct http_unix_server srv;
 };
 
 struct request {
@@ -320,7 +318,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 int admin_api_start(struct daemon *d, int fd, struct admin_api **ret)
 {
 	struct admin_api *api;
-	int r = 0;
+	int r;
 
 	*ret = NULL;
 	if (fd < 0 && !d->rt->conf->admin.path) {
@@ -331,25 +329,11 @@ int admin_api_start(struct daemon *d, int fd, struct admin_api **ret)
 	if (!api)
 		return -ENOMEM;
 	api->d = d;
-	api->fd = fd;
-	api->path = fd >= 0 ? NULL : strdup(d->rt->conf->admin.path);
-	if (fd < 0)
-		r = http_unix_listen(&d->rt->conf->admin, &api->fd);
+	r = http_unix_serve(&api->srv, &d->rt->conf->admin, fd, 1, on_request, on_completed, api,
+	                    "admin");
 	if (r < 0) {
-		log_error("cannot listen on %s: %s", d->rt->conf->admin.path, strerror(-r));
-		admin_api_stop(api);
+		free(api);
 		return r;
-	}
-	api->mhd =
-	    MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0,
-	                     NULL, NULL, on_request, api, MHD_OPTION_EXTERNAL_LOGGER, http_log, api,
-	                     MHD_OPTION_LISTEN_SOCKET, api->fd, MHD_OPTION_NOTIFY_CONNECTION,
-	                     http_on_connection, api, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-	                     api, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
-	if (!api->mhd) {
-		log_error("cannot start the admin server");
-		admin_api_stop(api);
-		return -EIO;
 	}
 	*ret = api;
 	return 0;
@@ -359,13 +343,6 @@ void admin_api_stop(struct admin_api *api)
 {
 	if (!api)
 		return;
-	/* libmicrohttpd closes the listen socket it was given. */
-	if (api->mhd)
-		MHD_stop_daemon(api->mhd);
-	else if (api->fd >= 0)
-		close(api->fd);
-	if (api->path)
-		unlink(api->path);
-	free(api->path);
+	http_unix_close(&api->srv);
 	free(api);
 }

@@ -157,3 +157,49 @@ void http_body_free(struct http_body *b)
 	b->data = NULL;
 	b->len = 0;
 }
+
+int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, int fd,
+                    unsigned threads, MHD_AccessHandlerCallback handler,
+                    MHD_RequestCompletedCallback completed, void *cls, const char *what)
+{
+	int r = 0;
+
+	srv->mhd = NULL;
+	srv->fd = fd;
+	srv->path = NULL;
+	if (fd < 0) {
+		r = http_unix_listen(sc, &srv->fd);
+		if (r < 0) {
+			log_error("cannot listen on %s: %s", sc->path, strerror(-r));
+			return r;
+		}
+		srv->path = strdup(sc->path);
+	}
+	srv->mhd = MHD_start_daemon(
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+	    handler, cls, MHD_OPTION_EXTERNAL_LOGGER, http_log, cls, MHD_OPTION_LISTEN_SOCKET,
+	    srv->fd, MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_CONNECTION,
+	    http_on_connection, cls, MHD_OPTION_NOTIFY_COMPLETED, completed, cls,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
+	if (!srv->mhd) {
+		log_error("cannot start the HTTP server on the %s socket", what);
+		http_unix_close(srv);
+		return -EIO;
+	}
+	return 0;
+}
+
+void http_unix_close(struct http_unix_server *srv)
+{
+	/* libmicrohttpd closes the listen socket it was given. */
+	if (srv->mhd)
+		MHD_stop_daemon(srv->mhd);
+	else if (srv->fd >= 0)
+		close(srv->fd);
+	if (srv->path)
+		unlink(srv->path);
+	free(srv->path);
+	srv->mhd = NULL;
+	srv->fd = -1;
+	srv->path = NULL;
+}

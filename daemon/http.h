@@ -25,6 +25,21 @@ void http_log(void *cls, const char *fmt, va_list ap) __attribute__((format(prin
  * file is replaced, any other file is not. */
 int http_unix_listen(const struct sock_conf *sc, int *ret_fd);
 
+/* An HTTP server on a Unix socket: passed by systemd, or made here from a [sign]/[admin]
+ * section (then its path is removed when the server closes). */
+struct http_unix_server {
+	struct MHD_Daemon *mhd;
+	int fd;
+	char *path; /* NULL for a passed socket: its unit owns the path */
+};
+
+/* Serves handler on fd when fd >= 0, else on a new socket made from sc; threads > 1 makes a
+ * pool. Peer credentials are read per connection (http_peer_of). what names it in messages. */
+int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, int fd,
+                    unsigned threads, MHD_AccessHandlerCallback handler,
+                    MHD_RequestCompletedCallback completed, void *cls, const char *what);
+void http_unix_close(struct http_unix_server *srv);
+
 /* The caller of a Unix-socket connection, read once when it connects (SO_PEERCRED is fixed at
  * connect() anyway). Install http_on_connection as MHD_OPTION_NOTIFY_CONNECTION. */
 struct http_peer {

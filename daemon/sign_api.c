@@ -24,9 +24,7 @@
 
 struct sign_api {
 	struct daemon *d;
-	struct MHD_Daemon *mhd;
-	int fd;
-	char *path;
+	struct http_unix_server srv;
 };
 
 enum route {
@@ -371,33 +369,17 @@ static unsigned worker_threads(void)
 int sign_api_start(struct daemon *d, int fd, struct sign_api **ret)
 {
 	struct sign_api *api = calloc(1, sizeof(*api));
-	int r = 0;
+	int r;
 
 	if (!api)
 		return -ENOMEM;
 	api->d = d;
-	api->fd = fd;
-	/* A passed socket belongs to its unit: we never unlink its path. */
-	api->path = fd >= 0 ? NULL : strdup(d->rt->conf->sign.path);
-	if (fd < 0)
-		r = http_unix_listen(&d->rt->conf->sign, &api->fd);
+	/* A thread pool: each worker signs on its own PKCS#11 session. */
+	r = http_unix_serve(&api->srv, &d->rt->conf->sign, fd, worker_threads(), on_request,
+	                    on_completed, api, "sign");
 	if (r < 0) {
-		log_error("cannot listen on %s: %s", d->rt->conf->sign.path, strerror(-r));
-		free(api->path);
 		free(api);
 		return r;
-	}
-	/* A thread pool: each worker signs on its own PKCS#11 session. */
-	api->mhd = MHD_start_daemon(
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-	    on_request, api, MHD_OPTION_EXTERNAL_LOGGER, http_log, api, MHD_OPTION_LISTEN_SOCKET,
-	    api->fd, MHD_OPTION_THREAD_POOL_SIZE, worker_threads(), MHD_OPTION_NOTIFY_CONNECTION,
-	    http_on_connection, api, MHD_OPTION_NOTIFY_COMPLETED, on_completed, api,
-	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
-	if (!api->mhd) {
-		log_error("cannot start the HTTP server on the sign socket");
-		sign_api_stop(api);
-		return -EIO;
 	}
 	*ret = api;
 	return 0;
@@ -407,13 +389,6 @@ void sign_api_stop(struct sign_api *api)
 {
 	if (!api)
 		return;
-	/* libmicrohttpd closes the listen socket it was given. */
-	if (api->mhd)
-		MHD_stop_daemon(api->mhd);
-	else if (api->fd >= 0)
-		close(api->fd);
-	if (api->path)
-		unlink(api->path);
-	free(api->path);
+	http_unix_close(&api->srv);
 	free(api);
 }
