@@ -108,20 +108,27 @@ static enum MHD_Result reply_keys(struct runtime *rt, struct MHD_Connection *c)
 	return reply_obj(c, MHD_HTTP_OK, json_pack("{s:o}", "keys", keys));
 }
 
-static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now)
+static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now, bool token_ok)
 {
 	struct issuer_keys *ik = &rt->keyring->issuers[i];
 	struct keyset *set = keyring_acquire(rt->keyring, i);
 	struct key *signer = keyset_signer(set, now);
-	struct key *next = set && set->next && set->next != signer ? set->next : NULL;
+	/* The set may be older than a handover (a token away cannot be re-read): a key that has
+	 * started is no longer pending, whatever the set says. */
+	struct key *next = set && set->next && set->next != signer && set->next->activates_at > now
+	                       ? set->next
+	                       : NULL;
+	const char *problem;
 	json_t *o;
 
 	pthread_mutex_lock(&rt->keyring->mutate);
+	/* The token problem is the last maintenance's; a token answering now has none. */
+	problem = ik->problem[0] ? ik->problem : token_ok ? "" : rt->keyring->token_problem;
 	o = json_pack("{s:s, s:o, s:o, s:b, s:o, s:o}", "issuer", ik->conf->name, "active_kid",
 	              json_kid(signer ? signer->kid : NULL), "pending_kid",
-	              json_kid(next ? next->kid : NULL), "signing", signer != NULL, "next_rotation",
-	              next ? json_integer(next->activates_at) : json_null(), "problem",
-	              ik->problem[0] ? json_string(ik->problem) : json_null());
+	              json_kid(next ? next->kid : NULL), "signing", signer != NULL && token_ok,
+	              "next_rotation", next ? json_integer(next->activates_at) : json_null(),
+	              "problem", problem[0] ? json_string(problem) : json_null());
 	pthread_mutex_unlock(&rt->keyring->mutate);
 	keyset_release(set);
 	return o;
@@ -130,14 +137,14 @@ static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now)
 static enum MHD_Result reply_status(struct runtime *rt, struct MHD_Connection *c)
 {
 	int64_t now = (int64_t)time(NULL);
+	bool token_ok = hsm_probe(rt->hsm) == 0;
 	json_t *issuers = json_array();
 
 	for (size_t i = 0; issuers && i < rt->keyring->n; i++)
-		json_array_append_new(issuers, issuer_status(rt, i, now));
-	return reply_obj(c, MHD_HTTP_OK,
-	                 json_pack("{s:s, s:o}", "token",
-	                           hsm_probe(rt->hsm) == 0 ? "ok" : "unreachable", "issuers",
-	                           issuers));
+		json_array_append_new(issuers, issuer_status(rt, i, now, token_ok));
+	return reply_obj(
+	    c, MHD_HTTP_OK,
+	    json_pack("{s:s, s:o}", "token", token_ok ? "ok" : "unreachable", "issuers", issuers));
 }
 
 static int64_t caller_uid(struct MHD_Connection *c)

@@ -56,6 +56,7 @@ struct keyring {
 	struct issuer_keys *issuers; /* parallel to conf->issuers */
 	size_t n;
 	pthread_mutex_t mutate;         /* one writer of the token at a time: scheduler or admin */
+	char token_problem[192];        /* the last maintenance could not read the token; "" */
 	uint8_t (*orphans)[HSM_ID_LEN]; /* key pairs without a record at the last maintenance */
 	size_t n_orphans;
 	/* Noted by the last refresh, for maintenance. */

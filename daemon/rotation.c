@@ -35,8 +35,8 @@ static int record_store(struct keyring *kr, const struct issuer_conf *ic, struct
 
 /* Makes a key in the token and commits it with its record, written last: a crash in between
  * leaves a key pair without a record, which is never used and is cleaned up later. */
-static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t now,
-                      int64_t activates_at, struct key *ret)
+static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t activates_at,
+                      bool at_once, struct key *ret)
 {
 	char label[64];
 	int r;
@@ -49,7 +49,12 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	r = hsm_public_jwk(kr->hsm, &ret->hk, &ret->jwk);
 	if (r == 0)
 		r = jwk_thumbprint(&ret->jwk, ret->kid);
-	ret->created_at = now;
+	/* Published means in this instance's JWKS: the record is written and the JWKS rebuilt
+	 * within the next second. Counting prepublish from the whole second after that keeps a
+	 * late key from signing a fraction of a second early. */
+	ret->created_at = (int64_t)time(NULL) + (at_once ? 0 : 1);
+	if (!at_once && activates_at < ret->created_at + (int64_t)ic->prepublish)
+		activates_at = ret->created_at + (int64_t)ic->prepublish;
 	ret->activates_at = activates_at;
 	ret->retires_at = activates_at + (int64_t)ic->rotation_period;
 	ret->max_token_ttl = (int64_t)ic->max_token_ttl;
@@ -141,7 +146,7 @@ static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int6
 		return 0;
 	start = empty ? now
 	              : schedule_pending_start(&t, set->active ? set->active->retires_at : -1, now);
-	r = key_create(kr, ik->conf, now, start, &k);
+	r = key_create(kr, ik->conf, start, empty, &k);
 	if (r < 0) {
 		issuer_problem(ik, now, r);
 		return r;
@@ -240,8 +245,15 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 	int64_t next = INT64_MAX;
 	int r = keyring_refresh(kr, now);
 
-	if (r < 0)
+	/* Every issuer is affected when the token is away: keys can be neither made nor checked. */
+	if (r < 0) {
+		snprintf(
+		    kr->token_problem, sizeof(kr->token_problem),
+		    "the token does not answer (%s); no key can be made or checked until it does",
+		    hsm_last_error());
 		return r;
+	}
+	kr->token_problem[0] = '\0';
 	for (size_t i = 0; i < kr->n; i++) {
 		struct keyset *set = keyring_acquire(kr, i);
 		prune(kr, i, set, &changed);
@@ -330,7 +342,8 @@ static int rotate_locked(struct keyring *kr, size_t i, bool now_flag, int64_t no
 
 	if (!p) {
 		at = max64(now_flag ? now : now + (int64_t)ic->prepublish, floor_at);
-		r = key_create(kr, ic, now, at, &fresh);
+		r = key_create(kr, ic, at, now_flag, &fresh);
+		at = fresh.activates_at;
 		p = &fresh;
 	} else {
 		at = now_flag ? now : p->created_at + (int64_t)ic->prepublish;
@@ -379,7 +392,7 @@ static int hand_over(struct keyring *kr, size_t i, struct keyset *set, int64_t n
 
 	if (set->next)
 		return reschedule(kr, ic, set->next, now);
-	return key_create(kr, ic, now, now, &fresh);
+	return key_create(kr, ic, now, true, &fresh);
 }
 
 static int revoke_locked(struct keyring *kr, size_t i, const char *kid, int64_t now,

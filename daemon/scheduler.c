@@ -77,13 +77,14 @@ static void *run(void *arg)
 			 * their schedule; try again soon, less often while it stays away. */
 			failures++;
 			next = now + (failures < 5 ? (int64_t)failures : 5);
-			log_error("key maintenance failed (%s); retrying in %llds", strerror(-r),
-			          (long long)(next - now));
 		} else {
 			failures = 0;
 		}
 		if (next > now + s->rescan)
 			next = now + s->rescan;
+		if (r < 0)
+			log_error("key maintenance failed (%s); retrying in %llds", strerror(-r),
+			          (long long)(next - now));
 		sleep_until(s, next);
 	}
 	return NULL;
