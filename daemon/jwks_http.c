@@ -220,6 +220,8 @@ static int listen_socket(const struct listen_conf *lc, int *ret)
 	if (fd < 0)
 		return -errno;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* A reload binds the new listeners before it closes the old ones, on the same ports. */
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 	/* [::]:port means IPv6 only; IPv4 is its own listen line. */
 	if (lc->addr.ss_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));

@@ -221,7 +221,11 @@ static void keyring_publish(struct keyring *kr, size_t i, struct keyset *set)
 	old = ik->set;
 	ik->set = set;
 	pthread_mutex_unlock(&ik->lock);
-	old_kid = old && old->active ? old->active->kid : NULL;
+	/* Only a change seen by this keyring is an event: its first view (at start, or after a
+	 * reload) reports nothing, or every restart would "activate" the current key again. */
+	if (!old)
+		return;
+	old_kid = old->active ? old->active->kid : NULL;
 	new_kid = set->active ? set->active->kid : NULL;
 	if (new_kid && (!old_kid || strcmp(old_kid, new_kid) != 0))
 		audit_key(AUDIT_ACTIVATED, ik->conf->name, new_kid, -1);

@@ -79,12 +79,18 @@ static void sockets_apply(struct daemon *d, const struct conf *old, const struct
 			socket_attrs(&now->admin);
 		}
 	}
-	/* The same address cannot be bound twice: JWKS connections are re-opened by clients. */
+	/* New listeners first (SO_REUSEPORT lets them share a port with the old ones); if one
+	 * cannot be bound, the old ones stay. Clients of the old ones reconnect. */
 	if (d->act.n_jwks == 0 && listen_changed(old, now)) {
-		jwks_http_stop(d->jwks);
-		d->jwks = NULL;
-		if (jwks_http_start(d, NULL, 0, &d->jwks) < 0)
-			log_error("reload: the JWKS is not served until the listen addresses work");
+		struct jwks_http *fresh = NULL;
+		if (jwks_http_start(d, NULL, 0, &fresh) < 0) {
+			log_error(
+			    "reload: the new [jwks] listen addresses cannot be used; the JWKS "
+			    "stays on the old ones until a reload with addresses that work");
+		} else {
+			jwks_http_stop(d->jwks);
+			d->jwks = fresh;
+		}
 	}
 }
 
