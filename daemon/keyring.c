@@ -59,6 +59,7 @@ void keyring_free(struct keyring *kr)
 	free(kr->orphans);
 	free(kr->stale);
 	free(kr->recorded);
+	free(kr->warned);
 	free(kr->issuers);
 	free(kr);
 }
@@ -300,6 +301,23 @@ static int record_parse(json_t *doc, struct record *rec)
 	return 0;
 }
 
+/* True the first time this keyring sees id: a key left out for good is said once, not at
+ * every rescan. */
+static bool keyring_warn_once(struct keyring *kr, const uint8_t *id)
+{
+	uint8_t(*grown)[HSM_ID_LEN];
+
+	for (size_t i = 0; i < kr->n_warned; i++)
+		if (memcmp(kr->warned[i], id, HSM_ID_LEN) == 0)
+			return false;
+	grown = realloc(kr->warned, (kr->n_warned + 1) * sizeof(*grown));
+	if (!grown)
+		return true;
+	kr->warned = grown;
+	memcpy(kr->warned[kr->n_warned++], id, HSM_ID_LEN);
+	return true;
+}
+
 /* Loads the key a record describes, or says (in the log) why it is not usable. */
 static int key_load(struct keyring *kr, const struct issuer_conf *ic, const struct record *rec,
                     struct key *ret)
@@ -312,6 +330,8 @@ static int key_load(struct keyring *kr, const struct issuer_conf *ic, const stru
 	/* A key is bound to one iss for life: after an iss change it must not sign again. */
 	if (strcmp(rec->iss, ic->iss) != 0 || jws_alg_from_name(rec->alg, &alg) < 0 ||
 	    alg != ic->alg) {
+		if (!keyring_warn_once(kr, id))
+			return -EINVAL;
 		log_warning(
 		    "issuer %s: key %s was made for iss '%s' with %s; the configuration now "
 		    "says '%s' with %s, so it is not used",
@@ -452,6 +472,7 @@ static int records_note(struct keyring *kr, const struct hsm_record *recs, json_
 	kr->n_stale = kr->n_recorded = 0;
 	free(kr->stale);
 	free(kr->recorded);
+	free(kr->warned);
 	kr->stale = calloc(n ? n : 1, sizeof(*kr->stale));
 	kr->recorded = calloc(n ? n : 1, sizeof(*kr->recorded));
 	if (!kr->stale || !kr->recorded)

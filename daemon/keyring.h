@@ -64,6 +64,8 @@ struct keyring {
 	size_t n_stale;
 	uint8_t (*recorded)[HSM_ID_LEN]; /* every key id that has a current record */
 	size_t n_recorded;
+	uint8_t (*warned)[HSM_ID_LEN]; /* keys left out for good, already said in the log */
+	size_t n_warned;
 };
 
 int keyring_new(struct hsm *hsm, const struct conf *conf, struct keyring **ret);

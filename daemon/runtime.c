@@ -45,7 +45,7 @@ static int algorithms_prepare(struct hsm *hsm, const struct conf *conf)
 {
 	for (size_t i = 0; i < conf->n_issuers; i++) {
 		const struct issuer_conf *ic = &conf->issuers[i];
-		char bits[24] = "";
+		char bits[40] = "";
 		int r = hsm_prepare_alg(hsm, ic->alg, ic->key_size);
 
 		if (r < 0) {
@@ -53,8 +53,9 @@ static int algorithms_prepare(struct hsm *hsm, const struct conf *conf)
 			          jws_alg_name(ic->alg), hsm_last_error());
 			return r;
 		}
+		/* Existing keys keep their size until they rotate out. */
 		if (ic->key_size)
-			snprintf(bits, sizeof(bits), " (%u bits)", ic->key_size);
+			snprintf(bits, sizeof(bits), " (new keys %u bits)", ic->key_size);
 		log_info("issuer %s: %s%s via %s, self-check %s", ic->name, jws_alg_name(ic->alg),
 		         bits, hsm_alg_plan(hsm, ic->alg), ic->self_check ? "on" : "off");
 	}

@@ -206,6 +206,14 @@ static int sign_checked(struct sign_api *api, const struct issuer_conf *ic, stru
 		          hsm_last_error());
 		return r;
 	}
+	/* An RSA signature is exactly as long as the modulus, even without the self-check. */
+	if (k->jwk.kty == JWK_KTY_RSA && *sig_len != k->jwk.n_len) {
+		log_error(
+		    "issuer %s: key %s: the token returned %zu signature bytes for a %zu-byte "
+		    "modulus; no token was issued",
+		    ic->name, k->kid, *sig_len, k->jwk.n_len);
+		return -EIO;
+	}
 	if (!ic->self_check)
 		return 0;
 	r = jws_verify(ic->alg, k->evp, input, input_len, sig, *sig_len);

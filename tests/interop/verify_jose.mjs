@@ -22,6 +22,21 @@ const FETCH_TIMEOUT_MS = 10000;
 // Members that would make a JWK a private or secret key.
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 const OPTIONS = ['token', 'jwks-url', 'iss', 'aud', 'alg', 'kid', 'typ'];
+// tokensign's JWKs (SPEC §5, docs/api.md): exactly these members, in this order, per key type.
+const JWK_MEMBERS = {
+  EC: ['kid', 'kty', 'alg', 'use', 'crv', 'x', 'y'],
+  RSA: ['kid', 'kty', 'alg', 'use', 'n', 'e'],
+  OKP: ['kid', 'kty', 'alg', 'use', 'crv', 'x'],
+};
+// The key each alg needs (RFC 7518 §3, RFC 8037 §3.1): kty, crv, coordinate octets.
+const ALG_KEY = {
+  ES256: ['EC', 'P-256', 32],
+  ES384: ['EC', 'P-384', 48],
+  RS256: ['RSA', null, null],
+  PS256: ['RSA', null, null],
+  EdDSA: ['OKP', 'Ed25519', 32],
+};
+const RSA_MIN_BITS = 2048; // RFC 7518 §3.3, §3.5
 
 class Reject extends Error {
   constructor(stage, message) {
@@ -103,6 +118,49 @@ function checkHeader(header, args, jose) {
   }
 }
 
+// A base64url key member as bytes; a malformed one makes the key unfit.
+function keyOctets(jwk, kid, name) {
+  const value = jwk[name];
+  if (typeof value !== 'string' || !value) throw new Reject('key', `JWK ${kid} member ${name} is not a non-empty string`);
+  try {
+    return b64urlDecode(value, `JWK member ${name}`);
+  } catch (e) {
+    throw new Reject('key', `JWK ${kid}: ${e.message}`);
+  }
+}
+
+// The JWK is of the key type alg needs, with exactly the members tokensign publishes, in its
+// fixed order, and well-formed key material.
+function checkKeyShape(jwk, kid, alg) {
+  if (!Object.hasOwn(ALG_KEY, alg)) throw new Reject('key', `no key type known for alg ${alg}`);
+  const [kty, crv, coord] = ALG_KEY[alg];
+  if (jwk.kty !== kty) throw new Reject('key', `JWK ${kid} has kty ${JSON.stringify(jwk.kty)}; ${alg} needs ${kty}`);
+  if (crv !== null && jwk.crv !== crv) throw new Reject('key', `JWK ${kid} has crv ${JSON.stringify(jwk.crv)}; ${alg} needs ${crv}`);
+  const members = Object.keys(jwk);
+  if (JSON.stringify(members) !== JSON.stringify(JWK_MEMBERS[kty])) {
+    throw new Reject('key', `JWK ${kid} has the members ${JSON.stringify(members)}, expected exactly ${JSON.stringify(JWK_MEMBERS[kty])} in that order`);
+  }
+  if (kty === 'RSA') {
+    const n = keyOctets(jwk, kid, 'n');
+    const e = keyOctets(jwk, kid, 'e');
+    if (n[0] === 0 || e[0] === 0) throw new Reject('key', `JWK ${kid}: n or e has a leading zero octet (RFC 7518 §6.3.1)`);
+    if (n.length * 8 < RSA_MIN_BITS) throw new Reject('key', `JWK ${kid}: RSA modulus of ${n.length * 8} bits, below ${RSA_MIN_BITS}`);
+  } else {
+    for (const name of kty === 'EC' ? ['x', 'y'] : ['x']) {
+      if (keyOctets(jwk, kid, name).length !== coord) throw new Reject('key', `JWK ${kid}: ${name} is not ${coord} octets`);
+    }
+  }
+}
+
+// RFC 7518: an ECDSA signature is R||S of twice the coordinate size, an EdDSA one 64 octets, an
+// RSA one exactly as long as the modulus (leading zero octets kept).
+function checkSignatureSize(token, jwk, alg) {
+  const sig = b64urlDecode(token.split('.')[2], 'signature');
+  const [kty, , coord] = ALG_KEY[alg];
+  const want = kty === 'RSA' ? keyOctets(jwk, jwk.kid, 'n').length : 2 * coord;
+  if (sig.length !== want) throw new Reject('signature', `${alg} signature of ${sig.length} octets, expected ${want}`);
+}
+
 async function checkJwk(jwks, kid, alg, jose) {
   if (!jwks || !Array.isArray(jwks.keys)) throw new Reject('jwks', "JWKS is not an object with a 'keys' array");
   const found = jwks.keys.filter((k) => k && typeof k === 'object' && k.kid === kid);
@@ -112,8 +170,10 @@ async function checkJwk(jwks, kid, alg, jose) {
   if (priv.length) throw new Reject('key', `JWK ${kid} holds private key members ${JSON.stringify(priv)}`);
   if ((jwk.alg ?? alg) !== alg) throw new Reject('key', `JWK ${kid} is for alg ${JSON.stringify(jwk.alg)}, not ${alg}`);
   if ((jwk.use ?? 'sig') !== 'sig') throw new Reject('key', `JWK ${kid} has use ${JSON.stringify(jwk.use)}, not "sig"`);
+  checkKeyShape(jwk, kid, alg);
   const thumb = await jose.calculateJwkThumbprint(jwk, 'sha256');
   if (thumb !== kid) throw new Reject('key', `kid ${kid} is not the RFC 7638 thumbprint of its key (${thumb})`);
+  return jwk;
 }
 
 // Belt and braces over the library's own checks.
@@ -166,6 +226,8 @@ async function verify(args, jose) {
     });
   } catch (e) {
     let stage = STAGE_BY_CODE[e?.code];
+    // jose refuses an RSA key below 2048 bits with a plain TypeError: the key is unfit.
+    if (!stage && e instanceof TypeError && /modulusLength/.test(e.message)) stage = 'key';
     if (!stage && e?.code && /^E[A-Z]+$/.test(e.code)) stage = 'jwks'; // ECONNREFUSED etc. from http.get
     throw new Reject(stage ?? 'internal', `${e?.code ?? e?.name}: ${e?.message}`);
   }
@@ -175,7 +237,8 @@ async function verify(args, jose) {
   if (JSON.stringify(ph) !== JSON.stringify(header)) {
     throw new Reject('header', `jose verified the header ${JSON.stringify(ph)}, we read ${JSON.stringify(header)}`);
   }
-  await checkJwk(JWKS.jwks(), args.kid, args.alg, jose);
+  const jwk = await checkJwk(JWKS.jwks(), args.kid, args.alg, jose);
+  checkSignatureSize(args.token, jwk, args.alg);
   checkClaims(result.payload, args);
   return result.payload;
 }

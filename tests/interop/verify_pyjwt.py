@@ -127,6 +127,21 @@ def check_header(header, args):
 _THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
 # Members that would make a JWK a private or secret key (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037).
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+# tokensign's JWKs (SPEC §5, docs/api.md): exactly these members, in this order, per key type.
+_JWK_MEMBERS = {
+    "EC": ("kid", "kty", "alg", "use", "crv", "x", "y"),
+    "RSA": ("kid", "kty", "alg", "use", "n", "e"),
+    "OKP": ("kid", "kty", "alg", "use", "crv", "x"),
+}
+# The key each alg needs (RFC 7518 §3, RFC 8037 §3.1): kty, crv, coordinate octets.
+_ALG_KEY = {
+    "ES256": ("EC", "P-256", 32),
+    "ES384": ("EC", "P-384", 48),
+    "RS256": ("RSA", None, None),
+    "PS256": ("RSA", None, None),
+    "EdDSA": ("OKP", "Ed25519", 32),
+}
+_RSA_MIN_BITS = 2048  # RFC 7518 §3.3, §3.5
 
 
 def rfc7638_thumbprint(jwk):
@@ -136,6 +151,53 @@ def rfc7638_thumbprint(jwk):
     text = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def key_octets(jwk, kid, name):
+    """A base64url key member as bytes; a malformed one makes the key unfit."""
+    value = jwk.get(name)
+    if not isinstance(value, str) or not value:
+        raise Reject("key", f"JWK {kid!r} member {name!r} is not a non-empty string")
+    try:
+        return b64url_decode(value, f"JWK member {name!r}")
+    except Reject as e:
+        raise Reject("key", f"JWK {kid!r}: {e}") from None
+
+
+def check_key_shape(jwk, kid, alg):
+    """The JWK is of the key type alg needs, with exactly the members tokensign publishes, in
+    its fixed order, and well-formed key material."""
+    if alg not in _ALG_KEY:
+        raise Reject("key", f"no key type known for alg {alg!r}")
+    kty, crv, coord = _ALG_KEY[alg]
+    if jwk.get("kty") != kty:
+        raise Reject("key", f"JWK {kid!r} has kty {jwk.get('kty')!r}; {alg} needs {kty!r}")
+    if crv is not None and jwk.get("crv") != crv:
+        raise Reject("key", f"JWK {kid!r} has crv {jwk.get('crv')!r}; {alg} needs {crv!r}")
+    members = tuple(jwk)
+    if members != _JWK_MEMBERS[kty]:
+        raise Reject("key", f"JWK {kid!r} has the members {list(members)}, expected exactly "
+                            f"{list(_JWK_MEMBERS[kty])} in that order")
+    if kty == "RSA":
+        n, e = key_octets(jwk, kid, "n"), key_octets(jwk, kid, "e")
+        if n[0] == 0 or e[0] == 0:
+            raise Reject("key", f"JWK {kid!r}: n or e has a leading zero octet (RFC 7518 §6.3.1)")
+        if len(n) * 8 < _RSA_MIN_BITS:
+            raise Reject("key", f"JWK {kid!r}: RSA modulus of {len(n) * 8} bits, below {_RSA_MIN_BITS}")
+    else:
+        for name in ("x", "y") if kty == "EC" else ("x",):
+            if len(key_octets(jwk, kid, name)) != coord:
+                raise Reject("key", f"JWK {kid!r}: {name} is not {coord} octets")
+
+
+def check_signature_size(token, jwk, alg):
+    """RFC 7518: an ECDSA signature is R||S of twice the coordinate size, an EdDSA one 64
+    octets, an RSA one exactly as long as the modulus (leading zero octets kept)."""
+    sig = b64url_decode(token.split(".")[2], "signature")
+    kty, _, coord = _ALG_KEY[alg]
+    want = len(key_octets(jwk, jwk.get("kid"), "n")) if kty == "RSA" else 2 * coord
+    if len(sig) != want:
+        raise Reject("signature", f"{alg} signature of {len(sig)} octets, expected {want}")
 
 
 def check_jwk(jwks, kid, alg):
@@ -154,6 +216,7 @@ def check_jwk(jwks, kid, alg):
         raise Reject("key", f"JWK {kid!r} is for alg {jwk.get('alg')!r}, not {alg!r}")
     if jwk.get("use", "sig") != "sig":
         raise Reject("key", f"JWK {kid!r} has use {jwk.get('use')!r}, not 'sig'")
+    check_key_shape(jwk, kid, alg)
     thumb = rfc7638_thumbprint(jwk)
     if thumb != kid:
         raise Reject("key", f"kid {kid!r} is not the RFC 7638 thumbprint of its key ({thumb!r})")
@@ -221,6 +284,8 @@ def verify(args):
         raise Reject("signature", f"{type(e).__name__}: {e}") from None
     except jex.InvalidAlgorithmError as e:
         raise Reject("header", f"{type(e).__name__}: {e}") from None
+    except jex.InvalidKeyError as e:  # the kid's key is not of the type the alg needs
+        raise Reject("key", f"{type(e).__name__}: {e}") from None
     except (
         jex.ExpiredSignatureError,
         jex.InvalidAudienceError,
@@ -241,7 +306,8 @@ def verify(args):
         raise Reject("header", f"PyJWT read the header as {lib_header!r}, we read {header!r}")
     # Our own checks run after the library's, so that a rejection the tests
     # see is the library's wherever the library checks the point at all.
-    check_jwk(raw_jwks, args.kid, args.alg)
+    jwk = check_jwk(raw_jwks, args.kid, args.alg)
+    check_signature_size(args.token, jwk, args.alg)
     check_claims(claims, args)
     return claims
 

@@ -9,12 +9,16 @@
  *   P11SHIM_LOG     call log (optional): one line "FUNCTION RV_NAME" per intercepted call.
  *
  * Fault file, one fault per line ('#' comments and blank lines ignored):
- *   FUNCTION ACTION COUNT
- * FUNCTION is a Cryptoki name (C_Sign). ACTION is a CKR_* name, returned instead of calling the
- * real function; or LOGOUT (log the token out for real, then return CKR_USER_NOT_LOGGED_IN); or
- * CORRUPT (call the real function, then flip one bit of its output). COUNT is how many calls to
- * hit, or '*' for all of them; a finite count is decremented and the file rewritten atomically
- * (temp file + rename). The first line of FUNCTION with a count left wins. See README.md. */
+ *   FUNCTION[:MECHANISM] ACTION COUNT
+ * FUNCTION is a Cryptoki name (C_Sign). MECHANISM (0x1057, 4183 or CKM_EDDSA) limits the line to
+ * calls about that mechanism: C_GetMechanismInfo, C_GetMechanismList, C_SignInit,
+ * C_GenerateKeyPair. ACTION is a CKR_* name, returned instead of calling the real function; or
+ * LOGOUT (log the token out for real, then return CKR_USER_NOT_LOGGED_IN); or CORRUPT (call the
+ * real function, then flip one bit of its output); or HIDE (the token seems not to have the
+ * mechanism: C_GetMechanismList leaves it out, C_GetMechanismInfo answers
+ * CKR_MECHANISM_INVALID). COUNT is how many calls to hit, or '*' for all of them; a finite count
+ * is decremented and the file rewritten atomically (temp file + rename). The first line of
+ * FUNCTION with a count left wins. See README.md. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -128,6 +132,70 @@ static bool rv_parse(const char *s, size_t len, CK_RV *ret)
 	return false;
 }
 
+/* ---- mechanism names (for FUNCTION:MECHANISM in the fault file) ---- */
+
+#define MECH(x)                                                                                    \
+	{                                                                                          \
+		x, #x                                                                              \
+	}
+
+static const struct {
+	CK_MECHANISM_TYPE mech;
+	const char *name;
+} mech_names[] = {
+    MECH(CKM_RSA_PKCS_KEY_PAIR_GEN),
+    MECH(CKM_RSA_PKCS),
+    MECH(CKM_RSA_PKCS_PSS),
+    MECH(CKM_SHA256_RSA_PKCS),
+    MECH(CKM_SHA384_RSA_PKCS),
+    MECH(CKM_SHA512_RSA_PKCS),
+    MECH(CKM_SHA256_RSA_PKCS_PSS),
+    MECH(CKM_SHA384_RSA_PKCS_PSS),
+    MECH(CKM_SHA512_RSA_PKCS_PSS),
+    MECH(CKM_SHA256),
+    MECH(CKM_SHA384),
+    MECH(CKM_EC_KEY_PAIR_GEN),
+    MECH(CKM_ECDSA),
+    MECH(CKM_ECDSA_SHA256),
+    MECH(CKM_ECDSA_SHA384),
+    MECH(CKM_EC_EDWARDS_KEY_PAIR_GEN),
+    MECH(CKM_EDDSA),
+};
+
+/* A CKM_* name from the table, or a number (0x hex or decimal). */
+static bool mech_parse(const char *s, size_t len, CK_MECHANISM_TYPE *ret)
+{
+	unsigned long v = 0;
+	size_t i = 0;
+	int base = 10;
+
+	for (size_t k = 0; k < sizeof(mech_names) / sizeof(mech_names[0]); k++)
+		if (strlen(mech_names[k].name) == len && memcmp(mech_names[k].name, s, len) == 0) {
+			*ret = mech_names[k].mech;
+			return true;
+		}
+	if (len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+		base = 16;
+		i = 2;
+	}
+	if (i == len || len - i > 16)
+		return false;
+	for (; i < len; i++) {
+		int d;
+		if (s[i] >= '0' && s[i] <= '9')
+			d = s[i] - '0';
+		else if (base == 16 && s[i] >= 'a' && s[i] <= 'f')
+			d = s[i] - 'a' + 10;
+		else if (base == 16 && s[i] >= 'A' && s[i] <= 'F')
+			d = s[i] - 'A' + 10;
+		else
+			return false;
+		v = v * (unsigned long)base + (unsigned long)d;
+	}
+	*ret = v;
+	return true;
+}
+
 /* ---- diagnostics and the call log ---- */
 
 static void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -172,7 +240,24 @@ static void log_call(const char *fn, CK_RV rv)
 
 /* ---- the fault file ---- */
 
-enum action { ACT_NONE, ACT_RV, ACT_LOGOUT, ACT_CORRUPT };
+enum action { ACT_NONE, ACT_RV, ACT_LOGOUT, ACT_CORRUPT, ACT_HIDE };
+
+/* Which lines a call can match: FUNCTION alone, FUNCTION:MECHANISM of the call's mechanism. */
+enum match {
+	MATCH_PLAIN,     /* the call has no mechanism: unqualified lines only */
+	MATCH_MECH,      /* unqualified lines, and lines qualified with this mechanism */
+	MATCH_MECH_ONLY, /* only lines qualified with this mechanism */
+};
+
+/* How fault_take() looks for the call's line. */
+struct call {
+	const char *fn;
+	enum match match;
+	CK_MECHANISM_TYPE mech;
+	bool can_corrupt; /* the call has an output that CORRUPT could flip */
+	bool can_hide;    /* HIDE means something for this call */
+	bool peek;        /* find the line but do not use up a count */
+};
 
 struct fault {
 	enum action action;
@@ -253,14 +338,15 @@ static size_t word(const char *p, const char *end, const char **ret)
 	return (size_t)(p - s);
 }
 
-/* The fault for this call of fn, consuming one count. can_corrupt: the call has an output that
- * CORRUPT could flip (a CORRUPT line is skipped, not consumed, for a length query). */
-static struct fault fault_take(const char *fn, bool can_corrupt)
+/* The fault for this call, consuming one count (unless c->peek). A CORRUPT line is skipped, not
+ * consumed, for a call that has no output to flip (a length query); so is a HIDE line for a call
+ * it means nothing to. */
+static struct fault fault_take_call(const struct call *c)
 {
 	struct fault f = {ACT_NONE, CKR_OK};
 	const char *path = getenv("P11SHIM_FAULTS");
 	char *text, *p, *end;
-	size_t len = 0, fnlen = strlen(fn);
+	size_t len = 0, fnlen = strlen(c->fn);
 	int lineno = 0;
 
 	if (!path || !*path)
@@ -273,8 +359,8 @@ static struct fault fault_take(const char *fn, bool can_corrupt)
 	}
 	for (p = text, end = text + len; p < end && f.action == ACT_NONE;) {
 		char *eol = memchr(p, '\n', (size_t)(end - p));
-		const char *w1, *w2, *w3, *w4, *q;
-		size_t l1, l2, l3, l4;
+		const char *w1, *w2, *w3, *w4, *q, *colon;
+		size_t l1, l2, l3, l4, name_len;
 		struct fault cand = {ACT_NONE, CKR_OK};
 		long count = -1;
 		bool forever = false;
@@ -286,16 +372,32 @@ static struct fault fault_take(const char *fn, bool can_corrupt)
 		l2 = word(w1 + l1, eol, &w2);
 		l3 = word(w2 + l2, eol, &w3);
 		l4 = word(w3 + l3, eol, &w4);
-		if (l1 == 0 || l1 != fnlen || memcmp(w1, fn, fnlen) != 0)
+		colon = l1 ? memchr(w1, ':', l1) : NULL;
+		name_len = colon ? (size_t)(colon - w1) : l1;
+		if (l1 == 0 || name_len != fnlen || memcmp(w1, c->fn, fnlen) != 0)
 			goto next;
+		if (colon) {
+			CK_MECHANISM_TYPE m;
+			if (!mech_parse(colon + 1, l1 - name_len - 1, &m)) {
+				warn("%s:%d: unknown mechanism '%.*s'", path, lineno,
+				     (int)(l1 - name_len - 1), colon + 1);
+				goto next;
+			}
+			if (c->match == MATCH_PLAIN || m != c->mech)
+				goto next;
+		} else if (c->match == MATCH_MECH_ONLY) {
+			goto next;
+		}
 		if (l2 == 0 || l3 == 0 || l4 != 0) {
-			warn("%s:%d: want 'FUNCTION ACTION COUNT'", path, lineno);
+			warn("%s:%d: want 'FUNCTION[:MECHANISM] ACTION COUNT'", path, lineno);
 			goto next;
 		}
 		if (l2 == 6 && memcmp(w2, "LOGOUT", 6) == 0)
 			cand.action = ACT_LOGOUT;
 		else if (l2 == 7 && memcmp(w2, "CORRUPT", 7) == 0)
 			cand.action = ACT_CORRUPT;
+		else if (l2 == 4 && memcmp(w2, "HIDE", 4) == 0)
+			cand.action = ACT_HIDE;
 		else if (rv_parse(w2, l2, &cand.rv))
 			cand.action = ACT_RV;
 		else {
@@ -318,10 +420,15 @@ static struct fault fault_take(const char *fn, bool can_corrupt)
 				goto next;
 			}
 		}
-		if ((!forever && count == 0) || (cand.action == ACT_CORRUPT && !can_corrupt))
+		if ((!forever && count == 0) || (cand.action == ACT_CORRUPT && !c->can_corrupt))
 			goto next;
+		if (cand.action == ACT_HIDE && !c->can_hide) {
+			warn("%s:%d: HIDE applies to C_GetMechanismList and C_GetMechanismInfo only",
+			     path, lineno);
+			goto next;
+		}
 		f = cand;
-		if (!forever) {
+		if (!forever && !c->peek) {
 			/* The same line with one count less; everything else byte for byte. */
 			size_t head = (size_t)(w3 - text), tail = (size_t)(end - (w3 + l3));
 			char num[24];
@@ -341,6 +448,23 @@ static struct fault fault_take(const char *fn, bool can_corrupt)
 	free(text);
 	pthread_mutex_unlock(&lock);
 	return f;
+}
+
+/* The fault for a call without a mechanism argument. */
+static struct fault fault_take(const char *fn, bool can_corrupt)
+{
+	struct call c = {fn, MATCH_PLAIN, 0, can_corrupt, false, false};
+
+	return fault_take_call(&c);
+}
+
+/* The fault for a call about mechanism mech (NULL: none given, unqualified lines only). */
+static struct fault fault_take_mech(const char *fn, const CK_MECHANISM *mech)
+{
+	struct call c = {fn, mech ? MATCH_MECH : MATCH_PLAIN, mech ? mech->mechanism : 0, false,
+	                 false, false};
+
+	return fault_take_call(&c);
 }
 
 /* ---- what an injected fault does besides returning its code ---- */
@@ -391,6 +515,9 @@ static bool pre(const struct fault *f, CK_SESSION_HANDLE s, bool has_session, CK
 		if (has_session)
 			real->C_Logout(s);
 		*rv = CKR_USER_NOT_LOGGED_IN;
+		return true;
+	case ACT_HIDE: /* C_GetMechanismInfo; C_GetMechanismList handles HIDE itself */
+		*rv = CKR_MECHANISM_INVALID;
 		return true;
 	case ACT_CORRUPT:
 	case ACT_NONE:
@@ -573,7 +700,7 @@ static CK_RV shim_C_FindObjectsFinal(CK_SESSION_HANDLE s)
 
 static CK_RV shim_C_SignInit(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
 {
-	struct fault f = fault_take("C_SignInit", false);
+	struct fault f = fault_take_mech("C_SignInit", mech);
 	CK_RV rv;
 
 	if (!pre(&f, s, true, &rv))
@@ -606,13 +733,79 @@ static CK_RV shim_C_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech,
                                     CK_ATTRIBUTE_PTR priv_tmpl, CK_ULONG priv_n,
                                     CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv)
 {
-	struct fault f = fault_take("C_GenerateKeyPair", false);
+	struct fault f = fault_take_mech("C_GenerateKeyPair", mech);
 	CK_RV rv;
 
 	if (!pre(&f, s, true, &rv))
 		rv = real->C_GenerateKeyPair(s, mech, pub_tmpl, pub_n, priv_tmpl, priv_n, pub,
 		                             priv);
 	log_call("C_GenerateKeyPair", rv);
+	return rv;
+}
+
+static CK_RV shim_C_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
+                                      CK_MECHANISM_INFO_PTR info)
+{
+	struct call c = {"C_GetMechanismInfo", MATCH_MECH, type, false, true, false};
+	struct fault f = fault_take_call(&c);
+	CK_RV rv;
+
+	if (!pre(&f, 0, false, &rv))
+		rv = real->C_GetMechanismInfo(slot, type, info);
+	log_call("C_GetMechanismInfo", rv);
+	return rv;
+}
+
+/* The real list less the mechanisms a HIDE line names. A length query (list NULL) peeks at the
+ * HIDE lines without using them up, so that it and the call that follows agree. */
+static CK_RV mechanism_list(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count)
+{
+	CK_MECHANISM_TYPE_PTR all = NULL;
+	CK_ULONG n = 0, kept = 0;
+	CK_RV rv;
+
+	if (!count)
+		return CKR_ARGUMENTS_BAD;
+	rv = real->C_GetMechanismList(slot, NULL, &n);
+	if (rv != CKR_OK)
+		return rv;
+	all = calloc(n ? n : 1, sizeof(*all));
+	if (!all)
+		return CKR_HOST_MEMORY;
+	rv = real->C_GetMechanismList(slot, all, &n);
+	if (rv != CKR_OK) {
+		free(all);
+		return rv;
+	}
+	for (CK_ULONG i = 0; i < n; i++) {
+		struct call c = {"C_GetMechanismList", MATCH_MECH_ONLY, all[i], false, true, !list};
+		if (fault_take_call(&c).action != ACT_HIDE)
+			all[kept++] = all[i];
+	}
+	if (list && *count < kept)
+		rv = CKR_BUFFER_TOO_SMALL;
+	else if (list)
+		memcpy(list, all, kept * sizeof(*all));
+	*count = kept;
+	free(all);
+	return rv;
+}
+
+static CK_RV shim_C_GetMechanismList(CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list,
+                                     CK_ULONG_PTR count)
+{
+	struct call c = {"C_GetMechanismList", MATCH_PLAIN, 0, false, true, false};
+	struct fault f = fault_take_call(&c);
+	CK_RV rv;
+
+	if (f.action == ACT_HIDE) { /* an unqualified HIDE: no mechanism at all */
+		rv = count ? CKR_OK : CKR_ARGUMENTS_BAD;
+		if (count)
+			*count = 0;
+	} else if (!pre(&f, 0, false, &rv)) {
+		rv = mechanism_list(slot, list, count);
+	}
+	log_call("C_GetMechanismList", rv);
 	return rv;
 }
 
@@ -653,6 +846,8 @@ static CK_RV load_real(void)
 	shim.C_Initialize = shim_C_Initialize;
 	shim.C_GetSlotList = shim_C_GetSlotList;
 	shim.C_GetTokenInfo = shim_C_GetTokenInfo;
+	shim.C_GetMechanismList = shim_C_GetMechanismList;
+	shim.C_GetMechanismInfo = shim_C_GetMechanismInfo;
 	shim.C_OpenSession = shim_C_OpenSession;
 	shim.C_CloseSession = shim_C_CloseSession;
 	shim.C_GetSessionInfo = shim_C_GetSessionInfo;
