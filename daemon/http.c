@@ -175,12 +175,17 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 		}
 		srv->path = strdup(sc->path);
 	}
+	/* A pool only when asked for: libmicrohttpd warns about a pool of one. */
+	struct MHD_OptionItem pool[] = {
+	    {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
+	    {MHD_OPTION_END, 0, NULL},
+	};
 	srv->mhd = MHD_start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
 	    handler, cls, MHD_OPTION_EXTERNAL_LOGGER, http_log, cls, MHD_OPTION_LISTEN_SOCKET,
-	    srv->fd, MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_NOTIFY_CONNECTION,
-	    http_on_connection, cls, MHD_OPTION_NOTIFY_COMPLETED, completed, cls,
-	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
+	    srv->fd, MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, cls,
+	    MHD_OPTION_NOTIFY_COMPLETED, completed, cls, MHD_OPTION_CONNECTION_TIMEOUT,
+	    (unsigned)60, MHD_OPTION_ARRAY, pool, MHD_OPTION_END);
 	if (!srv->mhd) {
 		log_error("cannot start the HTTP server on the %s socket", what);
 		http_unix_close(srv);
