@@ -226,6 +226,9 @@ class FiveAlgorithms(harness.TestCase):
             if bits:
                 issuers[name]["key-size"] = str(bits)
         cls.d = harness.Daemon(issuers=issuers)
+        # Four RSA keys of up to 4096 bits are made before READY=1: SoftHSM takes seconds for
+        # each, many more on a loaded machine or under the sanitizers.
+        harness.READY_TIMEOUT = 240.0
         try:
             cls.d.start()
         except BaseException:
