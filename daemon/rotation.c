@@ -409,8 +409,10 @@ static int revoke_locked(struct keyring *kr, size_t i, const char *kid, int64_t 
 	}
 	ret->was = k->st.state == KEY_PENDING ? "pending" : k == set->active ? "active" : "retired";
 	snprintf(ret->revoked_kid, sizeof(ret->revoked_kid), "%s", k->kid);
-	if (k == set->active)
-		r = hand_over(kr, i, set, now);
+	/* The successor must be signing, in the published view, before the key goes: requests
+	 * then move over without a failure. */
+	if (k == set->active && (r = hand_over(kr, i, set, now)) == 0)
+		r = keyring_refresh(kr, now);
 	if (r == 0)
 		r = key_destroy(kr, ic, k, "revoked by an operator");
 	keyset_release(set);

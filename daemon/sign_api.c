@@ -245,42 +245,80 @@ static void audit_token(struct MHD_Connection *c, const struct issuer_conf *ic, 
 	audit_signed(&a);
 }
 
+/* One attempt with the issuer's current signer: 0 and *ret_answer, or a negative errno with
+ * *code set. -ENOENT: the key went away under us (revoked between our view and the token). */
+static int sign_once(struct sign_api *api, struct runtime *rt, const struct issuer_conf *ic,
+                     const struct signing_request *sr, struct key **ret_key, char **ret_answer,
+                     const char **code, struct keyset **ret_set)
+{
+	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
+	struct key *k = keyset_signer(set, sr->iat);
+	uint8_t sig[HSM_MAX_SIG];
+	size_t sig_len = 0, input_len = 0;
+	char *input = NULL, *token = NULL;
+	int r;
+
+	*ret_set = set;
+	*ret_key = k;
+	if (!k) {
+		*code = "no_active_key";
+		return -ENOKEY;
+	}
+	r = jws_signing_input(ic->alg, k->kid, sr->typ, sr->payload, sr->payload_len, &input,
+	                      &input_len);
+	if (r == 0)
+		r = sign_checked(api, ic, k, input, input_len, sig, &sig_len, code);
+	if (r == 0 && (r = jws_compact(input, input_len, sig, sig_len, &token)) == 0 &&
+	    !(*ret_answer = answer_format(token, k, ic->alg, sr)))
+		r = -ENOMEM;
+	free(input);
+	free(token);
+	return r;
+}
+
+static bool signer_changed(struct runtime *rt, const struct issuer_conf *ic, const struct key *was,
+                           int64_t now)
+{
+	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
+	struct key *k = keyset_signer(set, now);
+	bool changed = k && was && strcmp(k->kid, was->kid) != 0;
+
+	keyset_release(set);
+	return changed;
+}
+
 /* Signs sr with the issuer's active key; on failure queues the error answer itself. */
 static enum MHD_Result sign_and_reply(struct sign_api *api, struct runtime *rt,
                                       struct MHD_Connection *c, const struct issuer_conf *ic,
                                       const struct signing_request *sr)
 {
-	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
-	uint8_t sig[HSM_MAX_SIG];
-	size_t sig_len = 0, input_len = 0;
-	char *input = NULL, *token = NULL, *answer = NULL;
-	struct key *k = keyset_signer(set, sr->iat);
 	const char *code = "hsm_unavailable";
+	struct keyset *set = NULL;
+	struct key *k = NULL;
+	char *answer = NULL;
 	enum MHD_Result ret;
 	int r;
 
-	if (!k) {
+	r = sign_once(api, rt, ic, sr, &k, &answer, &code, &set);
+	/* Revoked while we signed (the token no longer has the key, or fails on it as it goes):
+	 * if the view has moved on to another key since, one more try with that one. */
+	if (r < 0 && r != -ENOKEY && strcmp(code, "signature_check_failed") != 0 &&
+	    signer_changed(rt, ic, k, sr->iat)) {
 		keyset_release(set);
-		log_error("issuer %s: no active key; refusing to sign", ic->name);
-		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
-		                        "the issuer has no key that may sign now");
+		r = sign_once(api, rt, ic, sr, &k, &answer, &code, &set);
 	}
-	r = jws_signing_input(ic->alg, k->kid, sr->typ, sr->payload, sr->payload_len, &input,
-	                      &input_len);
-	if (r == 0)
-		r = sign_checked(api, ic, k, input, input_len, sig, &sig_len, &code);
-	if (r == 0 && (r = jws_compact(input, input_len, sig, sig_len, &token)) == 0)
-		answer = answer_format(token, k, ic->alg, sr);
-	if (r < 0 || !answer)
+	if (r == -ENOKEY) {
+		log_error("issuer %s: no active key; refusing to sign", ic->name);
+		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
+		                       "the issuer has no key that may sign now");
+	} else if (r < 0) {
 		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, code,
 		                       "the token did not sign; see the daemon's log");
-	else {
+	} else {
 		ret = http_reply_json(c, MHD_HTTP_OK, answer);
 		audit_token(c, ic, k, sr);
 	}
 	keyset_release(set);
-	free(input);
-	free(token);
 	free(answer);
 	return ret;
 }
