@@ -67,13 +67,24 @@ static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record 
 		free(handles);
 		return CKR_HOST_MEMORY;
 	}
+	CK_ULONG kept = 0;
 	for (CK_ULONG i = 0; i < n && rv == CKR_OK; i++) {
+		struct hsm_record *r = &recs[kept];
 		size_t llen;
-		recs[i].handle = handles[i];
-		rv = hsm_get_bytes(h, s, handles[i], CKA_LABEL, (uint8_t **)&recs[i].label, &llen);
+		r->handle = handles[i];
+		rv = hsm_get_bytes(h, s, handles[i], CKA_LABEL, (uint8_t **)&r->label, &llen);
 		if (rv == CKR_OK)
-			rv = hsm_get_bytes(h, s, handles[i], CKA_VALUE, (uint8_t **)&recs[i].value,
-			                   &recs[i].len);
+			rv = hsm_get_bytes(h, s, handles[i], CKA_VALUE, (uint8_t **)&r->value,
+			                   &r->len);
+		/* Destroyed by another instance since the search: not a record any more. */
+		if (rv == CKR_OBJECT_HANDLE_INVALID) {
+			free(r->label);
+			free(r->value);
+			memset(r, 0, sizeof(*r));
+			rv = CKR_OK;
+			continue;
+		}
+		kept++;
 	}
 	free(handles);
 	if (rv != CKR_OK) {
@@ -81,7 +92,7 @@ static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record 
 		return rv;
 	}
 	*ret = recs;
-	*ret_n = n;
+	*ret_n = kept;
 	return CKR_OK;
 }
 

@@ -55,9 +55,12 @@ struct keyring {
 	struct hsm *hsm;
 	struct issuer_keys *issuers; /* parallel to conf->issuers */
 	size_t n;
-	pthread_mutex_t mutate;         /* one writer of the token at a time: scheduler or admin */
-	char token_problem[192];        /* the last maintenance could not read the token; "" */
-	uint8_t (*orphans)[HSM_ID_LEN]; /* key pairs without a record at the last maintenance */
+	pthread_mutex_t mutate;  /* one writer of the token at a time: scheduler or admin */
+	char token_problem[192]; /* the last maintenance could not read the token; "" */
+	struct orphan {
+		uint8_t id[HSM_ID_LEN];
+		int64_t first_seen;
+	} * orphans; /* key pairs without a record, and since when */
 	size_t n_orphans;
 	/* Noted by the last refresh, for maintenance. */
 	unsigned long *stale; /* records superseded by a higher revision of the same key */

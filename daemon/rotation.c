@@ -52,7 +52,8 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	/* Published means in this instance's JWKS: the record is written and the JWKS rebuilt
 	 * within the next second. Counting prepublish from the whole second after that keeps a
 	 * late key from signing a fraction of a second early. */
-	ret->created_at = (int64_t)time(NULL) + (at_once ? 0 : 1);
+	/* A key active at once is recorded as made when it starts: the pass's own clock. */
+	ret->created_at = at_once ? activates_at : (int64_t)time(NULL) + 1;
 	if (!at_once && activates_at < ret->created_at + (int64_t)ic->prepublish)
 		activates_at = ret->created_at + (int64_t)ic->prepublish;
 	ret->activates_at = activates_at;
@@ -189,24 +190,32 @@ static bool id_in(uint8_t (*ids)[HSM_ID_LEN], size_t n, const uint8_t *id)
 }
 
 /* A key pair without a record is a generation that never finished. Another instance may be
- * about to record it, so it goes only when it was already recordless one maintenance ago. */
-static void sweep_orphans(struct keyring *kr)
+ * about to record it, so it goes only once it has been recordless for ORPHAN_AGE seconds: a
+ * generation takes milliseconds (seconds for RSA-4096), never that long. */
+#define ORPHAN_AGE 60
+
+static void sweep_orphans(struct keyring *kr, int64_t now)
 {
-	uint8_t(*ids)[HSM_ID_LEN] = NULL, (*keep)[HSM_ID_LEN];
+	uint8_t(*ids)[HSM_ID_LEN] = NULL;
+	struct orphan *keep;
 	size_t n = 0, n_keep = 0;
 
 	if (hsm_list_key_ids(kr->hsm, &ids, &n) < 0)
 		return;
 	keep = calloc(n ? n : 1, sizeof(*keep));
 	for (size_t i = 0; keep && i < n; i++) {
+		int64_t first = now;
 		if (id_in(kr->recorded, kr->n_recorded, ids[i]))
 			continue;
-		if (!id_in(kr->orphans, kr->n_orphans, ids[i])) {
-			memcpy(keep[n_keep++], ids[i], HSM_ID_LEN);
+		for (size_t j = 0; j < kr->n_orphans; j++)
+			if (memcmp(kr->orphans[j].id, ids[i], HSM_ID_LEN) == 0)
+				first = kr->orphans[j].first_seen;
+		if (now - first >= ORPHAN_AGE && hsm_destroy_key(kr->hsm, ids[i]) == 0) {
+			log_notice("destroyed a half-made key pair without a record");
 			continue;
 		}
-		if (hsm_destroy_key(kr->hsm, ids[i]) == 0)
-			log_notice("destroyed a half-made key pair without a record");
+		memcpy(keep[n_keep].id, ids[i], HSM_ID_LEN);
+		keep[n_keep++].first_seen = first;
 	}
 	free(ids);
 	free(kr->orphans);
@@ -260,7 +269,7 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 		keyset_release(set);
 	}
 	sweep_stale_records(kr, &changed);
-	sweep_orphans(kr);
+	sweep_orphans(kr, now);
 	if (changed && (r = keyring_refresh(kr, now)) < 0)
 		return r;
 	/* Twice: at first start the first pass makes the active key, the second its successor. */
@@ -409,9 +418,14 @@ static int revoke_locked(struct keyring *kr, size_t i, const char *kid, int64_t 
 	}
 	ret->was = k->st.state == KEY_PENDING ? "pending" : k == set->active ? "active" : "retired";
 	snprintf(ret->revoked_kid, sizeof(ret->revoked_kid), "%s", k->kid);
-	/* The successor must be signing, in the published view, before the key goes: requests
-	 * then move over without a failure. */
-	if (k == set->active && (r = hand_over(kr, i, set, now)) == 0)
+	/* The successor takes over and the key's record goes first; the view without the key is
+	 * published before its pair is destroyed, so requests move over without a failure (one
+	 * that was already using the key tries again with the successor). */
+	if (k == set->active)
+		r = hand_over(kr, i, set, now);
+	if (r == 0)
+		r = hsm_destroy_object(kr->hsm, k->record);
+	if (r == 0)
 		r = keyring_refresh(kr, now);
 	if (r == 0)
 		r = key_destroy(kr, ic, k, "revoked by an operator");
