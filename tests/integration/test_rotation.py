@@ -147,12 +147,13 @@ class RotationTest(harness.TestCase):
                 if i == 0:
                     self.assertEqual(k.created_at, T0[n], ctx)
                 elif i == 1:
-                    # made in the same pass; recorded as published from the next whole second
-                    self.assertIn(k.created_at - T0[n], (0, 1), ctx)
+                    # made in the same pass, recorded as published from the next whole second;
+                    # a slow pass (sanitizer build, loaded machine) may end a second later
+                    self.assertIn(k.created_at - T0[n], (0, 1, 2), ctx)
                 else:
                     # made when its predecessor activated (the scheduler may wake a bit late),
                     # recorded as published from the next whole second
-                    self.assertIn(k.created_at - ks[i - 1].activates_at, (0, 1, 2), ctx)
+                    self.assertIn(k.created_at - ks[i - 1].activates_at, (0, 1, 2, 3), ctx)
                 if i > 0:
                     self.assertGreaterEqual(k.activates_at, k.created_at + t.prepublish, ctx)
 
