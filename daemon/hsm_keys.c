@@ -139,8 +139,11 @@ static CK_RV destroy_pair(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[H
 		rv = find_by_id(h, s, classes[i], id, &obj, &n);
 		if (rv == CKR_OK && n > 0)
 			rv = h->f->C_DestroyObject(s, obj);
-		/* Another instance on the token was first: the object is gone, as wanted. */
-		if (rv == CKR_OBJECT_HANDLE_INVALID)
+		/* Another instance on the token was first: the object is gone, as wanted (SoftHSM
+		 * may also fail while the object's file vanishes under it: look again). */
+		if (rv == CKR_OBJECT_HANDLE_INVALID ||
+		    (rv == CKR_FUNCTION_FAILED &&
+		     find_by_id(h, s, classes[i], id, &obj, &n) == CKR_OK && n == 0))
 			rv = CKR_OK;
 	}
 	return rv;

@@ -3,6 +3,7 @@
 #include "hsm_internal.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -144,6 +145,14 @@ int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t
 	return r;
 }
 
+static bool object_gone(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
+{
+	CK_OBJECT_CLASS cls;
+	CK_ATTRIBUTE a = {CKA_CLASS, &cls, sizeof(cls)};
+
+	return h->f->C_GetAttributeValue(s, obj, &a, 1) == CKR_OBJECT_HANDLE_INVALID;
+}
+
 int hsm_destroy_object(struct hsm *h, unsigned long handle)
 {
 	struct hsm_session *s;
@@ -157,8 +166,12 @@ int hsm_destroy_object(struct hsm *h, unsigned long handle)
 		rv = hsm_require_login(h, s);
 		if (rv == CKR_OK)
 			rv = h->f->C_DestroyObject(s->handle, handle);
-		if (rv == CKR_OBJECT_HANDLE_INVALID)
-			rv = CKR_OK; /* another instance was first */
+		/* Another instance was first: SoftHSM says the handle is invalid, or fails while
+		 * the object's file vanishes under it. Gone is what we wanted. */
+		if (rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_SESSION_CLOSED &&
+		    rv != CKR_USER_NOT_LOGGED_IN && object_gone(h, s->handle, handle))
+			rv = CKR_OK;
+
 	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
 	return r;
 }
