@@ -12,6 +12,7 @@ HSM", §5 "every instance on the same token serves byte-identical bodies and the
   exactly one pending key (and one active key), the same on both, and nothing half-made.
 """
 
+import json
 import threading
 import time
 
@@ -41,9 +42,11 @@ def generated(d):
     """{issuer: number of keys this instance generated}, from its audit log."""
     out = {}
     for line in d.log().splitlines():
-        if "event=generated" in line:
-            n = line.split("issuer=")[1].split()[0]
-            out[n] = out.get(n, 0) + 1
+        if not line.startswith("{"):
+            continue
+        rec = json.loads(line)  # outside the journal, audit records are JSON lines
+        if rec.get("event") == "generated":
+            out[rec["issuer"]] = out.get(rec["issuer"], 0) + 1
     return out
 
 
