@@ -159,11 +159,6 @@ static void probe_object(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 	/* The daemon may destroy an object between our listing and this read: it is gone. */
 	if (rv == CKR_OBJECT_HANDLE_INVALID)
 		return;
-	/* An object whose creation was killed half-way has no attributes: say so, go on. */
-	if (rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_ATTRIBUTE_TYPE_INVALID) {
-		printf("{\"class\":null,\"rv\":\"%s\"}\n", rv_name(rv));
-		return;
-	}
 	if (rv != CKR_OK)
 		die("C_GetAttributeValue(CKA_CLASS)", rv);
 
