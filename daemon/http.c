@@ -2,9 +2,12 @@
 #include "http.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -85,15 +88,22 @@ void http_log(void *cls, const char *fmt, va_list ap)
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                         enum MHD_ConnectionNotificationCode code)
 {
+	struct http_worker *w = cls;
 	struct http_peer *conn;
 
 	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		if (w)
+			atomic_fetch_sub(&w->open, 1);
 		if (*socket_ctx)
 			peer_clear(&((struct http_peer *)*socket_ctx)->peer);
 		free(*socket_ctx);
 		*socket_ctx = NULL;
 		return;
 	}
+	/* libmicrohttpd names its threads alike; the first connection names the worker after
+	 * its server. */
+	if (w && !atomic_exchange(&w->named, true))
+		pthread_setname_np(pthread_self(), w->name);
 	conn = calloc(1, sizeof(*conn));
 	if (!conn)
 		return;
@@ -158,15 +168,87 @@ void http_body_free(struct http_body *b)
 	b->len = 0;
 }
 
+/* How long the acceptor pauses when the process is out of file descriptors: the pending
+ * connection stays queued and would otherwise wake it at once, over and over. */
+#define ACCEPT_PAUSE_MS 100
+
+static struct http_worker *least_loaded(struct http_unix_server *srv)
+{
+	struct http_worker *best = &srv->workers[0];
+
+	for (unsigned i = 1; i < srv->n_workers; i++)
+		if (atomic_load(&srv->workers[i].open) < atomic_load(&best->open))
+			best = &srv->workers[i];
+	return best;
+}
+
+/* Accepts until the queue is empty. Returns false when accept failed for want of resources. */
+static bool accept_all(struct http_unix_server *srv)
+{
+	for (;;) {
+		struct sockaddr_un sa;
+		socklen_t len = sizeof(sa);
+		struct http_worker *w;
+		int cfd =
+		    accept4(srv->fd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (cfd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return true;
+			log_warning("http: accept: %s", strerror(errno));
+			return false;
+		}
+		w = least_loaded(srv);
+		atomic_fetch_add(&w->open, 1);
+		/* libmicrohttpd closes the socket when it cannot take it. */
+		if (MHD_add_connection(w->mhd, cfd, (struct sockaddr *)&sa, len) != MHD_YES)
+			atomic_fetch_sub(&w->open, 1);
+	}
+}
+
+static void *acceptor(void *arg)
+{
+	struct http_unix_server *srv = arg;
+	struct pollfd pfd[2] = {{.fd = srv->fd, .events = POLLIN},
+	                        {.fd = srv->stop_fd, .events = POLLIN}};
+
+	for (;;) {
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("http: poll: %s", strerror(errno));
+			return NULL;
+		}
+		if (pfd[1].revents)
+			return NULL;
+		if (pfd[0].revents && !accept_all(srv))
+			poll(&pfd[1], 1, ACCEPT_PAUSE_MS);
+	}
+}
+
+static struct MHD_Daemon *worker_start(struct http_worker *w, MHD_AccessHandlerCallback handler,
+                                       MHD_RequestCompletedCallback completed, void *cls)
+{
+	/* The acceptor hands connections over with MHD_add_connection(), so the worker has no
+	 * listen socket of its own and needs its inter-thread channel to hear of them. */
+	return MHD_start_daemon(
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+	        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG,
+	    0, NULL, NULL, handler, cls, MHD_OPTION_EXTERNAL_LOGGER, http_log, cls,
+	    MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, w, MHD_OPTION_NOTIFY_COMPLETED,
+	    completed, cls, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
+}
+
 int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, int fd,
                     unsigned threads, MHD_AccessHandlerCallback handler,
                     MHD_RequestCompletedCallback completed, void *cls, const char *what)
 {
 	int r = 0;
 
-	srv->mhd = NULL;
-	srv->fd = fd;
-	srv->path = NULL;
+	*srv = (struct http_unix_server){.fd = fd, .stop_fd = -1};
 	if (fd < 0) {
 		r = http_unix_listen(sc, &srv->fd);
 		if (r < 0) {
@@ -175,36 +257,65 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 		}
 		srv->path = strdup(sc->path);
 	}
-	/* A pool only when asked for: libmicrohttpd warns about a pool of one. */
-	struct MHD_OptionItem pool[] = {
-	    {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
-	    {MHD_OPTION_END, 0, NULL},
-	};
-	srv->mhd = MHD_start_daemon(
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-	    handler, cls, MHD_OPTION_EXTERNAL_LOGGER, http_log, cls, MHD_OPTION_LISTEN_SOCKET,
-	    srv->fd, MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, cls,
-	    MHD_OPTION_NOTIFY_COMPLETED, completed, cls, MHD_OPTION_CONNECTION_TIMEOUT,
-	    (unsigned)60, MHD_OPTION_ARRAY, pool, MHD_OPTION_END);
-	if (!srv->mhd) {
-		log_error("cannot start the HTTP server on the %s socket", what);
+	/* The acceptor drains the queue until EAGAIN; systemd passes sockets blocking. */
+	int fl = fcntl(srv->fd, F_GETFL);
+	if (fl < 0 || fcntl(srv->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+		r = -errno;
+		log_error("cannot use the %s socket: %s", what, strerror(-r));
 		http_unix_close(srv);
-		return -EIO;
+		return r;
 	}
+	srv->n_workers = threads ? threads : 1;
+	srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
+	srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (!srv->workers || srv->stop_fd < 0) {
+		r = srv->workers ? -errno : -ENOMEM;
+		log_error("cannot start the HTTP server on the %s socket: %s", what, strerror(-r));
+		http_unix_close(srv);
+		return r;
+	}
+	for (unsigned i = 0; i < srv->n_workers; i++) {
+		snprintf(srv->workers[i].name, sizeof(srv->workers[i].name), "%.8s-worker", what);
+		srv->workers[i].mhd = worker_start(&srv->workers[i], handler, completed, cls);
+		if (!srv->workers[i].mhd) {
+			log_error("cannot start the HTTP server on the %s socket", what);
+			http_unix_close(srv);
+			return -EIO;
+		}
+	}
+	r = pthread_create(&srv->acceptor, NULL, acceptor, srv);
+	if (r != 0) {
+		log_error("cannot start the %s socket's acceptor: %s", what, strerror(r));
+		http_unix_close(srv);
+		return -r;
+	}
+	srv->accepting = true;
+	char name[16];
+	snprintf(name, sizeof(name), "%.8s-accept", what);
+	pthread_setname_np(srv->acceptor, name);
 	return 0;
 }
 
 void http_unix_close(struct http_unix_server *srv)
 {
-	/* libmicrohttpd closes the listen socket it was given. */
-	if (srv->mhd)
-		MHD_stop_daemon(srv->mhd);
-	else if (srv->fd >= 0)
+	if (srv->accepting) {
+		uint64_t one = 1;
+		if (write(srv->stop_fd, &one, sizeof(one)) != sizeof(one))
+			log_error("http: cannot stop the acceptor: %s", strerror(errno));
+		else
+			pthread_join(srv->acceptor, NULL);
+		srv->accepting = false;
+	}
+	for (unsigned i = 0; srv->workers && i < srv->n_workers; i++)
+		if (srv->workers[i].mhd)
+			MHD_stop_daemon(srv->workers[i].mhd);
+	free(srv->workers);
+	if (srv->fd >= 0)
 		close(srv->fd);
+	if (srv->stop_fd >= 0)
+		close(srv->stop_fd);
 	if (srv->path)
 		unlink(srv->path);
 	free(srv->path);
-	srv->mhd = NULL;
-	srv->fd = -1;
-	srv->path = NULL;
+	*srv = (struct http_unix_server){.fd = -1, .stop_fd = -1};
 }

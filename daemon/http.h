@@ -1,5 +1,7 @@
 /* Small helpers shared by the two HTTP front ends (sign socket, public JWKS). */
 #pragma once
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -25,16 +27,34 @@ void http_log(void *cls, const char *fmt, va_list ap) __attribute__((format(prin
  * file is replaced, any other file is not. */
 int http_unix_listen(const struct sock_conf *sc, int *ret_fd);
 
-/* An HTTP server on a Unix socket: passed by systemd, or made here from a [sign]/[admin]
- * section (then its path is removed when the server closes). */
-struct http_unix_server {
+/* One libmicrohttpd daemon (one thread) of a Unix-socket server, and how many connections it
+ * holds: the acceptor hands each new connection to the worker with the fewest. */
+struct http_worker {
 	struct MHD_Daemon *mhd;
-	int fd;
-	char *path; /* NULL for a passed socket: its unit owns the path */
+	atomic_int open;
+	char name[16];     /* thread name, "sign-worker": for top -H and the benchmark */
+	atomic_bool named; /* the thread carries it */
 };
 
-/* Serves handler on fd when fd >= 0, else on a new socket made from sc; threads > 1 makes a
- * pool. Peer credentials are read per connection (http_peer_of). what names it in messages. */
+/* An HTTP server on a Unix socket: passed by systemd, or made here from a [sign]/[admin]
+ * section (then its path is removed when the server closes). One acceptor thread accepts and
+ * spreads connections over the workers, so that keep-alive clients which connect at once do
+ * not all land on the worker that happened to wake first. */
+struct http_unix_server {
+	struct http_worker *workers;
+	unsigned n_workers;
+	int fd;
+	int stop_fd; /* eventfd: wakes the acceptor to stop */
+	pthread_t acceptor;
+	bool accepting; /* the acceptor thread runs */
+	char *path;     /* NULL for a passed socket: its unit owns the path */
+};
+
+/* Serves handler on fd when fd >= 0, else on a new socket made from sc, with threads workers
+ * (at least 1). Peer credentials are read per connection (http_peer_of). what names it in
+ * messages. Each connection may use HTTP_CONNECTION_MEMORY bytes for its request line, headers
+ * and the answer's headers; bodies are collected outside (struct http_body). */
+#define HTTP_CONNECTION_MEMORY (8 * 1024)
 int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, int fd,
                     unsigned threads, MHD_AccessHandlerCallback handler,
                     MHD_RequestCompletedCallback completed, void *cls, const char *what);

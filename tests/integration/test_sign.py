@@ -286,6 +286,39 @@ class SignTest(harness.TestCase):
             for c in idle:
                 c.close()
 
+    def test_header_memory_limit(self):
+        # The request line and headers share a connection's 8 KiB (docs/api.md).
+        pad = {"X-Pad": "x" * 6000}
+        self.assertSigned(self.d.sign("main", {"aud": "api://orders"}, headers=pad))
+        r = harness.unix_http(self.d.sign_socket, "POST", "/v1/issuers/main/sign",
+                              body={"claims": {"aud": "api://orders"}},
+                              headers={"X-Pad": "x" * 16000})
+        self.assertEqual(r.status, 431, r)
+
+    def test_connections_spread_over_workers(self):
+        # The acceptor gives each new connection to the worker holding the fewest, so
+        # connections opened together are served by every worker (each names its thread
+        # "sign-worker" when it first serves one).
+        conns = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(8)]
+        try:
+            for c in conns:
+                c.connect(self.d.sign_socket)
+            for c in conns:
+                c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            for c in conns:
+                self.assertTrue(c.recv(4096).startswith(b"HTTP/1.1 200"))
+            task = "/proc/%d/task" % self.d.proc.pid
+            names = []
+            for tid in os.listdir(task):
+                with open(os.path.join(task, tid, "comm")) as f:
+                    names.append(f.read().strip())
+            workers = min(16, max(2, os.cpu_count()))
+            self.assertEqual(names.count("sign-worker"), workers, names)
+            self.assertEqual(names.count("sign-accept"), 1, names)
+        finally:
+            for c in conns:
+                c.close()
+
     def test_many_sequential_and_concurrent_signs(self):
         claims = {"aud": "api://orders"}
         with concurrent.futures.ThreadPoolExecutor(8) as ex:
