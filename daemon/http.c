@@ -73,6 +73,17 @@ enum MHD_Result http_reply_method(struct MHD_Connection *c, const char *allow)
 	return r;
 }
 
+/* libmicrohttpd 0.9.75 cannot be told that a connection given to MHD_add_connection() is a
+ * Unix socket: before each answer it tries TCP_NODELAY and TCP_CORK, which fail with
+ * EOPNOTSUPP (an errno it does not take as "not TCP"), and says so three times per request.
+ * Nothing is wrong (a Unix socket has no Nagle delay to push through), so those lines are
+ * dropped here, before any formatting. */
+static bool tcp_option_noise(const char *fmt)
+{
+	return strncmp(fmt, "Setting %s option to %s state failed", 36) == 0 ||
+	       strncmp(fmt, "Failed to push the data from buffers to the network", 51) == 0;
+}
+
 void http_log(void *cls, const char *fmt, va_list ap)
 {
 	char line[512];
@@ -83,6 +94,12 @@ void http_log(void *cls, const char *fmt, va_list ap)
 	while (n > 0 && line[n - 1] == '\n')
 		line[--n] = '\0';
 	log_warning("http: %s", line);
+}
+
+static void http_log_unix(void *cls, const char *fmt, va_list ap)
+{
+	if (!tcp_option_noise(fmt))
+		http_log(cls, fmt, ap);
 }
 
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
@@ -186,7 +203,7 @@ static struct http_worker *least_loaded(struct http_unix_server *srv)
 static bool accept_all(struct http_unix_server *srv)
 {
 	for (;;) {
-		struct sockaddr_un sa;
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
 		socklen_t len = sizeof(sa);
 		struct http_worker *w;
 		int cfd =
@@ -203,7 +220,7 @@ static bool accept_all(struct http_unix_server *srv)
 		w = least_loaded(srv);
 		atomic_fetch_add(&w->open, 1);
 		/* libmicrohttpd closes the socket when it cannot take it. */
-		if (MHD_add_connection(w->mhd, cfd, (struct sockaddr *)&sa, len) != MHD_YES)
+		if (MHD_add_connection(w->mhd, cfd, (struct sockaddr *)&sa, sizeof(sa)) != MHD_YES)
 			atomic_fetch_sub(&w->open, 1);
 	}
 }
@@ -236,7 +253,7 @@ static struct MHD_Daemon *worker_start(struct http_worker *w, MHD_AccessHandlerC
 	return MHD_start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
 	        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG,
-	    0, NULL, NULL, handler, cls, MHD_OPTION_EXTERNAL_LOGGER, http_log, cls,
+	    0, NULL, NULL, handler, cls, MHD_OPTION_EXTERNAL_LOGGER, http_log_unix, cls,
 	    MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, w, MHD_OPTION_NOTIFY_COMPLETED,
 	    completed, cls, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
