@@ -1,6 +1,7 @@
 /* Audit records of key lifecycle events: to the journal with structured fields under systemd,
  * as one line on stderr otherwise. */
 #pragma once
+#include <stdbool.h>
 #include <stdint.h>
 
 enum audit_event {
@@ -17,11 +18,12 @@ void audit_key(enum audit_event event, const char *issuer, const char *kid, int6
 
 /* One record per token issued: who asked (uid, pid, the caller's systemd unit), for which issuer
  * and audience, with which key, its jti and exp. Never a claim value beyond these, never the
- * token. aud is the compact JSON of the aud claim. */
+ * token. aud is the compact JSON of the aud claim, or a cut piece of it (aud_cut). */
 struct audit_signature {
 	const char *issuer, *kid, *jti, *aud;
 	int64_t exp;
 	uint32_t uid;
 	int32_t pid;
+	bool aud_cut;
 };
 void audit_signed(const struct audit_signature *a);

@@ -259,7 +259,8 @@ static void audit_fields(json_t *claims, struct signing_request *ret)
 
 	snprintf(ret->jti, sizeof(ret->jti), "%s",
 	         json_string_value(json_object_get(claims, "jti")));
-	snprintf(ret->aud, sizeof(ret->aud), "%s", aud ? aud : "");
+	ret->aud_cut =
+	    snprintf(ret->aud, sizeof(ret->aud), "%s", aud ? aud : "") >= (int)sizeof(ret->aud);
 	free(aud);
 }
 

@@ -1,5 +1,6 @@
 /* The claim policy of SPEC §4: from a request body to the exact payload the daemon will sign. */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,7 @@ struct signing_request {
 	int64_t iat, exp;
 	char jti[4 * 128 + 1]; /* for the audit record: at most 128 characters */
 	char aud[256];         /* compact JSON of aud, cut at 255 bytes: audit only */
+	bool aud_cut;          /* aud was longer: what is left is not JSON */
 };
 
 /* Applies every claim rule of the issuer to body (len bytes, not NUL-terminated). now is the

@@ -240,6 +240,7 @@ static void audit_token(struct MHD_Connection *c, const struct issuer_conf *ic, 
 	    .exp = sr->exp,
 	    .uid = hp ? (uint32_t)hp->peer.uid : 0,
 	    .pid = hp ? (int32_t)hp->peer.pid : 0,
+	    .aud_cut = sr->aud_cut,
 	};
 
 	audit_signed(&a);
