@@ -373,6 +373,8 @@ void hsm_close(struct hsm *h)
 			h->f->C_CloseSession(s->handle);
 		free(s);
 	}
+	for (size_t i = 0; i < _JWS_ALG_MAX; i++)
+		EVP_MD_free(h->plans[i].md);
 	if (h->initialized)
 		h->f->C_Finalize(NULL);
 	if (h->f)

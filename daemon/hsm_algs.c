@@ -99,9 +99,14 @@ int hsm_prepare_alg(struct hsm *h, enum jws_alg alg, unsigned key_bits)
 	if (h->plans[alg].ready)
 		return 0;
 	for (size_t i = 0; i < ai->n_ways; i++) {
+		EVP_MD *md = NULL;
 		if (!mechanism_can(h, ai->ways[i].mech, CKF_SIGN, 0))
 			continue;
-		h->plans[alg] = (struct hsm_plan){true, &ai->ways[i]};
+		if (ai->ways[i].input != HSM_INPUT_RAW &&
+		    !(md = EVP_MD_fetch(NULL, EVP_MD_get0_name(ai->digest()), NULL)))
+			return hsm_fail_text(-EOPNOTSUPP, "OpenSSL has no %s",
+			                     EVP_MD_get0_name(ai->digest()));
+		h->plans[alg] = (struct hsm_plan){true, &ai->ways[i], md};
 		return 0;
 	}
 	return hsm_fail_text(-EOPNOTSUPP, "the token has no mechanism to sign %s with",
@@ -115,9 +120,10 @@ const char *hsm_alg_plan(struct hsm *h, enum jws_alg alg)
 	return h->plans[alg].way->desc;
 }
 
-int hsm_sign_data(const struct alg_info *ai, const struct hsm_sign_way *way, const uint8_t *input,
-                  size_t len, uint8_t *buf, size_t buf_size, const uint8_t **ret, size_t *ret_len)
+int hsm_sign_data(const struct hsm_plan *plan, const uint8_t *input, size_t len, uint8_t *buf,
+                  size_t buf_size, const uint8_t **ret, size_t *ret_len)
 {
+	const struct hsm_sign_way *way = plan->way;
 	size_t pre = way->input == HSM_INPUT_DIGEST_INFO ? sizeof(digest_info_sha256) : 0;
 	unsigned dlen = 0;
 
@@ -129,7 +135,7 @@ int hsm_sign_data(const struct alg_info *ai, const struct hsm_sign_way *way, con
 	if (buf_size < pre + EVP_MAX_MD_SIZE)
 		return -ENOBUFS;
 	memcpy(buf, digest_info_sha256, pre);
-	if (EVP_Digest(input, len, buf + pre, &dlen, ai->digest(), NULL) != 1)
+	if (EVP_Digest(input, len, buf + pre, &dlen, plan->md, NULL) != 1)
 		return hsm_fail_text(-EIO, "digest failed");
 	*ret = buf;
 	*ret_len = pre + dlen;

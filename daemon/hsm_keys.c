@@ -297,7 +297,7 @@ int hsm_sign(struct hsm *h, struct hsm_key *key, const uint8_t *input, size_t le
 		return -EINVAL;
 	if (!h->plans[key->alg].ready)
 		return hsm_fail_text(-EOPNOTSUPP, "%s was not prepared", jws_alg_name(key->alg));
-	r = hsm_sign_data(ai, h->plans[key->alg].way, input, len, buf, sizeof(buf), &data, &dlen);
+	r = hsm_sign_data(&h->plans[key->alg], input, len, buf, sizeof(buf), &data, &dlen);
 	if (r < 0)
 		return r;
 	for (;;) {
