@@ -53,7 +53,7 @@ static void test_alg_names(void)
 		CHECK_INT(a, i);
 	}
 	CHECK(jws_alg_name(_JWS_ALG_MAX) == NULL);
-	CHECK(jws_alg_name((enum jws_alg)-1) == NULL);
+	CHECK(jws_alg_name((enum jws_alg) - 1) == NULL);
 	a = (enum jws_alg)99;
 	CHECK_INT(jws_alg_from_name("es256", &a), -EINVAL);
 	CHECK_INT(jws_alg_from_name("EDDSA", &a), -EINVAL);
@@ -75,7 +75,7 @@ static void test_sig_len(void)
 
 /* The signing input must be exactly ref_b64url(header) "." ref_b64url(payload). */
 static void check_input(enum jws_alg alg, const char *kid, const char *typ, const char *header,
-			const char *payload, size_t payload_len)
+                        const char *payload, size_t payload_len)
 {
 	char h64[512], p64[4096], expected[4700];
 	char *got = NULL;
@@ -97,24 +97,49 @@ static void test_signing_input(void)
 	char payload[1000];
 
 	check_input(JWS_ES256, "K", "JWT", "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"JWT\"}",
-		    "{\"sub\":\"a\"}", 11);
+	            "{\"sub\":\"a\"}", 11);
 	check_input(JWS_ES384, "0nX6-_kid", "at+jwt",
-		    "{\"alg\":\"ES384\",\"kid\":\"0nX6-_kid\",\"typ\":\"at+jwt\"}", "{}", 2);
+	            "{\"alg\":\"ES384\",\"kid\":\"0nX6-_kid\",\"typ\":\"at+jwt\"}", "{}", 2);
 	/* A quote or backslash in typ is escaped, never breaks out of the string. */
 	check_input(JWS_ES256, "K", "a\"b\\c",
-		    "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"a\\\"b\\\\c\"}", "{}", 2);
+	            "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"a\\\"b\\\\c\"}", "{}", 2);
 	/* A forward slash is not escaped by default in jansson. */
 	check_input(JWS_ES256, "K", "application/jwt",
-		    "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"application/jwt\"}", "{}", 2);
+	            "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"application/jwt\"}", "{}", 2);
 	/* The payload is taken as bytes: only payload_len of them, NULs included. */
 	check_input(JWS_ES256, "K", "JWT", "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"JWT\"}",
-		    "{\"a\":1}TRAILING", 7);
-	check_input(JWS_ES256, "K", "JWT", "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"JWT\"}", "", 0);
+	            "{\"a\":1}TRAILING", 7);
+	check_input(JWS_ES256, "K", "JWT", "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"JWT\"}", "",
+	            0);
 	/* Every payload length mod 3, so every padding case of the payload encoding is hit. */
 	for (size_t n = 1; n < sizeof(payload); n += 37) {
 		memset(payload, 'p', n);
 		check_input(JWS_ES256, "K", "JWT",
-			    "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"JWT\"}", payload, n);
+		            "{\"alg\":\"ES256\",\"kid\":\"K\",\"typ\":\"JWT\"}", payload, n);
+	}
+
+	/* Each thread remembers its last few encoded headers: more keys than it holds, in turn
+	 * and twice, the same kid under another alg or typ, and a kid too long to remember. */
+	for (int round = 0; round < 2; round++) {
+		for (int k = 0; k < 6; k++) {
+			char kid[8], header[128];
+			snprintf(kid, sizeof(kid), "kid-%d", k);
+			snprintf(header, sizeof(header),
+			         "{\"alg\":\"ES256\",\"kid\":\"%s\",\"typ\":\"JWT\"}", kid);
+			check_input(JWS_ES256, kid, "JWT", header, "{}", 2);
+			snprintf(header, sizeof(header),
+			         "{\"alg\":\"EdDSA\",\"kid\":\"%s\",\"typ\":\"JWT\"}", kid);
+			check_input(JWS_EDDSA, kid, "JWT", header, "{}", 2);
+			snprintf(header, sizeof(header),
+			         "{\"alg\":\"ES256\",\"kid\":\"%s\",\"typ\":\"at+jwt\"}", kid);
+			check_input(JWS_ES256, kid, "at+jwt", header, "{}", 2);
+		}
+		char long_kid[100], header[200];
+		memset(long_kid, 'L', sizeof(long_kid) - 1);
+		long_kid[sizeof(long_kid) - 1] = '\0';
+		snprintf(header, sizeof(header),
+		         "{\"alg\":\"ES256\",\"kid\":\"%s\",\"typ\":\"JWT\"}", long_kid);
+		check_input(JWS_ES256, long_kid, "JWT", header, "{}", 2);
 	}
 
 	CHECK_INT(jws_signing_input(JWS_ES256, "", "JWT", "{}", 2, &got, &got_len), -EINVAL);
@@ -178,7 +203,7 @@ out:
 
 /* Verifies a compact token as a relying party would: split, decode, R||S -> DER, verify. */
 static int verify_es256(EVP_PKEY *pkey, const char *token, char *header, size_t header_size,
-			char *payload, size_t payload_size)
+                        char *payload, size_t payload_size)
 {
 	const char *d1 = strchr(token, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
 	uint8_t rs[128], *der = NULL;
@@ -209,7 +234,7 @@ static int verify_es256(EVP_PKEY *pkey, const char *token, char *header, size_t 
 	if (der_len <= 0 || !md || EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pkey) != 1)
 		goto out;
 	if (EVP_DigestVerify(md, der, (size_t)der_len, (const unsigned char *)token,
-			     (size_t)(d2 - token)) == 1)
+	                     (size_t)(d2 - token)) == 1)
 		ok = 0;
 out:
 	OPENSSL_free(der);
@@ -220,8 +245,9 @@ out:
 
 static void test_end_to_end(void)
 {
-	static const char payload[] = "{\"iss\":\"https://login.example.com/main\",\"sub\":\"user-42\","
-				      "\"aud\":\"api://orders\",\"iat\":1790000000,\"exp\":1790000900}";
+	static const char payload[] =
+	    "{\"iss\":\"https://login.example.com/main\",\"sub\":\"user-42\","
+	    "\"aud\":\"api://orders\",\"iat\":1790000000,\"exp\":1790000900}";
 	EVP_PKEY *pkey = EVP_EC_gen("P-256");
 	char *input = NULL, *token = NULL;
 	size_t input_len = 0;
@@ -233,8 +259,8 @@ static void test_end_to_end(void)
 		return;
 	CHECK_INT(jws_ecdsa_sig_len(JWS_ES256), sizeof(rs));
 	CHECK_INT(jws_signing_input(JWS_ES256, "kid-1", "at+jwt", payload, strlen(payload), &input,
-				    &input_len),
-		  0);
+	                            &input_len),
+	          0);
 	if (!input)
 		goto out;
 	CHECK_INT(sign_es256(pkey, input, input_len, rs), 0);
