@@ -75,7 +75,7 @@ static const struct {
     CKR_ENTRY(CKR_CRYPTOKI_ALREADY_INITIALIZED),
 };
 
-static const char *ckr_name(CK_RV rv)
+const char *hsm_ckr_name(CK_RV rv)
 {
 	for (size_t i = 0; i < sizeof(ckr_names) / sizeof(ckr_names[0]); i++)
 		if (ckr_names[i].rv == rv)
@@ -85,7 +85,7 @@ static const char *ckr_name(CK_RV rv)
 
 int hsm_fail(const char *what, CK_RV rv, int err)
 {
-	snprintf(last_error, sizeof(last_error), "%s: %s (0x%lx)", what, ckr_name(rv),
+	snprintf(last_error, sizeof(last_error), "%s: %s (0x%lx)", what, hsm_ckr_name(rv),
 	         (unsigned long)rv);
 	return err;
 }
@@ -244,6 +244,10 @@ int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what
 		return 0;
 	if ((rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) && !rc->reopened) {
 		rc->reopened = true;
+		/* The session's objects, its key copies among them, went with it. */
+		free(s->copies);
+		s->copies = NULL;
+		s->n_copies = 0;
 		h->f->C_CloseSession(s->handle);
 		return session_open(h, &s->handle) < 0 ? -EPIPE : 1;
 	}
@@ -251,6 +255,8 @@ int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what
 		int r;
 		rc->relogged = true;
 		pthread_mutex_lock(&h->lock);
+		/* The logout destroyed every private session object: all key copies are gone. */
+		atomic_fetch_add(&h->copy_gen, 1);
 		r = login(h, s->handle);
 		pthread_mutex_unlock(&h->lock);
 		return r < 0 ? r : 1;
@@ -268,6 +274,11 @@ CK_RV hsm_require_login(struct hsm *h, struct hsm_session *s)
 	if (info.state != CKS_RW_USER_FUNCTIONS && info.state != CKS_RO_USER_FUNCTIONS)
 		return CKR_USER_NOT_LOGGED_IN;
 	return CKR_OK;
+}
+
+void hsm_set_session_copies(struct hsm *h, bool on)
+{
+	h->session_copies = on;
 }
 
 /* ---- module and token ---- */
@@ -371,6 +382,7 @@ void hsm_close(struct hsm *h)
 		h->sessions = s->next;
 		if (h->f)
 			h->f->C_CloseSession(s->handle);
+		free(s->copies);
 		free(s);
 	}
 	for (size_t i = 0; i < _JWS_ALG_MAX; i++)

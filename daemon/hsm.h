@@ -2,6 +2,7 @@
  * Nothing else in tokensign includes pkcs11.h; callers see plain data and negative errnos. */
 #pragma once
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,6 +37,14 @@ struct hsm_record {
  * says what failed. -EACCES: the PIN was refused (never retried). -ENODEV: no such token. */
 int hsm_open(const char *module, const char *token, const char *pin_file, struct hsm **ret);
 void hsm_close(struct hsm *hsm);
+
+/* Sign with a session copy of each key (C_CopyObject with CKA_TOKEN false), made by each
+ * thread in its own session at first use, instead of the token object: SoftHSM re-reads and
+ * locks a token key's file on every signature. The copy keeps the key's CKA_SENSITIVE and
+ * non-extractable attributes; a token that refuses to copy a key (CKA_COPYABLE false) signs with
+ * the token key. Copies are dropped when a key is destroyed or the token logs in again. Set
+ * before any signature ([hsm] session-copies, docs/performance.md). */
+void hsm_set_session_copies(struct hsm *hsm, bool on);
 
 /* Human description of the calling thread's last failure ("C_Sign: CKR_DEVICE_ERROR"). */
 const char *hsm_last_error(void);

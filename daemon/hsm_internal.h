@@ -2,6 +2,7 @@
  * rest of tokensign never sees this header or pkcs11.h. */
 #pragma once
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include <openssl/evp.h>
@@ -9,9 +10,19 @@
 
 #include "hsm.h"
 
+/* A session copy of a token key (hsm_set_session_copies): handle 0 when the token refused to
+ * copy it, and the token key signs. */
+struct hsm_copy {
+	uint8_t id[HSM_ID_LEN];
+	CK_OBJECT_HANDLE handle;
+};
+
 struct hsm_session {
 	CK_SESSION_HANDLE handle;
 	struct hsm_session *next;
+	struct hsm_copy *copies; /* made in this session, used only by its thread */
+	size_t n_copies;
+	unsigned long copy_gen; /* struct hsm's copy_gen when the copies were checked */
 };
 
 /* How a JWS signing input reaches C_Sign for one algorithm on this token. */
@@ -57,6 +68,10 @@ struct hsm {
 	pthread_mutex_t lock; /* sessions list, login */
 	struct hsm_session *sessions;
 	bool pin_refused; /* the token refused the PIN once: never try it again */
+	bool session_copies;
+	/* Moves when copies may have gone stale: a key destroyed, a new login (a logout destroys
+	 * private session objects). Each session drops its copies when it sees it move. */
+	atomic_ulong copy_gen;
 	struct hsm_plan plans[_JWS_ALG_MAX];
 };
 
@@ -80,6 +95,9 @@ CK_RV hsm_get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 int hsm_fail(const char *what, CK_RV rv, int err);
 int hsm_fail_text(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* "CKR_DEVICE_ERROR" for a known code, else "CKR_(other)". */
+const char *hsm_ckr_name(CK_RV rv);
+
 /* The one CKR_* -> negative errno mapping. */
 int hsm_ckr_errno(CK_RV rv);
 
@@ -99,3 +117,6 @@ int hsm_session_get(struct hsm *h, struct hsm_session **ret);
  * Each repair is tried once per operation; a PIN error is never retried. */
 int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what,
                 struct recovery *rc);
+
+/* Drops (destroys) the copies of session s. */
+void hsm_copies_drop(struct hsm *h, struct hsm_session *s);

@@ -1,6 +1,7 @@
 /* Keys, records and signatures in the token: templates, attribute checks, C_Sign. */
 #include "hsm.h"
 #include "hsm_internal.h"
+#include "log.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -156,6 +157,8 @@ int hsm_destroy_key(struct hsm *h, const uint8_t id[HSM_ID_LEN])
 	CK_RV rv;
 	int r;
 
+	/* Every thread drops its copies (of this key and the others) before its next signature. */
+	atomic_fetch_add(&h->copy_gen, 1);
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;
@@ -268,6 +271,82 @@ CK_RV hsm_get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 
 /* ---- signing ---- */
 
+void hsm_copies_drop(struct hsm *h, struct hsm_session *s)
+{
+	for (size_t i = 0; i < s->n_copies; i++)
+		if (s->copies[i].handle)
+			h->f->C_DestroyObject(s->handle, s->copies[i].handle);
+	free(s->copies);
+	s->copies = NULL;
+	s->n_copies = 0;
+}
+
+/* At most this many copies per session; keys beyond sign with their token object. */
+#define MAX_COPIES 256
+
+/* Copies the private key into session s: a session object (CKA_TOKEN false) that keeps every
+ * other attribute (sensitive, never extractable, sign only). Its CKA_ID and CKA_LABEL differ
+ * from the token key's, so that a search for the token key (by id, or by label) never finds a
+ * copy: session objects are visible to every session of the process. */
+static CK_OBJECT_HANDLE copy_key(struct hsm *h, struct hsm_session *s, const struct hsm_key *key)
+{
+	static const char label[] = "tokensign-session-copy";
+	uint8_t id[1 + HSM_ID_LEN] = {'c'};
+	CK_ATTRIBUTE tmpl[] = {
+	    {CKA_TOKEN, (void *)&no, sizeof(no)},
+	    {CKA_ID, id, sizeof(id)},
+	    {CKA_LABEL, (void *)label, sizeof(label) - 1},
+	};
+	CK_OBJECT_HANDLE copy = 0;
+	CK_RV rv;
+
+	memcpy(id + 1, key->id, HSM_ID_LEN);
+	rv = h->f->C_CopyObject(s->handle, atomic_load(&key->priv), tmpl, 3, &copy);
+	if (rv != CKR_OK) {
+		log_warning(
+		    "the token did not copy a key into a session (%s, 0x%lx); that key signs "
+		    "as a token object",
+		    hsm_ckr_name(rv), (unsigned long)rv);
+		return 0;
+	}
+	return copy;
+}
+
+/* The handle to sign key with in session s: its session copy when copies are on. */
+static CK_OBJECT_HANDLE signing_handle(struct hsm *h, struct hsm_session *s,
+                                       const struct hsm_key *key)
+{
+	unsigned long gen = atomic_load(&h->copy_gen);
+	struct hsm_copy *grown;
+
+	if (!h->session_copies)
+		return atomic_load(&key->priv);
+	if (s->copy_gen != gen) {
+		hsm_copies_drop(h, s);
+		s->copy_gen = gen;
+	}
+	for (size_t i = 0; i < s->n_copies; i++)
+		if (memcmp(s->copies[i].id, key->id, HSM_ID_LEN) == 0)
+			return s->copies[i].handle ? s->copies[i].handle : atomic_load(&key->priv);
+	if (s->n_copies == MAX_COPIES ||
+	    !(grown = realloc(s->copies, (s->n_copies + 1) * sizeof(*grown))))
+		return atomic_load(&key->priv);
+	s->copies = grown;
+	memcpy(grown[s->n_copies].id, key->id, HSM_ID_LEN);
+	grown[s->n_copies].handle = copy_key(h, s, key);
+	return grown[s->n_copies++].handle ?: atomic_load(&key->priv);
+}
+
+/* Forgets key's copy in s after the token said its handle is no longer valid. */
+static void copy_forget(struct hsm_session *s, const struct hsm_key *key)
+{
+	for (size_t i = 0; i < s->n_copies; i++)
+		if (memcmp(s->copies[i].id, key->id, HSM_ID_LEN) == 0) {
+			s->copies[i] = s->copies[--s->n_copies];
+			return;
+		}
+}
+
 static CK_RV sign_once(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
                        const struct hsm_sign_way *way, const uint8_t *data, size_t dlen,
                        uint8_t *sig, CK_ULONG *sig_len)
@@ -303,13 +382,23 @@ int hsm_sign(struct hsm *h, struct hsm_key *key, const uint8_t *input, size_t le
 	for (;;) {
 		struct recovery rc = {0};
 		CK_RV rv;
+		bool copy_retried = false, again;
 		do {
+			CK_OBJECT_HANDLE obj;
+			again = false;
 			if ((r = hsm_session_get(h, &s)) < 0)
 				return r;
 			slen = sig_size;
-			rv = sign_once(h, s->handle, atomic_load(&key->priv),
-			               h->plans[key->alg].way, data, dlen, sig, &slen);
-		} while ((r = hsm_recover(h, s, rv, "C_Sign", &rc)) > 0);
+			obj = signing_handle(h, s, key);
+			rv = sign_once(h, s->handle, obj, h->plans[key->alg].way, data, dlen, sig,
+			               &slen);
+			/* A copy that went stale is made again once, from the token key. */
+			if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) &&
+			    obj != atomic_load(&key->priv) && !copy_retried) {
+				copy_forget(s, key);
+				copy_retried = again = true;
+			}
+		} while (again || (r = hsm_recover(h, s, rv, "C_Sign", &rc)) > 0);
 		if (r != -ESTALE || refound)
 			break;
 		/* The token forgot our handle (re-inserted, reloaded): find the key again. */

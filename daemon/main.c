@@ -176,6 +176,7 @@ static int run(const char *config_path)
 		conf_free(conf);
 		goto out;
 	}
+	hsm_set_session_copies(d.hsm, conf->hsm.session_copies);
 	if ((r = runtime_new(d.hsm, conf, &d.rt)) < 0 ||
 	    (r = scheduler_start(d.rt->keyring, scheduler_rescan_interval(d.rt->conf),
 	                         &d.scheduler)) < 0)

@@ -33,7 +33,8 @@ static bool same_str(const char *a, const char *b)
 static bool hsm_changed(const struct conf *a, const struct conf *b)
 {
 	return !same_str(a->hsm.module, b->hsm.module) || !same_str(a->hsm.token, b->hsm.token) ||
-	       !same_str(a->hsm.pin_file, b->hsm.pin_file);
+	       !same_str(a->hsm.pin_file, b->hsm.pin_file) ||
+	       a->hsm.session_copies != b->hsm.session_copies;
 }
 
 static bool listen_changed(const struct conf *a, const struct conf *b)
@@ -106,8 +107,8 @@ void daemon_reload(struct daemon *d)
 		return;
 	}
 	if (hsm_changed(d->rt->conf, conf)) {
-		log_error("reload: [hsm] changed; restart the daemon to use another module, token "
-		          "or PIN file. The running configuration stays");
+		log_error("reload: [hsm] changed; restart the daemon to use another module, token, "
+		          "PIN file or session-copies. The running configuration stays");
 		conf_free(conf);
 		return;
 	}

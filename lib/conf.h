@@ -54,6 +54,7 @@ struct conf {
 		char *module;
 		char *token;
 		char *pin_file;
+		bool session_copies; /* sign with session copies of the keys (hsm.h) */
 	} hsm;
 	struct sock_conf sign, admin;
 	struct {

@@ -520,6 +520,19 @@ static void test_errors_keys(void)
 {
 	/* Unknown key in each kind of section. */
 	EXPECT(L_HSM_FREE, "slot = 1", L_HSM_FREE, "unknown key", 1);
+	EXPECT(L_HSM_FREE, "session-copies = on", L_HSM_FREE, "session-copies", 1);
+	{
+		char *t = base_with(L_HSM_FREE, "session-copies = yes");
+		struct conf *c = load_ok(t);
+		CHECK(c && c->hsm.session_copies);
+		conf_free(c);
+		free(t);
+		t = base_with(L_HSM_FREE, "");
+		c = load_ok(t);
+		CHECK(c && !c->hsm.session_copies);
+		conf_free(c);
+		free(t);
+	}
 	EXPECT(L_SIGN_FREE, "owner = root", L_SIGN_FREE, "unknown key", 1);
 	EXPECT(L_ADMIN_FREE, "listen = 127.0.0.1:1", L_ADMIN_FREE, "unknown key", 1);
 	EXPECT(L_JWKS_FREE, "max_age = 5m", L_JWKS_FREE, "unknown key", 1);
