@@ -1,19 +1,22 @@
 #!/usr/bin/python3
 """CI smoke pass of bench/run: a couple of seconds, three short A/B pairs. Asserts that it exited
 0 and that its last line is the JSON object of issue #6 with a number in every member; never a
-speed (a shared CI machine says nothing about speed)."""
+speed (a shared CI machine says nothing about speed). The daemon runs with session copies, so
+that the pass covers that signing path too."""
 import json
 import os
 import subprocess
 import sys
 
 KEYS = ["alg", "raw_cpu_us_per_sign", "daemon_cpu_us_per_sign", "cpu_ratio", "raw_signs_per_s",
-        "daemon_signs_per_s", "throughput_ratio", "p99_ms_at_half_load", "jwks_cpu_us_per_req"]
+        "daemon_signs_per_s", "throughput_ratio", "p99_ms_at_half_load", "jwks_cpu_us_per_req",
+        "daemon_keys", "floor"]
+NUMBERS = KEYS[1:9]
 
 
 def main():
     argv = [sys.executable, os.environ["BENCH_RUN"], "--alg", "ES256", "--seconds", "0.05",
-            "--pairs", "3", "--idle-conns", "50"]
+            "--pairs", "3", "--idle-conns", "50", "--session-copies"]
     r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        timeout=100)
     out = r.stdout.strip().splitlines()
@@ -31,7 +34,10 @@ def main():
             problems.append("JSON members %r, want %r" % (list(result), KEYS))
         if result.get("alg") != "ES256":
             problems.append("alg is %r" % result.get("alg"))
-        for k in KEYS[1:]:
+        if result.get("daemon_keys") != "session-copy" or result.get("floor") != "token":
+            problems.append("daemon_keys %r, floor %r: want session-copy and token"
+                            % (result.get("daemon_keys"), result.get("floor")))
+        for k in NUMBERS:
             v = result.get(k)
             # Zero is possible: 0.05 s of daemon work can be less than one clock tick.
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
