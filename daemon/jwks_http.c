@@ -239,7 +239,8 @@ static int serve(struct jwks_http *jh, size_t i, const char *what)
 	jh->mhd[i] = MHD_start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
 	    on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, http_log, jh, MHD_OPTION_LISTEN_SOCKET,
-	    jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
+	    jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
 	if (!jh->mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
 		return -EIO;

@@ -120,6 +120,12 @@ class JwksHttpTest(harness.TestCase):
             self.assertEqual(r.status, 404, "%s: %r" % (path, r))
             self.assertNotIn(b'"keys"', r.body)
 
+    def test_header_memory_limit(self):
+        # Request line and headers share the connection's 8 KiB (docs/api.md).
+        self.assertEqual(self.get(**{"X-Pad": "x" * 6000}).status, 200)
+        self.assertEqual(self.get(**{"X-Pad": "x" * 16000}).status, 431)
+        self.assertEqual(self.get().status, 200)
+
     def test_jwk_members(self):
         doc = ordered(self.get().body)
         self.assertEqual([k for k, _ in doc], ["keys"])
