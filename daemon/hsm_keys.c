@@ -288,7 +288,8 @@ void hsm_copies_drop(struct hsm *h, struct hsm_session *s)
  * other attribute (sensitive, never extractable, sign only). Its CKA_ID and CKA_LABEL differ
  * from the token key's, so that a search for the token key (by id, or by label) never finds a
  * copy: session objects are visible to every session of the process. */
-static CK_OBJECT_HANDLE copy_key(struct hsm *h, struct hsm_session *s, const struct hsm_key *key)
+static CK_RV copy_key(struct hsm *h, struct hsm_session *s, const struct hsm_key *key,
+                      CK_OBJECT_HANDLE *ret)
 {
 	static const char label[] = "tokensign-session-copy";
 	uint8_t id[1 + HSM_ID_LEN] = {'c'};
@@ -297,19 +298,19 @@ static CK_OBJECT_HANDLE copy_key(struct hsm *h, struct hsm_session *s, const str
 	    {CKA_ID, id, sizeof(id)},
 	    {CKA_LABEL, (void *)label, sizeof(label) - 1},
 	};
-	CK_OBJECT_HANDLE copy = 0;
-	CK_RV rv;
 
 	memcpy(id + 1, key->id, HSM_ID_LEN);
-	rv = h->f->C_CopyObject(s->handle, atomic_load(&key->priv), tmpl, 3, &copy);
-	if (rv != CKR_OK) {
-		log_warning(
-		    "the token did not copy a key into a session (%s, 0x%lx); that key signs "
-		    "as a token object",
-		    hsm_ckr_name(rv), (unsigned long)rv);
-		return 0;
-	}
-	return copy;
+	return h->f->C_CopyObject(s->handle, atomic_load(&key->priv), tmpl, 3, ret);
+}
+
+/* The token's answer means "never for this key": it will sign as a token object. Anything else
+ * (a stale handle after a logout, a device error) is for the signature itself to meet and
+ * recover from; the copy is tried again next time. */
+static bool copy_refused(CK_RV rv)
+{
+	return rv == CKR_ACTION_PROHIBITED || rv == CKR_FUNCTION_NOT_SUPPORTED ||
+	       rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_TEMPLATE_INCONSISTENT ||
+	       rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_VALUE_INVALID;
 }
 
 /* The handle to sign key with in session s: its session copy when copies are on. */
@@ -317,7 +318,9 @@ static CK_OBJECT_HANDLE signing_handle(struct hsm *h, struct hsm_session *s,
                                        const struct hsm_key *key)
 {
 	unsigned long gen = atomic_load(&h->copy_gen);
+	CK_OBJECT_HANDLE copy = 0;
 	struct hsm_copy *grown;
+	CK_RV rv;
 
 	if (!h->session_copies)
 		return atomic_load(&key->priv);
@@ -328,13 +331,25 @@ static CK_OBJECT_HANDLE signing_handle(struct hsm *h, struct hsm_session *s,
 	for (size_t i = 0; i < s->n_copies; i++)
 		if (memcmp(s->copies[i].id, key->id, HSM_ID_LEN) == 0)
 			return s->copies[i].handle ? s->copies[i].handle : atomic_load(&key->priv);
-	if (s->n_copies == MAX_COPIES ||
-	    !(grown = realloc(s->copies, (s->n_copies + 1) * sizeof(*grown))))
+	if (s->n_copies == MAX_COPIES)
 		return atomic_load(&key->priv);
+	rv = copy_key(h, s, key, &copy);
+	if (rv != CKR_OK && !copy_refused(rv))
+		return atomic_load(&key->priv);
+	if (rv != CKR_OK)
+		log_warning("the token does not copy a key into a session (%s, 0x%lx); that key "
+		            "signs as a token object",
+		            hsm_ckr_name(rv), (unsigned long)rv);
+	grown = realloc(s->copies, (s->n_copies + 1) * sizeof(*grown));
+	if (!grown) {
+		if (copy)
+			h->f->C_DestroyObject(s->handle, copy);
+		return atomic_load(&key->priv);
+	}
 	s->copies = grown;
 	memcpy(grown[s->n_copies].id, key->id, HSM_ID_LEN);
-	grown[s->n_copies].handle = copy_key(h, s, key);
-	return grown[s->n_copies++].handle ?: atomic_load(&key->priv);
+	grown[s->n_copies++].handle = copy;
+	return copy ? copy : atomic_load(&key->priv);
 }
 
 /* Forgets key's copy in s after the token said its handle is no longer valid. */

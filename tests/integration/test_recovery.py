@@ -37,10 +37,19 @@ def real_module():
     return os.environ["SOFTHSM_MODULE"]
 
 
-def shim_daemon():
+class CopiesDaemon(harness.Daemon):
+    """[hsm] session-copies = yes."""
+
+    def config_text(self):
+        lines = super().config_text().split("\n")
+        lines.insert(lines.index("[hsm]") + 1, "session-copies = yes")
+        return "\n".join(lines)
+
+
+def shim_daemon(cls=harness.Daemon):
     """A harness.Daemon (not started) that loads its token through p11shim. Its fault file and
     call log are d.faults and d.shim_log."""
-    d = harness.Daemon()
+    d = cls()
     d.module = os.environ["P11SHIM"]
     d.write_config()  # the config was written in __init__ with the real module
     d.faults = os.path.join(d.workdir, "p11shim.faults")
@@ -210,6 +219,73 @@ class SessionAndLoginRecovery(RecoveryCase):
         self.assertIn("C_FindObjectsInit CKR_OK", calls[i:], "no lookup after the fault")
         self.assertEqual(self.count(calls, "C_Sign"), 1, calls)
         self.assertSignsAndVerifies(self.sign(), "the request after")
+
+
+class SessionCopies(RecoveryCase):
+    """[hsm] session-copies = yes (docs/performance.md): each worker signs with its own session
+    copy of the key. The sign socket's acceptor gives a lone connection to the first worker, so
+    these one-connection requests all run in one thread, one session."""
+
+    def setUp(self):
+        self.d = shim_daemon(CopiesDaemon)
+        self.addCleanup(self.d.close)
+
+    def test_copy_made_once_per_session(self):
+        self.start()
+        r, calls = self.calls_during(lambda: [self.sign() for _ in range(10)])
+        for x in r:
+            self.assertSignsAndVerifies(x)
+        # One copy per sign worker at most (each has its own session), not one per request.
+        workers = min(16, max(2, os.cpu_count()))
+        self.assertGreaterEqual(self.count(calls, "C_CopyObject", "CKR_OK"), 1, calls)
+        self.assertLessEqual(self.count(calls, "C_CopyObject"), workers, calls)
+        self.assertNotIn("does not copy", self.d.log())
+
+    def test_copy_refused_signs_with_the_token_key(self):
+        self.set_faults("C_CopyObject CKR_ACTION_PROHIBITED *")
+        self.start()
+        r, calls = self.calls_during(lambda: [self.sign() for _ in range(10)])
+        for x in r:
+            self.assertSignsAndVerifies(x)
+        # Asked once per session, not per request, and said in the log.
+        workers = min(16, max(2, os.cpu_count()))
+        self.assertLessEqual(self.count(calls, "C_CopyObject"), workers, calls)
+        self.assertLogged("does not copy", "CKR_ACTION_PROHIBITED")
+
+    def test_stale_copy_is_made_again(self):
+        self.start()
+        first = self.assertSignsAndVerifies(self.sign(), "before the fault")
+        self.set_faults("C_SignInit CKR_KEY_HANDLE_INVALID 1")
+        r, calls = self.calls_during(self.sign)
+        body = self.assertSignsAndVerifies(r, "C_SignInit CKR_KEY_HANDLE_INVALID once")
+        self.assertEqual(body["kid"], first["kid"])
+        i = calls.index("C_SignInit CKR_KEY_HANDLE_INVALID")
+        self.assertIn("C_CopyObject CKR_OK", calls[i:], "no new copy after the fault")
+
+    def test_logout_drops_the_copies(self):
+        self.start()
+        self.assertSignsAndVerifies(self.sign(), "before the fault")
+        self.set_faults("C_Sign LOGOUT 1")
+        r, calls = self.calls_during(self.sign)
+        self.assertSignsAndVerifies(r, "after a real logout in C_Sign")
+        i = calls.index("C_Sign CKR_USER_NOT_LOGGED_IN")
+        self.assertIn("C_Login CKR_OK", calls[i:])
+        # A logout destroyed the private session objects and made the token key's handle
+        # stale: the key is found again and copied anew, and the next requests use the copy.
+        j = calls.index("C_Login CKR_OK", i)
+        self.assertIn("C_CopyObject CKR_OK", calls[j:], calls)
+        self.assertSignsAndVerifies(self.sign(), "the request after")
+        self.assertNotIn("does not copy", self.d.log())
+
+    def test_reopened_session_gets_a_new_copy(self):
+        self.start()
+        self.assertSignsAndVerifies(self.sign(), "before the fault")
+        self.set_faults("C_Sign CKR_SESSION_CLOSED 1")
+        r, calls = self.calls_during(self.sign)
+        self.assertSignsAndVerifies(r, "C_Sign CKR_SESSION_CLOSED once")
+        i = calls.index("C_Sign CKR_SESSION_CLOSED")
+        j = calls.index("C_OpenSession CKR_OK", i)
+        self.assertIn("C_CopyObject CKR_OK", calls[j:], calls)
 
 
 class FailClosed(RecoveryCase):

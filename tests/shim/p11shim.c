@@ -76,6 +76,7 @@ static const struct {
     RV(CKR_FUNCTION_NOT_PARALLEL),
     RV(CKR_FUNCTION_NOT_SUPPORTED),
     RV(CKR_KEY_HANDLE_INVALID),
+    RV(CKR_ACTION_PROHIBITED),
     RV(CKR_KEY_SIZE_RANGE),
     RV(CKR_KEY_TYPE_INCONSISTENT),
     RV(CKR_KEY_FUNCTION_NOT_PERMITTED),
@@ -423,8 +424,9 @@ static struct fault fault_take_call(const struct call *c)
 		if ((!forever && count == 0) || (cand.action == ACT_CORRUPT && !c->can_corrupt))
 			goto next;
 		if (cand.action == ACT_HIDE && !c->can_hide) {
-			warn("%s:%d: HIDE applies to C_GetMechanismList and C_GetMechanismInfo only",
-			     path, lineno);
+			warn(
+			    "%s:%d: HIDE applies to C_GetMechanismList and C_GetMechanismInfo only",
+			    path, lineno);
 			goto next;
 		}
 		f = cand;
@@ -461,8 +463,8 @@ static struct fault fault_take(const char *fn, bool can_corrupt)
 /* The fault for a call about mechanism mech (NULL: none given, unqualified lines only). */
 static struct fault fault_take_mech(const char *fn, const CK_MECHANISM *mech)
 {
-	struct call c = {fn, mech ? MATCH_MECH : MATCH_PLAIN, mech ? mech->mechanism : 0, false,
-	                 false, false};
+	struct call c = {
+	    fn, mech ? MATCH_MECH : MATCH_PLAIN, mech ? mech->mechanism : 0, false, false, false};
 
 	return fault_take_call(&c);
 }
@@ -629,6 +631,18 @@ static CK_RV shim_C_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR tmpl, CK_
 	return rv;
 }
 
+static CK_RV shim_C_CopyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR tmpl,
+                               CK_ULONG n, CK_OBJECT_HANDLE_PTR ret)
+{
+	struct fault f = fault_take("C_CopyObject", false);
+	CK_RV rv;
+
+	if (!pre(&f, s, true, &rv))
+		rv = real->C_CopyObject(s, obj, tmpl, n, ret);
+	log_call("C_CopyObject", rv);
+	return rv;
+}
+
 static CK_RV shim_C_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
 {
 	struct fault f = fault_take("C_DestroyObject", false);
@@ -737,14 +751,14 @@ static CK_RV shim_C_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech,
 	CK_RV rv;
 
 	if (!pre(&f, s, true, &rv))
-		rv = real->C_GenerateKeyPair(s, mech, pub_tmpl, pub_n, priv_tmpl, priv_n, pub,
-		                             priv);
+		rv =
+		    real->C_GenerateKeyPair(s, mech, pub_tmpl, pub_n, priv_tmpl, priv_n, pub, priv);
 	log_call("C_GenerateKeyPair", rv);
 	return rv;
 }
 
 static CK_RV shim_C_GetMechanismInfo(CK_SLOT_ID slot, CK_MECHANISM_TYPE type,
-                                      CK_MECHANISM_INFO_PTR info)
+                                     CK_MECHANISM_INFO_PTR info)
 {
 	struct call c = {"C_GetMechanismInfo", MATCH_MECH, type, false, true, false};
 	struct fault f = fault_take_call(&c);
@@ -854,6 +868,7 @@ static CK_RV load_real(void)
 	shim.C_Login = shim_C_Login;
 	shim.C_Logout = shim_C_Logout;
 	shim.C_CreateObject = shim_C_CreateObject;
+	shim.C_CopyObject = shim_C_CopyObject;
 	shim.C_DestroyObject = shim_C_DestroyObject;
 	shim.C_GetAttributeValue = shim_C_GetAttributeValue;
 	shim.C_FindObjectsInit = shim_C_FindObjectsInit;
