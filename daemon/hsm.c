@@ -246,9 +246,7 @@ int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what
 	if ((rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) && !rc->reopened) {
 		rc->reopened = true;
 		/* The session's objects, its key copies among them, went with it. */
-		free(s->copies);
-		s->copies = NULL;
-		s->n_copies = 0;
+		hsm_copies_drop(h, s, false);
 		h->f->C_CloseSession(s->handle);
 		return session_open(h, &s->handle) < 0 ? -EPIPE : 1;
 	}
@@ -257,7 +255,7 @@ int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what
 		rc->relogged = true;
 		pthread_mutex_lock(&h->lock);
 		/* The logout destroyed every private session object: all key copies are gone. */
-		atomic_fetch_add(&h->copy_gen, 1);
+		atomic_fetch_add(&h->copies_lost, 1);
 		r = login(h, s->handle);
 		pthread_mutex_unlock(&h->lock);
 		return r < 0 ? r : 1;

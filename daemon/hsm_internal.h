@@ -22,7 +22,7 @@ struct hsm_session {
 	struct hsm_session *next;
 	struct hsm_copy *copies; /* made in this session, used only by its thread */
 	size_t n_copies;
-	unsigned long copy_gen; /* struct hsm's copy_gen when the copies were checked */
+	unsigned long copy_gen, copies_lost; /* struct hsm's, when the copies were checked */
 };
 
 /* How a JWS signing input reaches C_Sign for one algorithm on this token. */
@@ -69,9 +69,13 @@ struct hsm {
 	struct hsm_session *sessions;
 	bool pin_refused; /* the token refused the PIN once: never try it again */
 	bool session_copies;
-	/* Moves when copies may have gone stale: a key destroyed, a new login (a logout destroys
-	 * private session objects). Each session drops its copies when it sees it move. */
+	/* Moves when a key is destroyed: each session destroys its copies when it sees it move
+	 * (its own objects, whose handles it alone holds), and copies again what it still needs. */
 	atomic_ulong copy_gen;
+	/* Moves at each new login: the logout before it destroyed every private session object,
+	 * so each session forgets its copies without touching their handles (a token may give a
+	 * stale handle to a new object). */
+	atomic_ulong copies_lost;
 	struct hsm_plan plans[_JWS_ALG_MAX];
 };
 
@@ -118,5 +122,5 @@ int hsm_session_get(struct hsm *h, struct hsm_session **ret);
 int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what,
                 struct recovery *rc);
 
-/* Drops (destroys) the copies of session s. */
-void hsm_copies_drop(struct hsm *h, struct hsm_session *s);
+/* Forgets the copies of session s; destroys them first when destroy. */
+void hsm_copies_drop(struct hsm *h, struct hsm_session *s, bool destroy);

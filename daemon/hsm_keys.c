@@ -271,9 +271,9 @@ CK_RV hsm_get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 
 /* ---- signing ---- */
 
-void hsm_copies_drop(struct hsm *h, struct hsm_session *s)
+void hsm_copies_drop(struct hsm *h, struct hsm_session *s, bool destroy)
 {
-	for (size_t i = 0; i < s->n_copies; i++)
+	for (size_t i = 0; destroy && i < s->n_copies; i++)
 		if (s->copies[i].handle)
 			h->f->C_DestroyObject(s->handle, s->copies[i].handle);
 	free(s->copies);
@@ -317,15 +317,19 @@ static bool copy_refused(CK_RV rv)
 static CK_OBJECT_HANDLE signing_handle(struct hsm *h, struct hsm_session *s,
                                        const struct hsm_key *key)
 {
-	unsigned long gen = atomic_load(&h->copy_gen);
+	unsigned long lost = atomic_load(&h->copies_lost), gen = atomic_load(&h->copy_gen);
 	CK_OBJECT_HANDLE copy = 0;
 	struct hsm_copy *grown;
 	CK_RV rv;
 
 	if (!h->session_copies)
 		return atomic_load(&key->priv);
+	if (s->copies_lost != lost) {
+		hsm_copies_drop(h, s, false);
+		s->copies_lost = lost;
+	}
 	if (s->copy_gen != gen) {
-		hsm_copies_drop(h, s);
+		hsm_copies_drop(h, s, true);
 		s->copy_gen = gen;
 	}
 	for (size_t i = 0; i < s->n_copies; i++)

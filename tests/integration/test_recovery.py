@@ -274,6 +274,9 @@ class SessionCopies(RecoveryCase):
         # stale: the key is found again and copied anew, and the next requests use the copy.
         j = calls.index("C_Login CKR_OK", i)
         self.assertIn("C_CopyObject CKR_OK", calls[j:], calls)
+        # The lost copies are forgotten, never destroyed by their stale handles: a token may
+        # have given such a handle to a new object already.
+        self.assertEqual(self.count(calls[j:], "C_DestroyObject"), 0, calls)
         self.assertSignsAndVerifies(self.sign(), "the request after")
         self.assertNotIn("does not copy", self.d.log())
 
