@@ -303,6 +303,25 @@ static CK_RV copy_key(struct hsm *h, struct hsm_session *s, const struct hsm_key
 	return h->f->C_CopyObject(s->handle, atomic_load(&key->priv), tmpl, 3, ret);
 }
 
+/* What a copy must still be before it signs: a conformant token cannot weaken these in a copy
+ * (CKA_SENSITIVE only turns on, CKA_EXTRACTABLE only off), but the copy is checked all the same,
+ * once, as the token key was. */
+static bool copy_safe(struct hsm *h, struct hsm_session *s, CK_OBJECT_HANDLE copy)
+{
+	CK_BBOOL token = CK_TRUE, priv = CK_FALSE, sensitive = CK_FALSE, extractable = CK_TRUE,
+	         sign = CK_FALSE;
+	CK_ATTRIBUTE a[] = {
+	    {CKA_TOKEN, &token, sizeof(token)},
+	    {CKA_PRIVATE, &priv, sizeof(priv)},
+	    {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+	    {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
+	    {CKA_SIGN, &sign, sizeof(sign)},
+	};
+
+	return h->f->C_GetAttributeValue(s->handle, copy, a, 5) == CKR_OK && !token && priv &&
+	       sensitive && !extractable && sign;
+}
+
 /* The token's answer means "never for this key": it will sign as a token object. Anything else
  * (a stale handle after a logout, a device error) is for the signature itself to meet and
  * recover from; the copy is tried again next time. */
@@ -340,6 +359,12 @@ static CK_OBJECT_HANDLE signing_handle(struct hsm *h, struct hsm_session *s,
 	rv = copy_key(h, s, key, &copy);
 	if (rv != CKR_OK && !copy_refused(rv))
 		return atomic_load(&key->priv);
+	if (rv == CKR_OK && !copy_safe(h, s, copy)) {
+		h->f->C_DestroyObject(s->handle, copy);
+		copy = 0;
+		log_warning("the token's session copy of a key is not private, sensitive and "
+		            "unextractable; that key signs as a token object");
+	}
 	if (rv != CKR_OK)
 		log_warning("the token does not copy a key into a session (%s, 0x%lx); that key "
 		            "signs as a token object",
