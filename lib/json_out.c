@@ -1,0 +1,184 @@
+/* Compact JSON output (json_out.h). Strings are escaped exactly as jansson escapes them without
+ * flags: the quote, the backslash and the control characters below 0x20 (\b \f \n \r \t by
+ * name, the rest as \u00XX); everything else, UTF-8 included, is copied. Integers are printed
+ * with JSON_INTEGER_FORMAT; a real is rare in claims and is left to jansson's own formatting. */
+#include "json_out.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_DEPTH 64
+
+struct out {
+	char *buf;
+	size_t len, cap;
+	int err;
+};
+
+static void reserve(struct out *o, size_t n)
+{
+	char *grown;
+	size_t cap;
+
+	if (o->err || o->len + n + 1 <= o->cap)
+		return;
+	cap = o->cap ? o->cap : 256;
+	while (cap < o->len + n + 1)
+		cap *= 2;
+	grown = realloc(o->buf, cap);
+	if (!grown) {
+		o->err = -ENOMEM;
+		return;
+	}
+	o->buf = grown;
+	o->cap = cap;
+}
+
+static void put(struct out *o, const char *s, size_t n)
+{
+	reserve(o, n);
+	if (o->err)
+		return;
+	memcpy(o->buf + o->len, s, n);
+	o->len += n;
+}
+
+static void put_string(struct out *o, const char *s, size_t n)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t run = 0;
+
+	/* Worst case: every byte as \u00XX. */
+	reserve(o, 6 * n + 2);
+	if (o->err)
+		return;
+	o->buf[o->len++] = '"';
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)s[i];
+		if (ch >= 0x20 && ch != '"' && ch != '\\') {
+			run++;
+			continue;
+		}
+		memcpy(o->buf + o->len, s + i - run, run);
+		o->len += run;
+		run = 0;
+		o->buf[o->len++] = '\\';
+		switch (ch) {
+		case '"':
+		case '\\':
+			o->buf[o->len++] = (char)ch;
+			break;
+		case '\b':
+			o->buf[o->len++] = 'b';
+			break;
+		case '\f':
+			o->buf[o->len++] = 'f';
+			break;
+		case '\n':
+			o->buf[o->len++] = 'n';
+			break;
+		case '\r':
+			o->buf[o->len++] = 'r';
+			break;
+		case '\t':
+			o->buf[o->len++] = 't';
+			break;
+		default:
+			memcpy(o->buf + o->len, "u00", 3);
+			o->buf[o->len + 3] = hex[ch >> 4];
+			o->buf[o->len + 4] = hex[ch & 15];
+			o->len += 5;
+		}
+	}
+	memcpy(o->buf + o->len, s + n - run, run);
+	o->len += run;
+	o->buf[o->len++] = '"';
+}
+
+static void put_value(struct out *o, const json_t *v, int depth)
+{
+	char num[32];
+	int w;
+
+	if (o->err)
+		return;
+	if (depth > MAX_DEPTH) {
+		o->err = -EINVAL;
+		return;
+	}
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: {
+		const char *key;
+		json_t *member;
+		size_t i = 0;
+		put(o, "{", 1);
+		/* Insertion order, as json_dumps without JSON_SORT_KEYS. */
+		json_object_foreach((json_t *)v, key, member)
+		{
+			if (i++)
+				put(o, ",", 1);
+			put_string(o, key, strlen(key));
+			put(o, ":", 1);
+			put_value(o, member, depth + 1);
+		}
+		put(o, "}", 1);
+		break;
+	}
+	case JSON_ARRAY:
+		put(o, "[", 1);
+		for (size_t i = 0; i < json_array_size(v); i++) {
+			if (i)
+				put(o, ",", 1);
+			put_value(o, json_array_get(v, i), depth + 1);
+		}
+		put(o, "]", 1);
+		break;
+	case JSON_STRING:
+		put_string(o, json_string_value(v), json_string_length(v));
+		break;
+	case JSON_INTEGER:
+		w = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		put(o, num, (size_t)w);
+		break;
+	case JSON_REAL: {
+		char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		if (!s) {
+			o->err = -ENOMEM;
+			return;
+		}
+		put(o, s, strlen(s));
+		free(s);
+		break;
+	}
+	case JSON_TRUE:
+		put(o, "true", 4);
+		break;
+	case JSON_FALSE:
+		put(o, "false", 5);
+		break;
+	case JSON_NULL:
+		put(o, "null", 4);
+		break;
+	}
+}
+
+int json_out_compact(const json_t *v, char **ret, size_t *ret_len)
+{
+	struct out o = {0};
+
+	if (!v)
+		return -EINVAL;
+	put_value(&o, v, 1);
+	reserve(&o, 0);
+	if (o.err) {
+		free(o.buf);
+		return o.err;
+	}
+	o.buf[o.len] = '\0';
+	*ret = o.buf;
+	*ret_len = o.len;
+	return 0;
+}
