@@ -56,7 +56,7 @@ void audit_key(enum audit_event event, const char *issuer, const char *kid, int6
  * has room for 6 bytes per byte of s plus the quotes. */
 static char *json_string_put(char *out, const char *s)
 {
-	static const char hex[] = "0123456789abcdef";
+	static const char hex[] = "0123456789ABCDEF";
 
 	*out++ = '"';
 	for (; *s; s++) {
