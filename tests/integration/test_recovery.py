@@ -252,6 +252,18 @@ class SessionCopies(RecoveryCase):
         self.assertLessEqual(self.count(calls, "C_CopyObject"), workers, calls)
         self.assertLogged("does not copy", "CKR_ACTION_PROHIBITED")
 
+    def test_unsafe_copy_is_destroyed_and_never_signs(self):
+        # A token that weakened a copy: p11shim flips a bit of the attributes read back (the
+        # first is CKA_TOKEN), so the copy looks like a token object.
+        self.start()
+        self.set_faults("C_GetAttributeValue CORRUPT *")
+        r, calls = self.calls_during(self.sign)
+        self.clear_faults()
+        self.assertSignsAndVerifies(r, "the token key signs instead")
+        i = calls.index("C_CopyObject CKR_OK")
+        self.assertIn("C_DestroyObject CKR_OK", calls[i:], calls)
+        self.assertLogged("session copy", "not private, sensitive and unextractable")
+
     def test_stale_copy_is_made_again(self):
         self.start()
         first = self.assertSignsAndVerifies(self.sign(), "before the fault")
