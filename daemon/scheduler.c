@@ -112,6 +112,7 @@ int scheduler_start(struct keyring *kr, int64_t rescan, struct scheduler **ret)
 		free(s);
 		return r;
 	}
+	pthread_setname_np(s->thread, "scheduler");
 	*ret = s;
 	return 0;
 }
