@@ -214,13 +214,19 @@ static bool accept_all(struct http_unix_server *srv)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return true;
-			log_warning("http: accept: %s", strerror(errno));
+			/* Out of descriptors, say: once, not at every retry. */
+			if (!srv->accept_failing)
+				log_warning("http: accept: %s (retrying)", strerror(errno));
+			srv->accept_failing = true;
 			return false;
 		}
+		if (srv->accept_failing)
+			log_notice("http: accepting connections again");
+		srv->accept_failing = false;
 		w = least_loaded(srv);
 		atomic_fetch_add(&w->open, 1);
 		/* libmicrohttpd closes the socket when it cannot take it. */
-		if (MHD_add_connection(w->mhd, cfd, (struct sockaddr *)&sa, sizeof(sa)) != MHD_YES)
+		if (MHD_add_connection(w->mhd, cfd, (struct sockaddr *)&sa, len) != MHD_YES)
 			atomic_fetch_sub(&w->open, 1);
 	}
 }

@@ -46,8 +46,9 @@ struct http_unix_server {
 	int fd;
 	int stop_fd; /* eventfd: wakes the acceptor to stop */
 	pthread_t acceptor;
-	bool accepting; /* the acceptor thread runs */
-	char *path;     /* NULL for a passed socket: its unit owns the path */
+	bool accepting;      /* the acceptor thread runs */
+	bool accept_failing; /* the acceptor's last accept failed (said once) */
+	char *path;          /* NULL for a passed socket: its unit owns the path */
 };
 
 /* Serves handler on fd when fd >= 0, else on a new socket made from sc, with threads workers

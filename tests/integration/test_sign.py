@@ -340,5 +340,42 @@ class SignTest(harness.TestCase):
             self.assertTrue(harness.verify_es256(a["token"], by_kid[a["kid"]]))
 
 
+class OutOfDescriptorsTest(harness.TestCase):
+    """The acceptor when the process has no file descriptor left: it says so once, keeps the
+    connections queued, and serves again as soon as descriptors are free."""
+
+    def test_emfile_is_logged_once_and_recovers(self):
+        import resource
+        d = harness.Daemon()
+        self.addCleanup(d.close)
+        d.start()
+        self.assertSigned(d.sign("main", {"aud": "api://orders"}))
+        pid = d.proc.pid
+        open_fds = len(os.listdir("/proc/%d/fd" % pid))
+        old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_fds + 8, old[1]))
+        conns = []
+        try:
+            for _ in range(40):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.connect(d.sign_socket)  # queued in the backlog when not accepted
+                conns.append(c)
+            deadline = time.monotonic() + 10
+            while "accept: Too many open files" not in d.log():
+                self.assertLess(time.monotonic(), deadline, d.log())
+                time.sleep(0.05)
+            time.sleep(0.5)  # several retries pass
+        finally:
+            for c in conns:
+                c.close()
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+        deadline = time.monotonic() + 10
+        while "accepting connections again" not in d.log():
+            self.assertLess(time.monotonic(), deadline, d.log())
+            time.sleep(0.05)
+        self.assertSigned(d.sign("main", {"aud": "api://orders"}))
+        self.assertEqual(d.log().count("accept: Too many open files"), 1, d.log())
+
+
 if __name__ == "__main__":
     harness.main()
