@@ -472,7 +472,6 @@ static int records_note(struct keyring *kr, const struct hsm_record *recs, json_
 	kr->n_stale = kr->n_recorded = 0;
 	free(kr->stale);
 	free(kr->recorded);
-	free(kr->warned);
 	kr->stale = calloc(n ? n : 1, sizeof(*kr->stale));
 	kr->recorded = calloc(n ? n : 1, sizeof(*kr->recorded));
 	if (!kr->stale || !kr->recorded)
