@@ -73,6 +73,17 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned key_bits, const
 int hsm_find_key(struct hsm *hsm, const uint8_t id[HSM_ID_LEN], enum jws_alg alg,
                  struct hsm_key *ret);
 
+/* Every key object of the token by CKA_ID, read in one pass (two searches and one read per
+ * object) rather than two searches per key: SoftHSM reads every object file again for each
+ * search. Handles in it are valid until the token changes; read a new one for each refresh. */
+struct hsm_key_index;
+int hsm_key_index_read(struct hsm *hsm, struct hsm_key_index **ret);
+void hsm_key_index_free(struct hsm_key_index *ix);
+
+/* hsm_find_key() with the pair taken from ix: the same checks and the same errors. */
+int hsm_key_index_find(struct hsm *hsm, const struct hsm_key_index *ix,
+                       const uint8_t id[HSM_ID_LEN], enum jws_alg alg, struct hsm_key *ret);
+
 /* Reads the public half as a JWK. */
 int hsm_public_jwk(struct hsm *hsm, const struct hsm_key *key, struct jwk *ret);
 

@@ -95,6 +95,19 @@ int hsm_sign_data(const struct hsm_plan *plan, const uint8_t *input, size_t len,
 CK_RV hsm_get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
                     CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len);
 
+/* Every object that matches tmpl, in one search; *ret is malloc'ed. */
+CK_RV hsm_find_all(struct hsm *h, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n_tmpl,
+                   CK_OBJECT_HANDLE **ret, CK_ULONG *ret_n);
+
+/* Reads the private key obj's type and the attributes SPEC §6 demands, and returns 0, or
+ * -EPERM (with the reason as the thread's error) when the key must never be used. */
+int hsm_check_private(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                      const struct alg_info *ai);
+
+/* 0 for exactly one private and one public object of a key id; -ENOENT when either is missing,
+ * -EEXIST for duplicates (with the counts as the thread's error). */
+int hsm_pair_count_check(unsigned long n_priv, unsigned long n_pub);
+
 /* Records "what: CKR_NAME" as the thread's last error and returns err. */
 int hsm_fail(const char *what, CK_RV rv, int err);
 int hsm_fail_text(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -37,27 +37,42 @@ static CK_RV find_by_id(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
 	return rv;
 }
 
-/* The attributes SPEC §6 demands of a private key that may sign, read back from the token. */
-static int check_private_attributes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                                    const struct alg_info *ai)
+/* The attributes SPEC §6 demands of a private key that may sign. */
+static const struct private_rule {
+	CK_ATTRIBUTE_TYPE type;
+	const char *name;
+	CK_BBOOL want;
+} private_rules[] = {
+    {CKA_TOKEN, "CKA_TOKEN", CK_TRUE},
+    {CKA_PRIVATE, "CKA_PRIVATE", CK_TRUE},
+    {CKA_SENSITIVE, "CKA_SENSITIVE", CK_TRUE},
+    {CKA_SIGN, "CKA_SIGN", CK_TRUE},
+    {CKA_EXTRACTABLE, "CKA_EXTRACTABLE", CK_FALSE},
+    {CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", CK_TRUE},
+    {CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE", CK_TRUE},
+    {CKA_LOCAL, "CKA_LOCAL", CK_TRUE},
+    {CKA_DECRYPT, "CKA_DECRYPT", CK_FALSE},
+    {CKA_UNWRAP, "CKA_UNWRAP", CK_FALSE},
+    {CKA_DERIVE, "CKA_DERIVE", CK_FALSE},
+};
+#define N_PRIVATE_RULES (sizeof(private_rules) / sizeof(private_rules[0]))
+
+static int type_refused(CK_KEY_TYPE kt)
 {
-	struct {
-		CK_ATTRIBUTE_TYPE type;
-		const char *name;
-		CK_BBOOL want;
-	} rules[] = {
-	    {CKA_TOKEN, "CKA_TOKEN", CK_TRUE},
-	    {CKA_PRIVATE, "CKA_PRIVATE", CK_TRUE},
-	    {CKA_SENSITIVE, "CKA_SENSITIVE", CK_TRUE},
-	    {CKA_SIGN, "CKA_SIGN", CK_TRUE},
-	    {CKA_EXTRACTABLE, "CKA_EXTRACTABLE", CK_FALSE},
-	    {CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", CK_TRUE},
-	    {CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE", CK_TRUE},
-	    {CKA_LOCAL, "CKA_LOCAL", CK_TRUE},
-	    {CKA_DECRYPT, "CKA_DECRYPT", CK_FALSE},
-	    {CKA_UNWRAP, "CKA_UNWRAP", CK_FALSE},
-	    {CKA_DERIVE, "CKA_DERIVE", CK_FALSE},
-	};
+	return hsm_fail_text(-EPERM, "key type 0x%lx does not match the algorithm",
+	                     (unsigned long)kt);
+}
+
+static int rule_refused(size_t i, CK_BBOOL v)
+{
+	return hsm_fail_text(-EPERM, "private key has %s %s; it must never be used",
+	                     private_rules[i].name, v ? "true" : "false");
+}
+
+/* One attribute per call: a missing one fails only its own call, and fails closed. */
+static int check_private_each(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                              const struct alg_info *ai)
+{
 	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
 	CK_ATTRIBUTE a = {CKA_KEY_TYPE, &kt, sizeof(kt)};
 	CK_RV rv;
@@ -66,19 +81,55 @@ static int check_private_attributes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJEC
 	if (rv != CKR_OK)
 		return hsm_fail("C_GetAttributeValue(CKA_KEY_TYPE)", rv, hsm_ckr_errno(rv));
 	if (kt != ai->key_type)
-		return hsm_fail_text(-EPERM, "key type 0x%lx does not match the algorithm",
-		                     (unsigned long)kt);
-	for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++) {
-		CK_BBOOL v = !rules[i].want;
-		CK_ATTRIBUTE b = {rules[i].type, &v, sizeof(v)};
+		return type_refused(kt);
+	for (size_t i = 0; i < N_PRIVATE_RULES; i++) {
+		CK_BBOOL v = !private_rules[i].want;
+		CK_ATTRIBUTE b = {private_rules[i].type, &v, sizeof(v)};
 		rv = h->f->C_GetAttributeValue(s, obj, &b, 1);
 		if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
 			return hsm_fail("C_GetAttributeValue", rv, hsm_ckr_errno(rv));
-		if (rv != CKR_OK || v != rules[i].want)
-			return hsm_fail_text(-EPERM, "private key has %s %s; it must never be used",
-			                     rules[i].name, v ? "true" : "false");
+		if (rv != CKR_OK || v != private_rules[i].want)
+			return rule_refused(i, v);
 	}
 	return 0;
+}
+
+int hsm_check_private(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                      const struct alg_info *ai)
+{
+	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
+	CK_BBOOL v[N_PRIVATE_RULES];
+	CK_ATTRIBUTE a[1 + N_PRIVATE_RULES] = {{CKA_KEY_TYPE, &kt, sizeof(kt)}};
+	CK_RV rv;
+
+	for (size_t i = 0; i < N_PRIVATE_RULES; i++) {
+		v[i] = !private_rules[i].want;
+		a[1 + i] = (CK_ATTRIBUTE){private_rules[i].type, &v[i], sizeof(v[i])};
+	}
+	/* The whole template in one call. A token answers CKR_ATTRIBUTE_TYPE_INVALID (or
+	 * _SENSITIVE) for the whole call when one attribute is missing, and any other answer may
+	 * need its own message: the slow path then finds and names the culprit. */
+	rv = h->f->C_GetAttributeValue(s, obj, a, 1 + N_PRIVATE_RULES);
+	if (rv != CKR_OK || a[0].ulValueLen != sizeof(kt))
+		return check_private_each(h, s, obj, ai);
+	for (size_t i = 0; i < N_PRIVATE_RULES; i++)
+		if (a[1 + i].ulValueLen != sizeof(v[i]))
+			return check_private_each(h, s, obj, ai);
+	if (kt != ai->key_type)
+		return type_refused(kt);
+	for (size_t i = 0; i < N_PRIVATE_RULES; i++)
+		if (v[i] != private_rules[i].want)
+			return rule_refused(i, v[i]);
+	return 0;
+}
+
+int hsm_pair_count_check(unsigned long n_priv, unsigned long n_pub)
+{
+	if (n_priv == 1 && n_pub == 1)
+		return 0;
+	return hsm_fail_text(n_priv == 0 || n_pub == 0 ? -ENOENT : -EEXIST,
+	                     "key pair: %lu private and %lu public objects with this id", n_priv,
+	                     n_pub);
 }
 
 static CK_RV find_pair(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN],
@@ -91,10 +142,8 @@ static CK_RV find_pair(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_
 	rv = find_by_id(h, s, CKO_PRIVATE_KEY, id, priv, &n1);
 	if (rv == CKR_OK)
 		rv = find_by_id(h, s, CKO_PUBLIC_KEY, id, pub, &n2);
-	if (rv == CKR_OK && (n1 != 1 || n2 != 1))
-		*err = hsm_fail_text(n1 == 0 || n2 == 0 ? -ENOENT : -EEXIST,
-		                     "key pair: %lu private and %lu public objects with this id",
-		                     (unsigned long)n1, (unsigned long)n2);
+	if (rv == CKR_OK)
+		*err = hsm_pair_count_check(n1, n2);
 	return rv;
 }
 
@@ -120,7 +169,7 @@ int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, 
 		return r;
 	if (err < 0)
 		return err;
-	if ((r = check_private_attributes(h, s->handle, priv, ai)) < 0)
+	if ((r = hsm_check_private(h, s->handle, priv, ai)) < 0)
 		return r;
 	memcpy(ret->id, id, HSM_ID_LEN);
 	ret->alg = alg;
@@ -230,7 +279,7 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 	} while ((r = hsm_recover(h, s, rv, "C_GenerateKeyPair", &rc)) > 0);
 	if (r < 0)
 		return r;
-	r = check_private_attributes(h, s->handle, priv, ai);
+	r = hsm_check_private(h, s->handle, priv, ai);
 	if (r < 0) {
 		char why[160];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
@@ -248,24 +297,66 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 CK_RV hsm_get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
                     CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len)
 {
-	CK_ATTRIBUTE a = {type, NULL, 0};
+	uint8_t small[512], *buf;
+	CK_ATTRIBUTE a = {type, small, sizeof(small)};
 	CK_RV rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
 
+	/* Most values (records, EC points) fit the small buffer: one call instead of two. */
+	if (rv == CKR_BUFFER_TOO_SMALL) {
+		a = (CK_ATTRIBUTE){type, NULL, 0};
+		rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
+	}
 	if (rv != CKR_OK)
 		return rv;
-	if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > 1 << 20)
+	if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > 1 << 20 ||
+	    (a.pValue == small && a.ulValueLen > sizeof(small)))
 		return CKR_ATTRIBUTE_VALUE_INVALID;
-	a.pValue = malloc(a.ulValueLen + 1);
-	if (!a.pValue)
+	buf = malloc(a.ulValueLen + 1);
+	if (!buf)
 		return CKR_HOST_MEMORY;
-	rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
+	if (a.pValue == small) {
+		memcpy(buf, small, a.ulValueLen);
+	} else {
+		a.pValue = buf;
+		rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
+		if (rv != CKR_OK) {
+			free(buf);
+			return rv;
+		}
+	}
+	buf[a.ulValueLen] = 0;
+	*ret = buf;
+	*ret_len = a.ulValueLen;
+	return CKR_OK;
+}
+
+CK_RV hsm_find_all(struct hsm *h, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n_tmpl,
+                   CK_OBJECT_HANDLE **ret, CK_ULONG *ret_n)
+{
+	CK_OBJECT_HANDLE *all = NULL;
+	CK_ULONG n = 0, got = 0;
+	CK_RV rv;
+
+	rv = h->f->C_FindObjectsInit(s, tmpl, n_tmpl);
+	if (rv != CKR_OK)
+		return rv;
+	do {
+		CK_OBJECT_HANDLE *grown = realloc(all, (n + 256) * sizeof(*all));
+		if (!grown) {
+			rv = CKR_HOST_MEMORY;
+			break;
+		}
+		all = grown;
+		rv = h->f->C_FindObjects(s, all + n, 256, &got);
+		n += got;
+	} while (rv == CKR_OK && got == 256);
+	h->f->C_FindObjectsFinal(s);
 	if (rv != CKR_OK) {
-		free(a.pValue);
+		free(all);
 		return rv;
 	}
-	((uint8_t *)a.pValue)[a.ulValueLen] = 0;
-	*ret = a.pValue;
-	*ret_len = a.ulValueLen;
+	*ret = all;
+	*ret_n = n;
 	return CKR_OK;
 }
 
@@ -458,79 +549,5 @@ int hsm_sign(struct hsm *h, struct hsm_key *key, const uint8_t *input, size_t le
 		return hsm_fail_text(-EIO, "C_Sign returned %lu bytes, not an R||S signature",
 		                     (unsigned long)slen);
 	*ret_len = slen;
-	return 0;
-}
-
-/* ---- listing ---- */
-
-static bool id_listed(uint8_t (*ids)[HSM_ID_LEN], size_t n, const uint8_t *id)
-{
-	for (size_t i = 0; i < n; i++)
-		if (memcmp(ids[i], id, HSM_ID_LEN) == 0)
-			return true;
-	return false;
-}
-
-/* Appends the ids of one class of key objects labelled tokensign:... to ids. */
-static CK_RV list_class_ids(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
-                            uint8_t (**ids)[HSM_ID_LEN], size_t *n)
-{
-	CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}};
-	CK_OBJECT_HANDLE objs[64];
-	CK_ULONG got = 0;
-	CK_RV rv = h->f->C_FindObjectsInit(s, tmpl, 1);
-
-	while (rv == CKR_OK && (rv = h->f->C_FindObjects(s, objs, 64, &got)) == CKR_OK && got) {
-		for (CK_ULONG i = 0; i < got; i++) {
-			char label[64] = {0};
-			uint8_t id[HSM_ID_LEN + 1];
-			CK_ATTRIBUTE a[] = {{CKA_LABEL, label, sizeof(label) - 1},
-			                    {CKA_ID, id, sizeof(id)}};
-			uint8_t(*grown)[HSM_ID_LEN];
-
-			if (h->f->C_GetAttributeValue(s, objs[i], a, 2) != CKR_OK ||
-			    a[1].ulValueLen != HSM_ID_LEN ||
-			    strncmp(label, "tokensign:", 10) != 0 || id_listed(*ids, *n, id))
-				continue;
-			grown = realloc(*ids, (*n + 1) * sizeof(**ids));
-			if (!grown) {
-				rv = CKR_HOST_MEMORY;
-				break;
-			}
-			*ids = grown;
-			memcpy((*ids)[(*n)++], id, HSM_ID_LEN);
-		}
-	}
-	h->f->C_FindObjectsFinal(s);
-	return rv;
-}
-
-int hsm_list_key_ids(struct hsm *h, uint8_t (**ret)[HSM_ID_LEN], size_t *ret_n)
-{
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	uint8_t(*ids)[HSM_ID_LEN] = NULL;
-	size_t n = 0;
-	CK_RV rv;
-	int r;
-
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		free(ids);
-		ids = NULL;
-		n = 0;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = list_class_ids(h, s->handle, CKO_PRIVATE_KEY, &ids, &n);
-		if (rv == CKR_OK)
-			rv = list_class_ids(h, s->handle, CKO_PUBLIC_KEY, &ids, &n);
-	} while ((r = hsm_recover(h, s, rv, "listing key objects", &rc)) > 0);
-	if (r < 0) {
-		free(ids);
-		return r;
-	}
-	*ret = ids;
-	*ret_n = n;
 	return 0;
 }

@@ -17,31 +17,8 @@ static CK_RV find_records(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *
 	    {CKA_CLASS, &cls, sizeof(cls)},
 	    {CKA_APPLICATION, (void *)HSM_APPLICATION, strlen(HSM_APPLICATION)},
 	};
-	CK_OBJECT_HANDLE *all = NULL;
-	CK_ULONG n = 0, got = 0;
-	CK_RV rv;
 
-	rv = h->f->C_FindObjectsInit(s, tmpl, 2);
-	if (rv != CKR_OK)
-		return rv;
-	do {
-		CK_OBJECT_HANDLE *grown = realloc(all, (n + 64) * sizeof(*all));
-		if (!grown) {
-			rv = CKR_HOST_MEMORY;
-			break;
-		}
-		all = grown;
-		rv = h->f->C_FindObjects(s, all + n, 64, &got);
-		n += got;
-	} while (rv == CKR_OK && got == 64);
-	h->f->C_FindObjectsFinal(s);
-	if (rv != CKR_OK) {
-		free(all);
-		return rv;
-	}
-	*ret = all;
-	*ret_n = n;
-	return CKR_OK;
+	return hsm_find_all(h, s, tmpl, 2, ret, ret_n);
 }
 
 void hsm_records_free(struct hsm_record *records, size_t n)

@@ -318,9 +318,30 @@ static bool keyring_warn_once(struct keyring *kr, const uint8_t *id)
 	return true;
 }
 
+/* Reads the token's key objects at most once per refresh, and only when a key is new to this
+ * keyring: a rescan that finds every key known reads nothing per key. */
+struct key_loader {
+	struct hsm_key_index *ix;
+	int err;       /* reading the index failed: every new key fails with it */
+	char why[160]; /* ... and this is why */
+};
+
+static int loader_find(struct keyring *kr, struct key_loader *l, const uint8_t *id,
+                       enum jws_alg alg, struct hsm_key *ret)
+{
+	if (!l->ix && l->err == 0) {
+		l->err = hsm_key_index_read(kr->hsm, &l->ix);
+		if (l->err < 0)
+			snprintf(l->why, sizeof(l->why), "%s", hsm_last_error());
+	}
+	if (l->err < 0)
+		return l->err;
+	return hsm_key_index_find(kr->hsm, l->ix, id, alg, ret);
+}
+
 /* Loads the key a record describes, or says (in the log) why it is not usable. */
-static int key_load(struct keyring *kr, const struct issuer_conf *ic, const struct record *rec,
-                    struct key *ret)
+static int key_load(struct keyring *kr, struct key_loader *l, const struct issuer_conf *ic,
+                    const struct record *rec, struct key *ret)
 {
 	uint8_t id[HSM_ID_LEN];
 	enum jws_alg alg;
@@ -338,12 +359,12 @@ static int key_load(struct keyring *kr, const struct issuer_conf *ic, const stru
 		    ic->name, rec->kid, rec->iss, rec->alg, ic->iss, jws_alg_name(ic->alg));
 		return -EINVAL;
 	}
-	r = hsm_find_key(kr->hsm, id, alg, &ret->hk);
+	r = loader_find(kr, l, id, alg, &ret->hk);
 	if (r == 0)
 		r = hsm_public_jwk(kr->hsm, &ret->hk, &ret->jwk);
 	if (r < 0) {
 		log_error("issuer %s: key %s is not usable: %s", ic->name, rec->kid,
-		          hsm_last_error());
+		          l->err < 0 ? l->why : hsm_last_error());
 		return r;
 	}
 	if (jwk_thumbprint(&ret->jwk, ret->kid) < 0 || strcmp(ret->kid, rec->kid) != 0) {
@@ -364,20 +385,6 @@ static const struct key *known_key(const struct keyset *set, const uint8_t *id, 
 	return NULL;
 }
 
-/* True when another record of the same key has a higher revision (this one is stale). */
-static bool record_superseded(json_t *const *docs, size_t n, size_t self, const struct record *r)
-{
-	for (size_t j = 0; j < n; j++) {
-		struct record o;
-		if (j == self || !docs[j] || record_parse(docs[j], &o) < 0)
-			continue;
-		if (strcmp(o.id_hex, r->id_hex) == 0 &&
-		    (o.seq > r->seq || (o.seq == r->seq && j < self)))
-			return true;
-	}
-	return false;
-}
-
 static int append_key(struct key **keys, size_t *n, const struct key *k)
 {
 	struct key *grown = realloc(*keys, (*n + 1) * sizeof(**keys));
@@ -390,100 +397,163 @@ static int append_key(struct key **keys, size_t *n, const struct key *k)
 	return 0;
 }
 
-static int record_to_key(struct keyring *kr, size_t i, const struct hsm_record *hr,
-                         const struct record *rec, struct key *k)
+/* One record object of this refresh, parsed once. */
+struct parsed {
+	const struct hsm_record *hr;
+	json_t *doc; /* NULL: malformed; else owns the strings of rec */
+	struct record rec;
+	size_t pos;   /* place in the token's list: of two equal revisions the first counts */
+	bool current; /* the highest revision of its key; the others are stale */
+};
+
+static int record_to_key(struct keyring *kr, struct key_loader *l, const struct issuer_conf *ic,
+                         const struct keyset *cur, const struct parsed *p, struct key *k)
 {
-	const struct issuer_conf *ic = kr->issuers[i].conf;
-	struct keyset *cur = keyring_acquire(kr, i);
 	const struct key *known;
 	int r = 0;
 
 	memset(k, 0, sizeof(*k));
-	if (hex_decode(rec->id_hex, k->hk.id, HSM_ID_LEN) < 0) {
-		keyset_release(cur);
+	if (hex_decode(p->rec.id_hex, k->hk.id, HSM_ID_LEN) < 0)
 		return -EINVAL;
-	}
-	known = known_key(cur, k->hk.id, rec->seq);
+	known = known_key(cur, k->hk.id, p->rec.seq);
 	if (known) {
 		*k = *known;
 		k->evp = NULL; /* owned by the old set */
 	} else
-		r = key_load(kr, ic, rec, k);
-	keyset_release(cur);
+		r = key_load(kr, l, ic, &p->rec, k);
 	if (r < 0)
 		return r;
-	k->created_at = rec->created_at;
-	k->activates_at = rec->activates_at;
-	k->retires_at = rec->retires_at;
-	k->max_token_ttl = rec->max_token_ttl;
-	k->seq = rec->seq;
-	k->record = hr->handle;
+	k->created_at = p->rec.created_at;
+	k->activates_at = p->rec.activates_at;
+	k->retires_at = p->rec.retires_at;
+	k->max_token_ttl = p->rec.max_token_ttl;
+	k->seq = p->rec.seq;
+	k->record = p->hr->handle;
 	return 0;
 }
 
-static int issuer_collect(struct keyring *kr, size_t i, const struct hsm_record *recs,
-                          json_t *const *docs, size_t n_recs, struct key **ret, size_t *ret_n)
+/* by_issuer: the current records, sorted by issuer name, then by place in the token's list. */
+static int issuer_collect(struct keyring *kr, size_t i, struct key_loader *l,
+                          struct parsed *const *by_issuer, size_t n_cur, struct key **ret,
+                          size_t *ret_n)
 {
 	const struct issuer_conf *ic = kr->issuers[i].conf;
+	struct keyset *cur = keyring_acquire(kr, i);
 	struct key *keys = NULL;
-	size_t n = 0;
+	size_t lo = 0, hi = n_cur, n = 0;
 
-	for (size_t j = 0; j < n_recs; j++) {
-		struct record rec;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (strcmp(by_issuer[mid]->rec.issuer, ic->name) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t j = lo; j < n_cur && strcmp(by_issuer[j]->rec.issuer, ic->name) == 0; j++) {
 		struct key k;
-
-		if (!docs[j] || record_parse(docs[j], &rec) < 0 ||
-		    strcmp(rec.issuer, ic->name) != 0)
-			continue;
-		if (record_superseded(docs, n_recs, j, &rec))
-			continue;
-		if (record_to_key(kr, i, &recs[j], &rec, &k) < 0)
+		if (record_to_key(kr, l, ic, cur, by_issuer[j], &k) < 0)
 			continue;
 		if (append_key(&keys, &n, &k) < 0) {
 			free(keys);
+			keyset_release(cur);
 			return -ENOMEM;
 		}
 	}
+	keyset_release(cur);
 	*ret = keys;
 	*ret_n = n;
 	return 0;
 }
 
-static json_t **records_parse(const struct hsm_record *recs, size_t n)
+static void records_free(struct parsed *p, size_t n)
 {
-	json_t **docs = calloc(n ? n : 1, sizeof(*docs));
+	for (size_t j = 0; p && j < n; j++)
+		json_decref(p[j].doc);
+	free(p);
+}
 
-	for (size_t j = 0; docs && j < n; j++) {
-		struct record rec;
-		docs[j] = json_loadb(recs[j].value, recs[j].len, JSON_REJECT_DUPLICATES, NULL);
-		if (docs[j] && record_parse(docs[j], &rec) < 0) {
+static struct parsed *records_parse(const struct hsm_record *recs, size_t n)
+{
+	struct parsed *p = calloc(n ? n : 1, sizeof(*p));
+
+	for (size_t j = 0; p && j < n; j++) {
+		p[j].hr = &recs[j];
+		p[j].pos = j;
+		p[j].doc = json_loadb(recs[j].value, recs[j].len, JSON_REJECT_DUPLICATES, NULL);
+		if (p[j].doc && record_parse(p[j].doc, &p[j].rec) < 0) {
 			log_warning("record '%s' is malformed, ignoring it", recs[j].label);
-			json_decref(docs[j]);
-			docs[j] = NULL;
+			json_decref(p[j].doc);
+			p[j].doc = NULL;
 		}
 	}
-	return docs;
+	return p;
+}
+
+/* Same key, highest revision first, then the first in the token's list. */
+static int revision_order(const void *a, const void *b)
+{
+	const struct parsed *x = *(struct parsed *const *)a, *y = *(struct parsed *const *)b;
+	int c = strcmp(x->rec.id_hex, y->rec.id_hex);
+
+	if (c)
+		return c;
+	if (x->rec.seq != y->rec.seq)
+		return x->rec.seq > y->rec.seq ? -1 : 1;
+	return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+static int issuer_order(const void *a, const void *b)
+{
+	const struct parsed *x = *(struct parsed *const *)a, *y = *(struct parsed *const *)b;
+	int c = strcmp(x->rec.issuer, y->rec.issuer);
+
+	if (c)
+		return c;
+	return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* Marks the current revision of each key, and returns the current records sorted by issuer
+ * (in *ret, *ret_n): one sort each instead of comparing every record with every other. */
+static int records_sort(struct parsed *p, size_t n, struct parsed ***ret, size_t *ret_n)
+{
+	struct parsed **v = calloc(n ? n : 1, sizeof(*v));
+	size_t m = 0, cur = 0;
+
+	if (!v)
+		return -ENOMEM;
+	for (size_t j = 0; j < n; j++)
+		if (p[j].doc)
+			v[m++] = &p[j];
+	if (m > 0)
+		qsort(v, m, sizeof(*v), revision_order);
+	for (size_t j = 0; j < m; j++)
+		v[j]->current = j == 0 || strcmp(v[j - 1]->rec.id_hex, v[j]->rec.id_hex) != 0;
+	for (size_t j = 0; j < m; j++)
+		if (v[j]->current)
+			v[cur++] = v[j];
+	if (cur > 0)
+		qsort(v, cur, sizeof(*v), issuer_order);
+	*ret = v;
+	*ret_n = cur;
+	return 0;
 }
 
 /* Remembers, for maintenance, which key ids have a record and which records are stale. */
-static int records_note(struct keyring *kr, const struct hsm_record *recs, json_t *const *docs,
-                        size_t n)
+static int records_note(struct keyring *kr, const struct parsed *p, size_t n)
 {
 	kr->n_stale = kr->n_recorded = 0;
 	free(kr->stale);
 	free(kr->recorded);
-	free(kr->warned);
 	kr->stale = calloc(n ? n : 1, sizeof(*kr->stale));
 	kr->recorded = calloc(n ? n : 1, sizeof(*kr->recorded));
 	if (!kr->stale || !kr->recorded)
 		return -ENOMEM;
 	for (size_t j = 0; j < n; j++) {
-		struct record rec;
-		if (!docs[j] || record_parse(docs[j], &rec) < 0)
+		if (!p[j].doc)
 			continue;
-		if (record_superseded(docs, n, j, &rec))
-			kr->stale[kr->n_stale++] = recs[j].handle;
-		else if (hex_decode(rec.id_hex, kr->recorded[kr->n_recorded], HSM_ID_LEN) == 0)
+		if (!p[j].current)
+			kr->stale[kr->n_stale++] = p[j].hr->handle;
+		else if (hex_decode(p[j].rec.id_hex, kr->recorded[kr->n_recorded], HSM_ID_LEN) == 0)
 			kr->n_recorded++;
 	}
 	return 0;
@@ -492,8 +562,9 @@ static int records_note(struct keyring *kr, const struct hsm_record *recs, json_
 int keyring_refresh(struct keyring *kr, int64_t now)
 {
 	struct hsm_record *recs = NULL;
-	size_t n_recs = 0;
-	json_t **docs;
+	struct key_loader loader = {0};
+	struct parsed *p, **by_issuer = NULL;
+	size_t n_recs = 0, n_cur = 0;
 	int r;
 
 	r = hsm_list_records(kr->hsm, &recs, &n_recs);
@@ -501,26 +572,24 @@ int keyring_refresh(struct keyring *kr, int64_t now)
 		log_error("cannot read key records from the token: %s", hsm_last_error());
 		return r;
 	}
-	docs = records_parse(recs, n_recs);
-	if (!docs) {
-		hsm_records_free(recs, n_recs);
-		return -ENOMEM;
-	}
-	r = records_note(kr, recs, docs, n_recs);
+	p = records_parse(recs, n_recs);
+	r = p ? records_sort(p, n_recs, &by_issuer, &n_cur) : -ENOMEM;
+	if (r == 0)
+		r = records_note(kr, p, n_recs);
 	for (size_t i = 0; i < kr->n && r == 0; i++) {
 		struct keyset *set;
 		struct key *keys;
 		size_t n;
 
-		r = issuer_collect(kr, i, recs, docs, n_recs, &keys, &n);
+		r = issuer_collect(kr, i, &loader, by_issuer, n_cur, &keys, &n);
 		if (r == 0)
 			r = keyset_build(kr->issuers[i].conf, keys, n, now, &set);
 		if (r == 0)
 			keyring_publish(kr, i, set);
 	}
-	for (size_t j = 0; j < n_recs; j++)
-		json_decref(docs[j]);
-	free(docs);
+	hsm_key_index_free(loader.ix);
+	free(by_issuer);
+	records_free(p, n_recs);
 	hsm_records_free(recs, n_recs);
 	return r;
 }
