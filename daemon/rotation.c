@@ -125,6 +125,15 @@ static void issuer_problem(struct issuer_keys *ik, int64_t now, int r)
 	(void)r;
 }
 
+/* The issuer has its pending key again (ours, or one another instance made): a past failure to
+ * generate no longer stands, or /readyz and /v1/status would report it for good. */
+static void issuer_settled(struct issuer_keys *ik)
+{
+	ik->failures = 0;
+	ik->retry_at = 0;
+	ik->problem[0] = '\0';
+}
+
 /* Generates the pending key when there is none. At first start (no key at all) the key is
  * active at once: nothing was signed before, so nobody can miss it. */
 static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int64_t now,
@@ -138,8 +147,10 @@ static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int6
 	int r;
 
 	for (size_t j = 0; j < set->n; j++) {
-		if (set->keys[j].st.state == KEY_PENDING)
+		if (set->keys[j].st.state == KEY_PENDING) {
+			issuer_settled(ik);
 			return 0;
+		}
 		if (set->keys[j].st.state != KEY_EXPIRED)
 			empty = false;
 	}
@@ -152,9 +163,7 @@ static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int6
 		issuer_problem(ik, now, r);
 		return r;
 	}
-	ik->failures = 0;
-	ik->retry_at = 0;
-	ik->problem[0] = '\0';
+	issuer_settled(ik);
 	*changed = true;
 	return 0;
 }
