@@ -203,6 +203,17 @@ static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_
 	                               sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub, priv);
 }
 
+/* Removes a fresh pair that failed its check. By handle first: SoftHSM's file store, with another
+ * process writing the token at the same moment, can hand back a private key that reads with its
+ * default attributes only (no CKA_ID, no label), which no search by id would ever find again. */
+static void discard_pair(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub,
+                         CK_OBJECT_HANDLE priv, const uint8_t id[HSM_ID_LEN])
+{
+	h->f->C_DestroyObject(s, priv);
+	h->f->C_DestroyObject(s, pub);
+	hsm_destroy_key(h, id);
+}
+
 int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const char *label,
                      struct hsm_key *ret)
 {
@@ -231,7 +242,7 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 	if (r < 0) {
 		char why[160];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
-		hsm_destroy_key(h, id);
+		discard_pair(h, s->handle, pub, priv, id);
 		hsm_fail_text(r, "%s", why);
 		return r;
 	}
