@@ -59,6 +59,7 @@ void keyring_free(struct keyring *kr)
 	free(kr->orphans);
 	free(kr->stale);
 	free(kr->recorded);
+	free(kr->damaged);
 	free(kr->warned);
 	free(kr->issuers);
 	free(kr);
@@ -421,8 +422,25 @@ static int record_to_key(struct keyring *kr, size_t i, const struct hsm_record *
 	return 0;
 }
 
+/* A pending key whose record stands while its key pair is not all there (SoftHSM's file store,
+ * with several processes writing, has lost a fresh object's CKA_ID): it can never be used, and as
+ * a pending key it never signed, so maintenance may replace it. Other keys are only logged. */
+static void note_damaged(struct keyring *kr, size_t i, const struct hsm_record *hr,
+                         const struct record *rec, int64_t now)
+{
+	struct damaged *d = &kr->damaged[kr->n_damaged];
+
+	if (rec->activates_at <= now || hex_decode(rec->id_hex, d->id, HSM_ID_LEN) < 0)
+		return;
+	d->issuer = i;
+	d->record = hr->handle;
+	snprintf(d->kid, sizeof(d->kid), "%s", rec->kid);
+	kr->n_damaged++;
+}
+
 static int issuer_collect(struct keyring *kr, size_t i, const struct hsm_record *recs,
-                          json_t *const *docs, size_t n_recs, struct key **ret, size_t *ret_n)
+                          json_t *const *docs, size_t n_recs, int64_t now, struct key **ret,
+                          size_t *ret_n)
 {
 	const struct issuer_conf *ic = kr->issuers[i].conf;
 	struct key *keys = NULL;
@@ -431,13 +449,17 @@ static int issuer_collect(struct keyring *kr, size_t i, const struct hsm_record 
 	for (size_t j = 0; j < n_recs; j++) {
 		struct record rec;
 		struct key k;
+		int r;
 
 		if (!docs[j] || record_parse(docs[j], &rec) < 0 ||
 		    strcmp(rec.issuer, ic->name) != 0)
 			continue;
 		if (record_superseded(docs, n_recs, j, &rec))
 			continue;
-		if (record_to_key(kr, i, &recs[j], &rec, &k) < 0)
+		r = record_to_key(kr, i, &recs[j], &rec, &k);
+		if (r == -ENOENT)
+			note_damaged(kr, i, &recs[j], &rec, now);
+		if (r < 0)
 			continue;
 		if (append_key(&keys, &n, &k) < 0) {
 			free(keys);
@@ -469,13 +491,15 @@ static json_t **records_parse(const struct hsm_record *recs, size_t n)
 static int records_note(struct keyring *kr, const struct hsm_record *recs, json_t *const *docs,
                         size_t n)
 {
-	kr->n_stale = kr->n_recorded = 0;
+	kr->n_stale = kr->n_recorded = kr->n_damaged = 0;
 	free(kr->stale);
 	free(kr->recorded);
+	free(kr->damaged);
 	free(kr->warned);
 	kr->stale = calloc(n ? n : 1, sizeof(*kr->stale));
 	kr->recorded = calloc(n ? n : 1, sizeof(*kr->recorded));
-	if (!kr->stale || !kr->recorded)
+	kr->damaged = calloc(n ? n : 1, sizeof(*kr->damaged));
+	if (!kr->stale || !kr->recorded || !kr->damaged)
 		return -ENOMEM;
 	for (size_t j = 0; j < n; j++) {
 		struct record rec;
@@ -512,7 +536,7 @@ int keyring_refresh(struct keyring *kr, int64_t now)
 		struct key *keys;
 		size_t n;
 
-		r = issuer_collect(kr, i, recs, docs, n_recs, &keys, &n);
+		r = issuer_collect(kr, i, recs, docs, n_recs, now, &keys, &n);
 		if (r == 0)
 			r = keyset_build(kr->issuers[i].conf, keys, n, now, &set);
 		if (r == 0)

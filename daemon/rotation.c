@@ -239,6 +239,29 @@ static void sweep_stale_records(struct keyring *kr, bool *changed)
 			*changed = true;
 }
 
+/* A pending key whose key pair is incomplete can never sign: it goes, record first, and
+ * ensure_pending() makes another. */
+static void sweep_damaged(struct keyring *kr, bool *changed)
+{
+	for (size_t i = 0; i < kr->n_damaged; i++) {
+		const struct damaged *d = &kr->damaged[i];
+		const char *name = kr->issuers[d->issuer].conf->name;
+
+		if (hsm_destroy_object(kr->hsm, d->record) < 0 ||
+		    hsm_destroy_key(kr->hsm, d->id) < 0) {
+			log_error("issuer %s: cannot remove pending key %s, whose key pair is "
+			          "incomplete: %s",
+			          name, d->kid, hsm_last_error());
+			continue;
+		}
+		log_notice("issuer %s: destroyed pending key %s (its key pair is incomplete in "
+		           "the token)",
+		           name, d->kid);
+		audit_key(AUDIT_DESTROYED, name, d->kid, -1);
+		*changed = true;
+	}
+}
+
 static int64_t issuer_next(const struct issuer_keys *ik, const struct keyset *set)
 {
 	int64_t next = INT64_MAX;
@@ -278,6 +301,7 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 		keyset_release(set);
 	}
 	sweep_stale_records(kr, &changed);
+	sweep_damaged(kr, &changed);
 	sweep_orphans(kr, now);
 	if (changed && (r = keyring_refresh(kr, now)) < 0)
 		return r;
