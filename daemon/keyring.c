@@ -495,7 +495,6 @@ static int records_note(struct keyring *kr, const struct hsm_record *recs, json_
 	free(kr->stale);
 	free(kr->recorded);
 	free(kr->damaged);
-	free(kr->warned);
 	kr->stale = calloc(n ? n : 1, sizeof(*kr->stale));
 	kr->recorded = calloc(n ? n : 1, sizeof(*kr->recorded));
 	kr->damaged = calloc(n ? n : 1, sizeof(*kr->damaged));
