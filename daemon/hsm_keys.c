@@ -255,6 +255,8 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 	} while ((r = hsm_recover(h, s, rv, "C_GenerateKeyPair", &rc)) > 0);
 	if (r < 0)
 		return r;
+	hsm_rewrite_label(h, s->handle, pub, label);
+	hsm_rewrite_label(h, s->handle, priv, label);
 	r = check_private_attributes(h, s->handle, priv, ai);
 	if (r == 0)
 		r = check_findable(h, s->handle, id, priv, pub);
