@@ -60,6 +60,7 @@ void keyring_free(struct keyring *kr)
 	free(kr->stale);
 	free(kr->recorded);
 	free(kr->damaged);
+	free(kr->suspects);
 	free(kr->warned);
 	free(kr->issuers);
 	free(kr);

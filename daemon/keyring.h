@@ -74,6 +74,8 @@ struct keyring {
 		char kid[JWK_KID_LEN + 1];
 	} * damaged; /* pending keys whose record stands but whose key pair is incomplete */
 	size_t n_damaged;
+	uint8_t (*suspects)[HSM_ID_LEN]; /* ids found damaged by the previous maintenance */
+	size_t n_suspects;
 	uint8_t (*warned)[HSM_ID_LEN]; /* keys left out for good, already said in the log */
 	size_t n_warned;
 };

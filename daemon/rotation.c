@@ -240,13 +240,22 @@ static void sweep_stale_records(struct keyring *kr, bool *changed)
 }
 
 /* A pending key whose key pair is incomplete can never sign: it goes, record first, and
- * ensure_pending() makes another. */
+ * ensure_pending() makes another. Only when two maintenances in a row found it so: another
+ * process may read a fresh object of ours while it is being written. */
 static void sweep_damaged(struct keyring *kr, bool *changed)
 {
+	uint8_t(*seen)[HSM_ID_LEN] = calloc(kr->n_damaged ? kr->n_damaged : 1, sizeof(*seen));
+	size_t n_seen = 0;
+
 	for (size_t i = 0; i < kr->n_damaged; i++) {
 		const struct damaged *d = &kr->damaged[i];
 		const char *name = kr->issuers[d->issuer].conf->name;
 
+		if (!id_in(kr->suspects, kr->n_suspects, d->id)) {
+			if (seen)
+				memcpy(seen[n_seen++], d->id, HSM_ID_LEN);
+			continue;
+		}
 		if (hsm_destroy_object(kr->hsm, d->record) < 0 ||
 		    hsm_destroy_key(kr->hsm, d->id) < 0) {
 			log_error("issuer %s: cannot remove pending key %s, whose key pair is "
@@ -260,6 +269,9 @@ static void sweep_damaged(struct keyring *kr, bool *changed)
 		audit_key(AUDIT_DESTROYED, name, d->kid, -1);
 		*changed = true;
 	}
+	free(kr->suspects);
+	kr->suspects = seen;
+	kr->n_suspects = seen ? n_seen : 0;
 }
 
 static int64_t issuer_next(const struct issuer_keys *ik, const struct keyset *set)
