@@ -11,6 +11,7 @@
 
 #include "audit.h"
 #include "log.h"
+#include "scheduler.h"
 
 #define RETRY_MAX 60 /* seconds between attempts to generate a key, at most */
 
@@ -53,7 +54,7 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	 * within the next second. Counting prepublish from the whole second after that keeps a
 	 * late key from signing a fraction of a second early. */
 	/* A key active at once is recorded as made when it starts: the pass's own clock. */
-	ret->created_at = at_once ? activates_at : (int64_t)time(NULL) + 1;
+	ret->created_at = at_once ? activates_at : scheduler_now() + 1;
 	if (!at_once && activates_at < ret->created_at + (int64_t)ic->prepublish)
 		activates_at = ret->created_at + (int64_t)ic->prepublish;
 	ret->activates_at = activates_at;
@@ -422,7 +423,7 @@ static int rotate_locked(struct keyring *kr, size_t i, bool now_flag, int64_t no
 int rotation_rotate(struct keyring *kr, size_t i, bool now_flag, int64_t operator_uid,
                     struct rotate_result *ret)
 {
-	int64_t now = (int64_t)time(NULL), next;
+	int64_t now = scheduler_now(), next;
 	int r;
 
 	pthread_mutex_lock(&kr->mutate);
@@ -492,7 +493,7 @@ static void current_kids(struct keyring *kr, size_t i, struct revoke_result *ret
 int rotation_revoke(struct keyring *kr, size_t i, const char *kid, int64_t operator_uid,
                     struct revoke_result *ret)
 {
-	int64_t now = (int64_t)time(NULL), next;
+	int64_t now = scheduler_now(), next;
 	int r;
 
 	pthread_mutex_lock(&kr->mutate);
