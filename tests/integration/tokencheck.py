@@ -880,14 +880,14 @@ def canon(objs):
 
 def token_files(env):
     """(name, size, mtime) of every object file of the SoftHSM token directory: the daemon
-    changes the token only by making, removing or rewriting such files."""
+    changes the token's objects only by making, removing or rewriting such files."""
     top = _softhsm_tokendir(env)
     out = []
     for sub in sorted(os.listdir(top)) if top and os.path.isdir(top) else []:
         d = os.path.join(top, sub)
         for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-            if not name.endswith(".object"):
-                continue
+            if not name.endswith(".object") or name == "token.object":
+                continue  # token.object: SoftHSM's own bookkeeping, rewritten at every login
             try:
                 st = os.stat(os.path.join(d, name))
             except FileNotFoundError:
