@@ -347,7 +347,8 @@ def read_stable(daemon, budget=4.0):
 # The same answer, for good, comes from an object whose creation was killed half-way: SoftHSM's
 # file backend writes NNN.object with only its generation counter (8 bytes) at creation and
 # the attributes at the commit that follows, so a SIGKILL in between leaves an object without
-# attributes. A search with a template (all the daemon ever does) never matches it; a listing
+# attributes (8 bytes, or 0 when the kill came before the counter was written). A search with
+# a template (all the daemon ever does) never matches it; a listing
 # without one (p11probe) finds it and p11probe stops at it, on purpose: an object it cannot
 # read is never silently skipped. Such files are moved out of the token directory (into
 # quarantine/ next to it) and listed in QUARANTINED *before* every probe, as soon as they are
@@ -359,6 +360,10 @@ def read_stable(daemon, budget=4.0):
 PROBE_ATTEMPTS = 6
 QUARANTINED = []
 EMPTY_OBJECT_AGE = 0.25  # seconds: a live creation commits within milliseconds
+# A file shorter than this holds no complete attribute: its 8-byte generation counter (or not
+# even that: a kill between creating and first writing the file left one of 0 bytes) and at
+# most part of CKA_CLASS, which SoftHSM writes first (type, kind and value, 8 bytes each).
+MIN_OBJECT_SIZE = 32
 MTIME_SLACK = 0.02  # file times come from the kernel's coarse clock, up to a tick behind
 
 
@@ -376,9 +381,9 @@ def _softhsm_tokendir(env):
 
 
 def quarantine_empty_objects(env, written_before=None):
-    """Moves attribute-less SoftHSM object files (see above) out of the token directory: those
-    last written before `written_before` (a time.time() value), or, without it, at least
-    EMPTY_OBJECT_AGE ago. Returns how many it moved."""
+    """Moves attribute-less SoftHSM object files (see above; shorter than MIN_OBJECT_SIZE) out
+    of the token directory: those last written before `written_before` (a time.time() value),
+    or, without it, at least EMPTY_OBJECT_AGE ago. Returns how many it moved."""
     top = _softhsm_tokendir(env)
     if not top or not os.path.isdir(top):
         return 0
@@ -397,7 +402,7 @@ def quarantine_empty_objects(env, written_before=None):
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            if st.st_size != 8 or st.st_mtime >= written_before:
+            if st.st_size >= MIN_OBJECT_SIZE or st.st_mtime >= written_before:
                 continue
             qdir = os.path.join(os.path.dirname(top), "quarantine")
             os.makedirs(qdir, exist_ok=True)
@@ -927,11 +932,11 @@ def consistent_sample(d, issuers, first_key=None, settled=True, budget=4.0,
     and the answers came within one second, or in two seconds with the same derived states;
     otherwise a rotation is under way and the sample is taken again. (A listing costs far less
     than a second read: on a loaded machine, in a sanitizer build, two reads took longer than
-    the token stays unchanged between two transitions.) A stable sample that disagrees with the token is
-    taken again too while it is within `transition_grace` seconds of an activation (the
-    scheduler makes the next pending key then, later on a loaded machine), and once more 50 ms
-    later otherwise (the daemon writes a record a moment before it swaps in the new view); a
-    disagreement after that stands. Gives up after `budget` seconds."""
+    the token stays unchanged between two transitions.) A stable sample that disagrees with
+    the token is taken again too while it is within `transition_grace` seconds of an
+    activation (the scheduler makes the next pending key then, later on a loaded machine), and
+    once more 50 ms later otherwise (the daemon writes a record a moment before it swaps in the
+    new view); a disagreement after that stands. Gives up after `budget` seconds."""
     t_begin = time.time()
     deadline = t_begin + budget
     mismatches = 0
