@@ -95,7 +95,7 @@ static enum MHD_Result reply_keys(struct runtime *rt, struct MHD_Connection *c)
 {
 	const char *only = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "issuer");
 	const struct issuer_conf *ic = only ? conf_find_issuer(rt->conf, only, strlen(only)) : NULL;
-	int64_t now = (int64_t)time(NULL);
+	int64_t now = scheduler_now();
 	json_t *keys = json_array();
 
 	if (only && !ic) {
@@ -136,7 +136,7 @@ static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now, bool tok
 
 static enum MHD_Result reply_status(struct runtime *rt, struct MHD_Connection *c)
 {
-	int64_t now = (int64_t)time(NULL);
+	int64_t now = scheduler_now();
 	bool token_ok = hsm_probe(rt->hsm) == 0;
 	json_t *issuers = json_array();
 

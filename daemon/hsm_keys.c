@@ -255,6 +255,34 @@ static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_
 	                               sizeof(priv_tmpl) / sizeof(priv_tmpl[0]), pub, priv);
 }
 
+/* Every later use finds the pair by its CKA_ID: a fresh pair must be found that way, as these very
+ * objects, before it is recorded. SoftHSM's file store, with another process writing the token,
+ * has been seen to lose a fresh object's template attributes (CKA_ID and label among them). */
+static int check_findable(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN],
+                          CK_OBJECT_HANDLE priv, CK_OBJECT_HANDLE pub)
+{
+	CK_OBJECT_HANDLE p = 0, q = 0;
+	int err = 0;
+	CK_RV rv = find_pair(h, s, id, &p, &q, &err);
+
+	if (rv != CKR_OK)
+		return hsm_fail("C_FindObjects", rv, hsm_ckr_errno(rv));
+	if (err < 0 || p != priv || q != pub)
+		return hsm_fail_text(-EIO, "the new key pair is not found again by its CKA_ID");
+	return 0;
+}
+
+/* Removes a fresh pair that failed its check. By handle first: SoftHSM's file store, with another
+ * process writing the token at the same moment, can hand back a private key that reads with its
+ * default attributes only (no CKA_ID, no label), which no search by id would ever find again. */
+static void discard_pair(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub,
+                         CK_OBJECT_HANDLE priv, const uint8_t id[HSM_ID_LEN])
+{
+	h->f->C_DestroyObject(s, priv);
+	h->f->C_DestroyObject(s, pub);
+	hsm_destroy_key(h, id);
+}
+
 int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const char *label,
                      struct hsm_key *ret)
 {
@@ -280,10 +308,12 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 	if (r < 0)
 		return r;
 	r = hsm_check_private(h, s->handle, priv, ai);
+	if (r == 0)
+		r = check_findable(h, s->handle, id, priv, pub);
 	if (r < 0) {
 		char why[160];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
-		hsm_destroy_key(h, id);
+		discard_pair(h, s->handle, pub, priv, id);
 		hsm_fail_text(r, "%s", why);
 		return r;
 	}

@@ -59,6 +59,8 @@ void keyring_free(struct keyring *kr)
 	free(kr->orphans);
 	free(kr->stale);
 	free(kr->recorded);
+	free(kr->damaged);
+	free(kr->suspects);
 	free(kr->warned);
 	free(kr->issuers);
 	free(kr);
@@ -432,10 +434,26 @@ static int record_to_key(struct keyring *kr, struct key_loader *l, const struct 
 	return 0;
 }
 
+/* A pending key whose record stands while its key pair is not all there (SoftHSM's file store,
+ * with several processes writing, has lost a fresh object's CKA_ID): it can never be used, and as
+ * a pending key it never signed, so maintenance may replace it. Other keys are only logged. */
+static void note_damaged(struct keyring *kr, size_t i, const struct hsm_record *hr,
+                         const struct record *rec, int64_t now)
+{
+	struct damaged *d = &kr->damaged[kr->n_damaged];
+
+	if (rec->activates_at <= now || hex_decode(rec->id_hex, d->id, HSM_ID_LEN) < 0)
+		return;
+	d->issuer = i;
+	d->record = hr->handle;
+	snprintf(d->kid, sizeof(d->kid), "%s", rec->kid);
+	kr->n_damaged++;
+}
+
 /* by_issuer: the current records, sorted by issuer name, then by place in the token's list. */
 static int issuer_collect(struct keyring *kr, size_t i, struct key_loader *l,
-                          struct parsed *const *by_issuer, size_t n_cur, struct key **ret,
-                          size_t *ret_n)
+                          struct parsed *const *by_issuer, size_t n_cur, int64_t now,
+                          struct key **ret, size_t *ret_n)
 {
 	const struct issuer_conf *ic = kr->issuers[i].conf;
 	struct keyset *cur = keyring_acquire(kr, i);
@@ -451,7 +469,11 @@ static int issuer_collect(struct keyring *kr, size_t i, struct key_loader *l,
 	}
 	for (size_t j = lo; j < n_cur && strcmp(by_issuer[j]->rec.issuer, ic->name) == 0; j++) {
 		struct key k;
-		if (record_to_key(kr, l, ic, cur, by_issuer[j], &k) < 0)
+		int r = record_to_key(kr, l, ic, cur, by_issuer[j], &k);
+
+		if (r == -ENOENT)
+			note_damaged(kr, i, by_issuer[j]->hr, &by_issuer[j]->rec, now);
+		if (r < 0)
 			continue;
 		if (append_key(&keys, &n, &k) < 0) {
 			free(keys);
@@ -541,12 +563,14 @@ static int records_sort(struct parsed *p, size_t n, struct parsed ***ret, size_t
 /* Remembers, for maintenance, which key ids have a record and which records are stale. */
 static int records_note(struct keyring *kr, const struct parsed *p, size_t n)
 {
-	kr->n_stale = kr->n_recorded = 0;
+	kr->n_stale = kr->n_recorded = kr->n_damaged = 0;
 	free(kr->stale);
 	free(kr->recorded);
+	free(kr->damaged);
 	kr->stale = calloc(n ? n : 1, sizeof(*kr->stale));
 	kr->recorded = calloc(n ? n : 1, sizeof(*kr->recorded));
-	if (!kr->stale || !kr->recorded)
+	kr->damaged = calloc(n ? n : 1, sizeof(*kr->damaged));
+	if (!kr->stale || !kr->recorded || !kr->damaged)
 		return -ENOMEM;
 	for (size_t j = 0; j < n; j++) {
 		if (!p[j].doc)
@@ -581,7 +605,7 @@ int keyring_refresh(struct keyring *kr, int64_t now)
 		struct key *keys;
 		size_t n;
 
-		r = issuer_collect(kr, i, &loader, by_issuer, n_cur, &keys, &n);
+		r = issuer_collect(kr, i, &loader, by_issuer, n_cur, now, &keys, &n);
 		if (r == 0)
 			r = keyset_build(kr->issuers[i].conf, keys, n, now, &set);
 		if (r == 0)

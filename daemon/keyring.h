@@ -67,6 +67,15 @@ struct keyring {
 	size_t n_stale;
 	uint8_t (*recorded)[HSM_ID_LEN]; /* every key id that has a current record */
 	size_t n_recorded;
+	struct damaged {
+		size_t issuer;
+		unsigned long record;
+		uint8_t id[HSM_ID_LEN];
+		char kid[JWK_KID_LEN + 1];
+	} * damaged; /* pending keys whose record stands but whose key pair is incomplete */
+	size_t n_damaged;
+	uint8_t (*suspects)[HSM_ID_LEN]; /* ids found damaged by the previous maintenance */
+	size_t n_suspects;
 	uint8_t (*warned)[HSM_ID_LEN]; /* keys left out for good, already said in the log */
 	size_t n_warned;
 };

@@ -54,7 +54,7 @@ static int config_check(const char *path, struct conf **ret)
 bool daemon_ready(struct daemon *d, const char **why)
 {
 	struct runtime *rt = runtime_acquire(d);
-	int64_t now = (int64_t)time(NULL);
+	int64_t now = scheduler_now();
 	bool ok = true;
 
 	*why = NULL;
@@ -81,7 +81,7 @@ bool daemon_ready(struct daemon *d, const char **why)
 static void notify_status(struct daemon *d, const char *prefix)
 {
 	struct runtime *rt = runtime_acquire(d);
-	int64_t now = (int64_t)time(NULL);
+	int64_t now = scheduler_now();
 	char status[512];
 	size_t used;
 	int w;

@@ -11,6 +11,7 @@
 
 #include "audit.h"
 #include "log.h"
+#include "scheduler.h"
 
 #define RETRY_MAX 60 /* seconds between attempts to generate a key, at most */
 
@@ -53,7 +54,7 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	 * within the next second. Counting prepublish from the whole second after that keeps a
 	 * late key from signing a fraction of a second early. */
 	/* A key active at once is recorded as made when it starts: the pass's own clock. */
-	ret->created_at = at_once ? activates_at : (int64_t)time(NULL) + 1;
+	ret->created_at = at_once ? activates_at : scheduler_now() + 1;
 	if (!at_once && activates_at < ret->created_at + (int64_t)ic->prepublish)
 		activates_at = ret->created_at + (int64_t)ic->prepublish;
 	ret->activates_at = activates_at;
@@ -125,6 +126,15 @@ static void issuer_problem(struct issuer_keys *ik, int64_t now, int r)
 	(void)r;
 }
 
+/* The issuer has its pending key again (ours, or one another instance made): a past failure to
+ * generate no longer stands, or /readyz and /v1/status would report it for good. */
+static void issuer_settled(struct issuer_keys *ik)
+{
+	ik->failures = 0;
+	ik->retry_at = 0;
+	ik->problem[0] = '\0';
+}
+
 /* Generates the pending key when there is none. At first start (no key at all) the key is
  * active at once: nothing was signed before, so nobody can miss it. */
 static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int64_t now,
@@ -138,8 +148,10 @@ static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int6
 	int r;
 
 	for (size_t j = 0; j < set->n; j++) {
-		if (set->keys[j].st.state == KEY_PENDING)
+		if (set->keys[j].st.state == KEY_PENDING) {
+			issuer_settled(ik);
 			return 0;
+		}
 		if (set->keys[j].st.state != KEY_EXPIRED)
 			empty = false;
 	}
@@ -152,9 +164,7 @@ static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int6
 		issuer_problem(ik, now, r);
 		return r;
 	}
-	ik->failures = 0;
-	ik->retry_at = 0;
-	ik->problem[0] = '\0';
+	issuer_settled(ik);
 	*changed = true;
 	return 0;
 }
@@ -230,6 +240,41 @@ static void sweep_stale_records(struct keyring *kr, bool *changed)
 			*changed = true;
 }
 
+/* A pending key whose key pair is incomplete can never sign: it goes, record first, and
+ * ensure_pending() makes another. Only when two maintenances in a row found it so: another
+ * process may read a fresh object of ours while it is being written. */
+static void sweep_damaged(struct keyring *kr, bool *changed)
+{
+	uint8_t(*seen)[HSM_ID_LEN] = calloc(kr->n_damaged ? kr->n_damaged : 1, sizeof(*seen));
+	size_t n_seen = 0;
+
+	for (size_t i = 0; i < kr->n_damaged; i++) {
+		const struct damaged *d = &kr->damaged[i];
+		const char *name = kr->issuers[d->issuer].conf->name;
+
+		if (!id_in(kr->suspects, kr->n_suspects, d->id)) {
+			if (seen)
+				memcpy(seen[n_seen++], d->id, HSM_ID_LEN);
+			continue;
+		}
+		if (hsm_destroy_object(kr->hsm, d->record) < 0 ||
+		    hsm_destroy_key(kr->hsm, d->id) < 0) {
+			log_error("issuer %s: cannot remove pending key %s, whose key pair is "
+			          "incomplete: %s",
+			          name, d->kid, hsm_last_error());
+			continue;
+		}
+		log_notice("issuer %s: destroyed pending key %s (its key pair is incomplete in "
+		           "the token)",
+		           name, d->kid);
+		audit_key(AUDIT_DESTROYED, name, d->kid, -1);
+		*changed = true;
+	}
+	free(kr->suspects);
+	kr->suspects = seen;
+	kr->n_suspects = seen ? n_seen : 0;
+}
+
 static int64_t issuer_next(const struct issuer_keys *ik, const struct keyset *set)
 {
 	int64_t next = INT64_MAX;
@@ -269,6 +314,7 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 		keyset_release(set);
 	}
 	sweep_stale_records(kr, &changed);
+	sweep_damaged(kr, &changed);
 	sweep_orphans(kr, now);
 	if (changed && (r = keyring_refresh(kr, now)) < 0)
 		return r;
@@ -377,7 +423,7 @@ static int rotate_locked(struct keyring *kr, size_t i, bool now_flag, int64_t no
 int rotation_rotate(struct keyring *kr, size_t i, bool now_flag, int64_t operator_uid,
                     struct rotate_result *ret)
 {
-	int64_t now = (int64_t)time(NULL), next;
+	int64_t now = scheduler_now(), next;
 	int r;
 
 	pthread_mutex_lock(&kr->mutate);
@@ -447,7 +493,7 @@ static void current_kids(struct keyring *kr, size_t i, struct revoke_result *ret
 int rotation_revoke(struct keyring *kr, size_t i, const char *kid, int64_t operator_uid,
                     struct revoke_result *ret)
 {
-	int64_t now = (int64_t)time(NULL), next;
+	int64_t now = scheduler_now(), next;
 	int r;
 
 	pthread_mutex_lock(&kr->mutate);

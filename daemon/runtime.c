@@ -66,7 +66,7 @@ static int algorithms_prepare(struct hsm *hsm, const struct conf *conf)
  * key at all is an error; later trouble is the scheduler's. */
 static int keys_load(struct runtime *rt)
 {
-	int64_t now = (int64_t)time(NULL), next;
+	int64_t now = scheduler_now(), next;
 	int r;
 
 	sd_notify(0, "STATUS=Loading keys from the token");

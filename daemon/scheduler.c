@@ -30,6 +30,14 @@ int64_t scheduler_rescan_interval(const struct conf *conf)
 	return r < 1 ? 1 : r;
 }
 
+int64_t scheduler_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec;
+}
+
 static int64_t now_ms(clockid_t clock)
 {
 	struct timespec ts;
@@ -69,7 +77,7 @@ static void *run(void *arg)
 	unsigned failures = 0;
 
 	while (!stopping(s)) {
-		int64_t now = (int64_t)time(NULL), next = INT64_MAX;
+		int64_t now = scheduler_now(), next = INT64_MAX;
 		int r = rotation_maintain(s->kr, now, &next);
 
 		if (r < 0) {

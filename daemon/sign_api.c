@@ -21,6 +21,7 @@
 #include "log.h"
 #include "peer.h"
 #include "policy.h"
+#include "scheduler.h"
 
 struct sign_api {
 	struct daemon *d;
@@ -376,8 +377,8 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 	if (jti_random(jti) < 0)
 		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
 		                        "no randomness for jti");
-	r = policy_apply(rq->ic, rq->body.data ? rq->body.data : "", rq->body.len,
-	                 (int64_t)time(NULL), jti, &sr, &perr);
+	r = policy_apply(rq->ic, rq->body.data ? rq->body.data : "", rq->body.len, scheduler_now(),
+	                 jti, &sr, &perr);
 	if (r == -EINVAL)
 		return http_reply_error(c, (unsigned)perr.status, perr.code, perr.message);
 	if (r < 0) {

@@ -314,8 +314,28 @@ class TokenView:
 
 
 def read(daemon):
-    """The TokenView of a harness.Daemon's token, read now."""
-    return read_raw(daemon.module, daemon.token_label, daemon.pin_file, daemon.env)
+    """The TokenView of a harness.Daemon's token, read now. p11probe lists the handles first
+    and reads each object after: an object destroyed meanwhile is left out, so one read of a
+    token that a running daemon changes may show, say, a record whose key pair went after the
+    record was read. Use read_stable() for a view to judge."""
+    running = daemon.proc is not None and daemon.proc.poll() is None
+    return read_raw(daemon.module, daemon.token_label, daemon.pin_file, daemon.env,
+                    getattr(daemon, "spawned_at", None) if running else None)
+
+
+def read_stable(daemon, budget=4.0):
+    """A TokenView from two successive reads that saw the same objects: no object was made
+    or destroyed while the first was read, so it is one state of the token. A running daemon
+    changes the token only around its scheduled transitions and rescans, a few times in a
+    rotation period, so two reads agree within a few attempts; after `budget` seconds the
+    last read is returned (and the problems it shows stand)."""
+    deadline = time.time() + budget
+    prev = read(daemon)
+    while True:
+        cur = read(daemon)
+        if canon(prev.objs) == canon(cur.objs) or time.time() > deadline:
+            return prev if canon(prev.objs) == canon(cur.objs) else cur
+        prev = cur
 
 
 # p11probe tolerates an object destroyed between its listing and its reads when SoftHSM says
@@ -327,12 +347,24 @@ def read(daemon):
 # The same answer, for good, comes from an object whose creation was killed half-way: SoftHSM's
 # file backend writes NNN.object with only its generation counter (8 bytes) at creation and
 # the attributes at the commit that follows, so a SIGKILL in between leaves an object without
-# attributes. A search with a template (all the daemon ever does) never matches it; a listing
-# without one (p11probe) finds it and p11probe stops at it. Such files are moved out of the
-# token directory (into quarantine/ next to it) and listed in QUARANTINED.
+# attributes (8 bytes, or 0 when the kill came before the counter was written). A search with
+# a template (all the daemon ever does) never matches it; a listing
+# without one (p11probe) finds it and p11probe stops at it, on purpose: an object it cannot
+# read is never silently skipped. Such files are moved out of the token directory (into
+# quarantine/ next to it) and listed in QUARANTINED *before* every probe, as soon as they are
+# certainly dead: written before the daemon we read through was started (it is the only
+# process that could still be committing them; the files of a killed predecessor are
+# abandoned). A file a running process wrote may be a creation in progress, which commits
+# within milliseconds: it is moved only after a probe failed on it and it has stayed
+# attribute-less for EMPTY_OBJECT_AGE.
 PROBE_ATTEMPTS = 6
 QUARANTINED = []
 EMPTY_OBJECT_AGE = 0.25  # seconds: a live creation commits within milliseconds
+# A file shorter than this holds no complete attribute: its 8-byte generation counter (or not
+# even that: a kill between creating and first writing the file left one of 0 bytes) and at
+# most part of CKA_CLASS, which SoftHSM writes first (type, kind and value, 8 bytes each).
+MIN_OBJECT_SIZE = 32
+MTIME_SLACK = 0.02  # file times come from the kernel's coarse clock, up to a tick behind
 
 
 def _softhsm_tokendir(env):
@@ -348,12 +380,15 @@ def _softhsm_tokendir(env):
     return None
 
 
-def quarantine_empty_objects(env):
-    """Moves attribute-less SoftHSM object files (see above) out of the token directory.
-    Returns how many it moved."""
+def quarantine_empty_objects(env, written_before=None):
+    """Moves attribute-less SoftHSM object files (see above; shorter than MIN_OBJECT_SIZE) out
+    of the token directory: those last written before `written_before` (a time.time() value),
+    or, without it, at least EMPTY_OBJECT_AGE ago. Returns how many it moved."""
     top = _softhsm_tokendir(env)
     if not top or not os.path.isdir(top):
         return 0
+    if written_before is None:
+        written_before = time.time() - EMPTY_OBJECT_AGE
     moved = 0
     for sub in os.listdir(top):
         d = os.path.join(top, sub)
@@ -367,11 +402,14 @@ def quarantine_empty_objects(env):
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            if st.st_size != 8 or time.time() - st.st_mtime < EMPTY_OBJECT_AGE:
+            if st.st_size >= MIN_OBJECT_SIZE or st.st_mtime >= written_before:
                 continue
             qdir = os.path.join(os.path.dirname(top), "quarantine")
             os.makedirs(qdir, exist_ok=True)
-            os.rename(path, os.path.join(qdir, name))
+            try:
+                os.rename(path, os.path.join(qdir, name))
+            except FileNotFoundError:
+                continue
             lock = path[:-len(".object")] + ".lock"
             if os.path.exists(lock):
                 os.rename(lock, os.path.join(qdir, os.path.basename(lock)))
@@ -380,14 +418,34 @@ def quarantine_empty_objects(env):
     return moved
 
 
-def read_raw(module, label, pin_file, env=None):
+def _tokendir_listing(env):
+    """The token directory's object files with size and mtime, for a failure message."""
+    top = _softhsm_tokendir(env)
+    out = ["token files at %.3f:" % time.time()]
+    for sub in sorted(os.listdir(top)) if top and os.path.isdir(top) else []:
+        d = os.path.join(top, sub)
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            try:
+                st = os.stat(os.path.join(d, name))
+            except FileNotFoundError:
+                continue
+            out.append("  %s %d bytes, mtime %.3f" % (name, st.st_size, st.st_mtime))
+    return "\n".join(out)
+
+
+def read_raw(module, label, pin_file, env=None, live_since=None):
+    """The TokenView of a token, read now. live_since: when the process that may be writing
+    the token (the daemon we read through) was started; None if unknown."""
     for attempt in range(PROBE_ATTEMPTS):
+        if live_since is not None:
+            quarantine_empty_objects(env, live_since - MTIME_SLACK)
         t0 = time.time()
         try:
             objs = harness.p11probe(module, label, pin_file, env)
         except harness.HarnessError as e:
             if attempt == PROBE_ATTEMPTS - 1 or "0x00000013" not in str(e):
-                raise
+                raise harness.HarnessError("%s\n(attempt %d; live_since %s) %s"
+                                           % (e, attempt + 1, live_since, _tokendir_listing(env)))
             read_raw.retried += 1
             time.sleep(0.05)
             if attempt >= 1 and not quarantine_empty_objects(env) and attempt >= 2:
@@ -601,6 +659,19 @@ def check(view, issuers, now=None, settled=True, prepub_exempt=None, allow_fail_
     return res
 
 
+def fail_closed_reason(view, issuers, issuer, now):
+    """Why, per the records in view, nobody may sign for issuer at the second now; None when
+    a key is active then, or when the records do not justify failing closed. The view may
+    have been read later: keys made after the second now are left out (a key made during
+    second s records created_at s + 1; such a key may be scheduled late, after the successor
+    that ended the fail-closed time, and says nothing about it)."""
+    t = timings_of(issuers)[issuer]
+    s = Schedule([k for k in view.issuer_keys(issuer) if k.created_at <= now + 1], t, now)
+    if s.active is not None:
+        return None
+    return _fail_closed_reason(s, t)
+
+
 def _fail_closed_reason(s, t):
     """Why, per the records, nobody may sign (or None when the records do not justify it).
     The SPEC allows it only after the active key's retirement + prepublish, when no successor
@@ -719,11 +790,22 @@ def compare_status(res, doc):
 # ---- helpers shared by test_rotation.py, test_crash.py and test_instances.py ----
 # (not part of the checker: they drive the daemon; the harness stays untouched)
 
+class CheckedDaemon(harness.Daemon):
+    """A harness.Daemon that notes when its current process was started (.spawned_at), so
+    that read() knows which half-made objects no live process can still be committing."""
+
+    spawned_at = None
+
+    def spawn(self):
+        self.spawned_at = time.time()
+        return super().spawn()
+
+
 def admin_daemon(issuers, jwks_max_age="1s", share_token_of=None):
-    """A harness.Daemon with an [admin] socket in its work dir (the harness does not write
+    """A CheckedDaemon with an [admin] socket in its work dir (the harness does not write
     one). The socket path is in .admin_socket."""
-    d = harness.Daemon(issuers=issuers, jwks_max_age=jwks_max_age,
-                       share_token_of=share_token_of)
+    d = CheckedDaemon(issuers=issuers, jwks_max_age=jwks_max_age,
+                      share_token_of=share_token_of)
     d.admin_socket = os.path.join(d.workdir, "admin.sock")
     d.extra_conf = "[admin]\nsocket = %s\nmode = 0600\n" % d.admin_socket
     d.write_config()
@@ -801,6 +883,31 @@ def canon(objs):
     return sorted(json.dumps(o, sort_keys=True) for o in objs)
 
 
+def token_files(env):
+    """(name, size, mtime) of every object file of the SoftHSM token directory: the daemon
+    changes the token's objects only by making, removing or rewriting such files."""
+    top = _softhsm_tokendir(env)
+    out = []
+    for sub in sorted(os.listdir(top)) if top and os.path.isdir(top) else []:
+        d = os.path.join(top, sub)
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            if not name.endswith(".object") or name == "token.object":
+                continue  # token.object: SoftHSM's own bookkeeping, rewritten at every login
+            try:
+                st = os.stat(os.path.join(d, name))
+            except FileNotFoundError:
+                continue
+            out.append((sub, name, st.st_size, st.st_mtime_ns))
+    return out
+
+
+def same_states(view, issuers, t1, t2):
+    """True when every key's derived state is the same at the seconds t1 and t2."""
+    a, b = schedules(view, issuers, t1), schedules(view, issuers, t2)
+    return all([(k.kid, k.state) for k in a[n].keys] == [(k.kid, k.state) for k in b[n].keys]
+               for n in issuers)
+
+
 class Sample:
     def __init__(self, ta, tb, jwks, etags, keys, res, problems, attempts):
         self.ta, self.tb = ta, tb
@@ -815,29 +922,47 @@ class Sample:
         return [k["kid"] for k in self.jwks[issuer]["keys"]]
 
 
-def consistent_sample(d, issuers, first_key=None, settled=True, budget=4.0,
-                      transition_grace=1.2):
-    """JWKS of every issuer + /v1/keys + /v1/status, bracketed by two reads of the token.
+# How long consistent_sample() looks for a stable sample. This is no deadline of the product:
+# a sample that disagrees with the token is returned as soon as it is stable. On two cores
+# shared with four other test runs, one attempt of a sanitizer build took 3.9 s while the
+# daemon changes the token every second or two at the tests' short periods; 4 s allowed no
+# second attempt.
+SAMPLE_BUDGET = 10.0
 
-    A sample counts only when the token did not change in between, holds no key object still
-    being made (no label yet), and the answers came within one second; otherwise a rotation is
-    under way and the sample is taken again. A stable sample that disagrees with the token is
-    taken again too while it is within `transition_grace` seconds of an activation (the
-    scheduler makes the next pending key then, later on a loaded machine), and once more 50 ms
-    later otherwise (the daemon writes a record a moment before it swaps in the new view); a
-    disagreement after that stands. Gives up after `budget` seconds."""
-    deadline = time.time() + budget
+
+def consistent_sample(d, issuers, first_key=None, settled=True, budget=SAMPLE_BUDGET,
+                      transition_grace=1.2):
+    """JWKS of every issuer + /v1/keys + /v1/status, and one read of the token, bracketed by
+    two listings of the token's object files (token_files()).
+
+    A sample counts only when no object file was made, removed or rewritten from before the
+    read to after the answers, the token holds no key object still being made (no label yet),
+    and the answers came within one second, or in two seconds with the same derived states;
+    otherwise a rotation is under way and the sample is taken again. (A listing costs far less
+    than a second read: on a loaded machine, in a sanitizer build, two reads took longer than
+    the token stays unchanged between two transitions.) A stable sample that disagrees with
+    the token is taken again too while it is within `transition_grace` seconds of an
+    activation (the scheduler makes the next pending key then, later on a loaded machine), and
+    once more 50 ms later otherwise (the daemon writes a record a moment before it swaps in the
+    new view); a disagreement after that stands. Gives up after `budget` seconds."""
+    t_begin = time.time()
+    deadline = t_begin + budget
     mismatches = 0
     last = None
     attempt = 0
+    retries = []  # why each attempt was taken again: (seconds since t_begin, reason)
     while True:
         attempt += 1
         if time.time() > deadline:
             if last is None:
                 raise AssertionError("no consistent sample of the token and the daemon in %.1fs"
-                                     % budget)
+                                     " (%d attempts: %s)" % (budget, attempt - 1, "; ".join(
+                                         "%.2fs %s" % r for r in retries)))
             return last
-        v1 = read(d)
+        if getattr(d, "spawned_at", None) is not None:
+            quarantine_empty_objects(d.env, d.spawned_at - MTIME_SLACK)
+        files = token_files(d.env)
+        v2 = read(d)
         ta = time.time()
         jw, etags = {}, {}
         for n in issuers:
@@ -848,8 +973,12 @@ def consistent_sample(d, issuers, first_key=None, settled=True, budget=4.0,
         keys = admin_json(d, "GET", "/v1/keys")
         status = admin_json(d, "GET", "/v1/status")
         tb = time.time()
-        v2 = read(d)
-        if canon(v1.objs) != canon(v2.objs) or int(ta) != int(tb) or v2.incomplete:
+        changed = token_files(d.env) != files
+        straddled = int(ta) != int(tb) and not same_states(v2, issuers, int(ta), int(tb))
+        if changed or straddled or v2.incomplete:
+            retries.append((time.time() - t_begin, "token changed" if changed else
+                            "a transition at a second boundary (%.2fs for the answers)"
+                            % (tb - ta) if straddled else "incomplete object"))
             time.sleep(0.05)
             continue
         res = check(v2, issuers, now=int(ta), settled=settled, prepub_exempt=first_key)
