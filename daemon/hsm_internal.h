@@ -109,12 +109,6 @@ int hsm_check_private(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 int hsm_pair_count_check(unsigned long n_priv, unsigned long n_pub);
 
 /* Records "what: CKR_NAME" as the thread's last error and returns err. */
-/* Writes obj's CKA_LABEL again, unchanged. SoftHSM's file store lets another process cache an
- * object it read while the object was being written, and keep that copy until the object's file
- * changes again; writing once more right after creation makes every process read it afresh.
- * Best effort: a token that refuses loses nothing. */
-void hsm_rewrite_label(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, const char *label);
-
 int hsm_fail(const char *what, CK_RV rv, int err);
 int hsm_fail_text(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -117,18 +117,9 @@ int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t
 			rv = h->f->C_CreateObject(s->handle, tmpl, sizeof(tmpl) / sizeof(tmpl[0]),
 			                          &obj);
 	} while ((r = hsm_recover(h, s, rv, "C_CreateObject", &rc)) > 0);
-	if (r == 0)
-		hsm_rewrite_label(h, s->handle, obj, label);
 	if (r == 0 && ret_handle)
 		*ret_handle = obj;
 	return r;
-}
-
-void hsm_rewrite_label(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, const char *label)
-{
-	CK_ATTRIBUTE a = {CKA_LABEL, (void *)label, strlen(label)};
-
-	(void)h->f->C_SetAttributeValue(s, obj, &a, 1);
 }
 
 static bool object_gone(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
