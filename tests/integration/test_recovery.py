@@ -254,11 +254,12 @@ class SessionCopies(RecoveryCase):
 
     def test_unsafe_copy_is_destroyed_and_never_signs(self):
         # A token that weakened a copy: p11shim flips a bit of the attributes read back (the
-        # first is CKA_TOKEN), so the copy looks like a token object.
+        # first is CKA_TOKEN), so the copy looks like a token object. The daemon reads the
+        # copy's five attributes in one call, and no other read asks for five.
         self.start()
-        self.set_faults("C_GetAttributeValue CORRUPT *")
+        self.set_faults("C_GetAttributeValue:5 CORRUPT 1")
         r, calls = self.calls_during(self.sign)
-        self.clear_faults()
+        self.assertRegex(self.faults_text(), r"C_GetAttributeValue:5 CORRUPT 0")
         self.assertSignsAndVerifies(r, "the token key signs instead")
         i = calls.index("C_CopyObject CKR_OK")
         self.assertIn("C_DestroyObject CKR_OK", calls[i:], calls)

@@ -374,7 +374,15 @@ class OutOfDescriptorsTest(harness.TestCase):
             self.assertLess(time.monotonic(), deadline, d.log())
             time.sleep(0.05)
         self.assertSigned(d.sign("main", {"aud": "api://orders"}))
-        self.assertEqual(d.log().count("accept: Too many open files"), 1, d.log())
+        # Once per episode, not at each retry (every 100 ms): a descriptor freed for a moment
+        # (a connection libmicrohttpd refused) can end an episode and start another, so each
+        # warning must be followed by its notice.
+        lines = [l for l in d.log().splitlines()
+                 if "accept: Too many open files" in l or "accepting connections again" in l]
+        self.assertGreaterEqual(len(lines), 2, d.log())
+        for i, line in enumerate(lines):
+            self.assertIn("Too many" if i % 2 == 0 else "again", line, lines)
+        self.assertTrue(len(lines) % 2 == 0 and len(lines) <= 6, lines)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@
  *   FUNCTION[:MECHANISM] ACTION COUNT
  * FUNCTION is a Cryptoki name (C_Sign). MECHANISM (0x1057, 4183 or CKM_EDDSA) limits the line to
  * calls about that mechanism: C_GetMechanismInfo, C_GetMechanismList, C_SignInit,
- * C_GenerateKeyPair. ACTION is a CKR_* name, returned instead of calling the real function; or
+ * C_GenerateKeyPair; for C_GetAttributeValue the number is how many attributes the call asks
+ * for at once. ACTION is a CKR_* name, returned instead of calling the real function; or
  * LOGOUT (log the token out for real, then return CKR_USER_NOT_LOGGED_IN); or CORRUPT (call the
  * real function, then flip one bit of its output); or HIDE (the token seems not to have the
  * mechanism: C_GetMechanismList leaves it out, C_GetMechanismInfo answers
@@ -469,6 +470,15 @@ static struct fault fault_take_mech(const char *fn, const CK_MECHANISM *mech)
 	return fault_take_call(&c);
 }
 
+/* The fault for a C_GetAttributeValue of n attributes: for this call a line's qualifier is the
+ * number of attributes asked for at once ("C_GetAttributeValue:5 CORRUPT 1"). */
+static struct fault fault_take_attrs(const char *fn, CK_ULONG n, bool can_corrupt)
+{
+	struct call c = {fn, MATCH_MECH, n, can_corrupt, false, false};
+
+	return fault_take_call(&c);
+}
+
 /* ---- what an injected fault does besides returning its code ---- */
 
 static bool session_gone(CK_RV rv)
@@ -663,7 +673,7 @@ static CK_RV shim_C_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 
 	for (CK_ULONG i = 0; tmpl && i < n; i++)
 		has_output |= tmpl[i].pValue != NULL;
-	f = fault_take("C_GetAttributeValue", has_output);
+	f = fault_take_attrs("C_GetAttributeValue", n, has_output);
 	if (!pre(&f, s, true, &rv)) {
 		rv = real->C_GetAttributeValue(s, obj, tmpl, n);
 		if (f.action == ACT_CORRUPT && rv == CKR_OK)
