@@ -256,6 +256,8 @@ class TokenView:
         label = o.get("label") or ""
         if o.get("label") is None or o.get("id") is None:
             self.incomplete.append(o)  # being made right now (SoftHSM writes it in steps)
+            if o.get("id") is None:
+                return  # no id to join it to a record by
         if not label.startswith("tokensign:"):
             self.others.append(o)
             return
