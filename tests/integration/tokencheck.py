@@ -361,7 +361,9 @@ def read_stable(daemon, budget=4.0):
 # abandoned). A file a running process wrote may be a creation in progress, which commits
 # within milliseconds: it is moved only after a probe failed on it and it has stayed
 # attribute-less for EMPTY_OBJECT_AGE.
-PROBE_ATTEMPTS = 6
+# A probe takes long enough on a loaded machine (60 objects, 0.2-0.5 s) that a daemon deleting
+# expired keys every second or two can make several in a row meet a vanishing object.
+PROBE_ATTEMPTS = 12
 QUARANTINED = []
 EMPTY_OBJECT_AGE = 0.25  # seconds: a live creation commits within milliseconds
 # A file shorter than this holds no complete attribute: its 8-byte generation counter (or not
