@@ -170,13 +170,7 @@ int hsm_key_index_find(struct hsm *h, const struct hsm_key_index *ix, const uint
 		return r;
 	if ((r = hsm_session_get(h, &s)) < 0)
 		return r;
-	if ((r = hsm_check_private(h, s->handle, priv, ai)) < 0)
-		return r;
-	memcpy(ret->id, id, HSM_ID_LEN);
-	ret->alg = alg;
-	atomic_store(&ret->priv, priv);
-	ret->pub = pub;
-	return 0;
+	return hsm_key_accept(h, s, priv, pub, id, alg, ret);
 }
 
 int hsm_list_key_ids(struct hsm *h, uint8_t (**ret)[HSM_ID_LEN], size_t *ret_n)

@@ -104,6 +104,11 @@ CK_RV hsm_find_all(struct hsm *h, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_UL
 int hsm_check_private(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
                       const struct alg_info *ai);
 
+/* Checks the private key of a pair found as priv/pub (hsm_check_private) and fills ret: the
+ * last step of every lookup of a key, by id or through the index. */
+int hsm_key_accept(struct hsm *h, struct hsm_session *s, unsigned long priv, unsigned long pub,
+                   const uint8_t id[HSM_ID_LEN], enum jws_alg alg, struct hsm_key *ret);
+
 /* 0 for exactly one private and one public object of a key id; -ENOENT when either is missing,
  * -EEXIST for duplicates (with the counts as the thread's error). */
 int hsm_pair_count_check(unsigned long n_priv, unsigned long n_pub);

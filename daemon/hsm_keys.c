@@ -169,7 +169,15 @@ int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, 
 		return r;
 	if (err < 0)
 		return err;
-	if ((r = hsm_check_private(h, s->handle, priv, ai)) < 0)
+	return hsm_key_accept(h, s, priv, pub, id, alg, ret);
+}
+
+int hsm_key_accept(struct hsm *h, struct hsm_session *s, unsigned long priv, unsigned long pub,
+                   const uint8_t id[HSM_ID_LEN], enum jws_alg alg, struct hsm_key *ret)
+{
+	int r = hsm_check_private(h, s->handle, priv, hsm_alg_info(alg));
+
+	if (r < 0)
 		return r;
 	memcpy(ret->id, id, HSM_ID_LEN);
 	ret->alg = alg;
