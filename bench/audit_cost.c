@@ -2,7 +2,7 @@
  *
  * Build and run from the repository root (stderr to /dev/null, as the figure in the README):
  *   cc -O2 -std=gnu11 -D_GNU_SOURCE -Idaemon -Ilib $(pkg-config --cflags jansson) \
- *      bench/audit_cost.c daemon/audit.c daemon/log.c -o /tmp/audit_cost \
+ *      bench/audit_cost.c daemon/audit.c daemon/log.c lib/json_out.c -o /tmp/audit_cost \
  *      $(pkg-config --libs jansson libsystemd) && /tmp/audit_cost 2>/dev/null */
 #include <stdio.h>
 #include <sys/resource.h>

@@ -9,6 +9,7 @@
 #include <systemd/sd-journal.h>
 #include <systemd/sd-login.h>
 
+#include "json_out.h"
 #include "log.h"
 
 /* journalctl MESSAGE_ID=6d1f0c1e5a3b4c2f9e8d7a6b5c4d3e2f: key lifecycle events */
@@ -52,60 +53,30 @@ void audit_key(enum audit_event event, const char *issuer, const char *kid, int6
 	                    "operator_uid", (json_int_t)operator_uid));
 }
 
-/* Appends s as a JSON string, escaped as jansson escapes (quote, backslash, controls). out
- * has room for 6 bytes per byte of s plus the quotes. */
-static char *json_string_put(char *out, const char *s)
-{
-	static const char hex[] = "0123456789ABCDEF";
-
-	*out++ = '"';
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\') {
-			*out++ = '\\';
-			*out++ = (char)ch;
-		} else if (ch < 0x20) {
-			const char *named = ch == '\n'   ? "n"
-			                    : ch == '\t' ? "t"
-			                    : ch == '\r' ? "r"
-			                    : ch == '\b' ? "b"
-			                    : ch == '\f' ? "f"
-			                                 : NULL;
-			*out++ = '\\';
-			if (named) {
-				*out++ = *named;
-			} else {
-				memcpy(out, "u00", 3);
-				out[3] = hex[ch >> 4];
-				out[4] = hex[ch & 15];
-				out += 5;
-			}
-		} else
-			*out++ = (char)ch;
-	}
-	*out++ = '"';
-	return out;
-}
-
 /* The record of one token outside the journal, written without building a JSON tree: this
  * runs once per signature (bench/audit_cost.c measures it). */
+static char *put(char *p, const char *s)
+{
+	return json_out_string(p, s, strlen(s));
+}
+
 static void signed_line(const struct audit_signature *a)
 {
 	size_t strings = strlen(a->issuer) + strlen(a->kid) + strlen(a->jti) + strlen(a->aud);
-	size_t size = 160 + 6 * strings;
+	size_t size = 160 + JSON_OUT_STRING_MAX(strings);
 	char stack[2048], *buf = size <= sizeof(stack) ? stack : malloc(size), *p = buf;
 
 	if (!buf)
 		return;
 	p = stpcpy(p, "{\"event\":\"signed\",\"issuer\":");
-	p = json_string_put(p, a->issuer);
+	p = put(p, a->issuer);
 	p = stpcpy(p, ",\"kid\":");
-	p = json_string_put(p, a->kid);
+	p = put(p, a->kid);
 	p = stpcpy(p, ",\"jti\":");
-	p = json_string_put(p, a->jti);
+	p = put(p, a->jti);
 	p = stpcpy(p, ",\"aud\":");
 	/* The policy's compact JSON of aud goes in as it is, unless it was cut. */
-	p = a->aud_cut || !*a->aud ? json_string_put(p, a->aud) : stpcpy(p, a->aud);
+	p = a->aud_cut || !*a->aud ? put(p, a->aud) : stpcpy(p, a->aud);
 	p += sprintf(p, ",\"exp\":%lld,\"uid\":%u,\"pid\":%d}\n", (long long)a->exp,
 	             (unsigned)a->uid, (int)a->pid);
 	fwrite(buf, 1, (size_t)(p - buf), stderr);

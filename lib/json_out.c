@@ -46,56 +46,61 @@ static void put(struct out *o, const char *s, size_t n)
 	o->len += n;
 }
 
-static void put_string(struct out *o, const char *s, size_t n)
+char *json_out_string(char *out, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	size_t run = 0;
 
-	/* Worst case: every byte as \u00XX. */
-	reserve(o, 6 * n + 2);
-	if (o->err)
-		return;
-	o->buf[o->len++] = '"';
+	*out++ = '"';
 	for (size_t i = 0; i < n; i++) {
 		unsigned char ch = (unsigned char)s[i];
 		if (ch >= 0x20 && ch != '"' && ch != '\\') {
 			run++;
 			continue;
 		}
-		memcpy(o->buf + o->len, s + i - run, run);
-		o->len += run;
+		memcpy(out, s + i - run, run);
+		out += run;
 		run = 0;
-		o->buf[o->len++] = '\\';
+		*out++ = '\\';
 		switch (ch) {
 		case '"':
 		case '\\':
-			o->buf[o->len++] = (char)ch;
+			*out++ = (char)ch;
 			break;
 		case '\b':
-			o->buf[o->len++] = 'b';
+			*out++ = 'b';
 			break;
 		case '\f':
-			o->buf[o->len++] = 'f';
+			*out++ = 'f';
 			break;
 		case '\n':
-			o->buf[o->len++] = 'n';
+			*out++ = 'n';
 			break;
 		case '\r':
-			o->buf[o->len++] = 'r';
+			*out++ = 'r';
 			break;
 		case '\t':
-			o->buf[o->len++] = 't';
+			*out++ = 't';
 			break;
 		default:
-			memcpy(o->buf + o->len, "u00", 3);
-			o->buf[o->len + 3] = hex[ch >> 4];
-			o->buf[o->len + 4] = hex[ch & 15];
-			o->len += 5;
+			memcpy(out, "u00", 3);
+			out[3] = hex[ch >> 4];
+			out[4] = hex[ch & 15];
+			out += 5;
 		}
 	}
-	memcpy(o->buf + o->len, s + n - run, run);
-	o->len += run;
-	o->buf[o->len++] = '"';
+	memcpy(out, s + n - run, run);
+	out += run;
+	*out++ = '"';
+	return out;
+}
+
+static void put_string(struct out *o, const char *s, size_t n)
+{
+	reserve(o, JSON_OUT_STRING_MAX(n));
+	if (o->err)
+		return;
+	o->len = (size_t)(json_out_string(o->buf + o->len, s, n) - o->buf);
 }
 
 static void put_value(struct out *o, const json_t *v, int depth)

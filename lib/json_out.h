@@ -9,3 +9,9 @@
 /* Writes v's compact JSON into a new NUL-terminated buffer (*ret, free() it) of *ret_len bytes.
  * Returns 0, -ENOMEM, or -EINVAL for a value nested deeper than 64 levels. */
 int json_out_compact(const json_t *v, char **ret, size_t *ret_len);
+
+/* Writes s (n bytes) as a JSON string, quotes included, escaped as above, at out, which has room
+ * for JSON_OUT_STRING_MAX(n) bytes (every byte as \u00XX); returns the end of what it wrote
+ * (not NUL-terminated). */
+#define JSON_OUT_STRING_MAX(n) (6 * (n) + 2)
+char *json_out_string(char *out, const char *s, size_t n);
