@@ -410,18 +410,24 @@ def quarantine_empty_objects(env, written_before=None):
                 continue
             if st.st_size >= MIN_OBJECT_SIZE or st.st_mtime >= written_before:
                 continue
-            qdir = os.path.join(os.path.dirname(top), "quarantine")
-            os.makedirs(qdir, exist_ok=True)
-            try:
-                os.rename(path, os.path.join(qdir, name))
-            except FileNotFoundError:
-                continue
-            lock = path[:-len(".object")] + ".lock"
-            if os.path.exists(lock):
-                os.rename(lock, os.path.join(qdir, os.path.basename(lock)))
-            QUARANTINED.append((time.time(), path))
-            moved += 1
+            moved += _quarantine(top, path)
     return moved
+
+
+def _quarantine(top, path):
+    """Moves an object file and its lock file to quarantine/ beside the token directory top;
+    1 if it did, 0 if the file was gone already."""
+    qdir = os.path.join(os.path.dirname(top), "quarantine")
+    os.makedirs(qdir, exist_ok=True)
+    try:
+        os.rename(path, os.path.join(qdir, os.path.basename(path)))
+    except FileNotFoundError:
+        return 0
+    lock = path[:-len(".object")] + ".lock"
+    if os.path.exists(lock):
+        os.rename(lock, os.path.join(qdir, os.path.basename(lock)))
+    QUARANTINED.append((time.time(), path))
+    return 1
 
 
 def quarantine_unreadable_objects(module, label, pin_file, env, written_before):
@@ -469,17 +475,7 @@ def quarantine_unreadable_objects(module, label, pin_file, env, written_before):
                         continue
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-            qdir = os.path.join(os.path.dirname(top), "quarantine")
-            os.makedirs(qdir, exist_ok=True)
-            try:
-                os.rename(path, os.path.join(qdir, name))
-            except FileNotFoundError:
-                continue
-            lock = path[:-len(".object")] + ".lock"
-            if os.path.exists(lock):
-                os.rename(lock, os.path.join(qdir, os.path.basename(lock)))
-            QUARANTINED.append((time.time(), path))
-            moved += 1
+            moved += _quarantine(top, path)
     return moved
 
 
