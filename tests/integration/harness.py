@@ -334,6 +334,10 @@ def _creds_of(uid, gid=None, groups=None):
 
 # ---- the daemon ----
 
+# The daemon's sign workers: one per CPU, 2 to 16 (daemon/sign_api.c).
+SIGN_WORKERS = min(16, max(2, os.cpu_count() or 2))
+
+
 class Daemon:
     """One tokensignd with its own SoftHSM token, config, sockets and temp dir."""
 
@@ -692,6 +696,15 @@ def verify_es256(token, jwk):
         return True
     except InvalidSignature:
         return False
+
+
+class CopiesDaemon(Daemon):
+    """A Daemon with [hsm] session-copies = yes."""
+
+    def config_text(self):
+        lines = super().config_text().split("\n")
+        lines.insert(lines.index("[hsm]") + 1, "session-copies = yes")
+        return "\n".join(lines)
 
 
 def p11probe(module, label, pin_file, env=None):

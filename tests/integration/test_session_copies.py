@@ -14,16 +14,9 @@ import tokencheck
 ISS = harness.DEFAULT_ISSUER["iss"]
 
 
-class CopyDaemon(harness.Daemon):
-    def config_text(self):
-        lines = super().config_text().split("\n")
-        lines.insert(lines.index("[hsm]") + 1, "session-copies = yes")
-        return "\n".join(lines)
-
-
 class SessionCopiesTest(harness.TestCase):
     def setUp(self):
-        self.d = CopyDaemon()
+        self.d = harness.CopiesDaemon()
         self.d.admin_socket = os.path.join(self.d.workdir, "admin.sock")
         self.d.extra_conf = "[admin]\nsocket = %s\nmode = 0600\n" % self.d.admin_socket
         self.d.write_config()

@@ -312,8 +312,7 @@ class SignTest(harness.TestCase):
             for tid in os.listdir(task):
                 with open(os.path.join(task, tid, "comm")) as f:
                     names.append(f.read().strip())
-            workers = min(16, max(2, os.cpu_count()))
-            self.assertEqual(names.count("sign-worker"), workers, names)
+            self.assertEqual(names.count("sign-worker"), harness.SIGN_WORKERS, names)
             self.assertEqual(names.count("sign-accept"), 1, names)
             # libmicrohttpd's complaints about TCP options on a Unix socket are not logged
             self.assertNotIn("warning: http:", self.d.log())
