@@ -299,7 +299,7 @@ static bool token_matches(const char *want, const CK_TOKEN_INFO *info)
 	return strlen(want) == n && memcmp(want, info->label, n) == 0;
 }
 
-static int token_find(struct hsm *h, const char *want)
+int hsm_token_find(struct hsm *h, const char *want)
 {
 	CK_SLOT_ID slots[64];
 	CK_ULONG n = 64;
@@ -315,6 +315,7 @@ static int token_find(struct hsm *h, const char *want)
 		    !(info.flags & CKF_TOKEN_INITIALIZED) || !token_matches(want, &info))
 			continue;
 		h->slot = slots[i];
+		h->incoherent_store = memcmp(info.manufacturerID, "SoftHSM", 7) == 0;
 		found++;
 	}
 	if (found == 0)
@@ -325,7 +326,7 @@ static int token_find(struct hsm *h, const char *want)
 	return 0;
 }
 
-static int module_load(struct hsm *h, const char *module)
+int hsm_module_load(struct hsm *h, const char *module)
 {
 	CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
 	CK_RV rv;
@@ -350,16 +351,19 @@ int hsm_open(const char *module, const char *token, const char *pin_file, struct
 	if (!h)
 		return -ENOMEM;
 	pthread_mutex_init(&h->lock, NULL);
+	pthread_mutex_init(&h->resync_lock, NULL);
 	if (pthread_key_create(&h->tls, NULL) != 0) {
 		free(h);
 		return -ENOMEM;
 	}
 	h->pin_file = strdup(pin_file);
-	if (!h->pin_file) {
+	h->module = strdup(module);
+	h->token = strdup(token);
+	if (!h->pin_file || !h->module || !h->token) {
 		r = -ENOMEM;
 		goto fail;
 	}
-	if ((r = module_load(h, module)) < 0 || (r = token_find(h, token)) < 0 ||
+	if ((r = hsm_module_load(h, module)) < 0 || (r = hsm_token_find(h, token)) < 0 ||
 	    (r = hsm_session_get(h, &s)) < 0)
 		goto fail;
 	/* This session stays open for the daemon's life: the login lasts while any session does. */
@@ -392,7 +396,10 @@ void hsm_close(struct hsm *h)
 		p11_kit_module_release(h->f);
 	pthread_key_delete(h->tls);
 	pthread_mutex_destroy(&h->lock);
+	pthread_mutex_destroy(&h->resync_lock);
 	free(h->pin_file);
+	free(h->module);
+	free(h->token);
 	free(h);
 }
 

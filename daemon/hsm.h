@@ -46,6 +46,17 @@ void hsm_close(struct hsm *hsm);
  * before any signature ([hsm] session-copies, docs/performance.md). */
 void hsm_set_session_copies(struct hsm *hsm, bool on);
 
+/* Makes this process's module see objects other processes wrote to the token since our last
+ * write, on a token whose store needs it (SoftHSM's file store; a no-op for any other token and
+ * when we wrote nothing since the last call): runs `tokensignd --touch-token` and waits for it.
+ * Call before reading the token. Returns 0 or a negative errno. */
+int hsm_resync(struct hsm *hsm);
+
+/* The child's half: with its own module instance and a public read/write session (no login),
+ * creates and destroys one public CKO_DATA object of application "tokensign-touch", removing
+ * any left by a touch that was killed. Returns 0 or a negative errno (hsm_last_error()). */
+int hsm_touch_token(const char *module, const char *token);
+
 /* Human description of the calling thread's last failure ("C_Sign: CKR_DEVICE_ERROR"). */
 const char *hsm_last_error(void);
 

@@ -77,7 +77,26 @@ struct hsm {
 	 * stale handle to a new object). */
 	atomic_ulong copies_lost;
 	struct hsm_plan plans[_JWS_ALG_MAX];
+	/* For hsm_resync(): how to name the token to another process, whether its store needs
+	 * it (SoftHSM's file store), the calls that may have written token objects, and their
+	 * count when another process last touched the token (under resync_lock). */
+	char *module, *token;
+	bool incoherent_store;
+	atomic_ulong writes;
+	pthread_mutex_t resync_lock;
+	unsigned long touched;
 };
+
+/* Every function that creates or destroys a token object calls this first (hsm_resync()). */
+static inline void hsm_note_write(struct hsm *h)
+{
+	atomic_fetch_add(&h->writes, 1);
+}
+
+/* Loads and initialises the module (CKF_OS_LOCKING_OK), then finds the one initialised token
+ * that matches token (a label or a pkcs11: URI) and sets h->slot. */
+int hsm_module_load(struct hsm *h, const char *module);
+int hsm_token_find(struct hsm *h, const char *token);
 
 struct recovery {
 	bool reopened, relogged;

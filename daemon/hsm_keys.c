@@ -214,6 +214,7 @@ int hsm_destroy_key(struct hsm *h, const uint8_t id[HSM_ID_LEN])
 	CK_RV rv;
 	int r;
 
+	hsm_note_write(h);
 	/* Every thread drops its copies (of this key and the others) before its next signature. */
 	atomic_fetch_add(&h->copy_gen, 1);
 	do {
@@ -306,6 +307,7 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 		return -EINVAL;
 	if (RAND_bytes(id, sizeof(id)) != 1)
 		return hsm_fail_text(-EIO, "no randomness for a key id");
+	hsm_note_write(h);
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;

@@ -109,6 +109,7 @@ int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t
 	CK_RV rv;
 	int r;
 
+	hsm_note_write(h);
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;
@@ -137,6 +138,7 @@ int hsm_destroy_object(struct hsm *h, unsigned long handle)
 	CK_RV rv;
 	int r;
 
+	hsm_note_write(h);
 	do {
 		if ((r = hsm_session_get(h, &s)) < 0)
 			return r;

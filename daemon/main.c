@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <systemd/sd-daemon.h>
 
@@ -21,6 +22,8 @@
 #include "sign_api.h"
 
 #define DEFAULT_CONFIG "/etc/tokensign/tokensignd.conf"
+/* Seconds a --touch-token child may take before SIGALRM ends it (a hung token). */
+#define TOUCH_TIMEOUT 20
 
 static void usage(FILE *out)
 {
@@ -212,6 +215,15 @@ int main(int argc, char **argv)
 	const char *config = DEFAULT_CONFIG;
 	bool check = false;
 	int c;
+
+	/* Internal: started by the daemon itself (hsm_resync(), tokensignd(8)). */
+	if (argc == 4 && strcmp(argv[1], "--touch-token") == 0) {
+		alarm(TOUCH_TIMEOUT);
+		if (hsm_touch_token(argv[2], argv[3]) == 0)
+			return 0;
+		fprintf(stderr, "tokensignd --touch-token: %s\n", hsm_last_error());
+		return 1;
+	}
 
 	while ((c = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
 		switch (c) {

@@ -4,6 +4,7 @@
 #include "rotation.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -338,11 +339,19 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 	return 0;
 }
 
+/* A failing hsm_resync() is logged once per episode. */
+static atomic_bool resync_failing;
+
 int rotation_maintain(struct keyring *kr, int64_t now, int64_t *ret_next)
 {
 	int r;
 
 	pthread_mutex_lock(&kr->mutate);
+	/* Under the lock, so that no write of ours comes between the touch and the reading. */
+	r = hsm_resync(kr->hsm);
+	if (!atomic_exchange(&resync_failing, r < 0) && r < 0)
+		log_warning("another instance's changes to the token may be seen late: %s",
+		            hsm_last_error());
 	r = maintain_locked(kr, now, ret_next);
 	pthread_mutex_unlock(&kr->mutate);
 	return r;

@@ -12,6 +12,7 @@ fault-injecting module (tests/shim/README.md), and each test makes chosen PKCS#1
 - /readyz follows the token; /healthz does not.
 - At first start a key that cannot be generated or recorded stops the daemon and leaves nothing
   in the token.
+- A failing `tokensignd --touch-token` child is logged once per episode; signing goes on.
 
 Environment (tests/shim/meson.build): TOKENSIGND, P11PROBE, SOFTHSM_MODULE and P11SHIM (the
 built shim module)."""
@@ -21,6 +22,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 import unittest
 
 import jwt
@@ -558,6 +560,57 @@ class LostLoginRepaired(RecoveryCase):
 
     def test_login_is_restored_once_the_token_answers(self):
         self.assertEqual([r.status for r in self.after], [200, 200], self.after)
+
+
+class TouchFailure(RecoveryCase):
+    """After its own writes, the daemon runs `tokensignd --touch-token` (design.md, "Several
+    instances on one token"); the child loads the same module, so the shim's faults reach it.
+    C_GetSlotList is a call the daemon makes only at start: failing it fails every touch and
+    nothing else. A failing touch is logged once per episode, with the child's own reason, and
+    signing goes on."""
+
+    WARNING = "another instance's changes to the token may be seen late"
+
+    def setUp(self):
+        self.d = shim_daemon()
+        self.d.issuers = {"main": dict(harness.DEFAULT_ISSUER, **{
+            "rotation-period": "2s", "prepublish": "1s", "token-ttl": "3s",
+            "max-token-ttl": "3s"})}
+        self.d.jwks_max_age = "1s"
+        self.d.write_config()
+        self.addCleanup(self.d.close)
+
+    def rotations(self, n):
+        """Waits for n more keys to be generated (each one a write, and so a touch)."""
+        want = self.d.log().count('"event":"generated"') + n
+        deadline = time.time() + 4 * n + 5
+        while self.d.log().count('"event":"generated"') < want:
+            self.assertLess(time.time(), deadline, "no rotation; log:\n" + self.d.log())
+            time.sleep(0.1)
+        time.sleep(0.5)  # the next maintenance pass: the touch
+
+    def test_failing_touch_is_logged_once_per_episode(self):
+        self.start()
+        self.rotations(1)
+        self.assertNotIn(self.WARNING, self.d.log())
+        # one from the daemon's start, the others from touch children
+        self.assertGreaterEqual(self.calls().count("C_GetSlotList CKR_OK"), 2,
+                                "no touch child ran")
+
+        self.set_faults("C_GetSlotList CKR_DEVICE_ERROR *")
+        self.rotations(2)
+        self.assertGreaterEqual(self.calls().count("C_GetSlotList CKR_DEVICE_ERROR"), 2)
+        self.assertLogged("tokensignd --touch-token: C_GetSlotList: CKR_DEVICE_ERROR")
+        self.assertLogged(self.WARNING, "tokensignd --touch-token exited with status 1")
+        self.assertEqual(self.d.log().count(self.WARNING), 1, self.d.log())
+        self.assertSignsAndVerifies(self.sign(), "while touches fail")
+
+        self.clear_faults()
+        self.rotations(1)
+        self.set_faults("C_GetSlotList CKR_DEVICE_ERROR *")
+        self.rotations(1)
+        self.assertEqual(self.d.log().count(self.WARNING), 2, "a new episode is logged again")
+        self.assertSignsAndVerifies(self.sign(), "after")
 
 
 if __name__ == "__main__":

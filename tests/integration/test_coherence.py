@@ -1,0 +1,79 @@
+#!/usr/bin/python3
+"""SoftHSM's file store between processes, and `tokensignd --touch-token` (docs/design.md,
+"Several instances on one token").
+
+- The store's flaw, shown on a real token by p11coherence: a process that writes an object
+  right after another process wrote one does not see the other's object afterwards. Should a
+  SoftHSM release fix that, this test says so (the touch would then be unneeded).
+- A touch from another process makes it visible.
+- A touch removes the objects a killed touch left, and leaves every other object alone.
+- A touch that cannot reach the module or the token exits 1 and says why on stderr.
+"""
+
+import json
+import os
+import subprocess
+
+import harness
+
+P11COHERENCE = os.environ.get("P11COHERENCE")
+
+
+class CoherenceTest(harness.TestCase):
+
+    def setUp(self):
+        if not P11COHERENCE:
+            self.fail("P11COHERENCE is not set: run through meson test")
+        self.d = harness.Daemon()
+        self.addCleanup(self.d.close)
+        self.d.provision()
+
+    def coherence(self, *args):
+        r = subprocess.run([P11COHERENCE] + list(args), env=self.d.env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def touch(self, module=None, token=None):
+        return subprocess.run(
+            [harness.tokensignd_path(), "--touch-token", module or self.d.module,
+             token or self.d.token_label], env=self.d.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+
+    def test_softhsm_hides_and_touch_shows(self):
+        for _ in range(3):
+            seen = json.loads(self.coherence(self.d.module, self.d.token_label,
+                                             harness.tokensignd_path()))
+            self.assertEqual(seen["seen_after_own_write"], 0,
+                             "this SoftHSM shows another process's object after a write of "
+                             "ours: tokensignd --touch-token may no longer be needed (%r)" % seen)
+            self.assertEqual(seen["seen_after_touch"], 1, seen)
+
+    def test_touch_without_touch_shows_nothing(self):
+        """The control: the same run with a program that does nothing in place of the touch."""
+        seen = json.loads(self.coherence(self.d.module, self.d.token_label, "/bin/true"))
+        self.assertEqual(seen, {"seen_after_own_write": 0, "seen_after_touch": 0})
+
+    def test_touch_removes_leftovers_only(self):
+        self.coherence("--create", self.d.module, self.d.token_label, "left",
+                       "tokensign-touch")
+        self.coherence("--create", self.d.module, self.d.token_label, "keep", "someone-else")
+        apps = sorted(o.get("application") for o in self.d.probe() if o["class"] == "data")
+        self.assertEqual(apps, ["someone-else", "tokensign-touch"])
+        r = self.touch()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout + r.stderr, "")
+        apps = [o.get("application") for o in self.d.probe() if o["class"] == "data"]
+        self.assertEqual(apps, ["someone-else"])
+
+    def test_touch_errors(self):
+        r = self.touch(module=os.path.join(self.d.workdir, "no-such-module.so"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("tokensignd --touch-token: cannot load PKCS#11 module", r.stderr)
+        r = self.touch(token="no-such-token")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no initialized token matches 'no-such-token'", r.stderr)
+
+
+if __name__ == "__main__":
+    harness.main()
