@@ -132,6 +132,8 @@ class CrashTest(harness.TestCase):
         if view is not None:
             ctx.append(view.report() if hasattr(view, "report") else view.dump())
         ctx.append("daemon log (tail):\n" + self.d.log()[-5000:])
+        # Once more at the end: CI keeps only the tail of a long failure report.
+        ctx.append("FAILED: %s (CRASH_SEED=%d)" % (msg.split("\n")[0][:600], self.seed))
         self.fail("\n".join(ctx))
 
     def exempt(self, k):
