@@ -73,8 +73,10 @@ int hsm_prepare_alg(struct hsm *hsm, enum jws_alg alg, unsigned key_bits);
 const char *hsm_alg_plan(struct hsm *hsm, enum jws_alg alg);
 
 /* Generates a key pair for alg (RSA: key_bits, e = 65537) inside the token with the SPEC §6
- * template, a fresh random CKA_ID and CKA_LABEL label, then checks its attributes read back. A
- * pair that fails the check is destroyed. */
+ * template, a fresh random CKA_ID and CKA_LABEL label, then checks its attributes read back and
+ * that a search by its CKA_ID finds it. A pair that fails the check is destroyed and the answer
+ * is -EAGAIN: on SoftHSM's file store another process writing at that moment can spoil a fresh
+ * object, and another generation may succeed. */
 int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned key_bits, const char *label,
                      struct hsm_key *ret);
 

@@ -324,8 +324,7 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 		char why[160];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
 		discard_pair(h, s->handle, pub, priv, id);
-		hsm_fail_text(r, "%s", why);
-		return r;
+		return hsm_fail_text(-EAGAIN, "%s", why);
 	}
 	memcpy(ret->id, id, HSM_ID_LEN);
 	ret->alg = alg;

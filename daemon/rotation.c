@@ -35,6 +35,10 @@ static int record_store(struct keyring *kr, const struct issuer_conf *ic, struct
 	return r;
 }
 
+/* How many pairs one key creation makes when each fails its read-back check (hsm_generate_key()
+ * -EAGAIN), 100 ms apart: seen with two SoftHSM processes generating at the same moment. */
+#define GENERATE_TRIES 3
+
 /* Makes a key in the token and commits it with its record, written last: a crash in between
  * leaves a key pair without a record, which is never used and is cleaned up later. */
 static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t activates_at,
@@ -45,7 +49,15 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 
 	memset(ret, 0, sizeof(*ret));
 	snprintf(label, sizeof(label), "tokensign:%s", ic->name);
-	r = hsm_generate_key(kr->hsm, ic->alg, ic->key_size, label, &ret->hk);
+	for (int tries = 1;; tries++) {
+		r = hsm_generate_key(kr->hsm, ic->alg, ic->key_size, label, &ret->hk);
+		if (r != -EAGAIN || tries == GENERATE_TRIES)
+			break;
+		log_warning("issuer %s: a new key pair failed its check and was destroyed (%s); "
+		            "generating another",
+		            ic->name, hsm_last_error());
+		nanosleep(&(struct timespec){.tv_nsec = 100 * 1000 * 1000}, NULL);
+	}
 	if (r < 0)
 		return r;
 	r = hsm_public_jwk(kr->hsm, &ret->hk, &ret->jwk);

@@ -11,7 +11,7 @@ fault-injecting module (tests/shim/README.md), and each test makes chosen PKCS#1
 - A PIN error is never retried (a wrong PIN must not lock the token) and never logs the PIN.
 - /readyz follows the token; /healthz does not.
 - At first start a key that cannot be generated or recorded stops the daemon and leaves nothing
-  in the token.
+  in the token. A new pair that reads back wrong is destroyed and made again (three tries).
 - A failing `tokensignd --touch-token` child is logged once per episode; signing goes on.
 
 Environment (tests/shim/meson.build): TOKENSIGND, P11PROBE, SOFTHSM_MODULE and P11SHIM (the
@@ -32,6 +32,9 @@ import harness
 ISS = harness.DEFAULT_ISSUER["iss"]
 CLAIMS = {"sub": "user-42", "aud": "api://orders"}
 EXIT_TIMEOUT = 20.0
+# The attributes hsm_check_private() reads in one C_GetAttributeValue call: the key type and the
+# 11 SPEC §6 rules (daemon/hsm_keys.c private_rules).
+PRIVATE_CHECK_ATTRS = 12
 LOG_LINE = re.compile(r"^C_[A-Za-z]+ (CKR_[A-Z_]+|0x[0-9a-f]{8})$")
 
 
@@ -451,6 +454,29 @@ class StartUp(RecoveryCase):
         records = [json.loads(o["value"]) for o in objs if o["class"] == "data"]
         self.assertEqual(len(records), harness.KEYS_AT_START, objs)
         self.assertIn(body["kid"], [rec["kid"] for rec in records])
+
+
+    def test_11b_spoiled_new_pair_is_replaced(self):
+        """A fresh pair that reads back wrong (SoftHSM can hand one back when another process
+        writes the token at that moment) is destroyed and another one is generated."""
+        self.set_faults("C_GetAttributeValue:%d CORRUPT 1" % PRIVATE_CHECK_ATTRS)
+        self.start()
+        self.assertRegex(self.faults_text(), r"CORRUPT 0", "the check never read the pair")
+        self.assertLogged("issuer main", "failed its check and was destroyed",
+                          "generating another")
+        self.assertSignsAndVerifies(self.sign(), "with the second pair")
+        objs = token_objects(self.d)
+        for cls in ("private_key", "public_key", "data"):
+            self.assertEqual(count_class(objs, cls), harness.KEYS_AT_START, objs)
+
+    def test_11c_three_spoiled_pairs_stop_the_first_start(self):
+        self.set_faults("C_GetAttributeValue:%d CORRUPT 3" % PRIVATE_CHECK_ATTRS)
+        rc = self.spawn_expect_exit()
+        self.assertGreater(rc, 0, "log:\n" + self.d.log())
+        self.assertRegex(self.faults_text(), r"CORRUPT 0")
+        self.assertEqual(self.d.log().count("generating another"), 2, self.d.log())
+        self.assertLogged("issuer main has no key and none could be made")
+        self.assertEqual(token_objects(self.d), [], "the spoiled pairs are destroyed")
 
 
 class Concurrency(RecoveryCase):
