@@ -4,7 +4,7 @@
 This machine cannot run the unit (no systemd as PID 1), so the test runs the built daemon under
 strace through a session that touches every part of it (start-up with key generation, signing,
 refusals, JWKS, the admin API with a forced rotation and a revocation, SIGHUP, SIGTERM) and
-checks what it did against what the unit allows:
+checks what it did, and what its `--touch-token` children did, against what the unit allows:
 
 - every system call is in the unit's SystemCallFilter= (as systemd-analyze syscall-filter
   expands it); outside it the daemon would get EPERM;
@@ -227,6 +227,10 @@ class Sandbox(unittest.TestCase):
         self.assertEqual(r["sign_after_hup"], 200, r["log"])
         self.assertEqual(r["exit"], 0, r["log"])
         self.assertGreater(len(self.calls), 1000, "the trace is nearly empty")
+        # The session's writes make the daemon run its SoftHSM touch child (hsm_resync()):
+        # the trace, and so every check here, covers that child too.
+        self.assertTrue(any(name == "execve" and '"--touch-token"' in rest
+                            for _, name, rest, _ in self.calls), "no touch child was traced")
 
     def test_syscalls_in_filter(self):
         allow = allowed_syscalls(self.unit)
