@@ -371,6 +371,9 @@ EMPTY_OBJECT_AGE = 0.25  # seconds: a live creation commits within milliseconds
 # most part of CKA_CLASS, which SoftHSM writes first (type, kind and value, 8 bytes each).
 MIN_OBJECT_SIZE = 32
 MTIME_SLACK = 0.02  # file times come from the kernel's coarse clock, up to a tick behind
+# An object file SoftHSM cannot read on its own and left unchanged this long is debris, whoever
+# wrote it: a creation in progress rewrites its file within milliseconds.
+STUCK_OBJECT_AGE = 1.0
 
 
 def _softhsm_tokendir(env):
@@ -510,8 +513,13 @@ def read_raw(module, label, pin_file, env=None, live_since=None):
             read_raw.retried += 1
             time.sleep(0.05)
             if attempt >= 1 and not quarantine_empty_objects(env) and attempt >= 2:
-                if live_since is None or not quarantine_unreadable_objects(
-                        module, label, pin_file, env, live_since - MTIME_SLACK):
+                # Judged: files of a killed predecessor, and any file left unchanged for
+                # STUCK_OBJECT_AGE (a restart can come within milliseconds of the kill, so the
+                # predecessor's last file may look newer than live_since - MTIME_SLACK).
+                before = time.time() - STUCK_OBJECT_AGE
+                if live_since is not None:
+                    before = max(before, live_since - MTIME_SLACK)
+                if not quarantine_unreadable_objects(module, label, pin_file, env, before):
                     time.sleep(EMPTY_OBJECT_AGE)
             continue
         return TokenView(objs, (t0 + time.time()) / 2)
