@@ -354,19 +354,32 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 /* A failing hsm_resync() is logged once per episode. */
 static atomic_bool resync_failing;
 
+static void resync_locked(struct keyring *kr)
+{
+	int r = hsm_resync(kr->hsm);
+
+	if (!atomic_exchange(&resync_failing, r < 0) && r < 0)
+		log_warning("another instance's changes to the token may be seen late: %s",
+		            hsm_last_error());
+}
+
 int rotation_maintain(struct keyring *kr, int64_t now, int64_t *ret_next)
 {
 	int r;
 
 	pthread_mutex_lock(&kr->mutate);
 	/* Under the lock, so that no write of ours comes between the touch and the reading. */
-	r = hsm_resync(kr->hsm);
-	if (!atomic_exchange(&resync_failing, r < 0) && r < 0)
-		log_warning("another instance's changes to the token may be seen late: %s",
-		            hsm_last_error());
+	resync_locked(kr);
 	r = maintain_locked(kr, now, ret_next);
 	pthread_mutex_unlock(&kr->mutate);
 	return r;
+}
+
+void rotation_resync(struct keyring *kr)
+{
+	pthread_mutex_lock(&kr->mutate);
+	resync_locked(kr);
+	pthread_mutex_unlock(&kr->mutate);
 }
 
 /* ---- operator actions ---- */

@@ -83,6 +83,8 @@ static int keys_load(struct runtime *rt)
 		}
 		keyset_release(set);
 	}
+	if (r == 0)
+		rotation_resync(rt->keyring);
 	return r;
 }
 
