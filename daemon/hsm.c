@@ -407,6 +407,7 @@ int hsm_probe(struct hsm *h)
 {
 	struct hsm_session *s;
 	struct recovery rc = {0};
+	CK_TOKEN_INFO info;
 	CK_RV rv;
 	int r;
 
@@ -415,5 +416,10 @@ int hsm_probe(struct hsm *h)
 			return r;
 		rv = hsm_require_login(h, s);
 	} while ((r = hsm_recover(h, s, rv, "C_GetSessionInfo", &rc)) > 0);
-	return r;
+	if (r < 0)
+		return r;
+	/* The token itself, not only our session: SoftHSM keeps sessions of a token it can no
+	 * longer read (docs/design.md, "A failed re-read loses the token for the process"). */
+	rv = h->f->C_GetTokenInfo(h->slot, &info);
+	return rv == CKR_OK ? 0 : hsm_fail("C_GetTokenInfo", rv, hsm_ckr_errno(rv));
 }

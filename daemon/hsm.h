@@ -60,7 +60,7 @@ int hsm_touch_token(const char *module, const char *token);
 /* Human description of the calling thread's last failure ("C_Sign: CKR_DEVICE_ERROR"). */
 const char *hsm_last_error(void);
 
-/* Cheap liveness check: the token is present and this thread's session answers. */
+/* Cheap liveness check: this thread's session answers and so does the token (C_GetTokenInfo). */
 int hsm_probe(struct hsm *hsm);
 
 /* Checks that the token can generate keys for alg (RSA: of key_bits) and sign with them, and

@@ -399,6 +399,15 @@ class FailClosed(RecoveryCase):
         self.clear_faults()
         r = self.d.unix_request("GET", "/readyz")
         self.assertEqual((r.status, r.json()), (200, {"status": "ready"}), r)
+        # The session answers but the token does not (SoftHSM, once it has lost the token's
+        # directory, still keeps the session): not ready either.
+        self.set_faults("C_GetTokenInfo CKR_GENERAL_ERROR *")
+        r, calls = self.calls_during(self.d.unix_request, "GET", "/readyz")
+        self.assertEqual((r.status, r.json().get("status")), (503, "not_ready"), r)
+        self.assertIn("C_GetTokenInfo CKR_GENERAL_ERROR", calls)
+        self.clear_faults()
+        r = self.d.unix_request("GET", "/readyz")
+        self.assertEqual((r.status, r.json()), (200, {"status": "ready"}), r)
         r = self.d.unix_request("GET", "/healthz")
         self.assertEqual((r.status, r.json()), (200, {"status": "ok"}), r)
 
