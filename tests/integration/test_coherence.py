@@ -8,11 +8,16 @@
 - A touch from another process makes it visible.
 - A touch removes the objects a killed touch left, and leaves every other object alone.
 - A touch that cannot reach the module or the token exits 1 and says why on stderr.
+- SoftHSM loses the token for good when a re-read of its directory fails (here: the daemon
+  has no file descriptor left when another process's write makes it re-read); the daemon's
+  health probe sees it (C_GetTokenInfo), so /readyz fails and a watchdog would restart it.
 """
 
 import json
 import os
+import resource
 import subprocess
+import time
 
 import harness
 
@@ -73,6 +78,31 @@ class CoherenceTest(harness.TestCase):
         r = self.touch(token="no-such-token")
         self.assertEqual(r.returncode, 1)
         self.assertIn("no initialized token matches 'no-such-token'", r.stderr)
+
+    def test_lost_token_makes_the_daemon_unready(self):
+        d = harness.Daemon(jwks_max_age="1s", issuers={"main": dict(
+            harness.DEFAULT_ISSUER, **{"rotation-period": "60s", "prepublish": "2s",
+                                       "token-ttl": "3s", "max-token-ttl": "3s"})})
+        self.addCleanup(d.close)
+        d.start()
+        self.assertEqual(d.unix_request("GET", "/readyz").status, 200)
+        pid = d.proc.pid
+        old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        # Well below the descriptors it holds (a maintenance pass may have a few files open
+        # for a moment): not one more can be opened.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE,
+                         (max(3, len(os.listdir("/proc/%d/fd" % pid)) - 10), old[1]))
+        try:
+            subprocess.run([P11COHERENCE, "--create", d.module, d.token_label, "x", "other"],
+                           env=d.env, check=True, timeout=60)
+            time.sleep(4.5)  # maintenance passes (rescan interval 1 s) re-read, and fail
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+        time.sleep(1.0)
+        r = d.unix_request("GET", "/readyz")
+        self.assertEqual((r.status, r.json()), (503, {"status": "not_ready",
+                                                      "reason": "token unreachable"}),
+                         d.log())
 
 
 if __name__ == "__main__":
