@@ -23,6 +23,8 @@
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
 
+#include "p11slot.h"
+
 #define APPLICATION "p11coherence"
 
 static CK_FUNCTION_LIST *p11;
@@ -36,8 +38,7 @@ static void die(const char *what, CK_RV rv)
 
 static void open_token(const char *module, const char *label)
 {
-	CK_SLOT_ID slots[64];
-	CK_ULONG n = 64;
+	CK_SLOT_ID slot;
 	CK_RV rv;
 
 	p11 = p11_kit_module_load(module, P11_KIT_MODULE_UNMANAGED);
@@ -47,26 +48,16 @@ static void open_token(const char *module, const char *label)
 	}
 	if ((rv = p11->C_Initialize(NULL)) != CKR_OK)
 		die("C_Initialize", rv);
-	if ((rv = p11->C_GetSlotList(CK_TRUE, slots, &n)) != CKR_OK)
-		die("C_GetSlotList", rv);
-	for (CK_ULONG i = 0; i < n; i++) {
-		CK_TOKEN_INFO info;
-		size_t len = sizeof(info.label);
-
-		if (p11->C_GetTokenInfo(slots[i], &info) != CKR_OK)
-			continue;
-		while (len > 0 && info.label[len - 1] == ' ')
-			len--;
-		if (len != strlen(label) || memcmp(info.label, label, len) != 0)
-			continue;
-		rv = p11->C_OpenSession(slots[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-		                        &session);
-		if (rv != CKR_OK)
-			die("C_OpenSession", rv);
-		return;
+	rv = p11_slot_by_label(p11, label, &slot);
+	if (rv == CKR_TOKEN_NOT_PRESENT) {
+		fprintf(stderr, "p11coherence: no token labelled '%s'\n", label);
+		exit(1);
 	}
-	fprintf(stderr, "p11coherence: no token labelled '%s'\n", label);
-	exit(1);
+	if (rv != CKR_OK)
+		die("C_GetSlotList", rv);
+	rv = p11->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &session);
+	if (rv != CKR_OK)
+		die("C_OpenSession", rv);
 }
 
 static void close_token(void)

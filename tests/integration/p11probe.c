@@ -17,6 +17,8 @@
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/pkcs11.h>
 
+#include "p11slot.h"
+
 static CK_FUNCTION_LIST *p11;
 
 static const char *rv_name(CK_RV rv)
@@ -210,20 +212,6 @@ static void probe_object(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 	}
 }
 
-static bool label_matches(const CK_UTF8CHAR field[32], const char *label)
-{
-	size_t n = strlen(label);
-
-	if (n > 32)
-		return false;
-	if (memcmp(field, label, n) != 0)
-		return false;
-	for (size_t i = n; i < 32; i++)
-		if (field[i] != ' ')
-			return false;
-	return true;
-}
-
 static char *read_pin(const char *path)
 {
 	FILE *f = fopen(path, "re");
@@ -245,12 +233,11 @@ static char *read_pin(const char *path)
 int main(int argc, char **argv)
 {
 	CK_C_INITIALIZE_ARGS init = {.flags = CKF_OS_LOCKING_OK};
-	CK_SLOT_ID slots[64], slot = 0;
-	CK_ULONG n_slots = 64, n_found;
+	CK_SLOT_ID slot = 0;
+	CK_ULONG n_found;
 	CK_SESSION_HANDLE s;
 	CK_OBJECT_HANDLE batch[64], *all = NULL;
 	size_t n_all = 0;
-	bool found = false;
 	char *pin;
 	CK_RV rv;
 
@@ -266,22 +253,13 @@ int main(int argc, char **argv)
 	rv = p11->C_Initialize(&init);
 	if (rv != CKR_OK)
 		die("C_Initialize", rv);
-	rv = p11->C_GetSlotList(CK_TRUE, slots, &n_slots);
-	if (rv != CKR_OK)
-		die("C_GetSlotList", rv);
-	for (CK_ULONG i = 0; i < n_slots; i++) {
-		CK_TOKEN_INFO ti;
-		if (p11->C_GetTokenInfo(slots[i], &ti) == CKR_OK &&
-		    label_matches(ti.label, argv[2])) {
-			slot = slots[i];
-			found = true;
-			break;
-		}
-	}
-	if (!found) {
+	rv = p11_slot_by_label(p11, argv[2], &slot);
+	if (rv == CKR_TOKEN_NOT_PRESENT) {
 		fprintf(stderr, "p11probe: no token labelled '%s'\n", argv[2]);
 		return 1;
 	}
+	if (rv != CKR_OK)
+		die("C_GetSlotList", rv);
 	rv = p11->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
 	if (rv != CKR_OK)
 		die("C_OpenSession", rv);
