@@ -12,6 +12,15 @@ int schedule_key_order(const void *a, const void *b)
 	return strcmp(x->kid, y->kid);
 }
 
+int64_t schedule_add(int64_t a, int64_t b)
+{
+	int64_t sum;
+
+	if (!__builtin_add_overflow(a, b, &sum))
+		return sum;
+	return b > 0 ? INT64_MAX : INT64_MIN;
+}
+
 static int64_t max64(int64_t a, int64_t b)
 {
 	return a > b ? a : b;
@@ -39,7 +48,7 @@ static int latest_started(const struct schedule_key *keys, size_t n, int64_t now
 static int64_t stopped_at(const struct schedule_timing *t, const struct schedule_key *keys,
                           size_t n, size_t i)
 {
-	int64_t end = keys[i].retires_at + t->prepublish;
+	int64_t end = schedule_add(keys[i].retires_at, t->prepublish);
 
 	/* A loser of an equal-start tie never signed. */
 	if (i > 0 && keys[i - 1].activates_at == keys[i].activates_at)
@@ -62,16 +71,18 @@ int schedule_derive(const struct schedule_timing *t, const struct schedule_key *
 		if (keys[i].activates_at > now) {
 			s->state = KEY_PENDING;
 			s->retired_at = keys[i].retires_at;
-		} else if ((int)i == cand && now < keys[i].retires_at + t->prepublish) {
+		} else if ((int)i == cand &&
+		           now < schedule_add(keys[i].retires_at, t->prepublish)) {
 			s->state = KEY_ACTIVE;
 			s->retired_at = keys[i].retires_at;
 			active = (int)i;
 		} else {
 			s->state = KEY_RETIRED;
-			s->retired_at = (int)i == cand ? keys[i].retires_at + t->prepublish
-			                               : stopped_at(t, keys, n, i);
+			s->retired_at = (int)i == cand
+			                    ? schedule_add(keys[i].retires_at, t->prepublish)
+			                    : stopped_at(t, keys, n, i);
 		}
-		s->destroy_after = s->retired_at + ttl + SCHEDULE_SKEW;
+		s->destroy_after = schedule_add(schedule_add(s->retired_at, ttl), SCHEDULE_SKEW);
 		if (s->state == KEY_RETIRED && s->destroy_after <= now)
 			s->state = KEY_EXPIRED;
 	}
@@ -87,7 +98,7 @@ int64_t schedule_next_change(const struct schedule_timing *t, const struct sched
 		if (st[i].state == KEY_PENDING)
 			next = min64(next, keys[i].activates_at);
 		if (st[i].state == KEY_ACTIVE)
-			next = min64(next, keys[i].retires_at + t->prepublish);
+			next = min64(next, schedule_add(keys[i].retires_at, t->prepublish));
 		if (st[i].state != KEY_EXPIRED && st[i].destroy_after > now)
 			next = min64(next, st[i].destroy_after);
 	}
@@ -97,5 +108,5 @@ int64_t schedule_next_change(const struct schedule_timing *t, const struct sched
 int64_t schedule_pending_start(const struct schedule_timing *t, int64_t active_retires_at,
                                int64_t now)
 {
-	return max64(now + t->prepublish, active_retires_at);
+	return max64(schedule_add(now, t->prepublish), active_retires_at);
 }

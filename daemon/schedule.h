@@ -47,5 +47,9 @@ int64_t schedule_next_change(const struct schedule_timing *t, const struct sched
 int64_t schedule_pending_start(const struct schedule_timing *t, int64_t active_retires_at,
                                int64_t now);
 
+/* a + b, saturated at INT64_MIN or INT64_MAX instead of overflowing: records and the clock may
+ * hold any int64, and an instant past the end of time is simply "never". */
+int64_t schedule_add(int64_t a, int64_t b);
+
 /* Sorts keys into schedule order (activates_at, then kid); a qsort comparator. */
 int schedule_key_order(const void *a, const void *b);

@@ -122,6 +122,134 @@ static void test_order(void)
 	CHECK(schedule_key_order(&a, &a) == 0);
 }
 
+static void test_add(void)
+{
+	CHECK_INT(schedule_add(1000, 10), 1010);
+	CHECK_INT(schedule_add(1000, -10), 990);
+	CHECK_INT(schedule_add(0, 0), 0);
+	CHECK(schedule_add(INT64_MAX, 1) == INT64_MAX);
+	CHECK(schedule_add(INT64_MAX, INT64_MAX) == INT64_MAX);
+	CHECK(schedule_add(INT64_MAX - 1, 1) == INT64_MAX);
+	CHECK(schedule_add(INT64_MIN, -1) == INT64_MIN);
+	CHECK(schedule_add(INT64_MIN, INT64_MIN) == INT64_MIN);
+	CHECK(schedule_add(INT64_MIN + 1, -1) == INT64_MIN);
+	CHECK_INT(schedule_add(INT64_MAX, INT64_MIN), -1);
+	CHECK(schedule_add(INT64_MAX, -1) == INT64_MAX - 1);
+	CHECK(schedule_add(INT64_MIN, 1) == INT64_MIN + 1);
+}
+
+/* Records with times at the ends of int64 (damaged, or written by someone else) give saturated
+ * answers, never signed overflow: a retirement past the end of time is "never". */
+static void test_extreme_retirement(void)
+{
+	struct schedule_key k[] = {{"a", 1000, INT64_MAX, 5}};
+	struct schedule_key late[] = {{"a", 1000, INT64_MAX - 20, 5}};
+	struct schedule_state st[1];
+
+	CHECK_INT(derive(k, 1, 1000, st), 0);
+	CHECK(st[0].retired_at == INT64_MAX);
+	CHECK(st[0].destroy_after == INT64_MAX);
+	CHECK(schedule_next_change(&T, k, 1, st, 1000) == INT64_MAX);
+	CHECK_INT(derive(k, 1, INT64_MAX - 1, st), 0);
+	CHECK(schedule_next_change(&T, k, 1, st, INT64_MAX - 1) == INT64_MAX);
+	/* Retired near the end of time: its destruction is saturated to "never". */
+	CHECK_INT(derive(late, 1, INT64_MAX - 11, st), 0);
+	CHECK(schedule_next_change(&T, late, 1, st, INT64_MAX - 11) == INT64_MAX - 10);
+	CHECK_INT(derive(late, 1, INT64_MAX - 5, st), -1);
+	CHECK_INT(st[0].state, KEY_RETIRED);
+	CHECK(st[0].retired_at == INT64_MAX - 10);
+	CHECK(st[0].destroy_after == INT64_MAX);
+	CHECK(schedule_next_change(&T, late, 1, st, INT64_MAX - 5) == INT64_MAX);
+	/* The last instant itself: nothing signs. */
+	CHECK_INT(derive(k, 1, INT64_MAX, st), -1);
+}
+
+static void test_extreme_activation(void)
+{
+	struct schedule_key k[] = {{"a", 1000, 1100, 5}, {"b", INT64_MAX, INT64_MAX, 5}};
+	struct schedule_key neg[] = {{"a", INT64_MIN, INT64_MIN, 5},
+	                             {"b", INT64_MIN, INT64_MIN, 5}};
+	struct schedule_state st[2];
+
+	/* A successor that never starts: the predecessor keeps only its grace. */
+	CHECK_INT(derive(k, 2, 1050, st), 0);
+	CHECK_INT(st[1].state, KEY_PENDING);
+	CHECK(st[1].retired_at == INT64_MAX);
+	CHECK(st[1].destroy_after == INT64_MAX);
+	CHECK_INT(schedule_next_change(&T, k, 2, st, 1050), 1110);
+	CHECK_INT(derive(k, 2, 1110, st), -1);
+	CHECK_INT(st[0].retired_at, 1110);
+	CHECK_INT(st[1].state, KEY_PENDING);
+	CHECK_INT(schedule_next_change(&T, k, 2, st, 1110), 1110 + 5 + SCHEDULE_SKEW);
+	CHECK_INT(derive(k, 2, INT64_MAX - 1, st), -1);
+	CHECK_INT(st[0].state, KEY_EXPIRED);
+	CHECK_INT(st[1].state, KEY_PENDING);
+	CHECK(schedule_next_change(&T, k, 2, st, INT64_MAX - 1) == INT64_MAX);
+	CHECK_INT(derive(k, 2, INT64_MAX, st), -1); /* no time left to sign in */
+
+	/* Everything at INT64_MIN: long over, destroyable; the tie's loser never signed. */
+	CHECK_INT(derive(neg, 2, 0, st), -1);
+	CHECK_INT(st[0].state, KEY_EXPIRED);
+	CHECK(st[0].retired_at == INT64_MIN + 10);
+	CHECK(st[0].destroy_after == INT64_MIN + 10 + 5 + SCHEDULE_SKEW);
+	CHECK_INT(st[1].state, KEY_EXPIRED);
+	CHECK(st[1].retired_at == INT64_MIN);
+	CHECK(schedule_next_change(&T, neg, 2, st, 0) == INT64_MAX);
+	CHECK_INT(derive(neg, 2, INT64_MIN, st), 0);
+	CHECK_INT(st[1].state, KEY_RETIRED);
+	CHECK(schedule_next_change(&T, neg, 2, st, INT64_MIN) == INT64_MIN + 10);
+}
+
+/* Negative times before the epoch are arithmetic like any other. */
+static void test_negative_times(void)
+{
+	struct schedule_key k[] = {{"a", -1000, -900, 5}, {"b", -900, -800, 5}};
+	struct schedule_state st[2];
+
+	CHECK_INT(derive(k, 2, -950, st), 0);
+	CHECK_INT(schedule_next_change(&T, k, 2, st, -950), -900);
+	CHECK_INT(derive(k, 2, -900, st), 1);
+	CHECK_INT(st[0].retired_at, -900);
+	CHECK_INT(st[0].destroy_after, -900 + 5 + SCHEDULE_SKEW);
+	CHECK_INT(derive(k, 2, 0, st), -1);
+	CHECK_INT(st[0].state, KEY_EXPIRED);
+	CHECK_INT(st[1].state, KEY_EXPIRED);
+	CHECK_INT(st[1].retired_at, -790);
+}
+
+/* A recorded token lifetime at INT64_MAX keeps the key forever; INT64_MIN yields to the
+ * configured one. */
+static void test_extreme_ttl(void)
+{
+	struct schedule_key k[] = {{"a", 1000, 1100, INT64_MAX}, {"b", 1100, INT64_MAX, INT64_MIN}};
+	struct schedule_state st[2];
+
+	CHECK_INT(derive(k, 2, INT64_MAX - 1, st), 1);
+	CHECK_INT(st[0].state, KEY_RETIRED);
+	CHECK_INT(st[0].retired_at, 1100);
+	CHECK(st[0].destroy_after == INT64_MAX);
+	CHECK(st[1].destroy_after == INT64_MAX);
+	CHECK(schedule_next_change(&T, k, 2, st, INT64_MAX - 1) == INT64_MAX);
+}
+
+/* Timing at the ends of int64 as well: the handover never wraps into the past. */
+static void test_extreme_timing(void)
+{
+	static const struct schedule_timing big = {INT64_MAX, INT64_MAX, INT64_MAX};
+	struct schedule_key k[] = {{"a", 1000, 1100, 5}};
+	struct schedule_state st[1];
+
+	CHECK_INT(schedule_derive(&big, k, 1, 1000000, st), 0);
+	CHECK(st[0].retired_at == 1100);
+	CHECK(st[0].destroy_after == INT64_MAX);
+	CHECK(schedule_next_change(&big, k, 1, st, 1000000) == INT64_MAX);
+	CHECK(schedule_pending_start(&big, -1, 1000) == INT64_MAX);
+	CHECK(schedule_pending_start(&T, INT64_MAX, 1000) == INT64_MAX);
+	CHECK(schedule_pending_start(&T, -1, INT64_MAX - 5) == INT64_MAX);
+	CHECK_INT(schedule_pending_start(&T, -1, INT64_MIN), -1);
+	CHECK(schedule_pending_start(&T, INT64_MIN, INT64_MIN) == INT64_MIN + 10);
+}
+
 int main(void)
 {
 	test_single_key();
@@ -132,5 +260,11 @@ int main(void)
 	test_next_change();
 	test_pending_start();
 	test_order();
+	test_add();
+	test_extreme_retirement();
+	test_extreme_activation();
+	test_negative_times();
+	test_extreme_ttl();
+	test_extreme_timing();
 	return unit_finish("schedule");
 }
