@@ -30,6 +30,8 @@ The API other test folders rely on (keep it stable):
     Response: .status .reason .headers (lower-case) .raw_headers .body .json()
     check_config(conf_text) -> (returncode, stderr)
     p11probe(module, label, pin_file, env) -> [dict per token object]
+    shim_daemon(issuers=None, admin=False, cls=None, **kw) -> Daemon through p11shim
+        (.faults .shim_log .admin_sock)   write_faults(d, *lines)
     split_jws, b64url_decode, b64url_encode, jwk_thumbprint, verify_es256, run_as
     TestCase (assertError, assertSigned, assertStillSigns), main(), KEYS_AT_START
 
@@ -59,7 +61,7 @@ import unittest
 __all__ = ["Daemon", "Response", "HarnessError", "check_config", "p11probe", "free_port",
            "DEFAULT_ISSUER", "b64url_decode", "b64url_encode", "split_jws", "jwk_thumbprint",
            "run_as", "unix_http", "tcp_http", "verify_es256", "KEYS_AT_START", "TestCase",
-           "main"]
+           "main", "shim_daemon", "write_faults"]
 
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -696,6 +698,34 @@ def verify_es256(token, jwk):
         return True
     except InvalidSignature:
         return False
+
+
+def shim_daemon(issuers=None, admin=False, cls=None, **kw):
+    """A Daemon (not started; cls, default Daemon) that reaches its token through the p11shim
+    fault-injecting module (tests/shim/README.md; P11SHIM must be set). Its fault file is
+    d.faults (see write_faults), its call log d.shim_log; with admin, its admin socket is
+    d.admin_sock. kw goes to the Daemon."""
+    d = (cls or Daemon)(issuers=issuers, **kw)
+    # p11-kit resolves a relative module name under its own module directory
+    d.module = os.path.abspath(_env_path("P11SHIM"))
+    if admin:
+        d.admin_sock = os.path.join(d.workdir, "admin.sock")
+        d.extra_conf += "[admin]\nsocket = %s\nmode = 0600\n" % d.admin_sock
+    d.write_config()  # the config was written in __init__ with the real module
+    d.faults = os.path.join(d.workdir, "p11shim.faults")
+    d.shim_log = os.path.join(d.workdir, "p11shim.log")
+    d.env.update(P11SHIM_MODULE=softhsm_module(), P11SHIM_FAULTS=d.faults,
+                 P11SHIM_LOG=d.shim_log)
+    return d
+
+
+def write_faults(d, *lines):
+    """Replaces d's p11shim fault file atomically (temp + rename, as the shim itself does): the
+    shim re-reads it on every call. No lines: no faults."""
+    tmp = d.faults + ".test-tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.rename(tmp, d.faults)
 
 
 class CopiesDaemon(Daemon):

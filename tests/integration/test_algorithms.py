@@ -156,21 +156,10 @@ def log_since(d, start):
 def shim_daemon(issuers):
     """A harness.Daemon (not started) that loads its token through p11shim; its fault file is
     d.faults, its call log d.shim_log."""
-    d = harness.Daemon(issuers=issuers)
-    d.module = os.environ["P11SHIM"]
-    d.write_config()
-    d.faults = os.path.join(d.workdir, "p11shim.faults")
-    d.shim_log = os.path.join(d.workdir, "p11shim.log")
-    d.env.update(P11SHIM_MODULE=os.environ["SOFTHSM_MODULE"], P11SHIM_FAULTS=d.faults,
-                 P11SHIM_LOG=d.shim_log)
-    return d
+    return harness.shim_daemon(issuers)
 
 
-def set_faults(d, *lines):
-    tmp = d.faults + ".test-tmp"
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.rename(tmp, d.faults)
+set_faults = harness.write_faults
 
 
 def read_faults(d):

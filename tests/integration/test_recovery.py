@@ -45,15 +45,7 @@ def real_module():
 def shim_daemon(cls=harness.Daemon):
     """A harness.Daemon (not started) that loads its token through p11shim. Its fault file and
     call log are d.faults and d.shim_log."""
-    d = cls()
-    d.module = os.environ["P11SHIM"]
-    d.write_config()  # the config was written in __init__ with the real module
-    d.faults = os.path.join(d.workdir, "p11shim.faults")
-    d.shim_log = os.path.join(d.workdir, "p11shim.log")
-    d.env["P11SHIM_MODULE"] = real_module()
-    d.env["P11SHIM_FAULTS"] = d.faults
-    d.env["P11SHIM_LOG"] = d.shim_log
-    return d
+    return harness.shim_daemon(cls=cls)
 
 
 def token_objects(d):
@@ -76,11 +68,7 @@ class RecoveryCase(harness.TestCase):
     # -- the shim --
 
     def set_faults(self, *lines):
-        """Replaces the fault file atomically (temp + rename, as the shim itself does)."""
-        tmp = self.d.faults + ".test-tmp"
-        with open(tmp, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.rename(tmp, self.d.faults)
+        harness.write_faults(self.d, *lines)
 
     def clear_faults(self):
         self.set_faults()

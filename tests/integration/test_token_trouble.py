@@ -92,34 +92,14 @@ def sleep_until(t):
 
 # ---- the daemon through the shim (after test_recovery.py) ----
 
-def real_module():
-    return os.environ["SOFTHSM_MODULE"]
-
-
 def shim_daemon():
     """A harness.Daemon (not started) with one short-period issuer and an admin socket, whose
     token is reached through p11shim. Fault file d.faults, call log d.shim_log, admin socket
     d.admin_sock."""
-    d = harness.Daemon(issuers={NAME: dict(ISSUER)}, jwks_max_age=MAX_AGE)
-    # p11-kit resolves a relative module name under its own module directory
-    d.module = os.path.abspath(os.environ["P11SHIM"])
-    d.admin_sock = os.path.join(d.workdir, "admin.sock")
-    d.extra_conf = "[admin]\nsocket = %s\nmode = 0600\n" % d.admin_sock
-    d.write_config()  # the config was written in __init__ with the real module
-    d.faults = os.path.join(d.workdir, "p11shim.faults")
-    d.shim_log = os.path.join(d.workdir, "p11shim.log")
-    d.env["P11SHIM_MODULE"] = real_module()
-    d.env["P11SHIM_FAULTS"] = d.faults
-    d.env["P11SHIM_LOG"] = d.shim_log
-    return d
+    return harness.shim_daemon({NAME: dict(ISSUER)}, admin=True, jwks_max_age=MAX_AGE)
 
 
-def set_faults(d, *lines):
-    """Replaces the fault file atomically (temp + rename, as the shim itself does)."""
-    tmp = d.faults + ".test-tmp"
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.rename(tmp, d.faults)
+set_faults = harness.write_faults
 
 
 def admin_json(d, path):
