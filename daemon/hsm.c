@@ -212,6 +212,34 @@ static int session_open(struct hsm *h, CK_SESSION_HANDLE *ret)
 	    h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, ret));
 }
 
+/* Closes s and frees it; its session objects (key copies) go with the session. */
+static void session_free(struct hsm *h, struct hsm_session *s)
+{
+	if (h->f && s->handle != CK_INVALID_HANDLE)
+		h->f->C_CloseSession(s->handle);
+	free(s->copies);
+	free(s);
+}
+
+/* The pthread_key destructor: the thread that owned s is ending, so nothing else can be using
+ * s. Every reload ends a scheduler thread; without this, each left its session open. The login
+ * session stays: login state lasts only while some session is open. */
+static void session_end(void *arg)
+{
+	struct hsm_session *s = arg, **p;
+	struct hsm *h = s->h;
+
+	if (s->keep)
+		return;
+	pthread_mutex_lock(&h->lock);
+	for (p = &h->sessions; *p && *p != s; p = &(*p)->next)
+		;
+	if (*p)
+		*p = s->next;
+	pthread_mutex_unlock(&h->lock);
+	session_free(h, s);
+}
+
 int hsm_session_get(struct hsm *h, struct hsm_session **ret)
 {
 	struct hsm_session *s = pthread_getspecific(h->tls);
@@ -224,6 +252,8 @@ int hsm_session_get(struct hsm *h, struct hsm_session **ret)
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
+	s->h = h;
+	s->handle = CK_INVALID_HANDLE;
 	r = session_open(h, &s->handle);
 	if (r < 0) {
 		free(s);
@@ -248,6 +278,9 @@ int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what
 		/* The session's objects, its key copies among them, went with it. */
 		hsm_copies_drop(h, s, false);
 		h->f->C_CloseSession(s->handle);
+		/* Until a new one opens: the thread's end must not close a handle the token may
+		 * since have given to another thread's session. */
+		s->handle = CK_INVALID_HANDLE;
 		return session_open(h, &s->handle) < 0 ? -EPIPE : 1;
 	}
 	if (rv == CKR_USER_NOT_LOGGED_IN && !rc->relogged) {
@@ -350,12 +383,12 @@ int hsm_open(const char *module, const char *token, const char *pin_file, struct
 
 	if (!h)
 		return -ENOMEM;
-	pthread_mutex_init(&h->lock, NULL);
-	pthread_mutex_init(&h->resync_lock, NULL);
-	if (pthread_key_create(&h->tls, NULL) != 0) {
+	if (pthread_key_create(&h->tls, session_end) != 0) {
 		free(h);
 		return -ENOMEM;
 	}
+	pthread_mutex_init(&h->lock, NULL);
+	pthread_mutex_init(&h->resync_lock, NULL);
 	h->pin_file = strdup(pin_file);
 	h->module = strdup(module);
 	h->token = strdup(token);
@@ -367,6 +400,7 @@ int hsm_open(const char *module, const char *token, const char *pin_file, struct
 	    (r = hsm_session_get(h, &s)) < 0)
 		goto fail;
 	/* This session stays open for the daemon's life: the login lasts while any session does. */
+	s->keep = true;
 	if ((r = login(h, s->handle)) < 0)
 		goto fail;
 	*ret = h;
@@ -376,17 +410,19 @@ fail:
 	return r;
 }
 
+/* No other thread may be using h, or ending after having used it: every thread that used it
+ * but the caller must have been joined (a destructor that has begun cannot be waited for).
+ * Threads still alive that no longer use h are fine: the key goes first, so that their end
+ * runs no destructor on what is freed here. */
 void hsm_close(struct hsm *h)
 {
 	if (!h)
 		return;
+	pthread_key_delete(h->tls);
 	while (h->sessions) {
 		struct hsm_session *s = h->sessions;
 		h->sessions = s->next;
-		if (h->f)
-			h->f->C_CloseSession(s->handle);
-		free(s->copies);
-		free(s);
+		session_free(h, s);
 	}
 	for (size_t i = 0; i < _JWS_ALG_MAX; i++)
 		EVP_MD_free(h->plans[i].md);
@@ -394,7 +430,6 @@ void hsm_close(struct hsm *h)
 		h->f->C_Finalize(NULL);
 	if (h->f)
 		p11_kit_module_release(h->f);
-	pthread_key_delete(h->tls);
 	pthread_mutex_destroy(&h->lock);
 	pthread_mutex_destroy(&h->resync_lock);
 	free(h->pin_file);

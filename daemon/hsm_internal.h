@@ -17,8 +17,12 @@ struct hsm_copy {
 	CK_OBJECT_HANDLE handle;
 };
 
+/* A thread's own session (hsm_session_get), closed when the thread ends; hsm_open()'s keeps the
+ * login and stays until hsm_close(). */
 struct hsm_session {
-	CK_SESSION_HANDLE handle;
+	struct hsm *h;            /* for the pthread_key destructor */
+	CK_SESSION_HANDLE handle; /* CK_INVALID_HANDLE while none is open */
+	bool keep;                /* hsm_open()'s: closed only by hsm_close() */
 	struct hsm_session *next;
 	struct hsm_copy *copies; /* made in this session, used only by its thread */
 	size_t n_copies;

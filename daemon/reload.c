@@ -1,4 +1,5 @@
-/* SIGHUP: a new runtime is built beside the running one and swapped in only when complete. */
+/* SIGHUP: a new runtime is built beside the running one and swapped in only when complete; the
+ * scheduler pauses meanwhile, so that only one keyring at a time writes to the token. */
 #include "reload.h"
 
 #include <errno.h>
@@ -95,9 +96,36 @@ static void sockets_apply(struct daemon *d, const struct conf *old, const struct
 	}
 }
 
+/* Takes the scheduler out of d (a poke meanwhile finds none) and stops it: once this returns,
+ * no maintenance pass of the running keyring is writing to the token. */
+static void scheduler_halt(struct daemon *d)
+{
+	struct scheduler *sched;
+
+	pthread_mutex_lock(&d->rt_lock);
+	sched = d->scheduler;
+	d->scheduler = NULL;
+	pthread_mutex_unlock(&d->rt_lock);
+	scheduler_stop(sched);
+}
+
+/* A scheduler for rt's keyring; NULL (logged) when it cannot start. */
+static struct scheduler *scheduler_for(const struct runtime *rt, const char *which)
+{
+	struct scheduler *sched = NULL;
+	int r = scheduler_start(rt->keyring, scheduler_rescan_interval(rt->conf), &sched);
+
+	if (r < 0)
+		log_error("reload: the scheduler of the %s configuration did not start (%s); keys "
+		          "will not rotate until a reload or restart",
+		          which, strerror(-r));
+	return sched;
+}
+
 void daemon_reload(struct daemon *d)
 {
 	struct runtime *rt = NULL, *old;
+	struct scheduler *sched;
 	struct conf *conf = NULL;
 
 	log_notice("reload: reading %s", d->config_path);
@@ -112,21 +140,19 @@ void daemon_reload(struct daemon *d)
 		conf_free(conf);
 		return;
 	}
+	/* runtime_new() maintains a new keyring (it may make or destroy keys) under that
+	 * keyring's lock: the running scheduler, under the old one's, must not write meanwhile. */
+	scheduler_halt(d);
 	if (runtime_new(d->hsm, conf, &rt) < 0) {
 		log_error("reload: the new configuration cannot be served (above); the running "
 		          "configuration stays");
+		sched = scheduler_for(d->rt, "running");
+		pthread_mutex_lock(&d->rt_lock);
+		d->scheduler = sched;
+		pthread_mutex_unlock(&d->rt_lock);
 		return;
 	}
-	struct scheduler *sched = NULL;
-
-	pthread_mutex_lock(&d->rt_lock);
-	sched = d->scheduler;
-	d->scheduler = NULL;
-	pthread_mutex_unlock(&d->rt_lock);
-	scheduler_stop(sched);
-	sched = NULL;
-	if (scheduler_start(rt->keyring, scheduler_rescan_interval(rt->conf), &sched) < 0)
-		log_error("reload: the scheduler did not start; keys will not rotate");
+	sched = scheduler_for(rt, "new");
 	pthread_mutex_lock(&d->rt_lock);
 	old = d->rt;
 	d->rt = rt;
