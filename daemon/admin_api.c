@@ -1,4 +1,4 @@
-/* HTTP on the admin socket: who may call, then list, status, rotate and revoke. */
+/* HTTP on the admin socket: who may call, then list, status, rotate, revoke and purge. */
 #include "admin_api.h"
 
 #include <errno.h>
@@ -13,6 +13,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "orphans.h"
 #include "rotation.h"
 #include "scheduler.h"
 
@@ -64,6 +65,17 @@ static json_t *json_kid(const char *kid)
 	return kid && *kid ? json_string(kid) : json_null();
 }
 
+static json_t *key_row(const char *issuer, const char *kid, enum jws_alg alg, const char *state,
+                       int64_t created_at, int64_t activates_at, int64_t retires_at,
+                       int64_t destroy_after)
+{
+	return json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I}", "issuer", issuer, "kid", kid,
+	                 "alg", jws_alg_name(alg), "state", state, "created_at",
+	                 (json_int_t)created_at, "activates_at", (json_int_t)activates_at,
+	                 "retires_at", (json_int_t)retires_at, "destroy_after",
+	                 (json_int_t)destroy_after);
+}
+
 static int list_issuer(struct runtime *rt, size_t i, int64_t now, json_t *out)
 {
 	const struct issuer_conf *ic = rt->keyring->issuers[i].conf;
@@ -72,6 +84,7 @@ static int list_issuer(struct runtime *rt, size_t i, int64_t now, json_t *out)
 	for (size_t j = 0; set && j < set->n; j++) {
 		const struct key *k = &set->keys[j];
 		enum key_state st = k->st.state;
+		json_t *row;
 		/* The set may predate a handover the scheduler has not applied yet. */
 		if (k == keyset_signer(set, now))
 			st = KEY_ACTIVE;
@@ -79,16 +92,37 @@ static int list_issuer(struct runtime *rt, size_t i, int64_t now, json_t *out)
 			st = KEY_RETIRED;
 		if (st == KEY_EXPIRED)
 			continue;
-		json_array_append_new(
-		    out, json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I}", "issuer", ic->name,
-		                   "kid", k->kid, "alg", jws_alg_name(ic->alg), "state",
-		                   state_names[st], "created_at", (json_int_t)k->created_at,
-		                   "activates_at", (json_int_t)k->activates_at, "retires_at",
-		                   (json_int_t)k->st.retired_at, "destroy_after",
-		                   (json_int_t)k->st.destroy_after));
+		row = key_row(ic->name, k->kid, k->hk.alg, state_names[st], k->created_at,
+		              k->activates_at, k->st.retired_at, k->st.destroy_after);
+		if (row && !k->usable)
+			json_object_set_new(row, "quarantined", json_true());
+		if (row && k->withdrawn_at)
+			json_object_set_new(row, "withdrawn_at", json_integer(k->withdrawn_at));
+		json_array_append_new(out, row);
 	}
 	keyset_release(set);
 	return 0;
+}
+
+/* Keys of issuers no longer configured: kept until keyrotate purge. Their state is what their
+ * own records say (no prepublish grace is known for them any more). */
+static void list_orphans(struct runtime *rt, const char *only, json_t *out)
+{
+	const struct token_view *v = &rt->keyring->view;
+
+	for (size_t j = 0; j < v->n_orphans; j++) {
+		const struct orphan_key *o = &v->orphans[j];
+		int64_t destroy =
+		    schedule_add(schedule_add(o->retires_at, o->max_token_ttl), SCHEDULE_SKEW);
+		json_t *row;
+		if (only && strcmp(only, o->issuer) != 0)
+			continue;
+		row = key_row(o->issuer, o->kid, o->alg, "retired", o->created_at, o->activates_at,
+		              o->retires_at, destroy);
+		if (row)
+			json_object_set_new(row, "orphan", json_true());
+		json_array_append_new(out, row);
+	}
 }
 
 static enum MHD_Result reply_keys(struct runtime *rt, struct MHD_Connection *c)
@@ -98,17 +132,37 @@ static enum MHD_Result reply_keys(struct runtime *rt, struct MHD_Connection *c)
 	int64_t now = scheduler_now();
 	json_t *keys = json_array();
 
-	if (only && !ic) {
+	bool orphaned = false;
+
+	pthread_mutex_lock(&rt->keyring->mutate);
+	for (size_t j = 0; only && j < rt->keyring->view.n_orphans; j++)
+		orphaned = orphaned || strcmp(rt->keyring->view.orphans[j].issuer, only) == 0;
+	if (only && !ic && !orphaned) {
+		pthread_mutex_unlock(&rt->keyring->mutate);
 		json_decref(keys);
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	}
 	for (size_t i = 0; keys && i < rt->keyring->n; i++)
-		if (!ic || rt->keyring->issuers[i].conf == ic)
+		if (!only || rt->keyring->issuers[i].conf == ic)
 			list_issuer(rt, i, now, keys);
+	if (keys)
+		list_orphans(rt, only, keys);
+	pthread_mutex_unlock(&rt->keyring->mutate);
 	return reply_obj(c, MHD_HTTP_OK, json_pack("{s:o}", "keys", keys));
 }
 
-static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now, bool token_ok)
+enum level { LEVEL_OK, LEVEL_WARNING, LEVEL_CRITICAL };
+static const char *const level_names[] = {"ok", "warning", "critical"};
+
+static enum level worse(enum level a, enum level b)
+{
+	return a > b ? a : b;
+}
+
+/* Per issuer: critical when it cannot sign now; warning when it can but something needs an
+ * operator (no next key while one is due, a failed generation, a quarantined key). */
+static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now, bool token_ok,
+                             enum level *level)
 {
 	struct issuer_keys *ik = &rt->keyring->issuers[i];
 	struct keyset *set = keyring_acquire(rt->keyring, i);
@@ -118,33 +172,75 @@ static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now, bool tok
 	struct key *next = set && set->next && set->next != signer && set->next->activates_at > now
 	                       ? set->next
 	                       : NULL;
+	bool quarantined = false;
+	enum level l = LEVEL_OK;
 	const char *problem;
 	json_t *o;
 
-	pthread_mutex_lock(&rt->keyring->mutate);
-	/* The token problem is the last maintenance's; a token answering now has none. */
-	problem = ik->problem[0] ? ik->problem : token_ok ? "" : rt->keyring->token_problem;
-	o = json_pack("{s:s, s:o, s:o, s:b, s:o, s:o}", "issuer", ik->conf->name, "active_kid",
+	for (size_t j = 0; set && j < set->n; j++)
+		quarantined = quarantined || !set->keys[j].usable;
+	/* The token problem is the last refresh's; a token answering now has none. */
+	problem = set && set->blocked[0] ? set->blocked
+	          : ik->problem[0]       ? ik->problem
+	          : token_ok             ? ""
+	                                 : rt->keyring->token_problem;
+	if (!signer || !token_ok)
+		l = LEVEL_CRITICAL;
+	else if (problem[0] || !next || quarantined)
+		l = LEVEL_WARNING;
+	*level = worse(*level, l);
+	o = json_pack("{s:s, s:o, s:o, s:b, s:o, s:s, s:o}", "issuer", ik->conf->name, "active_kid",
 	              json_kid(signer ? signer->kid : NULL), "pending_kid",
 	              json_kid(next ? next->kid : NULL), "signing", signer != NULL && token_ok,
 	              "next_rotation", next ? json_integer(next->activates_at) : json_null(),
-	              "problem", problem[0] ? json_string(problem) : json_null());
-	pthread_mutex_unlock(&rt->keyring->mutate);
+	              "level", level_names[l], "problem",
+	              problem[0] ? json_string(problem) : json_null());
 	keyset_release(set);
 	return o;
+}
+
+/* Issuers no longer configured whose keys are still in the token, with how many each. */
+static json_t *orphans_status(const struct token_view *v)
+{
+	json_t *out = json_array();
+
+	for (size_t j = 0; out && j < v->n_orphans; j++) {
+		size_t n = 1;
+		bool seen = false;
+		for (size_t k = 0; k < j && !seen; k++)
+			seen = strcmp(v->orphans[k].issuer, v->orphans[j].issuer) == 0;
+		if (seen)
+			continue;
+		for (size_t k = j + 1; k < v->n_orphans; k++)
+			n += strcmp(v->orphans[k].issuer, v->orphans[j].issuer) == 0;
+		json_array_append_new(out, json_pack("{s:s, s:I}", "issuer", v->orphans[j].issuer,
+		                                     "keys", (json_int_t)n));
+	}
+	return out;
 }
 
 static enum MHD_Result reply_status(struct runtime *rt, struct MHD_Connection *c)
 {
 	int64_t now = scheduler_now();
-	bool token_ok = hsm_probe(rt->hsm) == 0;
-	json_t *issuers = json_array();
+	bool token_ok = hsm_probe(rt->hsm) == 0, stale = keyring_token_lost(rt->keyring);
+	const struct token_view *v = &rt->keyring->view;
+	enum level level = token_ok ? LEVEL_OK : LEVEL_CRITICAL;
+	json_t *issuers = json_array(), *obj;
 
+	pthread_mutex_lock(&rt->keyring->mutate);
 	for (size_t i = 0; issuers && i < rt->keyring->n; i++)
-		json_array_append_new(issuers, issuer_status(rt, i, now, token_ok));
-	return reply_obj(
-	    c, MHD_HTTP_OK,
-	    json_pack("{s:s, s:o}", "token", token_ok ? "ok" : "unreachable", "issuers", issuers));
+		json_array_append_new(issuers, issuer_status(rt, i, now, token_ok, &level));
+	if (v->n_foreign || v->n_quarantined || v->n_orphans)
+		level = worse(level, LEVEL_WARNING);
+	if (stale)
+		level = worse(level, LEVEL_WARNING);
+	obj = json_pack("{s:s, s:b, s:s, s:I, s:I, s:o, s:o}", "token",
+	                token_ok ? "ok" : "unreachable", "keys_stale", stale, "level",
+	                level_names[level], "foreign", (json_int_t)v->n_foreign, "quarantined",
+	                (json_int_t)v->n_quarantined, "orphans", orphans_status(v), "issuers",
+	                issuers);
+	pthread_mutex_unlock(&rt->keyring->mutate);
+	return reply_obj(c, MHD_HTTP_OK, obj);
 }
 
 static int64_t caller_uid(struct MHD_Connection *c)
@@ -184,6 +280,8 @@ static enum MHD_Result reply_revoke(struct daemon *d, struct runtime *rt, struct
 	if (r == -ENOENT)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_kid",
 		                        "the issuer has no such key");
+	if (r == -EPERM)
+		return http_reply_error(c, MHD_HTTP_CONFLICT, "key_quarantined", hsm_last_error());
 	if (r < 0)
 		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
 		                        hsm_last_error());
@@ -193,6 +291,49 @@ static enum MHD_Result reply_revoke(struct daemon *d, struct runtime *rt, struct
 	    json_pack("{s:s, s:s, s:s, s:o, s:o}", "issuer", rt->keyring->issuers[i].conf->name,
 	              "revoked_kid", res.revoked_kid, "was", res.was, "active_kid",
 	              json_kid(res.active_kid), "pending_kid", json_kid(res.pending_kid)));
+}
+
+/* POST /v1/issuers/NAME/purge: only for an issuer that is no longer configured. */
+static enum MHD_Result on_purge(struct admin_api *api, struct runtime *rt, struct MHD_Connection *c,
+                                const char *url, struct request *rq)
+{
+	const char *p = url + strlen("/v1/issuers/");
+	char *name = strndup(p, (size_t)(strchr(p, '/') - p));
+	struct purge_result res = {0};
+	json_t *kids = json_array();
+	enum MHD_Result ret;
+	int r;
+
+	(void)rq;
+	if (!name || !kids) {
+		free(name);
+		json_decref(kids);
+		return MHD_NO;
+	}
+	r = rotation_purge(rt->keyring, name, caller_uid(c), &res);
+	if (r == -EBUSY)
+		ret =
+		    http_reply_error(c, MHD_HTTP_CONFLICT, "issuer_configured",
+		                     "the issuer is configured; purge is only for issuers removed "
+		                     "from the configuration");
+	else if (r == -ENOENT)
+		ret = http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer",
+		                       "the token holds no orphaned key of that issuer");
+	else if (r < 0)
+		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
+		                       hsm_last_error());
+	else {
+		for (size_t i = 0; i < res.n; i++)
+			json_array_append_new(kids, json_string(res.kids[i]));
+		ret = reply_obj(c, MHD_HTTP_OK,
+		                json_pack("{s:s, s:O, s:I}", "issuer", name, "destroyed", kids,
+		                          "kept", (json_int_t)res.kept));
+		daemon_poke_scheduler(api->d);
+	}
+	json_decref(kids);
+	purge_result_clear(&res);
+	free(name);
+	return ret;
 }
 
 /* POST /v1/issuers/NAME/rotate and /v1/issuers/NAME/keys/KID/revoke, body complete. */
@@ -230,7 +371,7 @@ static enum MHD_Result on_post(struct admin_api *api, struct runtime *rt, struct
 	return ret;
 }
 
-enum route { ROUTE_NONE, ROUTE_KEYS, ROUTE_STATUS, ROUTE_ROTATE, ROUTE_REVOKE };
+enum route { ROUTE_NONE, ROUTE_KEYS, ROUTE_STATUS, ROUTE_ROTATE, ROUTE_REVOKE, ROUTE_PURGE };
 
 /* Recognises the paths; for issuer paths also checks the issuer exists (*known). */
 static enum route route_of(const struct conf *conf, const char *url, bool *known)
@@ -251,6 +392,8 @@ static enum route route_of(const struct conf *conf, const char *url, bool *known
 	*known = conf_find_issuer(conf, p, (size_t)(slash - p)) != NULL;
 	if (strcmp(slash, "/rotate") == 0)
 		return ROUTE_ROTATE;
+	if (strcmp(slash, "/purge") == 0)
+		return ROUTE_PURGE;
 	if (strncmp(slash, "/keys/", 6) == 0 && strlen(slash) > 6 + strlen("/revoke") &&
 	    strcmp(slash + strlen(slash) - 7, "/revoke") == 0)
 		return ROUTE_REVOKE;
@@ -262,7 +405,8 @@ static enum route route_of(const struct conf *conf, const char *url, bool *known
 static enum MHD_Result decide(struct admin_api *api, struct runtime *rt, struct MHD_Connection *c,
                               const char *url, const char *method, struct request *rq)
 {
-	bool known, get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+	bool known, get = strcmp(method, MHD_HTTP_METHOD_GET) == 0,
+	            post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
 	enum route route = route_of(rt->conf, url, &known);
 	const struct http_peer *hp = http_peer_of(c);
 
@@ -274,12 +418,18 @@ static enum MHD_Result decide(struct admin_api *api, struct runtime *rt, struct 
 	}
 	if (route == ROUTE_NONE)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
-	if ((route == ROUTE_KEYS || route == ROUTE_STATUS) != get)
-		return http_reply_method(c, get ? "POST" : "GET");
+	/* Each verb has exactly one method: a PUT or DELETE never rotates or revokes. */
+	if ((route == ROUTE_KEYS || route == ROUTE_STATUS) ? !get : !post)
+		return http_reply_method(c, route == ROUTE_KEYS || route == ROUTE_STATUS ? "GET"
+		                                                                         : "POST");
+	if (route == ROUTE_PURGE)
+		return on_purge(api, rt, c, url, rq);
 	if (!known)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	if (route == ROUTE_KEYS)
 		return reply_keys(rt, c);
+	if (route == ROUTE_STATUS && keyring_token_lost(rt->keyring))
+		daemon_poke_scheduler(api->d); /* re-read now if it answers again */
 	if (route == ROUTE_STATUS)
 		return reply_status(rt, c);
 	return on_post(api, rt, c, url, rq);

@@ -24,12 +24,15 @@ struct hsm_key {
 	unsigned long pub;
 };
 
-/* A CKO_DATA object of application HSM_APPLICATION: where tokensign keeps a key's metadata. */
+/* A CKO_DATA object of application HSM_APPLICATION: where tokensign keeps a key's metadata.
+ * Only private ones (made after login) can be ours; of public ones only the label is read. */
 struct hsm_record {
 	unsigned long handle;
 	char *label;
-	char *value; /* NUL-terminated copy of CKA_VALUE */
+	char *value; /* NUL-terminated copy of CKA_VALUE; "" for public objects */
 	size_t len;
+	bool private_obj; /* CKA_PRIVATE true */
+	bool odd;         /* an attribute could not be read: never ours */
 };
 
 /* Loads the module, finds the token (label or RFC 7512 URI), opens a session and logs in with the
@@ -60,6 +63,10 @@ int hsm_touch_token(const char *module, const char *token);
 /* Human description of the calling thread's last failure ("C_Sign: CKR_DEVICE_ERROR"). */
 const char *hsm_last_error(void);
 
+/* Sets the calling thread's last failure to a formatted sentence and returns err: for the
+ * checks above this layer that refuse a key, so that one log line says why. */
+int hsm_fail_text(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Cheap liveness check: this thread's session answers and so does the token (C_GetTokenInfo). */
 int hsm_probe(struct hsm *hsm);
 
@@ -80,28 +87,60 @@ const char *hsm_alg_plan(struct hsm *hsm, enum jws_alg alg);
 int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned key_bits, const char *label,
                      struct hsm_key *ret);
 
-/* Finds both halves of the key pair id and checks the private key's attributes (sensitive,
- * never extractable, always sensitive, generated in the token, sign-only) and type for alg.
- * -ENOENT: not there; -EPERM: attributes unsafe, the key must never be used. */
+/* Finds both halves of the key pair id among the token's private objects (public objects are
+ * never ours) and checks both: the private key sensitive, never extractable, always sensitive,
+ * generated in the token, sign-only, of alg's type and curve; the public half a private token
+ * object of the same type and curve. -ENOENT: not there; -EEXIST: more than one private object of
+ * a class claims the id; -EPERM: attributes unsafe, the key must never be used. */
 int hsm_find_key(struct hsm *hsm, const uint8_t id[HSM_ID_LEN], enum jws_alg alg,
                  struct hsm_key *ret);
 
-/* Every key object of the token by CKA_ID, read in one pass (two searches and one read per
- * object) rather than two searches per key: SoftHSM reads every object file again for each
- * search. Handles in it are valid until the token changes; read a new one for each refresh. */
+/* One key object as hsm_key_index_read() saw it. */
+struct hsm_key_object {
+	unsigned long handle;
+	bool private_key; /* CKO_PRIVATE_KEY, else CKO_PUBLIC_KEY */
+	bool private_obj; /* CKA_PRIVATE true: made after login */
+	bool has_id;      /* CKA_ID is HSM_ID_LEN bytes */
+	uint8_t id[HSM_ID_LEN];
+	char label[80]; /* "" when missing or longer */
+};
+
+/* Every key object of the token (private and public, whatever its label or id), read in one pass
+ * (two searches and one read per object) rather than two searches per key: SoftHSM reads every
+ * object file again for each search. Handles in it are valid until the token changes. */
 struct hsm_key_index;
 int hsm_key_index_read(struct hsm *hsm, struct hsm_key_index **ret);
 void hsm_key_index_free(struct hsm_key_index *ix);
+size_t hsm_key_index_size(const struct hsm_key_index *ix);
+/* Objects are sorted: those without a HSM_ID_LEN-byte id first, then by id, then by handle. */
+const struct hsm_key_object *hsm_key_index_get(const struct hsm_key_index *ix, size_t i);
+/* The position of the first object with id, or hsm_key_index_size() when there is none. */
+size_t hsm_key_index_first(const struct hsm_key_index *ix, const uint8_t id[HSM_ID_LEN]);
 
-/* hsm_find_key() with the pair taken from ix: the same checks and the same errors. */
+/* hsm_find_key() with the pair taken from ix, whose two halves must also carry CKA_LABEL label:
+ * the same checks and the same errors. */
 int hsm_key_index_find(struct hsm *hsm, const struct hsm_key_index *ix,
-                       const uint8_t id[HSM_ID_LEN], enum jws_alg alg, struct hsm_key *ret);
+                       const uint8_t id[HSM_ID_LEN], const char *label, enum jws_alg alg,
+                       struct hsm_key *ret);
+
+/* Checks one half of a key pair as hsm_key_index_find() checks a pair: 0, or -EPERM when it is
+ * not what we make for alg. */
+int hsm_key_check_half(struct hsm *hsm, unsigned long handle, bool private_key, enum jws_alg alg);
+
+/* Makes private every public public-key half that an earlier release made (label "tokensign:...",
+ * the public half of exactly one private key of ours with the same label, and no private half
+ * yet): C_CopyObject with CKA_PRIVATE true, then the original is destroyed. Run once after login,
+ * before keys are read. *ret_migrated: how many were. */
+int hsm_migrate_public_halves(struct hsm *hsm, size_t *ret_migrated);
 
 /* Reads the public half as a JWK. */
 int hsm_public_jwk(struct hsm *hsm, const struct hsm_key *key, struct jwk *ret);
 
-/* Destroys both halves of a key pair (those that exist). */
-int hsm_destroy_key(struct hsm *hsm, const uint8_t id[HSM_ID_LEN]);
+/* Destroys both halves of key by their handles, after reading back that each is still a private
+ * object with key->id and CKA_LABEL label; anything else aborts before anything is destroyed
+ * (-EPERM, the reason as hsm_last_error()). A half already gone counts as destroyed. Never
+ * searches by CKA_ID: another application's object with our id is never touched. */
+int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key, const char *label);
 
 /* Every record object; free with hsm_records_free(). */
 int hsm_list_records(struct hsm *hsm, struct hsm_record **ret, size_t *ret_n);
@@ -111,11 +150,10 @@ void hsm_records_free(struct hsm_record *records, size_t n);
 int hsm_store_record(struct hsm *hsm, const char *label, const char *value, size_t len,
                      unsigned long *ret_handle);
 
-/* Destroys one object (a record). An object already gone is not an error. */
-int hsm_destroy_object(struct hsm *hsm, unsigned long handle);
-
-/* The CKA_IDs of every key object (private or public) labelled "tokensign:...", each once. */
-int hsm_list_key_ids(struct hsm *hsm, uint8_t (**ret)[HSM_ID_LEN], size_t *ret_n);
+/* Destroys the record rec (as hsm_list_records() read it) after reading back that it is still a
+ * private data object with the same label and the very same value; else -EPERM and nothing is
+ * destroyed. A record already gone is not an error. */
+int hsm_destroy_record(struct hsm *hsm, const struct hsm_record *rec);
 
 /* Signs a JWS signing input with key: digest and mechanism follow key->alg; ECDSA gives R||S.
  * Uses the calling thread's own session. Recovers once each from a closed session, a lost login

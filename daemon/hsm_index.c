@@ -1,4 +1,5 @@
-/* Key pairs found in one pass: every key object's CKA_ID read once, then looked up in memory. */
+/* Every key object of the token read in one pass, then looked up in memory: what counts as one of
+ * our key pairs (docs/design.md, "Custody: what is ours"). */
 #include "hsm.h"
 #include "hsm_internal.h"
 
@@ -7,19 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define OUR_LABEL "tokensign:"
-
-struct index_entry {
-	uint8_t id[HSM_ID_LEN];
-	bool priv; /* CKO_PRIVATE_KEY, else CKO_PUBLIC_KEY */
-	bool ours; /* labelled tokensign:... */
-	CK_OBJECT_HANDLE handle;
-};
-
-/* Every private and public key object of the token that has a HSM_ID_LEN-byte CKA_ID, whatever
- * its label: a foreign object with one of our ids is a duplicate, as for a search by id. */
+/* Every private and public key object of the token, whatever its label or id: a foreign object
+ * with one of our ids must be seen to be reported, and a private one to make the key ambiguous. */
 struct hsm_key_index {
-	struct index_entry *e; /* sorted by id */
+	struct hsm_key_object *e; /* sorted by id (id-less objects first), then handle */
 	size_t n;
 };
 
@@ -31,35 +23,74 @@ void hsm_key_index_free(struct hsm_key_index *ix)
 	free(ix);
 }
 
-/* An object whose CKA_ID cannot be read as HSM_ID_LEN bytes matches no key id: skip it. */
+size_t hsm_key_index_size(const struct hsm_key_index *ix)
+{
+	return ix->n;
+}
+
+const struct hsm_key_object *hsm_key_index_get(const struct hsm_key_index *ix, size_t i)
+{
+	return &ix->e[i];
+}
+
+/* An attribute the object does not have, or cannot show in our buffer. */
 static bool unreadable(CK_RV rv)
 {
 	return rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE ||
-	       rv == CKR_BUFFER_TOO_SMALL || rv == CKR_OBJECT_HANDLE_INVALID;
+	       rv == CKR_BUFFER_TOO_SMALL;
 }
 
-/* Reads obj's CKA_ID (and whether it is labelled ours) into e. *ret_skip: not a key of ours to
- * count (no such id, or destroyed since the search). */
-static CK_RV entry_read(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                        struct index_entry *e, bool *ret_skip)
+/* Reads one attribute into buf; *ret_len is 0 when the object lacks it or it does not fit. */
+static CK_RV attr_read(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                       CK_ATTRIBUTE_TYPE type, void *buf, size_t size, size_t *ret_len)
 {
-	char label[64] = {0};
-	uint8_t id[HSM_ID_LEN + 1];
-	CK_ATTRIBUTE a[] = {{CKA_ID, id, sizeof(id)}, {CKA_LABEL, label, sizeof(label) - 1}};
-	CK_RV rv = h->f->C_GetAttributeValue(s, obj, a, 2);
+	CK_ATTRIBUTE a = {type, buf, size};
+	CK_RV rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
 
-	/* A missing or long label fails the whole call: the id alone still counts. */
-	if (unreadable(rv)) {
-		label[0] = '\0';
-		a[0].ulValueLen = sizeof(id);
-		rv = h->f->C_GetAttributeValue(s, obj, a, 1);
-	}
-	*ret_skip = unreadable(rv) || (rv == CKR_OK && a[0].ulValueLen != HSM_ID_LEN);
-	if (rv != CKR_OK)
-		return *ret_skip ? CKR_OK : rv;
-	memcpy(e->id, id, HSM_ID_LEN);
+	*ret_len = rv == CKR_OK && a.ulValueLen <= size ? a.ulValueLen : 0;
+	return unreadable(rv) ? CKR_OK : rv;
+}
+
+/* Reads obj's CKA_PRIVATE, CKA_ID and CKA_LABEL into e; *ret_gone: destroyed since the search.
+ * One call for the three; an object that lacks one (or has a long label) is read one by one. */
+static CK_RV entry_read(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                        struct hsm_key_object *e, bool *ret_gone)
+{
+	CK_BBOOL priv = CK_FALSE;
+	uint8_t id[HSM_ID_LEN + 1];
+	CK_ATTRIBUTE a[] = {{CKA_PRIVATE, &priv, sizeof(priv)},
+	                    {CKA_ID, id, sizeof(id)},
+	                    {CKA_LABEL, e->label, sizeof(e->label) - 1}};
+	size_t plen = 0, idlen = 0, llen = 0;
+	CK_RV rv;
+
+	memset(e, 0, sizeof(*e));
+	rv = h->f->C_GetAttributeValue(s, obj, a, 3);
 	e->handle = obj;
-	e->ours = strncmp(label, OUR_LABEL, strlen(OUR_LABEL)) == 0;
+	*ret_gone = rv == CKR_OBJECT_HANDLE_INVALID;
+	if (*ret_gone)
+		return CKR_OK;
+	if (rv == CKR_OK) {
+		plen = a[0].ulValueLen, idlen = a[1].ulValueLen, llen = a[2].ulValueLen;
+	} else if (unreadable(rv)) {
+		rv = attr_read(h, s, obj, CKA_PRIVATE, &priv, sizeof(priv), &plen);
+		if (rv == CKR_OK)
+			rv = attr_read(h, s, obj, CKA_ID, id, sizeof(id), &idlen);
+		if (rv == CKR_OK)
+			rv = attr_read(h, s, obj, CKA_LABEL, e->label, sizeof(e->label) - 1, &llen);
+	}
+	if (rv == CKR_OBJECT_HANDLE_INVALID) {
+		*ret_gone = true;
+		return CKR_OK;
+	}
+	if (rv != CKR_OK)
+		return rv;
+	/* A missing CKA_PRIVATE reads as public: it is never ours. */
+	e->private_obj = plen == sizeof(priv) && priv == CK_TRUE;
+	e->has_id = idlen == HSM_ID_LEN;
+	if (e->has_id)
+		memcpy(e->id, id, HSM_ID_LEN);
+	e->label[llen < sizeof(e->label) ? llen : 0] = '\0';
 	return CKR_OK;
 }
 
@@ -68,7 +99,7 @@ static CK_RV index_class(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls
 {
 	CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}};
 	CK_OBJECT_HANDLE *objs = NULL;
-	struct index_entry *grown;
+	struct hsm_key_object *grown;
 	CK_ULONG n = 0;
 	CK_RV rv = hsm_find_all(h, s, tmpl, 1, &objs, &n);
 
@@ -81,11 +112,11 @@ static CK_RV index_class(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls
 	}
 	ix->e = grown;
 	for (CK_ULONG i = 0; i < n && rv == CKR_OK; i++) {
-		struct index_entry *e = &ix->e[ix->n];
-		bool skip = false;
-		rv = entry_read(h, s, objs[i], e, &skip);
-		e->priv = cls == CKO_PRIVATE_KEY;
-		if (rv == CKR_OK && !skip)
+		struct hsm_key_object *e = &ix->e[ix->n];
+		bool gone = false;
+		rv = entry_read(h, s, objs[i], e, &gone);
+		e->private_key = cls == CKO_PRIVATE_KEY;
+		if (rv == CKR_OK && !gone)
 			ix->n++;
 	}
 	free(objs);
@@ -94,9 +125,11 @@ static CK_RV index_class(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls
 
 static int entry_order(const void *a, const void *b)
 {
-	const struct index_entry *x = a, *y = b;
-	int c = memcmp(x->id, y->id, HSM_ID_LEN);
+	const struct hsm_key_object *x = a, *y = b;
+	int c = (int)x->has_id - (int)y->has_id;
 
+	if (c == 0 && x->has_id)
+		c = memcmp(x->id, y->id, HSM_ID_LEN);
 	if (c)
 		return c;
 	return x->handle < y->handle ? -1 : x->handle > y->handle;
@@ -133,14 +166,13 @@ int hsm_key_index_read(struct hsm *h, struct hsm_key_index **ret)
 	return 0;
 }
 
-/* The first entry with id, or the end of the index. */
-static size_t entry_first(const struct hsm_key_index *ix, const uint8_t id[HSM_ID_LEN])
+size_t hsm_key_index_first(const struct hsm_key_index *ix, const uint8_t id[HSM_ID_LEN])
 {
 	size_t lo = 0, hi = ix->n;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (memcmp(ix->e[mid].id, id, HSM_ID_LEN) < 0)
+		if (!ix->e[mid].has_id || memcmp(ix->e[mid].id, id, HSM_ID_LEN) < 0)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -149,52 +181,33 @@ static size_t entry_first(const struct hsm_key_index *ix, const uint8_t id[HSM_I
 }
 
 int hsm_key_index_find(struct hsm *h, const struct hsm_key_index *ix, const uint8_t id[HSM_ID_LEN],
-                       enum jws_alg alg, struct hsm_key *ret)
+                       const char *label, enum jws_alg alg, struct hsm_key *ret)
 {
-	const struct alg_info *ai = hsm_alg_info(alg);
-	CK_OBJECT_HANDLE priv = 0, pub = 0;
-	unsigned long n1 = 0, n2 = 0;
+	const struct hsm_key_object *priv = NULL, *pub = NULL;
+	unsigned long n_priv = 0, n_pub = 0;
 	struct hsm_session *s;
 	int r;
 
-	if (!ai)
+	if (!hsm_alg_info(alg))
 		return -EINVAL;
-	for (size_t i = entry_first(ix, id); i < ix->n && memcmp(ix->e[i].id, id, HSM_ID_LEN) == 0;
-	     i++) {
-		if (ix->e[i].priv && n1++ == 0)
-			priv = ix->e[i].handle;
-		else if (!ix->e[i].priv && n2++ == 0)
-			pub = ix->e[i].handle;
+	/* Public objects are never ours, and never stand in the way of ours: anyone may make
+	 * them without the PIN. Private objects need the PIN: two claiming one id are a conflict
+	 * we cannot settle, so the key is not used. */
+	for (size_t i = hsm_key_index_first(ix, id);
+	     i < ix->n && memcmp(ix->e[i].id, id, HSM_ID_LEN) == 0; i++) {
+		if (!ix->e[i].private_obj)
+			continue;
+		if (ix->e[i].private_key && n_priv++ == 0)
+			priv = &ix->e[i];
+		else if (!ix->e[i].private_key && n_pub++ == 0)
+			pub = &ix->e[i];
 	}
-	if ((r = hsm_pair_count_check(n1, n2)) < 0)
+	if ((r = hsm_pair_count_check(n_priv, n_pub)) < 0)
 		return r;
+	if (strcmp(priv->label, label) != 0 || strcmp(pub->label, label) != 0)
+		return hsm_fail_text(-EPERM, "key objects labelled '%s' and '%s', not '%s'",
+		                     priv->label, pub->label, label);
 	if ((r = hsm_session_get(h, &s)) < 0)
 		return r;
-	return hsm_key_accept(h, s, priv, pub, id, alg, ret);
-}
-
-int hsm_list_key_ids(struct hsm *h, uint8_t (**ret)[HSM_ID_LEN], size_t *ret_n)
-{
-	struct hsm_key_index *ix;
-	uint8_t(*ids)[HSM_ID_LEN];
-	size_t n = 0;
-	int r = hsm_key_index_read(h, &ix);
-
-	if (r < 0)
-		return r;
-	ids = calloc(ix->n ? ix->n : 1, sizeof(*ids));
-	if (!ids) {
-		hsm_key_index_free(ix);
-		return -ENOMEM;
-	}
-	/* Sorted by id: each id once, if any of its objects is labelled ours. */
-	for (size_t i = 0; i < ix->n; i++) {
-		if (!ix->e[i].ours || (n > 0 && memcmp(ids[n - 1], ix->e[i].id, HSM_ID_LEN) == 0))
-			continue;
-		memcpy(ids[n++], ix->e[i].id, HSM_ID_LEN);
-	}
-	hsm_key_index_free(ix);
-	*ret = ids;
-	*ret_n = n;
-	return 0;
+	return hsm_key_accept(h, s, priv->handle, pub->handle, id, alg, ret);
 }

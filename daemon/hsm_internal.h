@@ -138,7 +138,6 @@ int hsm_pair_count_check(unsigned long n_priv, unsigned long n_pub);
 
 /* Records "what: CKR_NAME" as the thread's last error and returns err. */
 int hsm_fail(const char *what, CK_RV rv, int err);
-int hsm_fail_text(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* "CKR_DEVICE_ERROR" for a known code, else "CKR_(other)". */
 const char *hsm_ckr_name(CK_RV rv);
@@ -162,6 +161,10 @@ int hsm_session_get(struct hsm *h, struct hsm_session **ret);
  * Each repair is tried once per operation; a PIN error is never retried. */
 int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what,
                 struct recovery *rc);
+
+/* Destroys obj; one that is gone already (another instance was first, or SoftHSM failed while
+ * its file vanished) counts as destroyed. */
+CK_RV hsm_destroy_handle(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj);
 
 /* Forgets the copies of session s; destroys them first when destroy. */
 void hsm_copies_drop(struct hsm *h, struct hsm_session *s, bool destroy);

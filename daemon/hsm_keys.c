@@ -14,19 +14,22 @@
 
 static const CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 
-/* Finds the single object of class with CKA_ID id. */
+/* Finds the single private object of class with CKA_ID id. */
 static CK_RV find_by_id(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
                         const uint8_t id[HSM_ID_LEN], CK_OBJECT_HANDLE *ret, CK_ULONG *ret_n)
 {
+	CK_BBOOL priv = CK_TRUE;
 	CK_ATTRIBUTE tmpl[] = {
 	    {CKA_CLASS, &cls, sizeof(cls)},
 	    {CKA_ID, (void *)id, HSM_ID_LEN},
+	    {CKA_PRIVATE, &priv, sizeof(priv)},
 	};
 	CK_OBJECT_HANDLE found[2];
 	CK_ULONG n = 0;
 	CK_RV rv;
 
-	rv = h->f->C_FindObjectsInit(s, tmpl, 2);
+	/* Public objects are never ours: anyone may make one without the PIN. */
+	rv = h->f->C_FindObjectsInit(s, tmpl, 3);
 	if (rv != CKR_OK)
 		return rv;
 	rv = h->f->C_FindObjects(s, found, 2, &n);
@@ -128,8 +131,9 @@ int hsm_pair_count_check(unsigned long n_priv, unsigned long n_pub)
 	if (n_priv == 1 && n_pub == 1)
 		return 0;
 	return hsm_fail_text(n_priv == 0 || n_pub == 0 ? -ENOENT : -EEXIST,
-	                     "key pair: %lu private and %lu public objects with this id", n_priv,
-	                     n_pub);
+	                     "key pair: %lu private-key and %lu public-key objects visible only "
+	                     "after login carry this id",
+	                     n_priv, n_pub);
 }
 
 static CK_RV find_pair(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN],
@@ -172,11 +176,57 @@ int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, 
 	return hsm_key_accept(h, s, priv, pub, id, alg, ret);
 }
 
+/* The curve of an EC or Edwards key object: the algorithm's own, byte for byte. RSA keys have
+ * no curve (their size is checked on the public half, hsm_public_jwk()). */
+static int check_curve(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                       const struct alg_info *ai, const char *half)
+{
+	uint8_t *params = NULL;
+	size_t len = 0;
+	CK_RV rv;
+	bool same;
+
+	if (!ai->params)
+		return 0;
+	rv = hsm_get_bytes(h, s, obj, CKA_EC_PARAMS, &params, &len);
+	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+		return hsm_fail("C_GetAttributeValue(CKA_EC_PARAMS)", rv, hsm_ckr_errno(rv));
+	same = rv == CKR_OK && len == ai->params_len && memcmp(params, ai->params, len) == 0;
+	free(params);
+	return same ? 0
+	            : hsm_fail_text(-EPERM, "the %s half is not on the algorithm's curve", half);
+}
+
+/* The public half must be as we make it: a private token object of the algorithm's key type. */
+static int check_public(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                        const struct alg_info *ai)
+{
+	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
+	CK_BBOOL token = CK_FALSE, priv = CK_FALSE;
+	CK_ATTRIBUTE a[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)},
+	                    {CKA_TOKEN, &token, sizeof(token)},
+	                    {CKA_PRIVATE, &priv, sizeof(priv)}};
+	CK_RV rv = h->f->C_GetAttributeValue(s, obj, a, 3);
+
+	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+		return hsm_fail("C_GetAttributeValue", rv, hsm_ckr_errno(rv));
+	if (rv != CKR_OK || kt != ai->key_type || token != CK_TRUE || priv != CK_TRUE)
+		return hsm_fail_text(-EPERM, "the public half is not a private token object of "
+		                             "the algorithm's key type");
+	return check_curve(h, s, obj, ai, "public");
+}
+
 int hsm_key_accept(struct hsm *h, struct hsm_session *s, unsigned long priv, unsigned long pub,
                    const uint8_t id[HSM_ID_LEN], enum jws_alg alg, struct hsm_key *ret)
 {
-	int r = hsm_check_private(h, s->handle, priv, hsm_alg_info(alg));
+	const struct alg_info *ai = hsm_alg_info(alg);
+	/* The private half's curve is not compared: SoftHSM does not keep an Ed25519 private key's
+	 * CKA_EC_PARAMS as generated. That it belongs to the public half is proven by a signature
+	 * (custody.c, pair_matches()). */
+	int r = hsm_check_private(h, s->handle, priv, ai);
 
+	if (r == 0)
+		r = check_public(h, s->handle, pub, ai);
 	if (r < 0)
 		return r;
 	memcpy(ret->id, id, HSM_ID_LEN);
@@ -186,45 +236,18 @@ int hsm_key_accept(struct hsm *h, struct hsm_session *s, unsigned long priv, uns
 	return 0;
 }
 
-static CK_RV destroy_pair(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN])
+int hsm_key_check_half(struct hsm *h, unsigned long handle, bool private_key, enum jws_alg alg)
 {
-	CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
-	CK_RV rv = CKR_OK;
-
-	for (size_t i = 0; i < 2 && rv == CKR_OK; i++) {
-		CK_OBJECT_HANDLE obj;
-		CK_ULONG n = 0;
-		rv = find_by_id(h, s, classes[i], id, &obj, &n);
-		if (rv == CKR_OK && n > 0)
-			rv = h->f->C_DestroyObject(s, obj);
-		/* Another instance on the token was first: the object is gone, as wanted (SoftHSM
-		 * may also fail while the object's file vanishes under it: look again). */
-		if (rv == CKR_OBJECT_HANDLE_INVALID ||
-		    (rv == CKR_FUNCTION_FAILED &&
-		     find_by_id(h, s, classes[i], id, &obj, &n) == CKR_OK && n == 0))
-			rv = CKR_OK;
-	}
-	return rv;
-}
-
-int hsm_destroy_key(struct hsm *h, const uint8_t id[HSM_ID_LEN])
-{
+	const struct alg_info *ai = hsm_alg_info(alg);
 	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_RV rv;
 	int r;
 
-	hsm_note_write(h);
-	/* Every thread drops its copies (of this key and the others) before its next signature. */
-	atomic_fetch_add(&h->copy_gen, 1);
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = destroy_pair(h, s->handle, id);
-	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
-	return r;
+	if (!ai)
+		return -EINVAL;
+	if ((r = hsm_session_get(h, &s)) < 0)
+		return r;
+	return private_key ? hsm_check_private(h, s->handle, handle, ai)
+	                   : check_public(h, s->handle, handle, ai);
 }
 
 static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_info *ai,
@@ -236,7 +259,8 @@ static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_
 	CK_ULONG label_len = strlen(label), bits = key_bits;
 	CK_ATTRIBUTE pub_tmpl[] = {
 	    {CKA_TOKEN, (void *)&yes, sizeof(yes)},
-	    {CKA_PRIVATE, (void *)&no, sizeof(no)},
+	    /* Private too: a PIN-less session must not even see which keys we hold. */
+	    {CKA_PRIVATE, (void *)&yes, sizeof(yes)},
 	    {CKA_VERIFY, (void *)&yes, sizeof(yes)},
 	    {CKA_ENCRYPT, (void *)&no, sizeof(no)},
 	    {CKA_WRAP, (void *)&no, sizeof(no)},
@@ -281,15 +305,14 @@ static int check_findable(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[H
 	return 0;
 }
 
-/* Removes a fresh pair that failed its check. By handle first: SoftHSM's file store, with another
- * process writing the token at the same moment, can hand back a private key that reads with its
- * default attributes only (no CKA_ID, no label), which no search by id would ever find again. */
+/* Removes a fresh pair that failed its check, by handle only: these are the objects the token
+ * just made for us. (SoftHSM's file store, with another process writing the token at the same
+ * moment, can hand back a private key that reads with its default attributes only.) */
 static void discard_pair(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub,
-                         CK_OBJECT_HANDLE priv, const uint8_t id[HSM_ID_LEN])
+                         CK_OBJECT_HANDLE priv)
 {
-	h->f->C_DestroyObject(s, priv);
-	h->f->C_DestroyObject(s, pub);
-	hsm_destroy_key(h, id);
+	hsm_destroy_handle(h, s, priv);
+	hsm_destroy_handle(h, s, pub);
 }
 
 int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const char *label,
@@ -323,7 +346,7 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 	if (r < 0) {
 		char why[160];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
-		discard_pair(h, s->handle, pub, priv, id);
+		discard_pair(h, s->handle, pub, priv);
 		return hsm_fail_text(-EAGAIN, "%s", why);
 	}
 	memcpy(ret->id, id, HSM_ID_LEN);

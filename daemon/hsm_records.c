@@ -30,12 +30,49 @@ void hsm_records_free(struct hsm_record *records, size_t n)
 	free(records);
 }
 
+/* An attribute this object lacks, hides or holds too large for us: the object is odd, not the
+ * token unreadable. */
+static bool object_odd(CK_RV rv)
+{
+	return rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE ||
+	       rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_BUFFER_TOO_SMALL;
+}
+
+/* Reads one record object. Public ones are never ours (anyone may make them without the PIN):
+ * only their label is read, to name them in the log. An object with an attribute we cannot read
+ * is kept with what could be read (r->odd), so that no planted object makes the whole read fail. */
+static CK_RV record_read(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                         struct hsm_record *r)
+{
+	CK_BBOOL priv = CK_FALSE;
+	CK_ATTRIBUTE a = {CKA_PRIVATE, &priv, sizeof(priv)};
+	size_t llen;
+	CK_RV rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
+
+	r->handle = obj;
+	if (rv != CKR_OK && !object_odd(rv))
+		return rv;
+	r->private_obj = rv == CKR_OK && priv == CK_TRUE;
+	rv = hsm_get_bytes(h, s, obj, CKA_LABEL, (uint8_t **)&r->label, &llen);
+	if (rv == CKR_OK && r->private_obj)
+		rv = hsm_get_bytes(h, s, obj, CKA_VALUE, (uint8_t **)&r->value, &r->len);
+	if (object_odd(rv)) {
+		r->odd = true;
+		rv = CKR_OK;
+	}
+	if (rv == CKR_OK && !r->label)
+		r->label = strdup("");
+	if (rv == CKR_OK && !r->value)
+		r->value = strdup("");
+	return rv == CKR_OK && (!r->label || !r->value) ? CKR_HOST_MEMORY : rv;
+}
+
 static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record **ret,
                           size_t *ret_n)
 {
 	CK_OBJECT_HANDLE *handles = NULL;
 	struct hsm_record *recs;
-	CK_ULONG n = 0;
+	CK_ULONG n = 0, kept = 0;
 	CK_RV rv = find_records(h, s, &handles, &n);
 
 	if (rv != CKR_OK)
@@ -45,15 +82,9 @@ static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record 
 		free(handles);
 		return CKR_HOST_MEMORY;
 	}
-	CK_ULONG kept = 0;
 	for (CK_ULONG i = 0; i < n && rv == CKR_OK; i++) {
 		struct hsm_record *r = &recs[kept];
-		size_t llen;
-		r->handle = handles[i];
-		rv = hsm_get_bytes(h, s, handles[i], CKA_LABEL, (uint8_t **)&r->label, &llen);
-		if (rv == CKR_OK)
-			rv = hsm_get_bytes(h, s, handles[i], CKA_VALUE, (uint8_t **)&r->value,
-			                   &r->len);
+		rv = record_read(h, s, handles[i], r);
 		/* Destroyed by another instance since the search: not a record any more. */
 		if (rv == CKR_OBJECT_HANDLE_INVALID) {
 			free(r->label);
@@ -120,37 +151,5 @@ int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t
 	} while ((r = hsm_recover(h, s, rv, "C_CreateObject", &rc)) > 0);
 	if (r == 0 && ret_handle)
 		*ret_handle = obj;
-	return r;
-}
-
-static bool object_gone(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
-{
-	CK_OBJECT_CLASS cls;
-	CK_ATTRIBUTE a = {CKA_CLASS, &cls, sizeof(cls)};
-
-	return h->f->C_GetAttributeValue(s, obj, &a, 1) == CKR_OBJECT_HANDLE_INVALID;
-}
-
-int hsm_destroy_object(struct hsm *h, unsigned long handle)
-{
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_RV rv;
-	int r;
-
-	hsm_note_write(h);
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = h->f->C_DestroyObject(s->handle, handle);
-		/* Another instance was first: SoftHSM says the handle is invalid, or fails while
-		 * the object's file vanishes under it. Gone is what we wanted. */
-		if (rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_SESSION_CLOSED &&
-		    rv != CKR_USER_NOT_LOGGED_IN && object_gone(h, s->handle, handle))
-			rv = CKR_OK;
-
-	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
 	return r;
 }

@@ -11,16 +11,24 @@
 #include "etag.h"
 #include "hsm.h"
 #include "jwk.h"
+#include "record.h"
 #include "schedule.h"
 
 struct key {
 	char kid[JWK_KID_LEN + 1];
-	struct hsm_key hk;
+	struct hsm_key hk; /* hk.alg: the key's own algorithm, from its record */
 	struct jwk jwk;
+	char *iss; /* the only iss this key signs, from its record; owned by the keyset */
 	/* From the key's record in the token. */
 	int64_t created_at, activates_at, retires_at, max_token_ttl;
-	int64_t seq;          /* the record's revision; the highest one counts */
-	unsigned long record; /* handle of the record object */
+	int64_t withdrawn_at;  /* a pending key set aside by an iss/algorithm change; 0: not */
+	int64_t seq;           /* the record's revision; the highest one counts */
+	struct hsm_record rec; /* the record as read: destroyed only while still exactly this */
+	/* usable: its objects are all ours and alone (docs/design.md, "Custody"). A key that is
+	 * not keeps its place in the schedule (so that no older key takes over again), but never
+	 * signs and is not published: it is quarantined. */
+	bool usable;
+	bool incomplete; /* quarantined because a half is missing (hk has the halves there are) */
 	/* Derived from the record and the clock when the keyset was built. */
 	struct schedule_state st;
 	EVP_PKEY *evp; /* the public key for self-checks; owned by the keyset */
@@ -39,6 +47,9 @@ struct keyset {
 	char *jwks;           /* rendered {"keys":[...]} */
 	size_t jwks_len;
 	char etag[ETAG_SIZE];
+	/* The issuer may not sign at all: a record of it cannot be read, and the key it describes
+	 * may be newer than the one the others make active. "" when not. */
+	char blocked[160];
 };
 
 struct issuer_keys {
@@ -51,42 +62,73 @@ struct issuer_keys {
 	unsigned failures;
 };
 
+/* Keys of an issuer that is no longer configured: kept, never published, destroyed only by
+ * keyrotate purge (docs/design.md, "Configuration changes"). */
+struct orphan_key {
+	char issuer[RECORD_ISSUER_MAX + 1];
+	char kid[JWK_KID_LEN + 1];
+	enum jws_alg alg;
+	uint8_t id[HSM_ID_LEN];
+	int64_t created_at, activates_at, retires_at, max_token_ttl;
+	struct hsm_record rec; /* owned */
+};
+
+/* What the last refresh learned about the token, under the keyring's mutate lock. */
+struct token_view {
+	size_t n_foreign;     /* objects that look like ours and are not */
+	size_t n_quarantined; /* keys and records kept aside: not used, not destroyed */
+	struct orphan_key *orphans;
+	size_t n_orphans;
+	struct hsm_record *stale; /* superseded revisions of our records (owned copies) */
+	size_t n_stale;
+	/* Key pairs without a record that are ours in every other way: a generation that never
+	 * finished. halfmade_ok: no record failed to parse, so none can be theirs. */
+	struct halfmade {
+		size_t issuer;
+		struct hsm_key hk;
+	} * halfmade;
+	size_t n_halfmade;
+	bool halfmade_ok;
+	struct damaged {
+		size_t issuer;
+		struct hsm_record rec; /* owned copy */
+		struct hsm_key hk;     /* the halves that are there (handle 0: missing) */
+		char kid[JWK_KID_LEN + 1];
+	} * damaged; /* pending keys whose record stands but whose key pair is incomplete */
+	size_t n_damaged;
+};
+
 struct keyring {
 	struct hsm *hsm;
 	struct issuer_keys *issuers; /* parallel to conf->issuers */
 	size_t n;
 	pthread_mutex_t mutate;  /* one writer of the token at a time: scheduler or admin */
-	char token_problem[192]; /* the last maintenance could not read the token; "" */
-	struct orphan {
+	char token_problem[192]; /* the last refresh could not read the token; "" */
+	atomic_bool token_lost;  /* the same, for readers that must not wait for the lock */
+	struct token_view view;
+	struct seen {
 		uint8_t id[HSM_ID_LEN];
 		int64_t first_seen;
-	} * orphans; /* key pairs without a record, and since when */
-	size_t n_orphans;
-	/* Noted by the last refresh, for maintenance. */
-	unsigned long *stale; /* records superseded by a higher revision of the same key */
-	size_t n_stale;
-	uint8_t (*recorded)[HSM_ID_LEN]; /* every key id that has a current record */
-	size_t n_recorded;
-	struct damaged {
-		size_t issuer;
-		unsigned long record;
-		uint8_t id[HSM_ID_LEN];
-		char kid[JWK_KID_LEN + 1];
-	} * damaged; /* pending keys whose record stands but whose key pair is incomplete */
-	size_t n_damaged;
+	} * halfmade_seen; /* recordless pairs, and since when */
+	size_t n_halfmade_seen;
 	uint8_t (*suspects)[HSM_ID_LEN]; /* ids found damaged by the previous maintenance */
 	size_t n_suspects;
-	uint8_t (*warned)[HSM_ID_LEN]; /* keys left out for good, already said in the log */
+	unsigned long *warned; /* objects already reported in the log, by handle */
 	size_t n_warned;
 };
 
 int keyring_new(struct hsm *hsm, const struct conf *conf, struct keyring **ret);
 void keyring_free(struct keyring *kr);
 
-/* Rebuilds every issuer's view from the records and keys in the token (keys already known at the
- * same record revision are reused, not read again). Keys whose record or attributes do not hold
- * up are logged and left out, never used. The caller holds kr->mutate. */
+/* Rebuilds every issuer's view from the records and keys in the token (keys already known are
+ * reused, not read again). Objects that are not exactly ours are reported and left out, never
+ * used. A read that fails, or that the token's state makes doubtful, changes nothing: the last
+ * good views stay published. The caller holds kr->mutate. */
 int keyring_refresh(struct keyring *kr, int64_t now);
+
+/* Whether the last refresh could not read the token (the views are then the last good ones);
+ * without the mutate lock, which a key generation may hold for seconds. */
+bool keyring_token_lost(struct keyring *kr);
 
 /* A reference to the issuer's current view; release it with keyset_release(). */
 struct keyset *keyring_acquire(struct keyring *kr, size_t issuer_index);
@@ -101,5 +143,11 @@ size_t keyring_index(const struct keyring *kr, const struct issuer_conf *ic);
 /* The issuer's timing as the schedule arithmetic wants it. */
 struct schedule_timing keyring_timing(const struct issuer_conf *ic);
 
-/* Formats a key's record (the JSON kept in the token). Caller frees. */
-char *keyring_record_format(const struct issuer_conf *ic, const struct key *k);
+/* Formats a key's record (the JSON kept in the token), with issuer's name. Caller frees. */
+char *keyring_record_format(const char *issuer, const struct key *k);
+
+/* The label of an issuer's key pairs, "tokensign:ISSUER". */
+void keyring_key_label(const char *issuer, char buf[RECORD_LABEL_SIZE]);
+
+/* Whether k may sign for ic's current configuration (its iss and algorithm are the issuer's). */
+bool keyring_key_current(const struct issuer_conf *ic, const struct key *k);

@@ -54,6 +54,23 @@ static int config_check(const char *path, struct conf **ret)
 	return r;
 }
 
+/* Public-key halves made by releases before 0.2 are public objects; ours are private now
+ * (docs/design.md, "Custody"). Done once, after login and before any key is read. */
+static int keys_migrate(struct hsm *hsm)
+{
+	size_t n = 0;
+	int r = hsm_migrate_public_halves(hsm, &n);
+
+	if (r < 0)
+		log_error("cannot make the public-key halves of our keys private objects: %s",
+		          hsm_last_error());
+	else if (n > 0)
+		log_notice("made %zu public-key half(s) of our keys private objects (visible only "
+		           "after login)",
+		           n);
+	return r;
+}
+
 bool daemon_ready(struct daemon *d, const char **why)
 {
 	struct runtime *rt = runtime_acquire(d);
@@ -64,17 +81,19 @@ bool daemon_ready(struct daemon *d, const char **why)
 	if (hsm_probe(d->hsm) < 0) {
 		*why = "token unreachable";
 		ok = false;
+	} else if (keyring_token_lost(rt->keyring)) {
+		/* It answers again: the views, kept from before, are re-read now, not at the
+		 * scheduler's next retry. */
+		daemon_poke_scheduler(d);
 	}
+	/* Ready means "can sign now": a failed generation of the next key is a warning (status),
+	 * not a reason to drain an instance that holds a good active key. */
 	for (size_t i = 0; ok && i < rt->keyring->n; i++) {
-		struct issuer_keys *ik = &rt->keyring->issuers[i];
 		struct keyset *set = keyring_acquire(rt->keyring, i);
 		ok = keyset_signer(set, now) != NULL;
 		keyset_release(set);
-		pthread_mutex_lock(&rt->keyring->mutate);
-		ok = ok && !ik->problem[0];
-		pthread_mutex_unlock(&rt->keyring->mutate);
 		if (!ok)
-			*why = ik->conf->name;
+			*why = rt->keyring->issuers[i].conf->name;
 	}
 	runtime_release(rt);
 	return ok;
@@ -180,6 +199,10 @@ static int run(const char *config_path)
 		goto out;
 	}
 	hsm_set_session_copies(d.hsm, conf->hsm.session_copies);
+	if ((r = keys_migrate(d.hsm)) < 0) {
+		conf_free(conf);
+		goto out;
+	}
 	if ((r = runtime_new(d.hsm, conf, &d.rt)) < 0 ||
 	    (r = scheduler_start(d.rt->keyring, scheduler_rescan_interval(d.rt->conf),
 	                         &d.scheduler)) < 0)

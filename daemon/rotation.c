@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "audit.h"
+#include "custody.h"
 #include "log.h"
 #include "scheduler.h"
 
@@ -21,16 +22,28 @@ static int64_t min64(int64_t a, int64_t b)
 	return a < b ? a : b;
 }
 
-static int record_store(struct keyring *kr, const struct issuer_conf *ic, struct key *k)
+/* Writes k's record (with issuer's name) and keeps what was written, so that it can later be
+ * destroyed only while it is still exactly that. */
+static int record_store(struct keyring *kr, const char *issuer, struct key *k)
 {
-	char label[128];
-	char *rec = keyring_record_format(ic, k);
+	char label[RECORD_LABEL_SIZE];
+	char *rec = keyring_record_format(issuer, k);
+	struct hsm_record written = {0};
 	int r;
 
 	if (!rec)
 		return -ENOMEM;
-	snprintf(label, sizeof(label), "tokensign:%s:%s", ic->name, k->kid);
-	r = hsm_store_record(kr->hsm, label, rec, strlen(rec), &k->record);
+	r = record_label(issuer, k->kid, label, sizeof(label));
+	if (r == 0)
+		r = hsm_store_record(kr->hsm, label, rec, strlen(rec), &written.handle);
+	if (r == 0) {
+		written.label = label;
+		written.value = rec;
+		written.len = strlen(rec);
+		written.private_obj = true;
+		custody_rec_clear(&k->rec);
+		r = custody_rec_copy(&k->rec, &written);
+	}
 	free(rec);
 	return r;
 }
@@ -39,27 +52,41 @@ static int record_store(struct keyring *kr, const struct issuer_conf *ic, struct
  * -EAGAIN), 100 ms apart: seen with two SoftHSM processes generating at the same moment. */
 #define GENERATE_TRIES 3
 
-/* Makes a key in the token and commits it with its record, written last: a crash in between
- * leaves a key pair without a record, which is never used and is cleaned up later. */
-static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t activates_at,
-                      bool at_once, struct key *ret)
+static int pair_generate(struct keyring *kr, const struct issuer_conf *ic, const char *label,
+                         struct key *ret)
 {
-	char label[64];
 	int r;
 
-	memset(ret, 0, sizeof(*ret));
-	snprintf(label, sizeof(label), "tokensign:%s", ic->name);
 	for (int tries = 1;; tries++) {
 		r = hsm_generate_key(kr->hsm, ic->alg, ic->key_size, label, &ret->hk);
 		if (r != -EAGAIN || tries == GENERATE_TRIES)
-			break;
+			return r;
 		log_warning("issuer %s: a new key pair failed its check and was destroyed (%s); "
 		            "generating another",
 		            ic->name, hsm_last_error());
 		nanosleep(&(struct timespec){.tv_nsec = 100 * 1000 * 1000}, NULL);
 	}
-	if (r < 0)
+}
+
+/* Makes a key in the token and commits it with its record, written last: a crash in between
+ * leaves a key pair without a record, which is never used and is cleaned up later. The key is
+ * bound to the issuer's current iss and algorithm for life. Frees what ret holds on failure. */
+static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t activates_at,
+                      bool at_once, struct key *ret)
+{
+	char label[RECORD_LABEL_SIZE];
+	int r;
+
+	memset(ret, 0, sizeof(*ret));
+	keyring_key_label(ic->name, label);
+	ret->iss = strdup(ic->iss);
+	if (!ret->iss)
+		return -ENOMEM;
+	r = pair_generate(kr, ic, label, ret);
+	if (r < 0) {
+		free(ret->iss);
 		return r;
+	}
 	r = hsm_public_jwk(kr->hsm, &ret->hk, &ret->jwk);
 	if (r == 0)
 		r = jwk_thumbprint(&ret->jwk, ret->kid);
@@ -68,55 +95,72 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	 * late key from signing a fraction of a second early. */
 	/* A key active at once is recorded as made when it starts: the pass's own clock. */
 	ret->created_at = at_once ? activates_at : scheduler_now() + 1;
-	if (!at_once && activates_at < ret->created_at + (int64_t)ic->prepublish)
-		activates_at = ret->created_at + (int64_t)ic->prepublish;
+	if (!at_once && activates_at < schedule_add(ret->created_at, (int64_t)ic->prepublish))
+		activates_at = schedule_add(ret->created_at, (int64_t)ic->prepublish);
 	ret->activates_at = activates_at;
-	ret->retires_at = activates_at + (int64_t)ic->rotation_period;
+	ret->retires_at = schedule_add(activates_at, (int64_t)ic->rotation_period);
 	ret->max_token_ttl = (int64_t)ic->max_token_ttl;
 	if (r == 0)
-		r = record_store(kr, ic, ret);
+		r = record_store(kr, ic->name, ret);
 	if (r < 0) {
 		char why[192];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
-		hsm_destroy_key(kr->hsm, ret->hk.id);
+		hsm_destroy_key(kr->hsm, &ret->hk, label);
 		log_error("issuer %s: a new key could not be recorded and was destroyed: %s",
 		          ic->name, why);
+		free(ret->iss);
+		custody_rec_clear(&ret->rec);
 		return r;
 	}
 	audit_key(AUDIT_GENERATED, ic->name, ret->kid, -1);
+	free(ret->iss);
+	custody_rec_clear(&ret->rec);
 	return 0;
 }
 
-/* Writes a new revision of k's record, then removes the old one. */
-static int record_revise(struct keyring *kr, const struct issuer_conf *ic, struct key *k)
+/* Writes a new revision of k's record (k is a copy the caller owns the record of), then removes
+ * the old one. */
+static int record_revise(struct keyring *kr, const char *issuer, struct key *k)
 {
-	unsigned long old = k->record;
+	struct hsm_record old = k->rec;
 	int r;
 
 	k->seq++;
-	r = record_store(kr, ic, k);
+	memset(&k->rec, 0, sizeof(k->rec));
+	r = record_store(kr, issuer, k);
 	if (r < 0) {
-		log_error("issuer %s: key %s: cannot write its new schedule: %s", ic->name, k->kid,
+		log_error("issuer %s: key %s: cannot write its new schedule: %s", issuer, k->kid,
 		          hsm_last_error());
-		return r;
-	}
-	if (hsm_destroy_object(kr->hsm, old) < 0)
+	} else if (hsm_destroy_record(kr->hsm, &old) < 0) {
 		log_warning("issuer %s: key %s: old record revision left behind (%s); it is "
 		            "superseded and will be removed later",
-		            ic->name, k->kid, hsm_last_error());
-	return 0;
+		            issuer, k->kid, hsm_last_error());
+	}
+	custody_rec_clear(&k->rec);
+	k->rec = old; /* the caller's copy of the key still points at what it owned */
+	return r;
 }
 
-/* Record first, so the key leaves every JWKS before its pair goes. */
+/* The last step of a proof that k may go: it is ours (usable), and for an expiry it is past its
+ * destroy_after by the clock of this moment, not only of the pass. Then record first (re-read and
+ * compared byte for byte), so the key leaves every JWKS before its pair (re-read too) goes. */
 static int key_destroy(struct keyring *kr, const struct issuer_conf *ic, const struct key *k,
-                       const char *why)
+                       bool expiry, const char *why)
 {
-	int r = hsm_destroy_object(kr->hsm, k->record);
+	char label[RECORD_LABEL_SIZE];
+	int r = 0;
 
+	keyring_key_label(ic->name, label);
+	if (!k->usable)
+		r = hsm_fail_text(-EPERM, "the key is quarantined");
+	else if (expiry && (k->st.state != KEY_EXPIRED || k->st.destroy_after > scheduler_now()))
+		r = hsm_fail_text(-EPERM, "it may still verify a live token");
 	if (r == 0)
-		r = hsm_destroy_key(kr->hsm, k->hk.id);
+		r = hsm_destroy_record(kr->hsm, &k->rec);
+	if (r == 0)
+		r = hsm_destroy_key(kr->hsm, &k->hk, label);
 	if (r < 0) {
-		log_error("issuer %s: cannot destroy key %s: %s", ic->name, k->kid,
+		log_error("issuer %s: key %s is not destroyed: %s", ic->name, k->kid,
 		          hsm_last_error());
 		return r;
 	}
@@ -148,31 +192,76 @@ static void issuer_settled(struct issuer_keys *ik)
 	ik->problem[0] = '\0';
 }
 
-/* Generates the pending key when there is none. At first start (no key at all) the key is
- * active at once: nothing was signed before, so nobody can miss it. */
+/* The key that takes over next: pending, usable, and made for the issuer's current iss and
+ * algorithm. */
+static bool good_pending(const struct issuer_conf *ic, const struct key *k)
+{
+	return k->st.state == KEY_PENDING && k->usable && !k->withdrawn_at &&
+	       keyring_key_current(ic, k);
+}
+
+/* A pending key made for another iss or algorithm than the issuer's now must never start: it is
+ * withdrawn (a record revision; it never signed, and stays published as a retired key would). */
+static void withdraw_stale_pending(struct keyring *kr, size_t i, struct keyset *set, int64_t now,
+                                   bool *changed)
+{
+	const struct issuer_conf *ic = kr->issuers[i].conf;
+
+	for (size_t j = 0; j < set->n; j++) {
+		struct key copy = set->keys[j];
+		if (copy.st.state != KEY_PENDING || copy.withdrawn_at || !copy.usable ||
+		    keyring_key_current(ic, &copy))
+			continue;
+		copy.withdrawn_at = now;
+		if (record_revise(kr, ic->name, &copy) == 0) {
+			log_notice("issuer %s: pending key %s was made for iss '%s' with %s; the "
+			           "configuration changed, so it is withdrawn and never signs",
+			           ic->name, copy.kid, copy.iss, jws_alg_name(copy.hk.alg));
+			*changed = true;
+		}
+	}
+}
+
+/* When the next key starts: at the active key's scheduled retirement, or after prepublish alone
+ * when the active key was made for another iss or algorithm (a configuration change is a
+ * rotation). At first start (no key at all) at once: nothing was signed, nobody can miss it. */
+static int64_t pending_start(const struct issuer_conf *ic, const struct keyset *set, int64_t now,
+                             bool *ret_at_once)
+{
+	struct schedule_timing t = keyring_timing(ic);
+	bool empty = true;
+
+	for (size_t j = 0; j < set->n; j++)
+		if (set->keys[j].st.state != KEY_EXPIRED)
+			empty = false;
+	*ret_at_once = empty;
+	if (empty)
+		return now;
+	if (set->active && !keyring_key_current(ic, set->active))
+		return schedule_add(now, t.prepublish);
+	return schedule_pending_start(&t, set->active ? set->active->retires_at : -1, now);
+}
+
+/* Generates the pending key when there is none. */
 static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int64_t now,
                           bool *changed)
 {
 	struct issuer_keys *ik = &kr->issuers[i];
-	struct schedule_timing t = keyring_timing(ik->conf);
-	bool empty = true;
+	bool at_once;
 	int64_t start;
 	struct key k;
 	int r;
 
 	for (size_t j = 0; j < set->n; j++) {
-		if (set->keys[j].st.state == KEY_PENDING) {
+		if (good_pending(ik->conf, &set->keys[j])) {
 			issuer_settled(ik);
 			return 0;
 		}
-		if (set->keys[j].st.state != KEY_EXPIRED)
-			empty = false;
 	}
 	if (now < ik->retry_at)
 		return 0;
-	start = empty ? now
-	              : schedule_pending_start(&t, set->active ? set->active->retires_at : -1, now);
-	r = key_create(kr, ik->conf, start, empty, &k);
+	start = pending_start(ik->conf, set, now, &at_once);
+	r = key_create(kr, ik->conf, start, at_once, &k);
 	if (r < 0) {
 		issuer_problem(ik, now, r);
 		return r;
@@ -182,8 +271,8 @@ static int ensure_pending(struct keyring *kr, size_t i, struct keyset *set, int6
 	return 0;
 }
 
-/* Destroys expired keys and all pending keys but the first (two instances generated one each);
- * a pending key never signed, so nothing can depend on it. */
+/* Destroys expired keys and all good pending keys but the first (two instances generated one
+ * each); a pending key never signed, so nothing can depend on it. Quarantined keys are kept. */
 static void prune(struct keyring *kr, size_t i, struct keyset *set, bool *changed)
 {
 	const struct issuer_conf *ic = kr->issuers[i].conf;
@@ -191,13 +280,13 @@ static void prune(struct keyring *kr, size_t i, struct keyset *set, bool *change
 
 	for (size_t j = 0; j < set->n; j++) {
 		const struct key *k = &set->keys[j];
-		if (k->st.state == KEY_EXPIRED) {
-			if (key_destroy(kr, ic, k, "every token it signed has expired") == 0)
+		if (k->st.state == KEY_EXPIRED && k->usable) {
+			if (key_destroy(kr, ic, k, true, "every token it signed has expired") == 0)
 				*changed = true;
-		} else if (k->st.state == KEY_PENDING) {
+		} else if (good_pending(ic, k)) {
 			if (pending_seen &&
-			    key_destroy(kr, ic, k, "a second pending key; the first one stays") ==
-			        0)
+			    key_destroy(kr, ic, k, false,
+			                "a second pending key; the first one stays") == 0)
 				*changed = true;
 			pending_seen = true;
 		}
@@ -213,43 +302,49 @@ static bool id_in(uint8_t (*ids)[HSM_ID_LEN], size_t n, const uint8_t *id)
 }
 
 /* A key pair without a record is a generation that never finished. Another instance may be
- * about to record it, so it goes only once it has been recordless for ORPHAN_AGE seconds: a
- * generation takes milliseconds (seconds for RSA-4096), never that long. */
-#define ORPHAN_AGE 60
+ * about to record it, so it goes only once it has been recordless for HALFMADE_AGE seconds: a
+ * generation takes milliseconds (seconds for RSA-4096), never that long. Never while a record
+ * cannot be parsed: the pair might be the key it describes. */
+#define HALFMADE_AGE 60
 
-static void sweep_orphans(struct keyring *kr, int64_t now)
+static int64_t halfmade_since(const struct keyring *kr, const uint8_t *id, int64_t now)
 {
-	uint8_t(*ids)[HSM_ID_LEN] = NULL;
-	struct orphan *keep;
-	size_t n = 0, n_keep = 0;
+	for (size_t j = 0; j < kr->n_halfmade_seen; j++)
+		if (memcmp(kr->halfmade_seen[j].id, id, HSM_ID_LEN) == 0)
+			return kr->halfmade_seen[j].first_seen;
+	return now;
+}
 
-	if (hsm_list_key_ids(kr->hsm, &ids, &n) < 0)
-		return;
-	keep = calloc(n ? n : 1, sizeof(*keep));
-	for (size_t i = 0; keep && i < n; i++) {
-		int64_t first = now;
-		if (id_in(kr->recorded, kr->n_recorded, ids[i]))
-			continue;
-		for (size_t j = 0; j < kr->n_orphans; j++)
-			if (memcmp(kr->orphans[j].id, ids[i], HSM_ID_LEN) == 0)
-				first = kr->orphans[j].first_seen;
-		if (now - first >= ORPHAN_AGE && hsm_destroy_key(kr->hsm, ids[i]) == 0) {
-			log_notice("destroyed a half-made key pair without a record");
+static void sweep_halfmade(struct keyring *kr, int64_t now)
+{
+	const struct token_view *v = &kr->view;
+	struct seen *keep = calloc(v->n_halfmade ? v->n_halfmade : 1, sizeof(*keep));
+	size_t n_keep = 0;
+
+	for (size_t i = 0; keep && i < v->n_halfmade; i++) {
+		const struct halfmade *hm = &v->halfmade[i];
+		char label[RECORD_LABEL_SIZE];
+		int64_t first = halfmade_since(kr, hm->hk.id, now);
+
+		keyring_key_label(kr->issuers[hm->issuer].conf->name, label);
+		if (v->halfmade_ok && now - first >= HALFMADE_AGE &&
+		    hsm_destroy_key(kr->hsm, &hm->hk, label) == 0) {
+			log_notice("issuer %s: destroyed a half-made key pair without a record",
+			           kr->issuers[hm->issuer].conf->name);
 			continue;
 		}
-		memcpy(keep[n_keep].id, ids[i], HSM_ID_LEN);
+		memcpy(keep[n_keep].id, hm->hk.id, HSM_ID_LEN);
 		keep[n_keep++].first_seen = first;
 	}
-	free(ids);
-	free(kr->orphans);
-	kr->orphans = keep;
-	kr->n_orphans = keep ? n_keep : 0;
+	free(kr->halfmade_seen);
+	kr->halfmade_seen = keep;
+	kr->n_halfmade_seen = keep ? n_keep : 0;
 }
 
 static void sweep_stale_records(struct keyring *kr, bool *changed)
 {
-	for (size_t i = 0; i < kr->n_stale; i++)
-		if (hsm_destroy_object(kr->hsm, kr->stale[i]) == 0)
+	for (size_t i = 0; i < kr->view.n_stale; i++)
+		if (hsm_destroy_record(kr->hsm, &kr->view.stale[i]) == 0)
 			*changed = true;
 }
 
@@ -258,20 +353,23 @@ static void sweep_stale_records(struct keyring *kr, bool *changed)
  * process may read a fresh object of ours while it is being written. */
 static void sweep_damaged(struct keyring *kr, bool *changed)
 {
-	uint8_t(*seen)[HSM_ID_LEN] = calloc(kr->n_damaged ? kr->n_damaged : 1, sizeof(*seen));
+	const struct token_view *v = &kr->view;
+	uint8_t(*seen)[HSM_ID_LEN] = calloc(v->n_damaged ? v->n_damaged : 1, sizeof(*seen));
 	size_t n_seen = 0;
 
-	for (size_t i = 0; i < kr->n_damaged; i++) {
-		const struct damaged *d = &kr->damaged[i];
+	for (size_t i = 0; i < v->n_damaged; i++) {
+		const struct damaged *d = &v->damaged[i];
 		const char *name = kr->issuers[d->issuer].conf->name;
+		char label[RECORD_LABEL_SIZE];
 
-		if (!id_in(kr->suspects, kr->n_suspects, d->id)) {
+		if (!id_in(kr->suspects, kr->n_suspects, d->hk.id)) {
 			if (seen)
-				memcpy(seen[n_seen++], d->id, HSM_ID_LEN);
+				memcpy(seen[n_seen++], d->hk.id, HSM_ID_LEN);
 			continue;
 		}
-		if (hsm_destroy_object(kr->hsm, d->record) < 0 ||
-		    hsm_destroy_key(kr->hsm, d->id) < 0) {
+		keyring_key_label(name, label);
+		if (hsm_destroy_record(kr->hsm, &d->rec) < 0 ||
+		    hsm_destroy_key(kr->hsm, &d->hk, label) < 0) {
 			log_error("issuer %s: cannot remove pending key %s, whose key pair is "
 			          "incomplete: %s",
 			          name, d->kid, hsm_last_error());
@@ -306,45 +404,56 @@ static int64_t issuer_next(const struct issuer_keys *ik, const struct keyset *se
 	return next;
 }
 
+static void for_each_issuer(struct keyring *kr, int64_t now, bool *changed,
+                            void (*fn)(struct keyring *, size_t, struct keyset *, int64_t, bool *))
+{
+	for (size_t i = 0; i < kr->n; i++) {
+		struct keyset *set = keyring_acquire(kr, i);
+		if (set)
+			fn(kr, i, set, now, changed);
+		keyset_release(set);
+	}
+}
+
+static void prune_one(struct keyring *kr, size_t i, struct keyset *set, int64_t now, bool *changed)
+{
+	(void)now;
+	prune(kr, i, set, changed);
+}
+
+static void pending_one(struct keyring *kr, size_t i, struct keyset *set, int64_t now,
+                        bool *changed)
+{
+	ensure_pending(kr, i, set, now, changed);
+}
+
 static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 {
 	bool changed = false;
 	int64_t next = INT64_MAX;
 	int r = keyring_refresh(kr, now);
 
-	/* Every issuer is affected when the token is away: keys can be neither made nor checked. */
-	if (r < 0) {
-		snprintf(
-		    kr->token_problem, sizeof(kr->token_problem),
-		    "the token does not answer (%s); no key can be made or checked until it does",
-		    hsm_last_error());
+	/* The token is away: keys can be neither made nor checked; the last views stay. */
+	if (r < 0)
 		return r;
-	}
-	kr->token_problem[0] = '\0';
-	for (size_t i = 0; i < kr->n; i++) {
-		struct keyset *set = keyring_acquire(kr, i);
-		prune(kr, i, set, &changed);
-		keyset_release(set);
-	}
+	for_each_issuer(kr, now, &changed, prune_one);
+	for_each_issuer(kr, now, &changed, withdraw_stale_pending);
 	sweep_stale_records(kr, &changed);
 	sweep_damaged(kr, &changed);
-	sweep_orphans(kr, now);
+	sweep_halfmade(kr, now);
 	if (changed && (r = keyring_refresh(kr, now)) < 0)
 		return r;
 	/* Twice: at first start the first pass makes the active key, the second its successor. */
 	for (int pass = 0; pass < 2; pass++) {
 		changed = false;
-		for (size_t i = 0; i < kr->n; i++) {
-			struct keyset *set = keyring_acquire(kr, i);
-			ensure_pending(kr, i, set, now, &changed);
-			keyset_release(set);
-		}
+		for_each_issuer(kr, now, &changed, pending_one);
 		if (changed && (r = keyring_refresh(kr, now)) < 0)
 			return r;
 	}
 	for (size_t i = 0; i < kr->n; i++) {
 		struct keyset *set = keyring_acquire(kr, i);
-		next = min64(next, issuer_next(&kr->issuers[i], set));
+		if (set)
+			next = min64(next, issuer_next(&kr->issuers[i], set));
 		keyset_release(set);
 	}
 	*ret_next = next;
@@ -392,24 +501,33 @@ static struct key *find_kid(struct keyset *set, const char *kid)
 	return NULL;
 }
 
+static struct key *good_next(const struct issuer_conf *ic, struct keyset *set)
+{
+	for (size_t j = 0; j < set->n; j++)
+		if (good_pending(ic, &set->keys[j]))
+			return &set->keys[j];
+	return NULL;
+}
+
 /* Moves k's activation to at (and its retirement one period later). */
 static int reschedule(struct keyring *kr, const struct issuer_conf *ic, struct key *k, int64_t at)
 {
 	struct key copy = *k;
 
 	copy.activates_at = at;
-	copy.retires_at = at + (int64_t)ic->rotation_period;
-	return record_revise(kr, ic, &copy);
+	copy.retires_at = schedule_add(at, (int64_t)ic->rotation_period);
+	return record_revise(kr, ic->name, &copy);
 }
 
+/* A quarantined key's records are left as they are: its successor takes over all the same. */
 static int retire_at(struct keyring *kr, const struct issuer_conf *ic, struct key *k, int64_t at)
 {
 	struct key copy = *k;
 
-	if (copy.retires_at <= at)
+	if (copy.retires_at <= at || !copy.usable)
 		return 0;
 	copy.retires_at = at;
-	return record_revise(kr, ic, &copy);
+	return record_revise(kr, ic->name, &copy);
 }
 
 static int64_t max64(int64_t a, int64_t b)
@@ -422,7 +540,7 @@ static int rotate_locked(struct keyring *kr, size_t i, bool now_flag, int64_t no
 {
 	const struct issuer_conf *ic = kr->issuers[i].conf;
 	struct keyset *set = keyring_acquire(kr, i);
-	struct key *p = set->next, fresh;
+	struct key *p = good_next(ic, set), fresh;
 	/* Equal activation times break on the kid: a switch in the second the active key started
 	 * must come one second later to be a switch at all. */
 	int64_t floor_at = set->active ? set->active->activates_at + 1 : now;
@@ -430,12 +548,12 @@ static int rotate_locked(struct keyring *kr, size_t i, bool now_flag, int64_t no
 	int r = 0;
 
 	if (!p) {
-		at = max64(now_flag ? now : now + (int64_t)ic->prepublish, floor_at);
+		at = max64(now_flag ? now : schedule_add(now, (int64_t)ic->prepublish), floor_at);
 		r = key_create(kr, ic, at, now_flag, &fresh);
 		at = fresh.activates_at;
 		p = &fresh;
 	} else {
-		at = now_flag ? now : p->created_at + (int64_t)ic->prepublish;
+		at = now_flag ? now : schedule_add(p->created_at, (int64_t)ic->prepublish);
 		at = max64(max64(at, now), floor_at);
 		if (at < p->activates_at)
 			r = reschedule(kr, ic, p, at);
@@ -477,10 +595,10 @@ int rotation_rotate(struct keyring *kr, size_t i, bool now_flag, int64_t operato
 static int hand_over(struct keyring *kr, size_t i, struct keyset *set, int64_t now)
 {
 	const struct issuer_conf *ic = kr->issuers[i].conf;
-	struct key fresh;
+	struct key *next = good_next(ic, set), fresh;
 
-	if (set->next)
-		return reschedule(kr, ic, set->next, now);
+	if (next)
+		return reschedule(kr, ic, next, now);
 	return key_create(kr, ic, now, true, &fresh);
 }
 
@@ -492,9 +610,11 @@ static int revoke_locked(struct keyring *kr, size_t i, const char *kid, int64_t 
 	struct key *k = find_kid(set, kid);
 	int r = 0;
 
-	if (!k) {
+	if (!k || !k->usable) {
 		keyset_release(set);
-		return -ENOENT;
+		/* A quarantined key is never destroyed: which objects are ours is not known. */
+		return k ? hsm_fail_text(-EPERM, "key %s is quarantined; it is not destroyed", kid)
+		         : -ENOENT;
 	}
 	ret->was = k->st.state == KEY_PENDING ? "pending" : k == set->active ? "active" : "retired";
 	snprintf(ret->revoked_kid, sizeof(ret->revoked_kid), "%s", k->kid);
@@ -504,11 +624,11 @@ static int revoke_locked(struct keyring *kr, size_t i, const char *kid, int64_t 
 	if (k == set->active)
 		r = hand_over(kr, i, set, now);
 	if (r == 0)
-		r = hsm_destroy_object(kr->hsm, k->record);
+		r = hsm_destroy_record(kr->hsm, &k->rec);
 	if (r == 0)
 		r = keyring_refresh(kr, now);
 	if (r == 0)
-		r = key_destroy(kr, ic, k, "revoked by an operator");
+		r = key_destroy(kr, ic, k, false, "revoked by an operator");
 	keyset_release(set);
 	return r;
 }

@@ -249,7 +249,7 @@ static int sign_checked(struct sign_api *api, const struct issuer_conf *ic, stru
 	}
 	if (!ic->self_check)
 		return 0;
-	r = jws_verify(ic->alg, k->evp, input, input_len, sig, *sig_len);
+	r = jws_verify(k->hk.alg, k->evp, input, input_len, sig, *sig_len);
 	if (r < 0) {
 		*code = "signature_check_failed";
 		log_msg(LOG_CRIT,
@@ -280,10 +280,12 @@ static void audit_token(struct MHD_Connection *c, const struct issuer_conf *ic, 
 }
 
 /* One attempt with the issuer's current signer: 0 and *ret_answer, or a negative errno with
- * *code set. -ENOENT: the key went away under us (revoked between our view and the token). */
+ * *code set. -ENOENT: the key went away under us (revoked between our view and the token).
+ * -EAGAIN: the signer now is bound to another iss than the payload's (a handover after an iss
+ * change happened since the payload was made): the payload must be made again. */
 static int sign_once(struct sign_api *api, struct runtime *rt, const struct issuer_conf *ic,
-                     const struct signing_request *sr, struct key **ret_key, char **ret_answer,
-                     const char **code, struct keyset **ret_set)
+                     const struct signing_request *sr, const char *iss, struct key **ret_key,
+                     char **ret_answer, const char **code, struct keyset **ret_set)
 {
 	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
 	struct key *k = keyset_signer(set, sr->iat);
@@ -298,12 +300,16 @@ static int sign_once(struct sign_api *api, struct runtime *rt, const struct issu
 		*code = "no_active_key";
 		return -ENOKEY;
 	}
-	r = jws_signing_input(ic->alg, k->kid, sr->typ, sr->payload, sr->payload_len, &input,
+	if (strcmp(k->iss, iss) != 0)
+		return -EAGAIN;
+	/* The key's own algorithm: after an algorithm change the old key signs as what it is
+	 * until its successor takes over. */
+	r = jws_signing_input(k->hk.alg, k->kid, sr->typ, sr->payload, sr->payload_len, &input,
 	                      &input_len);
 	if (r == 0)
 		r = sign_checked(api, ic, k, input, input_len, sig, &sig_len, code);
 	if (r == 0 && (r = jws_compact(input, input_len, sig, sig_len, &token)) == 0 &&
-	    !(*ret_answer = answer_format(token, k, ic->alg, sr)))
+	    !(*ret_answer = answer_format(token, k, k->hk.alg, sr)))
 		r = -ENOMEM;
 	free(input);
 	free(token);
@@ -321,10 +327,25 @@ static bool signer_changed(struct runtime *rt, const struct issuer_conf *ic, con
 	return changed;
 }
 
-/* Signs sr with the issuer's active key; on failure queues the error answer itself. */
+/* The iss the issuer's signer at now is bound to (the configured one when there is none:
+ * the request is then refused all the same). Caller frees. */
+static char *signer_iss(struct runtime *rt, const struct issuer_conf *ic, int64_t now)
+{
+	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
+	struct key *k = keyset_signer(set, now);
+	char *iss = strdup(k ? k->iss : ic->iss);
+
+	keyset_release(set);
+	return iss;
+}
+
+/* Signs sr (whose payload carries iss) with the issuer's active key; on failure queues the
+ * error answer itself. *ret_again: nothing was queued, the payload must be made again for the
+ * signer's iss (sign_once()). */
 static enum MHD_Result sign_and_reply(struct sign_api *api, struct runtime *rt,
                                       struct MHD_Connection *c, const struct issuer_conf *ic,
-                                      const struct signing_request *sr)
+                                      const struct signing_request *sr, const char *iss,
+                                      bool *ret_again)
 {
 	const char *code = "hsm_unavailable";
 	struct keyset *set = NULL;
@@ -333,13 +354,18 @@ static enum MHD_Result sign_and_reply(struct sign_api *api, struct runtime *rt,
 	enum MHD_Result ret;
 	int r;
 
-	r = sign_once(api, rt, ic, sr, &k, &answer, &code, &set);
+	r = sign_once(api, rt, ic, sr, iss, &k, &answer, &code, &set);
 	/* Revoked while we signed (the token no longer has the key, or fails on it as it goes):
 	 * if the view has moved on to another key since, one more try with that one. */
-	if (r < 0 && r != -ENOKEY && strcmp(code, "signature_check_failed") != 0 &&
+	if (r < 0 && r != -ENOKEY && r != -EAGAIN && strcmp(code, "signature_check_failed") != 0 &&
 	    signer_changed(rt, ic, k, sr->iat)) {
 		keyset_release(set);
-		r = sign_once(api, rt, ic, sr, &k, &answer, &code, &set);
+		r = sign_once(api, rt, ic, sr, iss, &k, &answer, &code, &set);
+	}
+	*ret_again = r == -EAGAIN;
+	if (r == -EAGAIN) {
+		keyset_release(set);
+		return MHD_YES;
 	}
 	if (r == -ENOKEY) {
 		log_error("issuer %s: no active key; refusing to sign", ic->name);
@@ -377,18 +403,36 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 	if (jti_random(jti) < 0)
 		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
 		                        "no randomness for jti");
-	r = policy_apply(rq->ic, rq->body.data ? rq->body.data : "", rq->body.len, scheduler_now(),
-	                 jti, &sr, &perr);
-	if (r == -EINVAL)
-		return http_reply_error(c, (unsigned)perr.status, perr.code, perr.message);
-	if (r < 0) {
-		log_error("issuer %s: cannot build the payload: %s", rq->ic->name, strerror(-r));
-		return http_reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
-		                        "the daemon could not build the token; see its log");
+	for (int attempt = 0;; attempt++) {
+		bool again = false;
+		char *iss = signer_iss(rq->rt, rq->ic, scheduler_now());
+		struct issuer_conf as = *rq->ic;
+
+		if (!iss)
+			return MHD_NO;
+		/* A key signs only for the iss it was made for: after an iss change, the old key
+		 * signs with its own until its successor takes over (docs/design.md). */
+		as.iss = iss;
+		r = policy_apply(&as, rq->body.data ? rq->body.data : "", rq->body.len,
+		                 scheduler_now(), jti, &sr, &perr);
+		if (r == -EINVAL)
+			ret = http_reply_error(c, (unsigned)perr.status, perr.code, perr.message);
+		else if (r < 0) {
+			log_error("issuer %s: cannot build the payload: %s", rq->ic->name,
+			          strerror(-r));
+			ret = http_reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
+			                       "the daemon could not build the token; see its log");
+		} else
+			ret = sign_and_reply(api, rq->rt, c, rq->ic, &sr, iss, &again);
+		free(sr.payload);
+		free(iss);
+		memset(&sr, 0, sizeof(sr));
+		if (!again || attempt == 1)
+			return again ? http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+			                                "no_active_key",
+			                                "the issuer's key changed; try again")
+			             : ret;
 	}
-	ret = sign_and_reply(api, rq->rt, c, rq->ic, &sr);
-	free(sr.payload);
-	return ret;
 }
 
 static bool bodyless(const char *method)

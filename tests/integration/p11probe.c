@@ -5,7 +5,8 @@
  *
  * Private keys: class, label, id (hex), key_type, the storage and usage booleans, and value_rv,
  * the CKR name that C_GetAttributeValue(CKA_VALUE) returned (a sensitive key answers
- * CKR_ATTRIBUTE_SENSITIVE). Public keys: label, id, key_type, ec_params and ec_point (hex).
+ * CKR_ATTRIBUTE_SENSITIVE). Public keys: label, id, key_type, ec_params and ec_point (hex),
+ * and the booleans token, private, local and verify.
  * Data objects: application, label and value (as a string). Other objects: class only.
  * Exit status: 0 on success, 1 on any PKCS#11 or usage error (message on stderr). */
 #include <stdbool.h>
@@ -26,19 +27,33 @@ static const char *rv_name(CK_RV rv)
 	static char buf[32];
 
 	switch (rv) {
-	case CKR_OK: return "CKR_OK";
-	case CKR_ATTRIBUTE_SENSITIVE: return "CKR_ATTRIBUTE_SENSITIVE";
-	case CKR_ATTRIBUTE_TYPE_INVALID: return "CKR_ATTRIBUTE_TYPE_INVALID";
-	case CKR_BUFFER_TOO_SMALL: return "CKR_BUFFER_TOO_SMALL";
-	case CKR_PIN_INCORRECT: return "CKR_PIN_INCORRECT";
-	case CKR_USER_NOT_LOGGED_IN: return "CKR_USER_NOT_LOGGED_IN";
-	case CKR_GENERAL_ERROR: return "CKR_GENERAL_ERROR";
-	case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
-	case CKR_ARGUMENTS_BAD: return "CKR_ARGUMENTS_BAD";
-	case CKR_OBJECT_HANDLE_INVALID: return "CKR_OBJECT_HANDLE_INVALID";
-	case CKR_TOKEN_NOT_PRESENT: return "CKR_TOKEN_NOT_PRESENT";
-	case CKR_DEVICE_ERROR: return "CKR_DEVICE_ERROR";
-	default: snprintf(buf, sizeof(buf), "0x%08lx", (unsigned long)rv); return buf;
+	case CKR_OK:
+		return "CKR_OK";
+	case CKR_ATTRIBUTE_SENSITIVE:
+		return "CKR_ATTRIBUTE_SENSITIVE";
+	case CKR_ATTRIBUTE_TYPE_INVALID:
+		return "CKR_ATTRIBUTE_TYPE_INVALID";
+	case CKR_BUFFER_TOO_SMALL:
+		return "CKR_BUFFER_TOO_SMALL";
+	case CKR_PIN_INCORRECT:
+		return "CKR_PIN_INCORRECT";
+	case CKR_USER_NOT_LOGGED_IN:
+		return "CKR_USER_NOT_LOGGED_IN";
+	case CKR_GENERAL_ERROR:
+		return "CKR_GENERAL_ERROR";
+	case CKR_FUNCTION_FAILED:
+		return "CKR_FUNCTION_FAILED";
+	case CKR_ARGUMENTS_BAD:
+		return "CKR_ARGUMENTS_BAD";
+	case CKR_OBJECT_HANDLE_INVALID:
+		return "CKR_OBJECT_HANDLE_INVALID";
+	case CKR_TOKEN_NOT_PRESENT:
+		return "CKR_TOKEN_NOT_PRESENT";
+	case CKR_DEVICE_ERROR:
+		return "CKR_DEVICE_ERROR";
+	default:
+		snprintf(buf, sizeof(buf), "0x%08lx", (unsigned long)rv);
+		return buf;
 	}
 }
 
@@ -76,7 +91,7 @@ static void put_hex(const unsigned char *s, size_t n)
 /* Reads a variable-length attribute. Returns a malloc'd buffer (NUL-terminated for
  * convenience) or NULL when the attribute is absent or unreadable. */
 static unsigned char *get_attr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
-			       size_t *ret_len)
+                               size_t *ret_len)
 {
 	CK_ATTRIBUTE a = {type, NULL, 0};
 	unsigned char *buf;
@@ -98,7 +113,7 @@ static unsigned char *get_attr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRI
 }
 
 static void put_attr_string(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char *name,
-			    CK_ATTRIBUTE_TYPE type)
+                            CK_ATTRIBUTE_TYPE type)
 {
 	size_t n = 0;
 	unsigned char *v = get_attr(s, o, type, &n);
@@ -112,7 +127,7 @@ static void put_attr_string(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char 
 }
 
 static void put_attr_hex(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char *name,
-			 CK_ATTRIBUTE_TYPE type)
+                         CK_ATTRIBUTE_TYPE type)
 {
 	size_t n = 0;
 	unsigned char *v = get_attr(s, o, type, &n);
@@ -126,7 +141,7 @@ static void put_attr_hex(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char *na
 }
 
 static void put_attr_bool(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char *name,
-			  CK_ATTRIBUTE_TYPE type)
+                          CK_ATTRIBUTE_TYPE type)
 {
 	CK_BBOOL b = CK_FALSE;
 	CK_ATTRIBUTE a = {type, &b, sizeof(b)};
@@ -139,7 +154,7 @@ static void put_attr_bool(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char *n
 }
 
 static void put_attr_ulong(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char *name,
-			   CK_ATTRIBUTE_TYPE type)
+                           CK_ATTRIBUTE_TYPE type)
 {
 	CK_ULONG v = 0;
 	CK_ATTRIBUTE a = {type, &v, sizeof(v)};
@@ -193,6 +208,10 @@ static void probe_object(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
 		put_attr_ulong(s, o, "key_type", CKA_KEY_TYPE);
 		put_attr_hex(s, o, "ec_params", CKA_EC_PARAMS);
 		put_attr_hex(s, o, "ec_point", CKA_EC_POINT);
+		put_attr_bool(s, o, "token", CKA_TOKEN);
+		put_attr_bool(s, o, "private", CKA_PRIVATE);
+		put_attr_bool(s, o, "local", CKA_LOCAL);
+		put_attr_bool(s, o, "verify", CKA_VERIFY);
 		puts("}");
 		break;
 	case CKO_DATA:

@@ -1,9 +1,11 @@
 #!/usr/bin/python3
-"""Key objects that someone else put in the token under the id of one of our keys (SPEC §6): at
-the next start the daemon loads all keys in one pass (docs/design.md), and that pass must keep
-every check of a lookup by id. A pair with a second private or public object is not used
-(-EEXIST), nor is a private key with an unsafe attribute (-EPERM); both are said in the log, the
-key leaves the JWKS, and the issuer goes on signing with its other key."""
+"""Key objects that someone with the PIN put in the token under the id of one of our keys (SPEC
+§6, docs/design.md "Custody"): at the next start the daemon loads all keys in one pass, and that
+pass must keep every check of a lookup by id. A pair with a second private object claiming its id
+is quarantined (kept, never used or published); a private key with an unsafe attribute in place
+of ours is foreign (never used, published or destroyed). Both are said in the log, the key
+leaves the JWKS, and the issuer goes on signing with its other key. (Objects made without the PIN
+are public and never disturb our keys: test_custody.py.)"""
 
 import json
 import subprocess
@@ -43,13 +45,13 @@ class PlantedKeysTest(harness.TestCase):
         return [o for o in self.d.probe()
                 if o["class"] == "private_key" and o["id"] == self.pending_id]
 
-    def check_left_out(self, reason):
-        """After a restart, the pending key is said to be unusable for reason, is not in the
-        JWKS, and the active key still signs."""
+    def check_left_out(self, line):
+        """After a restart, the log has line about the pending key, which is not in the JWKS,
+        and the active key still signs."""
         log_before = len(self.d.log())
         self.d.start()
         log = self.d.log()[log_before:]
-        self.assertIn("issuer main: key %s is not usable: %s" % (self.pending, reason), log)
+        self.assertIn(line, log)
         kids = [k["kid"] for k in self.d.jwks("main")["keys"]]
         self.assertNotIn(self.pending, kids)
         self.assertIn(self.active, kids)
@@ -60,7 +62,9 @@ class PlantedKeysTest(harness.TestCase):
         # Under another label: a search by CKA_ID would see it too, so the one-pass index must.
         self.keypairgen("someone-else")
         self.assertEqual(len(self.private_keys()), 2)
-        self.check_left_out("key pair: 2 private and 2 public objects with this id")
+        self.check_left_out("issuer main: key %s is kept in quarantine (never used or "
+                            "published): key pair: 2 private-key and 1 public-key objects "
+                            "visible only after login carry this id" % self.pending)
 
     def test_extractable_private_key_is_not_used(self):
         for t in ("privkey", "pubkey"):
@@ -72,7 +76,8 @@ class PlantedKeysTest(harness.TestCase):
                         if planted[0][a] is not True]
         self.assertEqual(first_unsafe, [], planted)
         self.assertIs(planted[0]["extractable"], True, planted)
-        self.check_left_out("private key has CKA_EXTRACTABLE true; it must never be used")
+        self.check_left_out("private key, label 'tokensign:main', id %s: private key has "
+                            "CKA_EXTRACTABLE true; it must never be used" % self.pending_id)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+/* Destruction by handle, as the last step of a proof: each object is read again and must still
+ * be the private object it was (docs/design.md, "Custody", C5). Never a search by CKA_ID. */
+#include "hsm.h"
+#include "hsm_internal.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Whether attribute type of obj is exactly want (want_len bytes): 0 yes, -EPERM no, or the
+ * token's error. */
+static int attr_equals(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                       CK_ATTRIBUTE_TYPE type, const void *want, size_t want_len)
+{
+	uint8_t *got = NULL;
+	size_t len = 0;
+	CK_RV rv = hsm_get_bytes(h, s, obj, type, &got, &len);
+	bool same = rv == CKR_OK && len == want_len && memcmp(got, want, len) == 0;
+
+	free(got);
+	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+		return hsm_fail("C_GetAttributeValue", rv, hsm_ckr_errno(rv));
+	return same ? 0 : -EPERM;
+}
+
+/* What a handle must still be before it is destroyed: an object of class cls, private, with
+ * this CKA_ID (when id) and CKA_LABEL (when label). 1 when it is gone already, 0 when it is as
+ * expected, -EPERM (nothing to destroy: it is something else now) or the token's error. */
+static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_OBJECT_CLASS cls,
+                     const uint8_t *id, const char *label)
+{
+	CK_OBJECT_CLASS c = (CK_OBJECT_CLASS)-1;
+	CK_BBOOL priv = CK_FALSE;
+	CK_ATTRIBUTE a[] = {{CKA_CLASS, &c, sizeof(c)}, {CKA_PRIVATE, &priv, sizeof(priv)}};
+	CK_RV rv = h->f->C_GetAttributeValue(s, obj, a, 2);
+	int r = 0;
+
+	if (rv == CKR_OBJECT_HANDLE_INVALID)
+		return 1;
+	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+		return hsm_fail("C_GetAttributeValue", rv, hsm_ckr_errno(rv));
+	if (rv != CKR_OK || c != cls || priv != CK_TRUE)
+		r = -EPERM;
+	if (r == 0 && id)
+		r = attr_equals(h, s, obj, CKA_ID, id, HSM_ID_LEN);
+	if (r == 0 && label)
+		r = attr_equals(h, s, obj, CKA_LABEL, label, strlen(label));
+	if (r == -EPERM)
+		return hsm_fail_text(-EPERM, "object %lu is no longer the private object it was",
+		                     (unsigned long)obj);
+	return r;
+}
+
+/* Another instance on the token destroyed it first, or SoftHSM failed while the object's file
+ * vanished under it: either way it is gone, as wanted. */
+CK_RV hsm_destroy_handle(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
+{
+	CK_OBJECT_CLASS c;
+	CK_ATTRIBUTE a = {CKA_CLASS, &c, sizeof(c)};
+	CK_RV rv = h->f->C_DestroyObject(s, obj);
+
+	if (rv == CKR_OBJECT_HANDLE_INVALID ||
+	    (rv == CKR_FUNCTION_FAILED &&
+	     h->f->C_GetAttributeValue(s, obj, &a, 1) == CKR_OBJECT_HANDLE_INVALID))
+		return CKR_OK;
+	return rv;
+}
+
+/* Checks both halves, then destroys both: a half that is no longer what it was aborts the whole
+ * destruction before anything is gone. */
+static CK_RV destroy_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct hsm_key *key,
+                          const char *label, int *err)
+{
+	CK_OBJECT_HANDLE objs[2] = {atomic_load(&key->priv), key->pub};
+	CK_OBJECT_CLASS classes[2] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
+	int state[2];
+	CK_RV rv = CKR_OK;
+
+	for (size_t i = 0; i < 2; i++) {
+		state[i] = object_is(h, s, objs[i], classes[i], key->id, label);
+		if (state[i] < 0) {
+			*err = state[i];
+			return CKR_OK;
+		}
+	}
+	for (size_t i = 0; i < 2 && rv == CKR_OK; i++)
+		if (state[i] == 0)
+			rv = hsm_destroy_handle(h, s, objs[i]);
+	return rv;
+}
+
+int hsm_destroy_key(struct hsm *h, const struct hsm_key *key, const char *label)
+{
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	int r, err = 0;
+	CK_RV rv;
+
+	hsm_note_write(h);
+	/* Every thread drops its copies (of this key and the others) before its next signature. */
+	atomic_fetch_add(&h->copy_gen, 1);
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		rv = hsm_require_login(h, s);
+		if (rv == CKR_OK)
+			rv = destroy_pair(h, s->handle, key, label, &err);
+	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
+	return r < 0 ? r : err;
+}
+
+/* A record is destroyed only while it is still the record that was read: private, ours, with
+ * the same label and the very same value. */
+static CK_RV destroy_record(struct hsm *h, CK_SESSION_HANDLE s, const struct hsm_record *rec,
+                            int *err)
+{
+	uint8_t *value = NULL;
+	size_t len = 0;
+	CK_RV rv;
+	int state = object_is(h, s, rec->handle, CKO_DATA, NULL, rec->label);
+
+	if (state != 0) {
+		*err = state < 0 ? state : 0;
+		return CKR_OK;
+	}
+	rv = hsm_get_bytes(h, s, rec->handle, CKA_VALUE, &value, &len);
+	if (rv == CKR_OBJECT_HANDLE_INVALID)
+		return CKR_OK;
+	if (rv != CKR_OK)
+		return rv;
+	if (len != rec->len || memcmp(value, rec->value, len) != 0)
+		*err = hsm_fail_text(-EPERM, "record %lu changed since it was read",
+		                     (unsigned long)rec->handle);
+	free(value);
+	return *err < 0 ? CKR_OK : hsm_destroy_handle(h, s, rec->handle);
+}
+
+int hsm_destroy_record(struct hsm *h, const struct hsm_record *rec)
+{
+	struct hsm_session *s;
+	struct recovery rc = {0};
+	int r, err = 0;
+	CK_RV rv;
+
+	hsm_note_write(h);
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		err = 0;
+		rv = hsm_require_login(h, s);
+		if (rv == CKR_OK)
+			rv = destroy_record(h, s->handle, rec, &err);
+	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
+	return r < 0 ? r : err;
+}

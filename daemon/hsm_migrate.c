@@ -1,0 +1,94 @@
+/* The one-time migration of key pairs made before public-key halves were private objects. */
+#include "hsm.h"
+#include "hsm_internal.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+
+#define OUR_LABEL "tokensign:"
+
+/* Whether the private key obj has every attribute we give ours, for some algorithm of its type:
+ * a key planted with a weaker template gets nothing from us. */
+static bool private_key_ours(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
+{
+	for (int alg = 0; alg < _JWS_ALG_MAX; alg++) {
+		const struct alg_info *ai = hsm_alg_info((enum jws_alg)alg);
+		if (ai && hsm_check_private(h, s, obj, ai) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Whether e, a public public-key object labelled ours, is the public half of exactly one private
+ * key of ours (same id, same label) that has no private public half yet, and the only public
+ * object doing so: then it is the half an earlier release made, and it may be migrated. */
+static bool legacy_half(struct hsm *h, CK_SESSION_HANDLE s, const struct hsm_key_index *ix,
+                        const struct hsm_key_object *e)
+{
+	const struct hsm_key_object *priv = NULL;
+	size_t n_priv = 0, n_pub = 0;
+
+	if (e->private_key || e->private_obj || !e->has_id ||
+	    strncmp(e->label, OUR_LABEL, strlen(OUR_LABEL)) != 0)
+		return false;
+	for (size_t i = hsm_key_index_first(ix, e->id); i < hsm_key_index_size(ix); i++) {
+		const struct hsm_key_object *o = hsm_key_index_get(ix, i);
+		if (memcmp(o->id, e->id, HSM_ID_LEN) != 0)
+			break;
+		if (o->private_key && o->private_obj && strcmp(o->label, e->label) == 0)
+			n_priv++, priv = o;
+		else if (!o->private_key)
+			n_pub++; /* e itself, a private half already made, or a stranger */
+	}
+	return n_priv == 1 && n_pub == 1 && private_key_ours(h, s, priv->handle);
+}
+
+/* Copies the public object as a private one, then destroys the original. A crash in between
+ * leaves both: the private copy is used and the public original stays as a foreign object. */
+static CK_RV migrate_one(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
+{
+	CK_BBOOL yes = CK_TRUE, priv = CK_FALSE;
+	CK_ATTRIBUTE tmpl = {CKA_PRIVATE, &yes, sizeof(yes)};
+	CK_ATTRIBUTE check = {CKA_PRIVATE, &priv, sizeof(priv)};
+	CK_OBJECT_HANDLE copy = 0;
+	CK_RV rv = h->f->C_CopyObject(s, obj, &tmpl, 1, &copy);
+
+	if (rv != CKR_OK)
+		return rv;
+	rv = h->f->C_GetAttributeValue(s, copy, &check, 1);
+	if (rv == CKR_OK && priv != CK_TRUE) {
+		h->f->C_DestroyObject(s, copy);
+		return CKR_TEMPLATE_INCONSISTENT;
+	}
+	if (rv == CKR_OK)
+		rv = h->f->C_DestroyObject(s, obj);
+	return rv;
+}
+
+int hsm_migrate_public_halves(struct hsm *h, size_t *ret_migrated)
+{
+	struct hsm_key_index *ix;
+	struct hsm_session *s;
+	size_t n = 0;
+	int r = hsm_key_index_read(h, &ix);
+
+	if (r < 0)
+		return r;
+	if ((r = hsm_session_get(h, &s)) < 0)
+		goto out;
+	for (size_t i = 0; i < hsm_key_index_size(ix) && r == 0; i++) {
+		const struct hsm_key_object *e = hsm_key_index_get(ix, i);
+		if (!legacy_half(h, s->handle, ix, e))
+			continue;
+		hsm_note_write(h);
+		r = hsm_check("migrating a public-key half (C_CopyObject)",
+		              migrate_one(h, s->handle, e->handle));
+		if (r == 0)
+			n++;
+	}
+out:
+	hsm_key_index_free(ix);
+	*ret_migrated = n;
+	return r;
+}
