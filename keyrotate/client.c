@@ -142,7 +142,7 @@ static int transfer_failed(CURL *curl, CURLcode code, const char *socket, const 
 }
 
 /* The daemon said no: its own words, which are meant for the operator. */
-static int report_refusal(long status, const json_t *body, const char *about)
+int client_refusal(long status, const json_t *body, const char *about)
 {
 	const char *code = NULL, *message = NULL;
 
@@ -192,7 +192,7 @@ static int answer_parse(long status, const struct answer *a, const char *about, 
 	json_t *v = a->len ? json_loadb(a->data, a->len, 0, NULL) : NULL;
 
 	if (status < 200 || status > 299) {
-		report_refusal(status, v, about);
+		client_refusal(status, v, about);
 		json_decref(v);
 		return -EREMOTEIO;
 	}
@@ -204,15 +204,15 @@ static int answer_parse(long status, const struct answer *a, const char *about, 
 	return 0;
 }
 
-int client_call(const char *socket, const char *method, const char *path, const json_t *body,
-                const char *about, json_t **ret)
+/* One HTTP exchange: on 0, *ret_status and the answer's bytes in *a (the caller frees a->data);
+ * otherwise a negative errno, having said why. */
+static int exchange(const char *socket, const char *method, const char *path, const json_t *body,
+                    long *ret_status, struct answer *a)
 {
 	char errbuf[CURL_ERROR_SIZE] = "", url[1024];
 	struct curl_slist *headers = NULL, *h;
-	struct answer a = {0};
 	char *text = NULL;
 	CURL *curl = NULL;
-	long status = 0;
 	CURLcode code;
 	int r;
 
@@ -236,24 +236,74 @@ int client_call(const char *socket, const char *method, const char *path, const 
 		headers = h;
 	}
 	curl = curl_easy_init();
-	if (!curl || curl_setup(curl, socket, method, url, text, headers, &a, errbuf) < 0)
+	if (!curl || curl_setup(curl, socket, method, url, text, headers, a, errbuf) < 0)
 		goto out;
 	code = curl_easy_perform(curl);
 	if (code != CURLE_OK) {
-		r = a.too_large ? -EMSGSIZE : transfer_failed(curl, code, socket, errbuf);
-		if (a.too_large)
+		r = a->too_large ? -EMSGSIZE : transfer_failed(curl, code, socket, errbuf);
+		if (a->too_large)
 			fprintf(stderr, "keyrotate: the daemon's answer is larger than %u bytes\n",
 			        ANSWER_MAX);
 		goto out;
 	}
-	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-	r = answer_parse(status, &a, about, ret);
+	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, ret_status);
+	r = 0;
 out:
 	if (r == -ENOMEM)
 		fprintf(stderr, "keyrotate: out of memory\n");
 	curl_easy_cleanup(curl);
 	curl_slist_free_all(headers);
 	free(text);
+	return r;
+}
+
+int client_call(const char *socket, const char *method, const char *path, const json_t *body,
+                const char *about, json_t **ret)
+{
+	struct answer a = {0};
+	long status = 0;
+	int r;
+
+	r = exchange(socket, method, path, body, &status, &a);
+	if (r == 0)
+		r = answer_parse(status, &a, about, ret);
 	free(a.data);
 	return r;
+}
+
+int client_call_status(const char *socket, const char *method, const char *path, const json_t *body,
+                       long *ret_status, json_t **ret)
+{
+	struct answer a = {0};
+	long status = 0;
+	json_t *v = NULL;
+	int r;
+
+	r = exchange(socket, method, path, body, &status, &a);
+	if (r == 0 && status >= 200 && status <= 299)
+		r = answer_parse(status, &a, NULL, &v);
+	else if (r == 0 && a.len)
+		v = json_loadb(a.data, a.len, 0, NULL);
+	free(a.data);
+	if (r < 0)
+		return r;
+	*ret_status = status;
+	*ret = v;
+	return 0;
+}
+
+int client_issuer_path(char *path, size_t size, const char *issuer, const char *verb)
+{
+	char *name = client_escape(issuer);
+	int r;
+
+	if (!name)
+		return -ENOMEM;
+	r = snprintf(path, size, "/v1/issuers/%s/%s", name, verb);
+	free(name);
+	if (r < 0 || (size_t)r >= size) {
+		fprintf(stderr, "keyrotate: issuer name too long\n");
+		return -ENAMETOOLONG;
+	}
+	return 0;
 }

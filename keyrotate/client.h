@@ -22,8 +22,22 @@ int client_socket_from_config(const char *path, char **ret);
 int client_call(const char *socket, const char *method, const char *path, const json_t *body,
                 const char *about, json_t **ret);
 
+/* As client_call(), but an answer with an error status is the caller's to explain: returns 0,
+ * *ret_status and *ret, the answer's JSON value (for an error status NULL when it is not
+ * JSON; json_decref() it), having said nothing about it. */
+int client_call_status(const char *socket, const char *method, const char *path, const json_t *body,
+                       long *ret_status, json_t **ret);
+
+/* Says on stderr what the daemon answered with error status (its "message" when body has
+ * one); about as for client_call(). Returns -EREMOTEIO. */
+int client_refusal(long status, const json_t *body, const char *about);
+
 /* True when r, from client_call(), means the daemon could not be reached at all. */
 bool client_unreachable(int r);
 
 /* s escaped for use as one path segment or query value, or NULL when out of memory; free() it. */
 char *client_escape(const char *s);
+
+/* Writes "/v1/issuers/ISSUER/VERB" (issuer escaped) into path. Returns 0, -ENOMEM, or
+ * -ENAMETOOLONG (said on stderr). */
+int client_issuer_path(char *path, size_t size, const char *issuer, const char *verb);

@@ -14,6 +14,15 @@ enum {
 	EXIT_UNREACHABLE = 3, /* no socket, connection refused, or no permission to connect */
 };
 
+/* keyrotate status exits with the monitoring-plugin convention instead (SPEC §2): the daemon's
+ * level, or LEVEL_UNKNOWN when there is none to tell (daemon unreachable, usage error, ...). */
+enum level {
+	LEVEL_OK = 0,
+	LEVEL_WARNING = 1,
+	LEVEL_CRITICAL = 2,
+	LEVEL_UNKNOWN = 3,
+};
+
 /* The options a subcommand accepts, as a mask in its table entry. */
 enum {
 	OPT_JSON = 1 << 0,
@@ -27,17 +36,19 @@ struct opts {
 };
 
 /* Each subcommand gets its own arguments (after the command name, options removed) and returns
- * 0 or a negative errno, having said why on stderr. */
+ * 0 or a negative errno, having said why on stderr; show_status() returns a LEVEL_* below
+ * LEVEL_UNKNOWN instead of 0. */
 int list_keys(int argc, char **argv, const struct opts *o);
 int show_status(int argc, char **argv, const struct opts *o);
 int rotate_issuer(int argc, char **argv, const struct opts *o);
 int revoke_key(int argc, char **argv, const struct opts *o);
+int purge_issuer(int argc, char **argv, const struct opts *o);
 
-extern const char list_help[], status_help[], rotate_help[], revoke_help[];
+extern const char list_help[], status_help[], rotate_help[], revoke_help[], purge_help[];
 
 /* The keys of issuer (NULL: of every issuer) as `list --json` prints them: a JSON array of
- * objects with exactly the members of SPEC §2. Returns 0 and *ret, or a negative errno having
- * said why. */
+ * objects with exactly the members of SPEC §2, and "orphan": true for a key of an issuer that
+ * is no longer configured. Returns 0 and *ret, or a negative errno having said why. */
 int keys_fetch(const struct opts *o, const char *issuer, json_t **ret);
 
 /* The first key in keys whose string member equals value, or NULL. */

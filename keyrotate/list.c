@@ -13,8 +13,13 @@ const char list_help[] =
     "active (the key that signs) or retired (in the JWKS until DESTROY-AFTER, never signs\n"
     "again). Times are local. An issuer that is not configured is an error (exit 1).\n"
     "\n"
+    "Keys of an issuer that is no longer configured are orphans, shown with \"(orphan)\" after\n"
+    "their state (as their records say): kept in the token, never published, never used and\n"
+    "never destroyed until 'keyrotate purge ISSUER'.\n"
+    "\n"
     "With --json: a JSON array of objects with the members issuer, kid, alg, state,\n"
-    "created_at, activates_at, retires_at and destroy_after (NumericDate seconds, UTC).\n";
+    "created_at, activates_at, retires_at and destroy_after (NumericDate seconds, UTC), and\n"
+    "\"orphan\": true for an orphan.\n";
 
 /* SPEC §2, in the order the table and --json show them; the first N_TEXT are strings. */
 static const char *const members[] = {"issuer",     "kid",          "alg",        "state",
@@ -23,9 +28,11 @@ static const char *const heads[] = {"ISSUER",  "KID",       "ALG",     "STATE",
                                     "CREATED", "ACTIVATES", "RETIRES", "DESTROY-AFTER"};
 #define N_MEMBERS (sizeof(members) / sizeof(members[0]))
 #define N_TEXT    4
+#define STATE     3
 
 /* A copy of key with exactly our members, so --json keeps its contract whatever the daemon
- * adds later; NULL when a member is missing or of the wrong type. */
+ * adds later; NULL when a member is missing or of the wrong type. "orphan" is kept only when
+ * true, so the rows of configured issuers look as they always did. */
 static json_t *key_pick(const json_t *key)
 {
 	json_t *out = json_object();
@@ -38,6 +45,11 @@ static json_t *key_pick(const json_t *key)
 			json_decref(out);
 			out = NULL;
 		}
+	}
+	if (out && json_is_true(json_object_get(key, "orphan")) &&
+	    json_object_set(out, "orphan", json_true()) < 0) {
+		json_decref(out);
+		out = NULL;
 	}
 	return out;
 }
@@ -108,24 +120,29 @@ static void row_print(const char *const cells[N_MEMBERS], const int widths[N_MEM
 	printf("%s\n", cells[N_MEMBERS - 1]);
 }
 
-/* Fills cells from key; times go into the caller's buffers. */
+/* Fills cells from key; times and an orphan's state go into the caller's buffers. */
 static void row_cells(const json_t *key, const char *cells[N_MEMBERS],
-                      char times[N_MEMBERS][TIME_TEXT_MAX])
+                      char texts[N_MEMBERS][TIME_TEXT_MAX])
 {
 	for (size_t i = 0; i < N_MEMBERS; i++) {
 		const json_t *v = json_object_get(key, members[i]);
 		if (i < N_TEXT) {
 			cells[i] = json_string_value(v);
 		} else {
-			time_text(v, times[i]);
-			cells[i] = times[i];
+			time_text(v, texts[i]);
+			cells[i] = texts[i];
 		}
+	}
+	/* Its dates are its records'; it stays past DESTROY-AFTER, until 'keyrotate purge'. */
+	if (json_is_true(json_object_get(key, "orphan"))) {
+		snprintf(texts[STATE], TIME_TEXT_MAX, "%s (orphan)", cells[STATE]);
+		cells[STATE] = texts[STATE];
 	}
 }
 
 static void table_print(const json_t *keys)
 {
-	char times[N_MEMBERS][TIME_TEXT_MAX];
+	char texts[N_MEMBERS][TIME_TEXT_MAX];
 	const char *cells[N_MEMBERS];
 	int widths[N_MEMBERS];
 	const json_t *key;
@@ -135,7 +152,7 @@ static void table_print(const json_t *keys)
 		widths[i] = (int)strlen(heads[i]);
 	json_array_foreach(keys, i, key)
 	{
-		row_cells(key, cells, times);
+		row_cells(key, cells, texts);
 		for (size_t c = 0; c < N_MEMBERS; c++)
 			if ((int)strlen(cells[c]) > widths[c])
 				widths[c] = (int)strlen(cells[c]);
@@ -143,7 +160,7 @@ static void table_print(const json_t *keys)
 	row_print(heads, widths);
 	json_array_foreach(keys, i, key)
 	{
-		row_cells(key, cells, times);
+		row_cells(key, cells, texts);
 		row_print(cells, widths);
 	}
 }

@@ -19,11 +19,13 @@ static const struct command {
 	const char *args; /* as in the usage line */
 	unsigned options; /* OPT_* that make sense here */
 	int min_args, max_args;
+	bool levels; /* a monitoring plugin: exits with its enum level, not EXIT_* */
 } commands[] = {
-    {"list", list_keys, list_help, "[ISSUER]", OPT_JSON, 0, 1},
-    {"status", show_status, status_help, "", OPT_JSON, 0, 0},
-    {"rotate", rotate_issuer, rotate_help, "ISSUER", OPT_JSON | OPT_NOW | OPT_YES, 1, 1},
-    {"revoke", revoke_key, revoke_help, "ISSUER KID", OPT_JSON | OPT_YES, 2, 2},
+    {"list", list_keys, list_help, "[ISSUER]", OPT_JSON, 0, 1, false},
+    {"status", show_status, status_help, "", OPT_JSON, 0, 0, true},
+    {"rotate", rotate_issuer, rotate_help, "ISSUER", OPT_JSON | OPT_NOW | OPT_YES, 1, 1, false},
+    {"revoke", revoke_key, revoke_help, "ISSUER KID", OPT_JSON | OPT_YES, 2, 2, false},
+    {"purge", purge_issuer, purge_help, "ISSUER", OPT_JSON | OPT_YES, 1, 1, false},
 };
 
 struct args {
@@ -40,14 +42,16 @@ static void usage(FILE *out)
 	    out,
 	    "Usage: keyrotate [-c FILE | --socket PATH] [--json] [--yes] [--now] COMMAND [ARGS]\n"
 	    "\n"
-	    "Lists, rotates and revokes the signing keys of a running tokensignd, through its\n"
-	    "admin socket.\n"
+	    "Lists, rotates, revokes and purges the signing keys of a running tokensignd, through\n"
+	    "its admin socket.\n"
 	    "\n"
 	    "Commands:\n"
 	    "  list [ISSUER]       every key of every issuer (or of one): state and schedule\n"
-	    "  status              token reachable? each issuer's active key, next rotation\n"
+	    "  status              health: token, each issuer's active key and next rotation,\n"
+	    "                      degraded states; exits as a monitoring plugin\n"
 	    "  rotate ISSUER       start a rotation (--now: switch at once)\n"
 	    "  revoke ISSUER KID   emergency: remove a key from the JWKS and destroy it now\n"
+	    "  purge ISSUER        destroy the keys of an issuer no longer configured\n"
 	    "  help [COMMAND]      this help, or a command's\n"
 	    "\n"
 	    "Options (before or after the command):\n"
@@ -56,12 +60,13 @@ static void usage(FILE *out)
 	    "      --socket PATH   the admin socket itself (default: the configuration's,\n"
 	    "                      else " DEFAULT_SOCKET ")\n"
 	    "      --json          print the daemon's answer as JSON\n"
-	    "      --yes           do not ask for confirmation (rotate --now, revoke)\n"
+	    "      --yes           do not ask for confirmation (rotate --now, revoke, purge)\n"
 	    "      --now           rotate: switch to the pending key at once\n"
 	    "  -h, --help          show this help; COMMAND --help shows the command's\n"
 	    "      --version       show the version\n"
 	    "\n"
-	    "Exit status: 0 done, 1 refused or failed, 2 usage error, 3 daemon unreachable.\n");
+	    "Exit status: 0 done, 1 refused or failed, 2 usage error, 3 daemon unreachable;\n"
+	    "status: 0 ok, 1 warning, 2 critical, 3 unknown (also unreachable or usage error).\n");
 }
 
 static void command_usage(const struct command *cmd, FILE *out)
@@ -111,6 +116,7 @@ static int parse(int argc, char **argv, struct args *a)
 	    {"now", no_argument, NULL, 'n'},          {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},      {0},
 	};
+	bool bad = false;
 	int c;
 
 	a->pos = calloc((size_t)argc + 1, sizeof(*a->pos));
@@ -147,13 +153,17 @@ static int parse(int argc, char **argv, struct args *a)
 		case 'V':
 			a->version = true;
 			break;
-		default: /* getopt said what was wrong */
-			fputs("Try 'keyrotate --help'.\n", stderr);
-			return -EINVAL;
+		default: /* getopt said what was wrong; go on to learn the command's name */
+			bad = true;
+			break;
 		}
 	}
 	while (optind < argc)
 		a->pos[a->n_pos++] = argv[optind++];
+	if (bad) {
+		fputs("Try 'keyrotate --help'.\n", stderr);
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -251,8 +261,11 @@ static int run_command(const struct args *a)
 	return r;
 }
 
-static int exit_code(int r)
+/* cmd: the command on the command line, NULL when none or unknown. */
+static int exit_code(const struct command *cmd, int r)
 {
+	if (cmd && cmd->levels)
+		return r >= 0 && r < LEVEL_UNKNOWN ? r : LEVEL_UNKNOWN;
 	if (r >= 0)
 		return EXIT_DONE;
 	if (r == -EINVAL)
@@ -262,10 +275,20 @@ static int exit_code(int r)
 	return EXIT_FAILED;
 }
 
+/* A table cut short (full disk, closed pipe) must not look like success. */
+static int output_check(int r)
+{
+	if (fflush(stdout) == 0 && !ferror(stdout))
+		return r;
+	fprintf(stderr, "keyrotate: writing the output failed\n");
+	return r >= 0 ? -EIO : r;
+}
+
 static int run(int argc, char **argv)
 {
+	const struct command *cmd;
 	struct args a = {0};
-	int r;
+	int code, r;
 
 	if ((r = parse(argc, argv, &a)) < 0)
 		goto out;
@@ -284,8 +307,12 @@ static int run(int argc, char **argv)
 	}
 	r = run_command(&a);
 out:
+	r = output_check(r);
+	/* Even a usage error exits as the command does: status's is "unknown" (3). */
+	cmd = a.n_pos > 0 ? command_find(a.pos[0]) : NULL;
+	code = exit_code(cmd, r);
 	free(a.pos);
-	return exit_code(r);
+	return code;
 }
 
 int main(int argc, char **argv)
@@ -298,11 +325,6 @@ int main(int argc, char **argv)
 	}
 	code = run(argc, argv);
 	curl_global_cleanup();
-	/* A table cut short (full disk, closed pipe) must not look like success. */
-	if (fflush(stdout) != 0 || ferror(stdout)) {
-		fprintf(stderr, "keyrotate: writing the output failed\n");
-		return code == EXIT_DONE ? EXIT_FAILED : code;
-	}
 	return code;
 }
 

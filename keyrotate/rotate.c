@@ -84,19 +84,13 @@ static int switch_print(json_t *answer)
 int rotate_issuer(int argc, char **argv, const struct opts *o)
 {
 	json_t *body = NULL, *answer = NULL;
-	char path[256], *name;
+	char path[256];
 	int r;
 
 	if (o->now && ((r = now_warn(o, argv[0])) < 0 || (r = confirm(o)) < 0))
 		return r;
-	if (!(name = client_escape(argv[0])))
-		return -ENOMEM;
-	r = snprintf(path, sizeof(path), "/v1/issuers/%s/rotate", name);
-	free(name);
-	if (r < 0 || (size_t)r >= sizeof(path)) {
-		fprintf(stderr, "keyrotate: issuer name too long\n");
-		return -ENAMETOOLONG;
-	}
+	if ((r = client_issuer_path(path, sizeof(path), argv[0], "rotate")) < 0)
+		return r;
 	body = o->now ? json_pack("{s:b}", "now", 1) : json_object();
 	if (!body)
 		return -ENOMEM;
