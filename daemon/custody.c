@@ -122,7 +122,8 @@ static void judge(const struct hsm_record *hr, struct parsed *p)
 	p->kind = PARSED_VALID;
 }
 
-/* Same key, highest revision first, then the first in the token's list. */
+/* Same key, highest revision first, then the longest-lived, then the first in the token's
+ * list. */
 static int revision_order(const void *a, const void *b)
 {
 	const struct parsed *x = *(struct parsed *const *)a, *y = *(struct parsed *const *)b;
@@ -132,6 +133,13 @@ static int revision_order(const void *a, const void *b)
 		return c;
 	if (x->rec.seq != y->rec.seq)
 		return x->rec.seq > y->rec.seq ? -1 : 1;
+	/* Two revisions with one seq disagree (a conflict: the key is quarantined). The schedule
+	 * that keeps the key longest stands, so that no conflict takes it out of the JWKS early or
+	 * lets an older key take over again. */
+	if (x->rec.retires_at != y->rec.retires_at)
+		return x->rec.retires_at > y->rec.retires_at ? -1 : 1;
+	if (x->rec.activates_at != y->rec.activates_at)
+		return x->rec.activates_at > y->rec.activates_at ? -1 : 1;
 	return x->pos < y->pos ? -1 : x->pos > y->pos;
 }
 
@@ -486,13 +494,13 @@ static int claimants_check(const struct sorting *s, const uint8_t *id)
 	return 0;
 }
 
-/* A key already known (and usable) is copied rather than read from the token again: its objects
- * cannot change under it (a key's attributes only ever get safer, and its pair is destroyed only
- * after its record). */
+/* A key already known (and published) is copied rather than read from the token again: its
+ * objects cannot change under it (a key's attributes only ever get safer, and its pair is
+ * destroyed only after its record). */
 static const struct key *known_key(const struct keyset *set, const uint8_t *id)
 {
 	for (size_t i = 0; set && i < set->n; i++)
-		if (memcmp(set->keys[i].hk.id, id, HSM_ID_LEN) == 0 && set->keys[i].usable)
+		if (memcmp(set->keys[i].hk.id, id, HSM_ID_LEN) == 0 && set->keys[i].published)
 			return &set->keys[i];
 	return NULL;
 }
@@ -520,8 +528,10 @@ static void key_quarantined(struct keyring *kr, const struct issuer_conf *ic, st
 	k->incomplete = r == -ENOENT;
 	kr->view.n_quarantined++;
 	if (warn_once(kr, k->rec.handle))
-		log_error("issuer %s: key %s is kept in quarantine (never used or published): %s",
-		          ic->name, k->kid, hsm_last_error());
+		log_error(
+		    "issuer %s: key %s is kept in quarantine (it never signs, and stays in the "
+		    "JWKS only if it was there): %s",
+		    ic->name, k->kid, hsm_last_error());
 }
 
 int custody_key_load(struct keyring *kr, struct sorting *s, const struct issuer_conf *ic,
@@ -535,17 +545,23 @@ int custody_key_load(struct keyring *kr, struct sorting *s, const struct issuer_
 		return r;
 	keyring_key_label(ic->name, label);
 	ret->usable = true;
-	if (p->conflict) {
-		hsm_fail_text(-EEXIST, "another private record claims this key or its kid");
-		r = -EEXIST;
-	} else if (known) {
+	if (known) {
+		/* Published once, published until the lifecycle ends it (C7): a doubt that comes
+		 * later stops its signing, not its verifying. */
 		ret->hk = known->hk;
 		atomic_store(&ret->hk.priv, atomic_load(&known->hk.priv));
 		ret->jwk = known->jwk;
+		ret->published = true;
 		r = claimants_check(s, p->rec.id);
 	} else {
+		/* A record in conflict casts doubt on the schedule, not on the key: a pair that
+		 * is ours in every way is published (it only never signs), the same at every start,
+		 * so a planted record cannot take a key out of the JWKS (C7). */
 		r = key_find(kr, s, ret, label);
+		ret->published = r == 0;
 	}
+	if (r == 0 && p->conflict)
+		r = hsm_fail_text(-EEXIST, "another private record claims this key or its kid");
 	if (r == -ENOENT)
 		r = incomplete_or_foreign(kr, s, p->rec.id, label, p->rec.alg);
 	if (r == -ENOENT)
@@ -649,16 +665,23 @@ static bool our_id(const struct sorting *s, const struct hsm_key_object *e)
 	return e->has_id && recorded(s, e->id);
 }
 
-/* Why a key object that looks like ours is not, as precisely as can be said. */
+/* Why a key object that looks like ours is not, as precisely as can be said; NULL when it is
+ * gone. */
 static const char *why_foreign(struct keyring *kr, const struct hsm_key_object *e)
 {
 	size_t issuer = issuer_of_label(kr, e->label);
 
 	if (!e->private_obj)
 		return "made without the PIN (a public object)";
-	if (issuer < kr->n && hsm_key_check_half(kr->hsm, e->handle, e->private_key,
-	                                         kr->issuers[issuer].conf->alg) < 0)
-		return hsm_last_error();
+	if (issuer < kr->n) {
+		int r = hsm_key_check_half(kr->hsm, e->handle, e->private_key,
+		                           kr->issuers[issuer].conf->alg);
+		if (r == -ESTALE)
+			return NULL; /* destroyed since the search (another instance): nothing to
+			                say */
+		if (r < 0)
+			return hsm_last_error();
+	}
 	return "not one of our key pairs (no record names it, or another object claims its id)";
 }
 
@@ -676,7 +699,9 @@ void custody_note_objects(struct keyring *kr, struct sorting *s, int64_t now)
 		    (strncmp(e->label, RECORD_LABEL_PREFIX, strlen(RECORD_LABEL_PREFIX)) != 0 &&
 		     !our_id(s, e)))
 			continue;
-		custody_report(kr, e->handle, e->private_key ? "private key" : "public key",
-		               e->label, e->has_id ? e->id : NULL, why_foreign(kr, e));
+		const char *why = why_foreign(kr, e);
+		if (why)
+			custody_report(kr, e->handle, e->private_key ? "private key" : "public key",
+			               e->label, e->has_id ? e->id : NULL, why);
 	}
 }

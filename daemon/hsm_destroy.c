@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Whether attribute type of obj is exactly want (want_len bytes): 0 yes, -EPERM no, or the
- * token's error. */
+/* Whether attribute type of obj is exactly want (want_len bytes): 0 yes, -EPERM no, 1 the
+ * object is gone, or the token's error. */
 static int attr_equals(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
                        CK_ATTRIBUTE_TYPE type, const void *want, size_t want_len)
 {
@@ -19,6 +19,8 @@ static int attr_equals(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 	bool same = rv == CKR_OK && len == want_len && memcmp(got, want, len) == 0;
 
 	free(got);
+	if (rv == CKR_OBJECT_HANDLE_INVALID)
+		return 1; /* destroyed since it was read (another instance was first) */
 	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
 		return hsm_fail("C_GetAttributeValue", rv, hsm_ckr_errno(rv));
 	return same ? 0 : -EPERM;

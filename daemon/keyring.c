@@ -132,8 +132,8 @@ void keyring_key_label(const char *issuer, char buf[RECORD_LABEL_SIZE])
 
 /* ---- building a keyset ---- */
 
-/* Only usable keys are published, each with its own algorithm: after an algorithm change the
- * old keys stay in the JWKS as what they are. */
+/* Published keys, each with its own algorithm: after an algorithm change the old keys stay in
+ * the JWKS as what they are. */
 static int render_jwks(struct keyset *set)
 {
 	json_t *keys = json_array(), *doc;
@@ -143,7 +143,7 @@ static int render_jwks(struct keyset *set)
 	for (size_t i = 0; i < set->n; i++) {
 		const struct key *k = &set->keys[i];
 		json_t *jwk;
-		if (k->st.state == KEY_EXPIRED || !k->usable)
+		if (k->st.state == KEY_EXPIRED || !k->published)
 			continue;
 		jwk = jwk_to_json(&k->jwk, k->kid, k->hk.alg);
 		if (!jwk || json_array_append_new(keys, jwk) < 0) {
@@ -254,7 +254,7 @@ static int keyset_build(const struct issuer_conf *ic, struct key *keys, size_t n
 	snprintf(set->blocked, sizeof(set->blocked), "%s", blocked ? blocked : "");
 	/* Each set owns its public keys: copies of known keys arrive without one. */
 	for (size_t i = 0; i < n; i++)
-		if (keys[i].usable && jwk_to_evp(&keys[i].jwk, &keys[i].evp) < 0) {
+		if (keys[i].published && jwk_to_evp(&keys[i].jwk, &keys[i].evp) < 0) {
 			keyset_release(set);
 			return -ENOMEM;
 		}

@@ -28,6 +28,9 @@ struct key {
 	 * not keeps its place in the schedule (so that no older key takes over again), but never
 	 * signs and is not published: it is quarantined. */
 	bool usable;
+	/* In the JWKS: usable, or quarantined after it was published (the JWKS never shrinks
+	 * because of a doubt, C7; the key only stops signing). */
+	bool published;
 	bool incomplete; /* quarantined because a half is missing (hk has the halves there are) */
 	/* Derived from the record and the clock when the keyset was built. */
 	struct schedule_state st;

@@ -62,8 +62,8 @@ class PlantedKeysTest(harness.TestCase):
         # Under another label: a search by CKA_ID would see it too, so the one-pass index must.
         self.keypairgen("someone-else")
         self.assertEqual(len(self.private_keys()), 2)
-        self.check_left_out("issuer main: key %s is kept in quarantine (never used or "
-                            "published): key pair: 2 private-key and 1 public-key objects "
+        self.check_left_out("issuer main: key %s is kept in quarantine (it never signs, and "
+                            "stays in the JWKS only if it was there): key pair: 2 private-key and 1 public-key objects "
                             "visible only after login carry this id" % self.pending)
 
     def test_extractable_private_key_is_not_used(self):
