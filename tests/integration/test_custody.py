@@ -10,7 +10,8 @@ two threads sign tokens and fetch the JWKS without pause. At every step it check
 - custody: every key of ours still exists (p11plant count-id), unless its own records say every
   token it signed has expired; every planted object still exists, attribute for attribute;
 - publication: the JWKS never loses a key it published until that key's records say it
-  expired; no planted key is ever published; a quarantined key leaves the JWKS;
+  expired, a quarantined one included (C7: a key already published stays published, it only
+  stops signing); no planted key is ever published;
 - signing: every token verifies with PyJWT (and harness.verify_es256) against the JWKS fetched
   after it was signed, and against the oldest JWKS that held its kid, which was fetched at
   least `prepublish` before the token's iat (a relying party holding an older JWKS verifies it
@@ -62,8 +63,6 @@ MAX_AGE = 1
 SAMPLE_EVERY = 0.3      # JWKS fetches
 SIGN_EVERY = 0.25       # sign requests
 DETECT_WITHIN = 3 * RESCAN + 2.0  # the daemon reports a planted object within this
-# After this the quarantined key must be out of the JWKS (one rescan and one max-age later).
-UNPUBLISH_WITHIN = RESCAN + MAX_AGE + 1.0
 SWEEP_AGE = 60          # seconds a recordless key pair of ours waits before it may be swept
 INT64_MAX = 2 ** 63 - 1
 INT64_MIN = -2 ** 63
@@ -248,8 +247,14 @@ class Custody:
         cmd = [p11plant_path(), self.d.module, self.d.token_label]
         if login:
             cmd += ["--login", self.d.pin_file]
-        r = subprocess.run(cmd + list(args), env=self.d.env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, timeout=30)
+        for attempt in range(5):
+            r = subprocess.run(cmd + list(args), env=self.d.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, timeout=30)
+            # SoftHSM's file store is not coherent between processes (docs/design.md): an
+            # object another process has just written may not be there yet for this one.
+            if r.returncode == 0 or "no public key with CKA_ID" not in r.stderr:
+                break
+            time.sleep(0.2)
         if r.returncode != 0:
             raise harness.HarnessError("p11plant %s failed (%d): %s"
                                        % (" ".join(args), r.returncode, r.stderr))
@@ -491,17 +496,10 @@ class CustodyTest(harness.TestCase):
                 if kid in c.foreign_kids:
                     problems.add("JWKS at %.3f publishes the planted key %s" % (t0, kid),
                                  ("planted", kid), t0)
-                if kid in c.quarantine and detected is not None and \
-                        t0 > detected + UNPUBLISH_WITHIN:
-                    problems.add("JWKS at %.3f still publishes %s, which the attack must have "
-                                 "quarantined (planted at %.3f)" % (t0, kid, c.t_plant),
-                                 ("quarantined", kid), t0)
                 if kid not in legit:
                     problems.add("JWKS at %.3f publishes %s, which none of our records names"
                                  % (t0, kid), ("unknown", kid), t0)
             for kid in set(prev[1]) - set(kids) if prev else ():
-                if kid in c.quarantine and c.t_plant is not None and t0 >= c.t_plant:
-                    continue
                 if c.destroyable(kid, t1):
                     continue
                 problems.add("JWKS at %.3f lost %s, published at %.3f; our records say it "
