@@ -113,7 +113,7 @@ int hsm_ckr_errno(CK_RV rv)
 	case CKR_PIN_EXPIRED:
 	case CKR_PIN_LOCKED:
 	case CKR_USER_PIN_NOT_INITIALIZED:
-		return -EACCES;
+		return -EKEYREJECTED;
 	case CKR_USER_NOT_LOGGED_IN:
 		return -EPERM;
 	case CKR_TOKEN_NOT_PRESENT:
@@ -180,6 +180,10 @@ static int pin_read(const char *path, char *buf, size_t size, size_t *ret_len)
 	return 0;
 }
 
+/* The one C_Login with the PIN of the file. A refusal (wrong, locked, expired PIN) is final:
+ * a token locks the PIN after a few wrong tries, so no path of this process tries it again,
+ * and the daemon is told (hsm_on_pin_refused()) so that it exits rather than be restarted
+ * into another try. */
 static int login(struct hsm *h, CK_SESSION_HANDLE s)
 {
 	char pin[PIN_MAX];
@@ -187,20 +191,30 @@ static int login(struct hsm *h, CK_SESSION_HANDLE s)
 	CK_RV rv;
 	int r;
 
-	/* A token locks the PIN after a few wrong tries: one refusal is final until restart. */
-	if (h->pin_refused)
-		return hsm_fail_text(-EACCES,
+	if (atomic_load(&h->pin_refused))
+		return hsm_fail_text(-EKEYREJECTED,
 		                     "the token refused the PIN before; not trying it again "
 		                     "until the daemon restarts");
 	r = pin_read(h->pin_file, pin, sizeof(pin), &len);
 	if (r == 0) {
 		rv = h->f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, len);
 		r = rv == CKR_USER_ALREADY_LOGGED_IN ? 0 : hsm_check("C_Login", rv);
-		if (r == -EACCES)
-			h->pin_refused = true;
 	}
 	explicit_bzero(pin, sizeof(pin));
+	if (r == -EKEYREJECTED && !atomic_exchange(&h->pin_refused, true) && h->on_refused)
+		h->on_refused(h->on_refused_data);
 	return r;
+}
+
+void hsm_on_pin_refused(struct hsm *h, void (*fn)(void *data), void *data)
+{
+	h->on_refused_data = data;
+	h->on_refused = fn;
+}
+
+bool hsm_pin_refused(struct hsm *h)
+{
+	return atomic_load(&h->pin_refused);
 }
 
 /* ---- sessions: one per thread, never shared ---- */
