@@ -145,18 +145,41 @@ int hsm_check(const char *what, CK_RV rv)
 
 /* ---- PIN and login ---- */
 
-/* Reads the PIN into buf; strips one trailing newline. The caller wipes buf. */
-static int pin_read(const char *path, char *buf, size_t size, size_t *ret_len)
+static const char *file_type(mode_t mode)
+{
+	if (S_ISDIR(mode))
+		return "a directory";
+	if (S_ISFIFO(mode))
+		return "a FIFO";
+	if (S_ISSOCK(mode))
+		return "a socket";
+	if (S_ISCHR(mode) || S_ISBLK(mode))
+		return "a device";
+	return "a special file";
+}
+
+/* Opens the PIN file, which must be a regular file that only its owner can access. O_NONBLOCK:
+ * a FIFO planted at the path must not block the start until someone writes to it; O_NOFOLLOW:
+ * nor may a symbolic link lead elsewhere. */
+static int pin_open(const char *path)
 {
 	struct stat st;
-	ssize_t n;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 
+	if (fd < 0 && errno == ELOOP)
+		return hsm_fail_text(-ELOOP, "pin-file %s is a symbolic link; name the file itself",
+		                     path);
 	if (fd < 0)
 		return hsm_fail_text(-errno, "cannot open pin-file %s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(fd, &st) < 0) {
+		int r = -errno;
 		close(fd);
-		return hsm_fail_text(-EINVAL, "pin-file %s is not a regular file", path);
+		return hsm_fail_text(r, "cannot stat pin-file %s: %s", path, strerror(-r));
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return hsm_fail_text(-EINVAL, "pin-file %s is %s, not a regular file", path,
+		                     file_type(st.st_mode));
 	}
 	if (st.st_mode & 0077) {
 		close(fd);
@@ -165,6 +188,17 @@ static int pin_read(const char *path, char *buf, size_t size, size_t *ret_len)
 		                     "chmod 0600 it",
 		                     path, (unsigned)(st.st_mode & 07777));
 	}
+	return fd;
+}
+
+/* Reads the PIN into buf; strips one trailing newline. The caller wipes buf. */
+static int pin_read(const char *path, char *buf, size_t size, size_t *ret_len)
+{
+	ssize_t n;
+	int fd = pin_open(path);
+
+	if (fd < 0)
+		return fd;
 	n = read(fd, buf, size - 1);
 	close(fd);
 	if (n < 0)

@@ -38,7 +38,8 @@ struct hsm_record {
 /* Loads the module, finds the token (label or RFC 7512 URI), opens a session and logs in with the
  * PIN read from pin_file (wiped right after). Returns 0 or a negative errno; hsm_last_error()
  * says what failed. -EKEYREJECTED: the token refused the PIN (wrong, locked, expired: never
- * tried again). -ENODEV: no such token. */
+ * tried again). -ENODEV: no such token. The PIN file must be a regular file (not a link, FIFO
+ * or directory) that only its owner can access. */
 int hsm_open(const char *module, const char *token, const char *pin_file, struct hsm **ret);
 void hsm_close(struct hsm *hsm);
 
