@@ -5,16 +5,22 @@
 - The PIN file must be a regular file named by its own path: a FIFO there (which would block an
   open() for reading until some writer came), a symbolic link or a directory stops the start at
   once, with a message naming the path and what is there.
+- On reload the mode and group of a socket the daemon bound go to that socket file only: a
+  symbolic link, or another file, now at the socket's path is left as it is, and the log says
+  why. A real socket still gets the new mode.
 
 Environment (tests/integration/meson.build): TOKENSIGND, P11PROBE, SOFTHSM_MODULE."""
 
 import os
+import signal
+import stat
 import subprocess
 import time
 
 import harness
 
 WAIT_EXIT = 10.0
+WAIT_LOG = 30.0
 
 
 class PinFile(harness.TestCase):
@@ -68,6 +74,69 @@ class PinFile(harness.TestCase):
         d = self.daemon()
         d.start()
         self.assertStillSigns(d)
+
+
+def wait_log(d, text, after=0):
+    """Waits until text is in the daemon's log past offset after; returns the log."""
+    deadline = time.monotonic() + WAIT_LOG
+    while time.monotonic() < deadline:
+        log = d.log()
+        if text in log[after:]:
+            return log
+        time.sleep(0.05)
+    raise AssertionError("no %r in the log within %gs:\n%s" % (text, WAIT_LOG, d.log()))
+
+
+class SocketAttrs(harness.TestCase):
+    def setUp(self):
+        self.d = harness.Daemon(sign_mode="0660")
+        self.addCleanup(self.d.close)
+        self.d.start()
+
+    def reload(self, mode):
+        self.d.sign_mode = mode
+        self.d.write_config()
+        before = len(self.d.log())
+        self.d.proc.send_signal(signal.SIGHUP)
+        return wait_log(self.d, "reload: done", before)[before:]
+
+    def victim(self):
+        path = os.path.join(self.d.workdir, "victim")
+        with open(path, "w") as f:
+            f.write("secret\n")
+        os.chmod(path, 0o600)
+        return path
+
+    def mode(self, path, follow=True):
+        st = os.stat(path) if follow else os.lstat(path)
+        return stat.S_IMODE(st.st_mode)
+
+    def test_mode_change_applies_to_the_socket(self):
+        self.assertEqual(self.mode(self.d.sign_socket), 0o660)
+        self.reload("0600")
+        self.assertTrue(stat.S_ISSOCK(os.lstat(self.d.sign_socket).st_mode))
+        self.assertEqual(self.mode(self.d.sign_socket), 0o600)
+        self.assertStillSigns(self.d)
+
+    def test_symlink_at_the_socket_path_is_not_followed(self):
+        victim = self.victim()
+        os.unlink(self.d.sign_socket)
+        os.symlink(victim, self.d.sign_socket)
+        log = self.reload("0666")
+        self.assertEqual(self.mode(victim), 0o600, "the reload chmod-ed the link's target")
+        self.assertIn("cannot set mode or group of %s" % self.d.sign_socket, log)
+        self.assertIn("symbolic link", log)
+        self.assertTrue(os.path.islink(self.d.sign_socket))
+
+    def test_other_file_at_the_socket_path_is_left_alone(self):
+        os.unlink(self.d.sign_socket)
+        victim = self.d.sign_socket
+        with open(victim, "w") as f:
+            f.write("not a socket\n")
+        os.chmod(victim, 0o600)
+        log = self.reload("0666")
+        self.assertEqual(self.mode(victim), 0o600)
+        self.assertIn("not a socket", log)
 
 
 if __name__ == "__main__":
