@@ -8,9 +8,13 @@
 - On reload the mode and group of a socket the daemon bound go to that socket file only: a
   symbolic link, or another file, now at the socket's path is left as it is, and the log says
   why. A real socket still gets the new mode.
+- JOURNAL_STREAM counts only when its DEVICE:INODE are those of stderr: forged (or inherited
+  by a process whose stderr goes elsewhere), log lines and audit records stay plain lines on
+  stderr, where whoever started the daemon collects them.
 
 Environment (tests/integration/meson.build): TOKENSIGND, P11PROBE, SOFTHSM_MODULE."""
 
+import json
 import os
 import signal
 import stat
@@ -137,6 +141,46 @@ class SocketAttrs(harness.TestCase):
         log = self.reload("0666")
         self.assertEqual(self.mode(victim), 0o600)
         self.assertIn("not a socket", log)
+
+
+class JournalStream(harness.TestCase):
+    def daemon(self, value):
+        d = harness.Daemon()
+        self.addCleanup(d.close)
+        if callable(value):
+            # the log file exists before the start: its inode is what stderr will be
+            open(d.log_path, "ab").close()
+            st = os.stat(d.log_path)
+            value = value(st)
+        d.env["JOURNAL_STREAM"] = value
+        return d
+
+    def check_plain(self, d):
+        d.start()
+        self.assertStillSigns(d)
+        d.stop()
+        lines = d.log().splitlines()
+        self.assertIn("tokensignd: notice: ready: 1 issuer(s)", lines)
+        self.assertFalse([l for l in lines if l.startswith("<")], "journal-style lines")
+        signed = [json.loads(l) for l in lines if l.startswith('{"event":"signed"')]
+        self.assertEqual(len(signed), 1, "the audit record went elsewhere:\n" + d.log())
+        self.assertEqual(signed[0]["issuer"], "main")
+
+    def test_forged_stream_is_ignored(self):
+        self.check_plain(self.daemon("1:1"))
+
+    def test_stream_of_another_file_is_ignored(self):
+        # an inherited JOURNAL_STREAM: a real device and inode, but not stderr's
+        self.check_plain(self.daemon(lambda st: "%d:%d" % (st.st_dev, st.st_ino + 1)))
+
+    def test_garbage_is_ignored(self):
+        self.check_plain(self.daemon("journal"))
+
+    def test_stream_that_is_stderr_is_the_journal(self):
+        d = self.daemon(lambda st: "%d:%d" % (st.st_dev, st.st_ino))
+        d.start()
+        d.stop()
+        self.assertIn("<5>ready: 1 issuer(s)", d.log().splitlines())
 
 
 if __name__ == "__main__":
