@@ -41,7 +41,7 @@ void audit_key(enum audit_event event, const char *issuer, const char *kid, int6
 
 	if (operator_uid >= 0)
 		snprintf(who, sizeof(who), "uid %lld", (long long)operator_uid);
-	if (getenv("JOURNAL_STREAM")) {
+	if (log_to_journal()) {
 		sd_journal_send("MESSAGE=issuer %s: key %s %s (%s)", issuer, kid, name, who,
 		                "MESSAGE_ID=" AUDIT_MESSAGE_ID, "PRIORITY=%d", LOG_NOTICE,
 		                "TOKENSIGN_EVENT=%s", name, "TOKENSIGN_ISSUER=%s", issuer,
@@ -88,7 +88,7 @@ void audit_signed(const struct audit_signature *a)
 {
 	char *unit = NULL;
 
-	if (getenv("JOURNAL_STREAM")) {
+	if (log_to_journal()) {
 		/* The caller's unit answers "which service asked", better than a pid. */
 		if (sd_pid_get_unit(a->pid, &unit) < 0)
 			unit = NULL;

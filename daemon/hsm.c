@@ -113,7 +113,7 @@ int hsm_ckr_errno(CK_RV rv)
 	case CKR_PIN_EXPIRED:
 	case CKR_PIN_LOCKED:
 	case CKR_USER_PIN_NOT_INITIALIZED:
-		return -EACCES;
+		return -EKEYREJECTED;
 	case CKR_USER_NOT_LOGGED_IN:
 		return -EPERM;
 	case CKR_TOKEN_NOT_PRESENT:
@@ -145,18 +145,41 @@ int hsm_check(const char *what, CK_RV rv)
 
 /* ---- PIN and login ---- */
 
-/* Reads the PIN into buf; strips one trailing newline. The caller wipes buf. */
-static int pin_read(const char *path, char *buf, size_t size, size_t *ret_len)
+static const char *file_type(mode_t mode)
+{
+	if (S_ISDIR(mode))
+		return "a directory";
+	if (S_ISFIFO(mode))
+		return "a FIFO";
+	if (S_ISSOCK(mode))
+		return "a socket";
+	if (S_ISCHR(mode) || S_ISBLK(mode))
+		return "a device";
+	return "a special file";
+}
+
+/* Opens the PIN file, which must be a regular file that only its owner can access. O_NONBLOCK:
+ * a FIFO planted at the path must not block the start until someone writes to it; O_NOFOLLOW:
+ * nor may a symbolic link lead elsewhere. */
+static int pin_open(const char *path)
 {
 	struct stat st;
-	ssize_t n;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
 
+	if (fd < 0 && errno == ELOOP)
+		return hsm_fail_text(-ELOOP, "pin-file %s is a symbolic link; name the file itself",
+		                     path);
 	if (fd < 0)
 		return hsm_fail_text(-errno, "cannot open pin-file %s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fstat(fd, &st) < 0) {
+		int r = -errno;
 		close(fd);
-		return hsm_fail_text(-EINVAL, "pin-file %s is not a regular file", path);
+		return hsm_fail_text(r, "cannot stat pin-file %s: %s", path, strerror(-r));
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		return hsm_fail_text(-EINVAL, "pin-file %s is %s, not a regular file", path,
+		                     file_type(st.st_mode));
 	}
 	if (st.st_mode & 0077) {
 		close(fd);
@@ -165,6 +188,17 @@ static int pin_read(const char *path, char *buf, size_t size, size_t *ret_len)
 		                     "chmod 0600 it",
 		                     path, (unsigned)(st.st_mode & 07777));
 	}
+	return fd;
+}
+
+/* Reads the PIN into buf; strips one trailing newline. The caller wipes buf. */
+static int pin_read(const char *path, char *buf, size_t size, size_t *ret_len)
+{
+	ssize_t n;
+	int fd = pin_open(path);
+
+	if (fd < 0)
+		return fd;
 	n = read(fd, buf, size - 1);
 	close(fd);
 	if (n < 0)
@@ -180,6 +214,10 @@ static int pin_read(const char *path, char *buf, size_t size, size_t *ret_len)
 	return 0;
 }
 
+/* The one C_Login with the PIN of the file. A refusal (wrong, locked, expired PIN) is final:
+ * a token locks the PIN after a few wrong tries, so no path of this process tries it again,
+ * and the daemon is told (hsm_on_pin_refused()) so that it exits rather than be restarted
+ * into another try. */
 static int login(struct hsm *h, CK_SESSION_HANDLE s)
 {
 	char pin[PIN_MAX];
@@ -187,20 +225,30 @@ static int login(struct hsm *h, CK_SESSION_HANDLE s)
 	CK_RV rv;
 	int r;
 
-	/* A token locks the PIN after a few wrong tries: one refusal is final until restart. */
-	if (h->pin_refused)
-		return hsm_fail_text(-EACCES,
+	if (atomic_load(&h->pin_refused))
+		return hsm_fail_text(-EKEYREJECTED,
 		                     "the token refused the PIN before; not trying it again "
 		                     "until the daemon restarts");
 	r = pin_read(h->pin_file, pin, sizeof(pin), &len);
 	if (r == 0) {
 		rv = h->f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, len);
 		r = rv == CKR_USER_ALREADY_LOGGED_IN ? 0 : hsm_check("C_Login", rv);
-		if (r == -EACCES)
-			h->pin_refused = true;
 	}
 	explicit_bzero(pin, sizeof(pin));
+	if (r == -EKEYREJECTED && !atomic_exchange(&h->pin_refused, true) && h->on_refused)
+		h->on_refused(h->on_refused_data);
 	return r;
+}
+
+void hsm_on_pin_refused(struct hsm *h, void (*fn)(void *data), void *data)
+{
+	h->on_refused_data = data;
+	h->on_refused = fn;
+}
+
+bool hsm_pin_refused(struct hsm *h)
+{
+	return atomic_load(&h->pin_refused);
 }
 
 /* ---- sessions: one per thread, never shared ---- */

@@ -37,9 +37,22 @@ struct hsm_record {
 
 /* Loads the module, finds the token (label or RFC 7512 URI), opens a session and logs in with the
  * PIN read from pin_file (wiped right after). Returns 0 or a negative errno; hsm_last_error()
- * says what failed. -EACCES: the PIN was refused (never retried). -ENODEV: no such token. */
+ * says what failed. -EKEYREJECTED: the token refused the PIN (wrong, locked, expired: never
+ * tried again). -ENODEV: no such token. The PIN file must be a regular file (not a link, FIFO
+ * or directory) that only its owner can access. */
 int hsm_open(const char *module, const char *token, const char *pin_file, struct hsm **ret);
 void hsm_close(struct hsm *hsm);
+
+/* fn(data) is called once, from the thread whose login the token refused (a login again after
+ * the token lost ours), while that thread holds the token's lock: it must only take note
+ * (e.g. kill(getpid(), SIGTERM)), not call into this module. Every later login fails with
+ * -EKEYREJECTED without asking the token. Set before the first thread but the caller's
+ * uses hsm. */
+void hsm_on_pin_refused(struct hsm *hsm, void (*fn)(void *data), void *data);
+
+/* The token refused the PIN (at hsm_open() or since): the daemon cannot sign until restarted
+ * with a PIN the token accepts. */
+bool hsm_pin_refused(struct hsm *hsm);
 
 /* Sign with a session copy of each key (C_CopyObject with CKA_TOKEN false), made by each
  * thread in its own session at first use, instead of the token object: SoftHSM re-reads and

@@ -71,7 +71,9 @@ struct hsm {
 	pthread_key_t tls;    /* this thread's struct hsm_session */
 	pthread_mutex_t lock; /* sessions list, login */
 	struct hsm_session *sessions;
-	bool pin_refused; /* the token refused the PIN once: never try it again */
+	atomic_bool pin_refused;        /* the token refused the PIN once: never try it again */
+	void (*on_refused)(void *data); /* told once, by the thread whose login was refused */
+	void *on_refused_data;
 	bool session_copies;
 	/* Moves when a key is destroyed: each session destroys its copies when it sees it move
 	 * (its own objects, whose handles it alone holds), and copies again what it still needs. */

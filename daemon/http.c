@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "log.h"
+#include "sockfile.h"
 
 enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body)
 {
@@ -149,9 +150,17 @@ int http_unix_listen(const struct sock_conf *sc, int *ret)
 	struct stat st;
 	if (lstat(sc->path, &st) == 0 && S_ISSOCK(st.st_mode))
 		unlink(sc->path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || chmod(sc->path, sc->mode) < 0 ||
-	    (sc->has_group && chown(sc->path, (uid_t)-1, sc->gid) < 0) || listen(fd, 128) < 0) {
+	/* Linux makes the file with the socket's own mode less the umask: owner-only until
+	 * sockfile_set_attrs() gives it the configured mode and group, on the file itself. */
+	if (fchmod(fd, 0600) < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		r = -errno;
+		close(fd);
+		return r;
+	}
+	r = sockfile_set_attrs(sc->path, sc->mode, sc->has_group, sc->gid);
+	if (r == 0 && listen(fd, 128) < 0)
+		r = -errno;
+	if (r < 0) {
 		close(fd);
 		return r;
 	}
@@ -275,7 +284,7 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 	if (fd < 0) {
 		r = http_unix_listen(sc, &srv->fd);
 		if (r < 0) {
-			log_error("cannot listen on %s: %s", sc->path, strerror(-r));
+			log_error("cannot listen on %s: %s", sc->path, sockfile_strerror(r));
 			return r;
 		}
 		srv->path = strdup(sc->path);

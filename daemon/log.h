@@ -1,6 +1,12 @@
-/* Log lines to stderr; under systemd (JOURNAL_STREAM) with sd-daemon priority prefixes. */
+/* Log lines to stderr; to the journal (JOURNAL_STREAM naming stderr) with sd-daemon priority
+ * prefixes. */
 #pragma once
+#include <stdbool.h>
 #include <syslog.h>
+
+/* Whether stderr is systemd's journal stream (JOURNAL_STREAM names stderr's device and inode):
+ * then log lines carry sd-daemon priority prefixes and audit records go to journald. */
+bool log_to_journal(void);
 
 void log_msg(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

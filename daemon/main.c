@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +23,11 @@
 #include "sign_api.h"
 
 #define DEFAULT_CONFIG "/etc/tokensign/tokensignd.conf"
+/* The exit status when the token refused the PIN (tokensignd(8), EXIT STATUS): the unit lists
+ * it in RestartPreventExitStatus=, because a restart would try the refused PIN again and a
+ * token locks its PIN after a few wrong tries. EX_NOPERM, "NOPERM" to systemd (systemd-analyze
+ * exit-status 77). */
+#define EXIT_PIN_REFUSED EX_NOPERM
 /* Seconds a --touch-token child may take before SIGALRM ends it (a hung token). */
 #define TOUCH_TIMEOUT 20
 
@@ -164,6 +170,26 @@ static int main_loop(struct daemon *d)
 	}
 }
 
+/* hsm_on_pin_refused(): the token refused the PIN when the daemon had to log in again. Nothing
+ * can be signed until an operator fixes the PIN, and a watchdog restart would try the refused
+ * PIN again: shut down, with EXIT_PIN_REFUSED (run()). */
+static void pin_refused(void *data)
+{
+	(void)data;
+	log_error("the token refused the PIN (%s); shutting down with exit status %d, which "
+	          "systemd does not restart: fix the PIN, then start the service again",
+	          hsm_last_error(), EXIT_PIN_REFUSED);
+	kill(getpid(), SIGTERM);
+}
+
+/* The exit status of run() once it has stopped everything but the token. */
+static int exit_status(struct daemon *d, int r)
+{
+	if (r == -EKEYREJECTED || (d->hsm && hsm_pin_refused(d->hsm)))
+		return EXIT_PIN_REFUSED;
+	return r < 0 ? 1 : 0;
+}
+
 static void block_signals(void)
 {
 	sigset_t set;
@@ -193,11 +219,19 @@ static int run(const char *config_path)
 	}
 	sd_notify(0, "STATUS=Logging in to the token");
 	r = hsm_open(conf->hsm.module, conf->hsm.token, conf->hsm.pin_file, &d.hsm);
+	if (r == -EKEYREJECTED) {
+		log_error("the token refused the PIN (%s); exiting with status %d, which systemd "
+		          "does not restart: fix the PIN, then start the service again",
+		          hsm_last_error(), EXIT_PIN_REFUSED);
+		conf_free(conf);
+		goto out;
+	}
 	if (r < 0) {
 		log_error("cannot use the token: %s", hsm_last_error());
 		conf_free(conf);
 		goto out;
 	}
+	hsm_on_pin_refused(d.hsm, pin_refused, NULL);
 	hsm_set_session_copies(d.hsm, conf->hsm.session_copies);
 	if ((r = keys_migrate(d.hsm)) < 0) {
 		conf_free(conf);
@@ -221,9 +255,10 @@ out:
 	sign_api_stop(d.sign);
 	scheduler_stop(d.scheduler);
 	runtime_release(d.rt);
+	r = exit_status(&d, r);
 	hsm_close(d.hsm);
 	pthread_mutex_destroy(&d.rt_lock);
-	return r < 0 ? 1 : 0;
+	return r;
 }
 
 int main(int argc, char **argv)

@@ -4,8 +4,6 @@
 
 #include <errno.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "jwks_http.h"
 #include "admin_api.h"
@@ -13,6 +11,7 @@
 #include "runtime.h"
 #include "scheduler.h"
 #include "sign_api.h"
+#include "sockfile.h"
 
 int daemon_config_load(const char *path, struct conf **ret)
 {
@@ -48,12 +47,18 @@ static bool listen_changed(const struct conf *a, const struct conf *b)
 	return false;
 }
 
-/* Mode and group of a socket we made: applied to the existing file, no connection is lost. */
+/* Mode and group of a socket we made: applied to the existing file, no connection is lost.
+ * Whatever else is now at its path (a link to some file) is left alone. */
 static void socket_attrs(const struct sock_conf *sc)
 {
-	if (sc->path && (chmod(sc->path, sc->mode) < 0 ||
-	                 (sc->has_group && chown(sc->path, (uid_t)-1, sc->gid) < 0)))
-		log_error("reload: cannot set mode or group of %s: %s", sc->path, strerror(errno));
+	int r;
+
+	if (!sc->path)
+		return;
+	r = sockfile_set_attrs(sc->path, sc->mode, sc->has_group, sc->gid);
+	if (r < 0)
+		log_error("reload: cannot set mode or group of %s: %s", sc->path,
+		          sockfile_strerror(r));
 }
 
 /* Sockets systemd passed stay as they are: the units own them. */

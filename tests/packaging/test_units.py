@@ -33,6 +33,8 @@ import unittest
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 EXPOSURE_MAX = float(os.environ.get("EXPOSURE_MAX", "2.0"))
 INSTALLED_DAEMON = "/usr/sbin/tokensignd"
+# tokensignd(8), EXIT STATUS: the token refused the PIN.
+EXIT_PIN_REFUSED = 77
 
 
 def env_path(name):
@@ -40,6 +42,15 @@ def env_path(name):
     if not v:
         raise AssertionError("%s is not set: run this through meson test" % name)
     return v
+
+
+def duration_seconds(text):
+    """A systemd time span of the forms the unit uses ("20s", "30min", "2min 30s", "90")."""
+    units = {"": 1, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hr": 3600}
+    total = 0
+    for num, unit in re.findall(r"(\d+)\s*([a-z]*)", text):
+        total += int(num) * units[unit]
+    return total
 
 
 def render(template, sbindir, sysconfdir):
@@ -225,12 +236,38 @@ class Units(unittest.TestCase):
                          {"tokensign-clients", "tokensign-admin"})
         # the runtime directory holds the sockets: clients must be able to traverse it
         self.assertEqual(value(u, S, "RuntimeDirectoryMode"), "0755")
+        # A wrong PIN (exit status 77, tokensignd(8) EXIT STATUS) is never restarted into
+        # another login; other failures are, at most StartLimitBurst= times.
+        prevent = " ".join(values(u, S, "RestartPreventExitStatus")).split()
+        self.assertIn(str(EXIT_PIN_REFUSED), prevent)
+        self.assertEqual(value(u, S, "Restart"), "on-failure")
+        burst = int(value(u, "Unit", "StartLimitBurst") or 0)
+        interval = duration_seconds(value(u, "Unit", "StartLimitIntervalSec") or "0")
+        delay = duration_seconds(value(u, S, "RestartSec") or "0")
+        self.assertGreater(burst, 1, "StartLimitBurst=")
+        self.assertGreaterEqual(delay, 10, "RestartSec=: a fixed delay, no backoff in 252")
+        # reachable: burst starts RestartSec apart fit in the interval, or it never applies
+        self.assertLess(burst * delay, interval, "StartLimitIntervalSec= is never reached")
         # PrivateUsers= would map every caller to nobody in SO_PEERCRED
         self.assertNotIn(value(u, S, "PrivateUsers"), ("yes", "true", "1"))
         for sock in ("tokensignd-sign.socket", "tokensignd-admin.socket",
                      "tokensignd-jwks.socket"):
             self.assertIn(sock, " ".join(values(u, "Unit", "Wants")))
             self.assertIn(sock, " ".join(values(u, "Unit", "After")))
+
+    def test_exit_status_documented(self):
+        """The status the unit does not restart is the one tokensignd(8) documents for a
+        refused PIN."""
+        page = [p for p in env_path("MAN_PAGES").split(":")
+                if os.path.basename(p) == "tokensignd.8"]
+        self.assertEqual(len(page), 1, env_path("MAN_PAGES"))
+        with open(page[0]) as f:
+            text = f.read()
+        m = re.search(r'^\.SH "?EXIT STATUS"?$(.*?)^\.SH ', text, re.M | re.S)
+        self.assertIsNotNone(m, "no EXIT STATUS section in " + page[0])
+        self.assertIn(str(EXIT_PIN_REFUSED), m.group(1))
+        self.assertIn("PIN", m.group(1))
+        self.assertIn("RestartPreventExitStatus", m.group(1))
 
     def test_sockets_match_packaged_config(self):
         conf = read_config(env_path("CONFIG"))
