@@ -253,6 +253,26 @@ static int complete_claims(const struct issuer_conf *ic, json_t *claims, int64_t
 	return 0;
 }
 
+/* Copies s into dst (size bytes), cut at a character boundary when it does not fit: s is
+ * valid UTF-8 (jansson checked it), and so is what is kept, so that the audit record holding
+ * it is valid JSON and a valid journal field. Returns true when s was cut. */
+static bool keep_cut(char *dst, size_t size, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n < size) {
+		memcpy(dst, s, n + 1);
+		return false;
+	}
+	n = size - 1;
+	/* s[n] is the first byte left out: step back while it continues a character. */
+	while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+	return true;
+}
+
 /* Copies what the audit record of the signature names: jti and aud, nothing else. */
 static void audit_fields(json_t *claims, struct signing_request *ret)
 {
@@ -264,8 +284,7 @@ static void audit_fields(json_t *claims, struct signing_request *ret)
 
 	snprintf(ret->jti, sizeof(ret->jti), "%s",
 	         json_string_value(json_object_get(claims, "jti")));
-	ret->aud_cut =
-	    snprintf(ret->aud, sizeof(ret->aud), "%s", aud ? aud : "") >= (int)sizeof(ret->aud);
+	ret->aud_cut = keep_cut(ret->aud, sizeof(ret->aud), aud ? aud : "");
 	free(aud);
 }
 

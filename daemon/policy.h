@@ -24,7 +24,7 @@ struct signing_request {
 	const char *typ; /* points into the issuer's token_types */
 	int64_t iat, exp;
 	char jti[4 * 128 + 1]; /* for the audit record: at most 128 characters */
-	char aud[256];         /* compact JSON of aud, cut at 255 bytes: audit only */
+	char aud[256];         /* compact JSON of aud, cut to 255 bytes at a character boundary */
 	bool aud_cut;          /* aud was longer: what is left is not JSON */
 };
 

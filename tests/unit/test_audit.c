@@ -6,6 +6,7 @@
 #include <jansson.h>
 
 #include "audit.h"
+#include "policy.h"
 #include "unit.h"
 
 /* The line audit_signed() writes to stderr, parsed. */
@@ -118,6 +119,82 @@ static void test_long_strings(void)
 	json_decref(doc);
 }
 
+/* True when s is well-formed UTF-8 (RFC 3629: shortest forms, no surrogates, <= U+10FFFF). */
+static bool utf8_valid(const unsigned char *s)
+{
+	while (*s) {
+		unsigned c = *s, n = c < 0x80                ? 0
+		                     : c >= 0xc2 && c < 0xe0 ? 1
+		                     : c >= 0xe0 && c < 0xf0 ? 2
+		                     : c >= 0xf0 && c < 0xf5 ? 3
+		                                             : 9;
+		uint32_t cp = n == 0 ? c : c & (0x3f >> n);
+
+		if (n == 9)
+			return false;
+		for (unsigned i = 1; i <= n; i++) {
+			if ((s[i] & 0xc0) != 0x80)
+				return false;
+			cp = cp << 6 | (s[i] & 0x3f);
+		}
+		if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp < 0xe000))) ||
+		    (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+			return false;
+		s += n + 1;
+	}
+	return true;
+}
+
+/* An aud whose compact JSON is longer than the 255 bytes the policy keeps for the record, with
+ * a character of every width (2, 3, 4 bytes) placed across the cut at every offset: what the
+ * policy keeps is valid UTF-8, and the record holding it is valid JSON (jansson rejects
+ * invalid UTF-8). As a string and inside an array. */
+static void test_cut_aud_utf8(void)
+{
+	static const char *const wide[] = {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"};
+	static char *types[] = {"JWT"};
+	const struct issuer_conf ic = {.name = "main",
+	                               .iss = "https://login.example.com/main",
+	                               .token_ttl = 900,
+	                               .max_token_ttl = 3600,
+	                               .token_types = types,
+	                               .n_token_types = 1};
+	static const uint8_t jti[POLICY_JTI_BYTES] = {0};
+
+	for (size_t w = 0; w < 3; w++) {
+		for (size_t pad = 240; pad <= 256; pad++) {
+			for (int array = 0; array < 2; array++) {
+				char body[1024], a[300];
+				struct signing_request sr = {0};
+				struct policy_error err = {0};
+
+				memset(a, 'a', pad);
+				a[pad] = '\0';
+				snprintf(body, sizeof(body),
+				         "{\"claims\":{\"aud\":%s\"%s%s%s%s%s%s%s%s%s\"%s}}",
+				         array ? "[\"x\"," : "", a, wide[w], wide[w], wide[w],
+				         wide[w], wide[w], wide[w], wide[w], wide[w],
+				         array ? "]" : "");
+				CHECK(policy_apply(&ic, body, strlen(body), 1790000000, jti, &sr,
+				                   &err) == 0);
+				CHECK(sr.aud_cut);
+				CHECK(utf8_valid((const unsigned char *)sr.aud));
+				struct audit_signature rec = {.issuer = "main",
+				                              .kid = "k",
+				                              .jti = sr.jti,
+				                              .aud = sr.aud,
+				                              .aud_cut = sr.aud_cut};
+				json_t *doc = signed_record(&rec);
+				CHECK(doc != NULL);
+				CHECK(doc && str(doc, "aud") &&
+				      strcmp(str(doc, "aud"), sr.aud) == 0);
+				json_decref(doc);
+				free(sr.payload);
+			}
+		}
+	}
+}
+
 int main(void)
 {
 	unsetenv("JOURNAL_STREAM");
@@ -125,5 +202,6 @@ int main(void)
 	test_hostile_strings();
 	test_cut_aud();
 	test_long_strings();
+	test_cut_aud_utf8();
 	return unit_finish("audit");
 }
