@@ -10,11 +10,16 @@
 #define POLICY_MAX_DEPTH 32
 #define POLICY_JTI_BYTES 16
 
-/* Why a request was refused: HTTP status, a stable code for programs, a message for people. */
+/* Why a request was refused: HTTP status, a stable code for programs, a message for people;
+ * and for its audit record, the jti (when a valid one was given) and aud (as kept in struct
+ * signing_request) of a body whose claims could be read, else "". */
 struct policy_error {
 	int status;
 	const char *code;
 	char message[192];
+	char jti[4 * 128 + 1];
+	char aud[256];
+	bool aud_cut;
 };
 
 /* What the policy decided; payload is the claims exactly as they will be signed. */

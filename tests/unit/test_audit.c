@@ -1,6 +1,8 @@
 /* Unit tests of daemon/audit.c outside the journal: the JSON line written for each token must
  * parse, and name exactly what was signed, whatever bytes the caller put in jti and aud. */
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -9,8 +11,8 @@
 #include "policy.h"
 #include "unit.h"
 
-/* The line audit_signed() writes to stderr, parsed. */
-static json_t *signed_record(const struct audit_signature *a)
+/* The line audit_signed() (or with refused, audit_refused()) writes to stderr, parsed. */
+static json_t *record_of(const struct audit_signature *a, bool refused)
 {
 	FILE *tmp = tmpfile();
 	int saved = dup(2);
@@ -22,7 +24,7 @@ static json_t *signed_record(const struct audit_signature *a)
 		return NULL;
 	fflush(stderr);
 	dup2(fileno(tmp), 2);
-	audit_signed(a);
+	CHECK_INT(refused ? audit_refused(a) : audit_signed(a), 0);
 	fflush(stderr);
 	dup2(saved, 2);
 	close(saved);
@@ -34,6 +36,11 @@ static json_t *signed_record(const struct audit_signature *a)
 	if (n > 0 && line[n - 1] == '\n' && !memchr(line, '\n', n - 1))
 		doc = json_loads(line, JSON_REJECT_DUPLICATES, NULL);
 	return doc;
+}
+
+static json_t *signed_record(const struct audit_signature *a)
+{
+	return record_of(a, false);
 }
 
 static const char *str(json_t *doc, const char *key)
@@ -53,8 +60,9 @@ static void test_plain(void)
 	json_t *doc = signed_record(&a);
 
 	CHECK(doc != NULL);
-	CHECK_INT(json_object_size(doc), 8);
+	CHECK_INT(json_object_size(doc), 9);
 	CHECK(strcmp(str(doc, "event"), "signed") == 0);
+	CHECK(strcmp(str(doc, "result"), "granted") == 0);
 	CHECK(strcmp(str(doc, "issuer"), "main") == 0);
 	CHECK(strcmp(str(doc, "kid"), a.kid) == 0);
 	CHECK(strcmp(str(doc, "jti"), a.jti) == 0);
@@ -103,6 +111,52 @@ static void test_cut_aud(void)
 	CHECK(doc != NULL);
 	CHECK(strcmp(str(doc, "aud"), "[\"api://a\",\"api://b") == 0);
 	json_decref(doc);
+}
+
+static void test_refused(void)
+{
+	/* A refusal names what was known: here the caller and the policy's view of jti and aud. */
+	struct audit_signature a = {.issuer = "main",
+	                            .jti = "caller-jti",
+	                            .aud = "[\"api://nope\"]",
+	                            .uid = 1000,
+	                            .pid = 7,
+	                            .reason = "aud_not_allowed"};
+	json_t *doc = record_of(&a, true);
+
+	CHECK(doc != NULL);
+	CHECK_INT(json_object_size(doc), 8);
+	CHECK(strcmp(str(doc, "event"), "refused") == 0);
+	CHECK(strcmp(str(doc, "result"), "refused") == 0);
+	CHECK(strcmp(str(doc, "reason"), "aud_not_allowed") == 0);
+	CHECK(strcmp(str(doc, "jti"), "caller-jti") == 0);
+	CHECK(json_is_array(json_object_get(doc, "aud")));
+	CHECK(!json_object_get(doc, "kid") && !json_object_get(doc, "exp"));
+	CHECK_INT(json_integer_value(json_object_get(doc, "uid")), 1000);
+	json_decref(doc);
+
+	/* Refused before anything but the issuer was known, credentials unreadable. */
+	struct audit_signature b = {.issuer = "main", .no_caller = true, .reason = "forbidden"};
+	doc = record_of(&b, true);
+	CHECK(doc != NULL);
+	CHECK_INT(json_object_size(doc), 4);
+	CHECK(!json_object_get(doc, "uid") && !json_object_get(doc, "pid"));
+	json_decref(doc);
+
+	/* A failed write is reported to the caller ([sign] audit = required relies on it). */
+	int fds[2], saved = dup(2);
+	CHECK(pipe(fds) == 0);
+	close(fds[0]);
+	fflush(stderr);
+	dup2(fds[1], 2);
+	int r = audit_signed(
+	    &(struct audit_signature){.issuer = "m", .kid = "k", .jti = "j", .aud = "\"a\""});
+	int r2 = audit_refused(&b);
+	dup2(saved, 2);
+	close(saved);
+	close(fds[1]);
+	CHECK_INT(r, -EPIPE);
+	CHECK_INT(r2, -EPIPE);
 }
 
 static void test_long_strings(void)
@@ -198,10 +252,12 @@ static void test_cut_aud_utf8(void)
 int main(void)
 {
 	unsetenv("JOURNAL_STREAM");
+	signal(SIGPIPE, SIG_IGN); /* as the daemon */
 	test_plain();
 	test_hostile_strings();
 	test_cut_aud();
 	test_long_strings();
 	test_cut_aud_utf8();
+	test_refused();
 	return unit_finish("audit");
 }
