@@ -19,6 +19,7 @@
 #include "jws.h"
 #include "jws_verify.h"
 #include "log.h"
+#include "log_limit.h"
 #include "peer.h"
 #include "policy.h"
 #include "scheduler.h"
@@ -166,13 +167,15 @@ static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct M
 	if (route == ROUTE_JWKS)
 		return reply_jwks(rt, c, ic);
 	if (!conn || conn->err < 0) {
-		log_error("issuer %s: cannot read the caller's credentials: %s", ic->name,
-		          strerror(conn ? -conn->err : ENOMEM));
+		log_limited(LOG_KIND_REFUSED_CALLER, LOG_ERR,
+		            "issuer %s: cannot read the caller's credentials: %s", ic->name,
+		            strerror(conn ? -conn->err : ENOMEM));
 		return refuse(c, ic, MHD_HTTP_FORBIDDEN, "forbidden",
 		              "caller credentials unavailable", NULL);
 	}
 	if (!peer_allowed(&conn->peer, ic->allow, ic->n_allow)) {
-		log_warning("issuer %s: refused caller uid %u pid %d (not in allow)", ic->name,
+		log_limited(LOG_KIND_REFUSED_CALLER, LOG_WARNING,
+		            "issuer %s: refused caller uid %u pid %d (not in allow)", ic->name,
 		            (unsigned)conn->peer.uid, (int)conn->peer.pid);
 		return refuse(c, ic, MHD_HTTP_FORBIDDEN, "forbidden",
 		              "this caller may not sign for this issuer", NULL);

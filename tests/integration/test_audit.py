@@ -9,15 +9,17 @@ stderr):
   reads any more) is a 503 audit_unavailable and no token; best-effort signs all the same. (An
   absent journal socket cannot be staged: sd_journal_send() reports success when the socket
   does not exist.)
-- A storm of requests on the public JWKS port that make libmicrohttpd log (cut-off and
-  malformed requests) among 404s: a bounded number of log lines, a "suppressed" count, and every
-  audit record of the tokens signed meanwhile is there.
+- A storm on the public JWKS port for 15 s (404s, and requests that make libmicrohttpd log a
+  line: headers too large, requests cut off): a bounded number of log lines, "N messages
+  suppressed" lines, and every audit record of the tokens signed meanwhile is there.
 
 Environment: as the other shim tests (tests/shim/meson.build): TOKENSIGND, SOFTHSM_MODULE,
 P11SHIM, PYTHONPATH."""
 
 import json
+import multiprocessing
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -213,6 +215,96 @@ class Required(harness.TestCase):
                 # a refusal stays what it is, record or not
                 self.assertError(d.sign("main", {"sub": "x"}), 400, "aud_missing")
                 self.assertIsNone(d.proc.poll(), "the daemon lives on")
+
+
+STORM_SECONDS = 15
+PIPELINED = 10  # 404s per connection, before its cut-off request
+RATE, BURST, REPORT_S = 20, 100, 10  # daemon/ratelimit.h
+SUPPRESSED = re.compile(r"http \(JWKS port\): (\d+) messages suppressed")
+
+
+# Requests that make libmicrohttpd log a line: headers over the connection's 8 KiB (431), and
+# (not always: only when it had read the piece before the close) a request cut off in its headers.
+BAD = (b"GET /x HTTP/1.1\r\nHo", b"GET /x HTTP/1.1\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n")
+
+
+def storm_worker(port, seconds, out):
+    """For seconds: connections of PIPELINED 404s each, then a request of BAD."""
+    ask = b"GET /nope/.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n\r\n" * PIPELINED
+    requests = cutoffs = errors = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(ask)
+                got = b""
+                while got.count(b"HTTP/1.1 404") < PIPELINED:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    got += b
+                requests += got.count(b"HTTP/1.1 404")
+                bad = cutoffs % 2
+                s.sendall(BAD[bad])
+                cutoffs += 1
+                while bad and s.recv(65536):  # read the 431 to the end: the server closes
+                    pass
+        except OSError:
+            errors += 1
+    out.put((requests, cutoffs, errors))
+
+
+class Storm(harness.TestCase):
+    """Unauthenticated clients cannot flood the log, and the audit records of the tokens signed
+    meanwhile are all there."""
+
+    def test_jwks_storm(self):
+        d = harness.Daemon()
+        self.addCleanup(d.close)
+        d.start()
+        mark = len(d.log())
+        out = multiprocessing.Queue()
+        workers = [multiprocessing.Process(target=storm_worker,
+                                           args=(d.jwks_port, STORM_SECONDS, out))
+                   for _ in range(3)]
+        t0 = time.monotonic()
+        for w in workers:
+            w.start()
+        jtis = []
+        while any(w.is_alive() for w in workers):
+            jti = "storm-" + secrets.token_hex(6)
+            r = d.sign("main", dict(CLAIMS, jti=jti))
+            self.assertSigned(r, "signing during the storm")
+            jtis.append(jti)
+        for w in workers:
+            w.join()
+        storm = time.monotonic() - t0
+        requests = cutoffs = errors = 0
+        for _ in workers:
+            a, b, c = out.get(timeout=30)
+            requests, cutoffs, errors = requests + a, cutoffs + b, errors + c
+        # the count of the flood's end is reported within a report period or two
+        deadline = time.monotonic() + 2 * REPORT_S + 5
+        while time.monotonic() < deadline and not SUPPRESSED.search(d.log()[mark:]):
+            time.sleep(0.5)
+        time.sleep(REPORT_S + 1)
+        elapsed = time.monotonic() - t0
+        log = d.log()[mark:]
+        lines = [ln for ln in log.splitlines() if not ln.startswith("{")]
+        http = [ln for ln in lines if "http: " in ln]
+        suppressed = sum(int(n) for n in SUPPRESSED.findall(log))
+        info = "%d requests (%d cut off, %d failed) in %.0fs, %d log lines; first lines:\n%s" % (
+            requests, cutoffs, errors, storm, len(lines), "\n".join(lines[:20]))
+        self.assertGreater(cutoffs, 1000, info)
+        # the burst, the rate while the storm lasted, the reports, a few lines of our own
+        self.assertLessEqual(len(lines), BURST + RATE * storm + elapsed / REPORT_S + 10, info)
+        self.assertGreater(suppressed, 0, info)
+        # the storm made more lines than the limit lets through: the limit was what held
+        self.assertGreater(len(http) + suppressed, BURST + RATE * storm, info)
+        signed = {r["jti"] for r in records(log, "signed")}
+        self.assertEqual([j for j in jtis if j not in signed], [], "records missing")
+        self.assertGreater(len(jtis), 50, info)
+        self.assertStillSigns(d)
 
 
 if __name__ == "__main__":
