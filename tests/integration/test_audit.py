@@ -4,7 +4,8 @@ stderr):
 
 - One audit record per signing decision, granted and refused, at every stage (403, 413, 415,
   400, 503), with the caller, the issuer, what was known of kid, jti and aud, the result and the
-  reason (the error code); nothing for requests that never reach an issuer (404, 405).
+  reason (the error code); nothing for requests that never reach an issuer (404, 405). A
+  refused caller asking 400 times: 400 records, but its log line rate-limited.
 - [sign] audit = required: a token whose audit record cannot be written (stderr a pipe nobody
   reads any more) is a 503 audit_unavailable and no token; best-effort signs all the same. (An
   absent journal socket cannot be staged: sd_journal_send() reports success when the socket
@@ -31,6 +32,7 @@ import harness
 CLAIMS = {"sub": "user-42", "aud": "api://orders"}
 SIGN = "/v1/issuers/main/sign"
 NOBODY = 65534
+RATE_BURST = 100  # daemon/ratelimit.h
 
 
 def records(log, event=None):
@@ -138,6 +140,29 @@ class Decisions(harness.TestCase):
         rec = self.one_refusal(recs, "hsm_unavailable", r)
         self.assertEqual((rec["jti"], rec["aud"]), (jti, "api://orders"))
         self.assertTrue(rec["kid"] and rec["exp"], rec)
+
+    def test_refused_caller_flood(self):
+        """A caller that may not sign, asking 400 times at once: every refusal has its audit
+        record, the "refused caller" log line is rate-limited (burst 100, 20 a second)."""
+        n = 400
+
+        def flood():
+            return [harness.unix_http(self.d.sign_socket, "POST", SIGN, {"claims": CLAIMS}).status
+                    for _ in range(n)]
+
+        before_log = len(self.d.log())
+        before = len(records(self.d.log(), "refused"))
+        t0 = time.monotonic()
+        statuses = harness.run_as(NOBODY, NOBODY, [], flood)
+        elapsed = time.monotonic() - t0
+        time.sleep(0.3)
+        self.assertEqual(statuses, [403] * n)
+        refused = records(self.d.log(), "refused")[before:]
+        self.assertEqual(len([r for r in refused if r["uid"] == NOBODY]), n, "a record each")
+        lines = self.d.log()[before_log:].count("refused caller uid %d" % NOBODY)
+        self.assertGreaterEqual(lines, min(n, RATE_BURST), "the first ones are logged")
+        self.assertLessEqual(lines, RATE_BURST + 20 * elapsed + 1, "%d lines in %.1fs"
+                             % (lines, elapsed))
 
     def test_not_decisions(self):
         """404 path, 405 and 404 issuer come before the request is known to be a signing
