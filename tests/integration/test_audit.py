@@ -10,6 +10,9 @@ stderr):
   reads any more) is a 503 audit_unavailable and no token; best-effort signs all the same. (An
   absent journal socket cannot be staged: sd_journal_send() reports success when the socket
   does not exist.)
+- Under the journal (the daemon in a mount namespace where the journal socket is the test's):
+  granted and refused entries with their fields; a journal that is gone (its socket file left,
+  nobody receiving) is a failed record: required 503, best-effort 200.
 - A storm on the public JWKS port for 20 s (404s, and requests that make libmicrohttpd log a
   line: headers too large, requests cut off): a bounded number of log lines, "N messages
   suppressed" lines, and every audit record of the tokens signed meanwhile is there.
@@ -191,7 +194,7 @@ class PipeDaemon(harness.Daemon):
         self._logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([harness.tokensignd_path(), "-c", self.conf_path], env=env,
                                      stdin=subprocess.DEVNULL, stdout=wfd, stderr=wfd,
-                                     cwd=self.workdir)
+                                     cwd=self.workdir, preexec_fn=harness._die_with_parent)
         os.close(wfd)
         self._rfd, self._stop = rfd, threading.Event()
         self._copier = threading.Thread(target=self._copy, daemon=True)
@@ -241,6 +244,125 @@ class Required(harness.TestCase):
                 # a refusal stays what it is, record or not
                 self.assertError(d.sign("main", {"sub": "x"}), 400, "aud_missing")
                 self.assertIsNone(d.proc.poll(), "the daemon lives on")
+
+
+def journal_fields(datagram):
+    """The fields of one native journal protocol datagram (systemd.journal-fields(7)): KEY=value
+    lines, or KEY, newline, a 64-bit little-endian length and the value (values with newlines)."""
+    fields, i = {}, 0
+    while i < len(datagram):
+        nl = datagram.index(b"\n", i)
+        line = datagram[i:nl]
+        if b"=" in line:
+            k, v = line.split(b"=", 1)
+            i = nl + 1
+        else:
+            k, n = line, int.from_bytes(datagram[nl + 1:nl + 9], "little")
+            v, i = datagram[nl + 9:nl + 9 + n], nl + 9 + n + 1
+        fields[k.decode()] = v.decode("utf-8")
+    return fields
+
+
+class JournalDaemon(harness.Daemon):
+    """A Daemon in its own mount namespace, where /run/systemd/journal is a directory of the
+    test's: the journal socket there is the test's, which reads what sd_journal_send() sends.
+    JOURNAL_STREAM names the daemon's stderr (the log file), as under systemd."""
+
+    def __init__(self, mode, **kw):
+        super().__init__(**kw)
+        self.mode = mode
+        self.write_config()
+        self.journal_dir = os.path.join(self.workdir, "journal")
+        os.mkdir(self.journal_dir)
+        self.journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.journal.bind(os.path.join(self.journal_dir, "socket"))
+        self.journal.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        open(self.log_path, "ab").close()
+        st = os.stat(self.log_path)
+        self.env["JOURNAL_STREAM"] = "%d:%d" % (st.st_dev, st.st_ino)
+
+    def config_text(self):
+        return super().config_text().replace("[sign]\n", "[sign]\naudit = %s\n"
+                                             % getattr(self, "mode", "best-effort"))
+
+    def spawn(self):
+        if not self.provisioned:
+            self.provision()
+        if self._notify is None:
+            self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._notify.bind(self.notify_socket)
+        script = ('mount -t tmpfs none /run && mkdir -p /run/systemd/journal && '
+                  'mount --bind "$0" /run/systemd/journal && exec "$@"')
+        self._logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", script, self.journal_dir, harness.tokensignd_path(),
+             "-c", self.conf_path], env=dict(self.env, NOTIFY_SOCKET=self.notify_socket),
+            stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf, cwd=self.workdir,
+            preexec_fn=harness._die_with_parent)
+        return self.proc
+
+    def entries(self):
+        """Every journal entry received so far (and not read before)."""
+        out = []
+        self.journal.setblocking(False)
+        try:
+            while True:
+                out.append(journal_fields(self.journal.recv(1 << 20)))
+        except BlockingIOError:
+            pass
+        return out
+
+    def close(self):
+        self.journal.close()
+        super().close()
+
+
+class Journal(harness.TestCase):
+    """Under systemd the records are journal entries; a journal that does not take them is a
+    failed record ([sign] audit = required: 503)."""
+
+    def test_entries(self):
+        d = JournalDaemon("best-effort")
+        self.addCleanup(d.close)
+        d.start()
+        d.entries()
+        jti = "j-" + secrets.token_hex(4)
+        body = self.assertSigned(d.sign("main", dict(CLAIMS, jti=jti)))
+        self.assertError(d.sign("main", {"aud": "api://nope", "jti": "r\nj"}), 400,
+                         "aud_not_allowed")
+        time.sleep(0.2)
+        got = {e.get("MESSAGE_ID"): e for e in d.entries()}
+        signed = got.get("4b9e2d7c1f0a4e6b8c3d5a7f9e1b2c4d")
+        self.assertIsNotNone(signed, got)
+        self.assertEqual((signed["TOKENSIGN_EVENT"], signed["TOKENSIGN_RESULT"],
+                          signed["TOKENSIGN_JTI"], signed["TOKENSIGN_KID"],
+                          signed["TOKENSIGN_CALLER_UID"]),
+                         ("signed", "granted", jti, body["kid"], str(os.getuid())))
+        refused = got.get("9c3a5e7b2d4f4a6c8e1b3d5f7a9c2e4b")
+        self.assertIsNotNone(refused, got)
+        self.assertEqual((refused["TOKENSIGN_EVENT"], refused["TOKENSIGN_RESULT"],
+                          refused["TOKENSIGN_REASON"], refused["TOKENSIGN_ISSUER"],
+                          refused["TOKENSIGN_JTI"], refused["TOKENSIGN_AUD"],
+                          refused["TOKENSIGN_CALLER_UID"], refused["TOKENSIGN_CALLER_PID"]),
+                         ("refused", "refused", "aud_not_allowed", "main", "r\nj",
+                          '"api://nope"', str(os.getuid()), str(os.getpid())))
+        self.assertNotIn("TOKENSIGN_KID", refused)
+
+    def test_journal_gone(self):
+        """journald stopped: its socket file is still there, nobody receives (ECONNREFUSED)."""
+        for mode, want in (("required", 503), ("best-effort", 200)):
+            with self.subTest(mode=mode):
+                d = JournalDaemon(mode)
+                self.addCleanup(d.close)
+                d.start()
+                self.assertSigned(d.sign("main", dict(CLAIMS)))
+                d.journal.close()
+                r = d.sign("main", dict(CLAIMS))
+                if want == 503:
+                    self.assertError(r, 503, "audit_unavailable")
+                else:
+                    self.assertSigned(r)
+                self.assertIn("cannot write an audit record", d.log())
 
 
 STORM_SECONDS = 20
