@@ -13,6 +13,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "log_limit.h"
 #include "orphans.h"
 #include "rotation.h"
 #include "scheduler.h"
@@ -411,7 +412,8 @@ static enum MHD_Result decide(struct admin_api *api, struct runtime *rt, struct 
 	const struct http_peer *hp = http_peer_of(c);
 
 	if (!caller_is_admin(rt, hp)) {
-		log_warning("admin: refused caller uid %d", hp ? (int)hp->peer.uid : -1);
+		log_limited(LOG_KIND_REFUSED_CALLER, LOG_WARNING, "admin: refused caller uid %d",
+		            hp ? (int)hp->peer.uid : -1);
 		return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
 		                        "only root, the daemon's user and [admin] group may use "
 		                        "this socket");

@@ -1,9 +1,13 @@
 /* Lifecycle audit records with a stable MESSAGE_ID, so journalctl can select them. */
 #include "audit.h"
 
+#include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include <jansson.h>
 #include <systemd/sd-journal.h>
@@ -16,6 +20,9 @@
 #define AUDIT_MESSAGE_ID "6d1f0c1e5a3b4c2f9e8d7a6b5c4d3e2f"
 /* journalctl MESSAGE_ID=4b9e2d7c1f0a4e6b8c3d5a7f9e1b2c4d: tokens issued */
 #define SIGNED_MESSAGE_ID "4b9e2d7c1f0a4e6b8c3d5a7f9e1b2c4d"
+/* journalctl MESSAGE_ID=9c3a5e7b2d4f4a6c8e1b3d5f7a9c2e4b: signing requests refused. A separate id,
+ * so that "who obtained a token" (the id above) never lists a refusal. */
+#define REFUSED_MESSAGE_ID "9c3a5e7b2d4f4a6c8e1b3d5f7a9c2e4b"
 
 static const char *const event_names[] = {
     [AUDIT_GENERATED] = "generated", [AUDIT_ACTIVATED] = "activated",
@@ -53,55 +60,195 @@ void audit_key(enum audit_event event, const char *issuer, const char *kid, int6
 	                    "operator_uid", (json_int_t)operator_uid));
 }
 
-/* The record of one token outside the journal, written without building a JSON tree: this
- * runs once per signature (bench/audit_cost.c measures it). */
+/* Set while records cannot be written: the failure is logged once, not once per request. The
+ * sink is process-wide (stderr or the journal socket), and so is this. */
+static atomic_bool failing;
+
+static int note_result(int r)
+{
+	if (r < 0 && !atomic_exchange(&failing, true))
+		log_error(
+		    "audit: cannot write an audit record: %s (logged once until one is written)",
+		    strerror(-r));
+	else if (r == 0 && atomic_load(&failing) && atomic_exchange(&failing, false))
+		log_notice("audit: audit records are written again");
+	return r;
+}
+
+/* The record outside the journal, written without building a JSON tree: this runs once per
+ * signature (bench/audit_cost.c measures it). */
 static char *put(char *p, const char *s)
 {
 	return json_out_string(p, s, strlen(s));
 }
 
-static void signed_line(const struct audit_signature *a)
+static bool known(const char *s)
 {
-	size_t strings = strlen(a->issuer) + strlen(a->kid) + strlen(a->jti) + strlen(a->aud);
-	size_t size = 160 + JSON_OUT_STRING_MAX(strings);
-	char stack[2048], *buf = size <= sizeof(stack) ? stack : malloc(size), *p = buf;
-
-	if (!buf)
-		return;
-	p = stpcpy(p, "{\"event\":\"signed\",\"issuer\":");
-	p = put(p, a->issuer);
-	p = stpcpy(p, ",\"kid\":");
-	p = put(p, a->kid);
-	p = stpcpy(p, ",\"jti\":");
-	p = put(p, a->jti);
-	p = stpcpy(p, ",\"aud\":");
-	/* The policy's compact JSON of aud goes in as it is, unless it was cut. */
-	p = a->aud_cut || !*a->aud ? put(p, a->aud) : stpcpy(p, a->aud);
-	p += sprintf(p, ",\"exp\":%lld,\"uid\":%u,\"pid\":%d}\n", (long long)a->exp,
-	             (unsigned)a->uid, (int)a->pid);
-	fwrite(buf, 1, (size_t)(p - buf), stderr);
-	if (buf != stack)
-		free(buf);
+	return s && *s;
 }
 
-void audit_signed(const struct audit_signature *a)
+static size_t line_size(const struct audit_signature *a)
 {
-	char *unit = NULL;
+	size_t strings = strlen(a->issuer);
 
-	if (log_to_journal()) {
-		/* The caller's unit answers "which service asked", better than a pid. */
-		if (sd_pid_get_unit(a->pid, &unit) < 0)
-			unit = NULL;
-		sd_journal_send(
-		    "MESSAGE=issuer %s: signed jti %s with key %s for uid %u", a->issuer, a->jti,
-		    a->kid, (unsigned)a->uid, "MESSAGE_ID=" SIGNED_MESSAGE_ID, "PRIORITY=%d",
-		    LOG_INFO, "TOKENSIGN_EVENT=signed", "TOKENSIGN_ISSUER=%s", a->issuer,
-		    "TOKENSIGN_KID=%s", a->kid, "TOKENSIGN_JTI=%s", a->jti, "TOKENSIGN_AUD=%s",
-		    a->aud, "TOKENSIGN_EXP=%lld", (long long)a->exp, "TOKENSIGN_CALLER_UID=%u",
-		    (unsigned)a->uid, "TOKENSIGN_CALLER_PID=%d", (int)a->pid,
-		    "TOKENSIGN_CALLER_UNIT=%s", unit ? unit : "", NULL);
-		free(unit);
+	if (known(a->kid))
+		strings += strlen(a->kid);
+	if (known(a->jti))
+		strings += strlen(a->jti);
+	if (known(a->aud))
+		strings += strlen(a->aud);
+	if (a->reason)
+		strings += strlen(a->reason);
+	return 200 + JSON_OUT_STRING_MAX(strings);
+}
+
+/* The members in the order of the first release's "signed" line, then result and reason. */
+static char *line_format(char *p, const struct audit_signature *a)
+{
+	p = stpcpy(p, a->reason ? "{\"event\":\"refused\",\"issuer\":"
+	                        : "{\"event\":\"signed\",\"issuer\":");
+	p = put(p, a->issuer);
+	if (known(a->kid))
+		p = put(stpcpy(p, ",\"kid\":"), a->kid);
+	if (known(a->jti))
+		p = put(stpcpy(p, ",\"jti\":"), a->jti);
+	if (known(a->aud)) {
+		p = stpcpy(p, ",\"aud\":");
+		/* The policy's compact JSON of aud goes in as it is, unless it was cut. */
+		p = a->aud_cut ? put(p, a->aud) : stpcpy(p, a->aud);
+	}
+	if (a->exp)
+		p += sprintf(p, ",\"exp\":%lld", (long long)a->exp);
+	if (!a->no_caller)
+		p += sprintf(p, ",\"uid\":%u,\"pid\":%d", (unsigned)a->uid, (int)a->pid);
+	if (!a->reason)
+		return stpcpy(p, ",\"result\":\"granted\"}\n");
+	p = put(stpcpy(p, ",\"result\":\"refused\",\"reason\":"), a->reason);
+	return stpcpy(p, "}\n");
+}
+
+static int json_record(const struct audit_signature *a)
+{
+	size_t size = line_size(a), len;
+	char stack[2048], *buf = size <= sizeof(stack) ? stack : malloc(size);
+	int r = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	len = (size_t)(line_format(buf, a) - buf);
+	/* stderr is unbuffered: a short count is a failed write(2) (EPIPE, EAGAIN, ENOSPC). */
+	errno = 0;
+	if (fwrite(buf, 1, len, stderr) != len)
+		r = errno ? -errno : -EIO;
+	if (buf != stack)
+		free(buf);
+	return r;
+}
+
+static int journal_signed(const struct audit_signature *a, const char *unit)
+{
+	return sd_journal_send(
+	    "MESSAGE=issuer %s: signed jti %s with key %s for uid %u", a->issuer, a->jti, a->kid,
+	    (unsigned)a->uid, "MESSAGE_ID=" SIGNED_MESSAGE_ID, "PRIORITY=%d", LOG_INFO,
+	    "TOKENSIGN_EVENT=signed", "TOKENSIGN_RESULT=granted", "TOKENSIGN_ISSUER=%s", a->issuer,
+	    "TOKENSIGN_KID=%s", a->kid, "TOKENSIGN_JTI=%s", a->jti, "TOKENSIGN_AUD=%s", a->aud,
+	    "TOKENSIGN_EXP=%lld", (long long)a->exp, "TOKENSIGN_CALLER_UID=%u", (unsigned)a->uid,
+	    "TOKENSIGN_CALLER_PID=%d", (int)a->pid, "TOKENSIGN_CALLER_UNIT=%s", unit ? unit : "",
+	    NULL);
+}
+
+/* The fields of a refusal, each only when known: sd_journal_send() cannot skip an argument. */
+struct fields {
+	struct iovec iov[16];
+	size_t n;
+	int err;
+};
+
+static void field(struct fields *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void field(struct fields *f, const char *fmt, ...)
+{
+	char *s = NULL;
+	va_list ap;
+	int n;
+
+	if (f->err || f->n == sizeof(f->iov) / sizeof(f->iov[0]))
+		return;
+	va_start(ap, fmt);
+	n = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		f->err = -ENOMEM;
 		return;
 	}
-	signed_line(a);
+	f->iov[f->n++] = (struct iovec){.iov_base = s, .iov_len = (size_t)n};
+}
+
+static int journal_refused(const struct audit_signature *a, const char *unit)
+{
+	struct fields f = {0};
+	int r;
+
+	if (a->no_caller)
+		field(&f,
+		      "MESSAGE=issuer %s: refused a caller whose credentials are unreadable: %s",
+		      a->issuer, a->reason);
+	else
+		field(&f, "MESSAGE=issuer %s: refused uid %u pid %d: %s", a->issuer,
+		      (unsigned)a->uid, (int)a->pid, a->reason);
+	field(&f, "MESSAGE_ID=" REFUSED_MESSAGE_ID);
+	field(&f, "PRIORITY=%d", LOG_NOTICE);
+	field(&f, "TOKENSIGN_EVENT=refused");
+	field(&f, "TOKENSIGN_RESULT=refused");
+	field(&f, "TOKENSIGN_REASON=%s", a->reason);
+	field(&f, "TOKENSIGN_ISSUER=%s", a->issuer);
+	if (known(a->kid))
+		field(&f, "TOKENSIGN_KID=%s", a->kid);
+	if (known(a->jti))
+		field(&f, "TOKENSIGN_JTI=%s", a->jti);
+	if (known(a->aud))
+		field(&f, "TOKENSIGN_AUD=%s", a->aud);
+	if (a->exp)
+		field(&f, "TOKENSIGN_EXP=%lld", (long long)a->exp);
+	if (!a->no_caller) {
+		field(&f, "TOKENSIGN_CALLER_UID=%u", (unsigned)a->uid);
+		field(&f, "TOKENSIGN_CALLER_PID=%d", (int)a->pid);
+		field(&f, "TOKENSIGN_CALLER_UNIT=%s", unit ? unit : "");
+	}
+	r = f.err ? f.err : sd_journal_sendv(f.iov, (int)f.n);
+	for (size_t i = 0; i < f.n; i++)
+		free(f.iov[i].iov_base);
+	return r;
+}
+
+static int record(const struct audit_signature *a)
+{
+	char *unit = NULL;
+	int r;
+
+	if (!log_to_journal())
+		return note_result(json_record(a));
+	/* The caller's unit answers "which service asked", better than a pid. */
+	if (a->no_caller || sd_pid_get_unit(a->pid, &unit) < 0)
+		unit = NULL;
+	r = a->reason ? journal_refused(a, unit) : journal_signed(a, unit);
+	free(unit);
+	return note_result(r);
+}
+
+int audit_signed(const struct audit_signature *a)
+{
+	struct audit_signature granted = *a;
+
+	granted.reason = NULL;
+	return record(&granted);
+}
+
+int audit_refused(const struct audit_signature *a)
+{
+	struct audit_signature refused = *a;
+
+	if (!refused.reason)
+		refused.reason = "refused";
+	return record(&refused);
 }

@@ -16,14 +16,23 @@ enum audit_event {
 /* operator_uid < 0: the daemon itself acted (schedule), not a person. */
 void audit_key(enum audit_event event, const char *issuer, const char *kid, int64_t operator_uid);
 
-/* One record per token issued: who asked (uid, pid, the caller's systemd unit), for which issuer
- * and audience, with which key, its jti and exp. Never a claim value beyond these, never the
- * token. aud is the compact JSON of the aud claim, or a cut piece of it (aud_cut). */
+/* One record per signing decision (SPEC §4): a token issued (audit_signed) or a request refused
+ * (audit_refused). Who asked (uid, pid, and under the journal the caller's systemd unit), for
+ * which issuer and audience, with which key, its jti and exp; for a refusal, the error code.
+ * Never a claim value beyond these, never the token. aud is the compact JSON of the aud claim,
+ * or a cut piece of it (aud_cut). A refusal names what was known when it was decided: kid, jti,
+ * aud NULL or "" and exp 0 when not known, no_caller when the credentials were unreadable. */
 struct audit_signature {
 	const char *issuer, *kid, *jti, *aud;
 	int64_t exp;
 	uint32_t uid;
 	int32_t pid;
 	bool aud_cut;
+	bool no_caller;
+	const char *reason; /* audit_refused(): the error code of docs/api.md */
 };
-void audit_signed(const struct audit_signature *a);
+
+/* Each returns 0, or a negative errno when the record could not be written (the caller applies
+ * [sign] audit). A failure is logged once, until a record is written again. */
+int audit_signed(const struct audit_signature *a);
+int audit_refused(const struct audit_signature *a);

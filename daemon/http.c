@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "log.h"
+#include "log_limit.h"
 #include "sockfile.h"
 
 enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body)
@@ -85,11 +86,15 @@ static bool tcp_option_noise(const char *fmt)
 	       strncmp(fmt, "Failed to push the data from buffers to the network", 51) == 0;
 }
 
-void http_log(void *cls, const char *fmt, va_list ap)
+/* Whoever can connect can make libmicrohttpd log (a request cut off, headers too large): the
+ * lines are rate-limited per kind of listener, decided before anything is formatted. */
+static void http_log_line(enum log_kind kind, const char *fmt, va_list ap)
 {
 	char line[512];
 	size_t n;
 
+	if (!log_admit(kind))
+		return;
 	vsnprintf(line, sizeof(line), fmt, ap);
 	n = strlen(line);
 	while (n > 0 && line[n - 1] == '\n')
@@ -97,10 +102,15 @@ void http_log(void *cls, const char *fmt, va_list ap)
 	log_warning("http: %s", line);
 }
 
+void http_log(void *cls, const char *fmt, va_list ap)
+{
+	http_log_line(LOG_KIND_PUBLIC_HTTP, fmt, ap);
+}
+
 static void http_log_unix(void *cls, const char *fmt, va_list ap)
 {
 	if (!tcp_option_noise(fmt))
-		http_log(cls, fmt, ap);
+		http_log_line(LOG_KIND_LOCAL_HTTP, fmt, ap);
 }
 
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,

@@ -20,7 +20,8 @@ enum MHD_Result http_reply_error(struct MHD_Connection *c, unsigned status, cons
 /* Queues a 405 with an Allow header. */
 enum MHD_Result http_reply_method(struct MHD_Connection *c, const char *allow);
 
-/* Logs libmicrohttpd's own messages through our log. */
+/* Logs libmicrohttpd's own messages on the public (JWKS) listeners through our log,
+ * rate-limited (log_limit.h). */
 void http_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /* Creates, binds and listens on the Unix socket of sc, with its mode and group; a stale socket

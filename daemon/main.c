@@ -17,6 +17,8 @@
 #include "daemon.h"
 #include "jwks_http.h"
 #include "log.h"
+#include "log_limit.h"
+#include "ratelimit.h"
 #include "reload.h"
 #include "runtime.h"
 #include "scheduler.h"
@@ -128,32 +130,41 @@ static void notify_status(struct daemon *d, const char *prefix)
 	sd_notify(0, status);
 }
 
-/* The main loop: signals, and under a systemd watchdog a heartbeat that is only sent while the
- * token answers, so that a hung HSM gets the service restarted. */
+/* Under a systemd watchdog: a heartbeat only while the token answers. */
+static void watchdog_beat(struct daemon *d)
+{
+	if (hsm_probe(d->hsm) == 0)
+		sd_notify(0, "WATCHDOG=1");
+	else
+		log_error("the token does not answer (%s); withholding the watchdog heartbeat",
+		          hsm_last_error());
+	notify_status(d, "");
+}
+
+/* The main loop: signals; under a systemd watchdog a heartbeat that is only sent while the
+ * token answers, so that a hung HSM gets the service restarted; and at each tick the counts of
+ * rate-limited log lines, so the end of a flood is reported without waiting for its next line. */
 static int main_loop(struct daemon *d)
 {
 	uint64_t watchdog_usec = 0;
 	bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
-	struct timespec tick = {.tv_sec = (time_t)(watchdog_usec / 2000000),
-	                        .tv_nsec = (long)(watchdog_usec / 2 % 1000000) * 1000};
+	struct timespec tick = {.tv_sec = RATELIMIT_REPORT_S};
 	sigset_t set;
 	int sig;
 
+	if (watchdog)
+		tick = (struct timespec){.tv_sec = (time_t)(watchdog_usec / 2000000),
+		                         .tv_nsec = (long)(watchdog_usec / 2 % 1000000) * 1000};
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
 	for (;;) {
-		sig = watchdog ? sigtimedwait(&set, NULL, &tick) : sigwaitinfo(&set, NULL);
+		sig = sigtimedwait(&set, NULL, &tick);
 		if (sig < 0 && errno == EAGAIN) {
-			if (hsm_probe(d->hsm) == 0)
-				sd_notify(0, "WATCHDOG=1");
-			else
-				log_error(
-				    "the token does not answer (%s); withholding the watchdog "
-				    "heartbeat",
-				    hsm_last_error());
-			notify_status(d, "");
+			log_limit_flush();
+			if (watchdog)
+				watchdog_beat(d);
 			continue;
 		}
 		if (sig < 0)

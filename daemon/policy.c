@@ -253,19 +253,38 @@ static int complete_claims(const struct issuer_conf *ic, json_t *claims, int64_t
 	return 0;
 }
 
-/* Copies what the audit record of the signature names: jti and aud, nothing else. */
-static void audit_fields(json_t *claims, struct signing_request *ret)
+/* Copies s into dst (size bytes), cut at a character boundary when it does not fit: s is
+ * valid UTF-8 (jansson checked it), and so is what is kept, so that the audit record holding
+ * it is valid JSON and a valid journal field. Returns true when s was cut. */
+static bool keep_cut(char *dst, size_t size, const char *s)
 {
+	size_t n = strlen(s);
+
+	if (n < size) {
+		memcpy(dst, s, n + 1);
+		return false;
+	}
+	n = size - 1;
+	/* s[n] is the first byte left out: step back while it continues a character. */
+	while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+	return true;
+}
+
+/* Copies what the audit record names: jti and aud, nothing else. A jti that check_jti() would
+ * refuse is left out (a refusal's record may see one). */
+static void audit_fields(json_t *claims, char jti[4 * 128 + 1], char aud_out[256], bool *aud_cut)
+{
+	json_t *j = json_object_get(claims, "jti"), *a = json_object_get(claims, "aud");
 	char *aud = NULL;
-	size_t aud_len;
+	size_t aud_len, n = json_is_string(j) ? utf8_length(json_string_value(j)) : 0;
 
-	if (json_out_compact(json_object_get(claims, "aud"), &aud, &aud_len) < 0)
+	if (!a || json_out_compact(a, &aud, &aud_len) < 0)
 		aud = NULL;
-
-	snprintf(ret->jti, sizeof(ret->jti), "%s",
-	         json_string_value(json_object_get(claims, "jti")));
-	ret->aud_cut =
-	    snprintf(ret->aud, sizeof(ret->aud), "%s", aud ? aud : "") >= (int)sizeof(ret->aud);
+	snprintf(jti, 4 * 128 + 1, "%s", n >= 1 && n <= 128 ? json_string_value(j) : "");
+	*aud_cut = keep_cut(aud_out, 256, aud ? aud : "");
 	free(aud);
 }
 
@@ -280,6 +299,8 @@ int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int
 	char *payload;
 	int r;
 
+	err->jti[0] = err->aud[0] = '\0';
+	err->aud_cut = false;
 	/* A raw NUL is a control character to jansson; to callers it is the same fault as \u0000.
 	 */
 	if (memchr(body, '\0', len))
@@ -309,15 +330,18 @@ int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int
 	/* The order of docs/api.md's table. */
 	if ((r = pick_typ(ic, root, &typ, err)) < 0 || (r = check_iss_iat(ic, claims, err)) < 0 ||
 	    (r = check_aud(ic, claims, err)) < 0 ||
-	    (r = check_times(ic, claims, now, &exp, err)) < 0 || (r = check_jti(claims, err)) < 0)
+	    (r = check_times(ic, claims, now, &exp, err)) < 0 || (r = check_jti(claims, err)) < 0) {
+		if (r == -EINVAL)
+			audit_fields(claims, err->jti, err->aud, &err->aud_cut);
 		goto out;
+	}
 	if ((r = complete_claims(ic, claims, now, exp, jti_random)) < 0)
 		goto out;
 	/* json_out writes what json_dumps(JSON_COMPACT) would, without its per-token callbacks
 	 * (tests/unit/test_json_out.c compares the two). */
 	if ((r = json_out_compact(claims, &payload, &ret->payload_len)) < 0)
 		goto out;
-	audit_fields(claims, ret);
+	audit_fields(claims, ret->jti, ret->aud, &ret->aud_cut);
 	ret->payload = payload;
 	ret->typ = typ;
 	ret->iat = now;

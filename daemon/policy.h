@@ -10,11 +10,16 @@
 #define POLICY_MAX_DEPTH 32
 #define POLICY_JTI_BYTES 16
 
-/* Why a request was refused: HTTP status, a stable code for programs, a message for people. */
+/* Why a request was refused: HTTP status, a stable code for programs, a message for people;
+ * and for its audit record, the jti (when a valid one was given) and aud (as kept in struct
+ * signing_request) of a body whose claims could be read, else "". */
 struct policy_error {
 	int status;
 	const char *code;
 	char message[192];
+	char jti[4 * 128 + 1];
+	char aud[256];
+	bool aud_cut;
 };
 
 /* What the policy decided; payload is the claims exactly as they will be signed. */
@@ -24,7 +29,7 @@ struct signing_request {
 	const char *typ; /* points into the issuer's token_types */
 	int64_t iat, exp;
 	char jti[4 * 128 + 1]; /* for the audit record: at most 128 characters */
-	char aud[256];         /* compact JSON of aud, cut at 255 bytes: audit only */
+	char aud[256];         /* compact JSON of aud, cut to 255 bytes at a character boundary */
 	bool aud_cut;          /* aud was longer: what is left is not JSON */
 };
 

@@ -19,6 +19,7 @@
 #include "jws.h"
 #include "jws_verify.h"
 #include "log.h"
+#include "log_limit.h"
 #include "peer.h"
 #include "policy.h"
 #include "scheduler.h"
@@ -115,6 +116,32 @@ static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c,
 	return r;
 }
 
+/* The caller as its audit record names it. */
+static void audit_caller(struct MHD_Connection *c, struct audit_signature *a)
+{
+	const struct http_peer *hp = http_peer_of(c);
+
+	a->no_caller = !hp || hp->err < 0;
+	a->uid = a->no_caller ? 0 : (uint32_t)hp->peer.uid;
+	a->pid = a->no_caller ? 0 : (int32_t)hp->peer.pid;
+}
+
+/* Refuses a signing request for ic: its audit record, then the error answer. The record is
+ * never a reason to withhold a refusal ([sign] audit applies to tokens). seen: what the request
+ * named so far (jti, aud, kid, exp), or NULL. */
+static enum MHD_Result refuse(struct MHD_Connection *c, const struct issuer_conf *ic,
+                              unsigned status, const char *code, const char *message,
+                              const struct audit_signature *seen)
+{
+	struct audit_signature a = seen ? *seen : (struct audit_signature){0};
+
+	a.issuer = ic->name;
+	a.reason = code;
+	audit_caller(c, &a);
+	audit_refused(&a);
+	return http_reply_error(c, status, code, message);
+}
+
 /* The checks that need only the headers, in SPEC order: 404 path, 405, 404 issuer, 403, 413. */
 static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct MHD_Connection *c,
                               const char *url, const char *method, void **req_cls)
@@ -140,21 +167,23 @@ static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct M
 	if (route == ROUTE_JWKS)
 		return reply_jwks(rt, c, ic);
 	if (!conn || conn->err < 0) {
-		log_error("issuer %s: cannot read the caller's credentials: %s", ic->name,
-		          strerror(conn ? -conn->err : ENOMEM));
-		return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
-		                        "caller credentials unavailable");
+		log_limited(LOG_KIND_REFUSED_CALLER, LOG_ERR,
+		            "issuer %s: cannot read the caller's credentials: %s", ic->name,
+		            strerror(conn ? -conn->err : ENOMEM));
+		return refuse(c, ic, MHD_HTTP_FORBIDDEN, "forbidden",
+		              "caller credentials unavailable", NULL);
 	}
 	if (!peer_allowed(&conn->peer, ic->allow, ic->n_allow)) {
-		log_warning("issuer %s: refused caller uid %u pid %d (not in allow)", ic->name,
+		log_limited(LOG_KIND_REFUSED_CALLER, LOG_WARNING,
+		            "issuer %s: refused caller uid %u pid %d (not in allow)", ic->name,
 		            (unsigned)conn->peer.uid, (int)conn->peer.pid);
-		return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
-		                        "this caller may not sign for this issuer");
+		return refuse(c, ic, MHD_HTTP_FORBIDDEN, "forbidden",
+		              "this caller may not sign for this issuer", NULL);
 	}
 	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (cl && strtoull(cl, NULL, 10) > POLICY_MAX_BODY)
-		return http_reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
-		                        "the body is over 64 KiB");
+		return refuse(c, ic, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+		              "the body is over 64 KiB", NULL);
 	rq = calloc(1, sizeof(*rq));
 	if (!rq)
 		return MHD_NO;
@@ -261,22 +290,34 @@ static int sign_checked(struct sign_api *api, const struct issuer_conf *ic, stru
 	return r;
 }
 
-static void audit_token(struct MHD_Connection *c, const struct issuer_conf *ic, const struct key *k,
-                        const struct signing_request *sr)
+/* What the audit record names of a request the policy accepted; k may be NULL (no key). */
+static struct audit_signature audit_of(const struct issuer_conf *ic, const struct key *k,
+                                       const struct signing_request *sr)
 {
-	const struct http_peer *hp = http_peer_of(c);
-	struct audit_signature a = {
+	return (struct audit_signature){
 	    .issuer = ic->name,
-	    .kid = k->kid,
+	    .kid = k ? k->kid : NULL,
 	    .jti = sr->jti,
 	    .aud = sr->aud,
 	    .exp = sr->exp,
-	    .uid = hp ? (uint32_t)hp->peer.uid : 0,
-	    .pid = hp ? (int32_t)hp->peer.pid : 0,
 	    .aud_cut = sr->aud_cut,
 	};
+}
 
-	audit_signed(&a);
+/* The token's audit record is written before the token is answered: with [sign] audit =
+ * required, a token whose record could not be written is never handed out. */
+static enum MHD_Result reply_token(struct runtime *rt, struct MHD_Connection *c,
+                                   const struct issuer_conf *ic, const struct key *k,
+                                   const struct signing_request *sr, const char *answer)
+{
+	struct audit_signature a = audit_of(ic, k, sr);
+
+	audit_caller(c, &a);
+	if (audit_signed(&a) < 0 && rt->conf->audit == CONF_AUDIT_REQUIRED)
+		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "audit_unavailable",
+		                        "the audit record could not be written, so no token was "
+		                        "issued ([sign] audit = required); see the daemon's log");
+	return http_reply_json(c, MHD_HTTP_OK, answer);
 }
 
 /* One attempt with the issuer's current signer: 0 and *ret_answer, or a negative errno with
@@ -367,16 +408,16 @@ static enum MHD_Result sign_and_reply(struct sign_api *api, struct runtime *rt,
 		keyset_release(set);
 		return MHD_YES;
 	}
+	struct audit_signature seen = audit_of(ic, k, sr);
 	if (r == -ENOKEY) {
 		log_error("issuer %s: no active key; refusing to sign", ic->name);
-		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
-		                       "the issuer has no key that may sign now");
+		ret = refuse(c, ic, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
+		             "the issuer has no key that may sign now", &seen);
 	} else if (r < 0) {
-		ret = http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, code,
-		                       "the token did not sign; see the daemon's log");
+		ret = refuse(c, ic, MHD_HTTP_SERVICE_UNAVAILABLE, code,
+		             "the token did not sign; see the daemon's log", &seen);
 	} else {
-		ret = http_reply_json(c, MHD_HTTP_OK, answer);
-		audit_token(c, ic, k, sr);
+		ret = reply_token(rt, c, ic, k, sr, answer);
 	}
 	keyset_release(set);
 	free(answer);
@@ -393,16 +434,15 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 	int r;
 
 	if (rq->body.too_large)
-		return http_reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
-		                        "the body is over 64 KiB");
+		return refuse(c, rq->ic, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+		              "the body is over 64 KiB", NULL);
 	if (!policy_content_type_ok(
 	        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
-		return http_reply_error(c, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
-		                        "unsupported_media_type",
-		                        "Content-Type must be application/json");
+		return refuse(c, rq->ic, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+		              "Content-Type must be application/json", NULL);
 	if (jti_random(jti) < 0)
-		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
-		                        "no randomness for jti");
+		return refuse(c, rq->ic, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
+		              "no randomness for jti", NULL);
 	for (int attempt = 0;; attempt++) {
 		bool again = false;
 		char *iss = signer_iss(rq->rt, rq->ic, scheduler_now());
@@ -415,22 +455,25 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 		as.iss = iss;
 		r = policy_apply(&as, rq->body.data ? rq->body.data : "", rq->body.len,
 		                 scheduler_now(), jti, &sr, &perr);
-		if (r == -EINVAL)
-			ret = http_reply_error(c, (unsigned)perr.status, perr.code, perr.message);
-		else if (r < 0) {
+		if (r == -EINVAL) {
+			struct audit_signature seen = {
+			    .jti = perr.jti, .aud = perr.aud, .aud_cut = perr.aud_cut};
+			ret = refuse(c, rq->ic, (unsigned)perr.status, perr.code, perr.message,
+			             &seen);
+		} else if (r < 0) {
 			log_error("issuer %s: cannot build the payload: %s", rq->ic->name,
 			          strerror(-r));
-			ret = http_reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
-			                       "the daemon could not build the token; see its log");
+			ret = refuse(c, rq->ic, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
+			             "the daemon could not build the token; see its log", NULL);
 		} else
 			ret = sign_and_reply(api, rq->rt, c, rq->ic, &sr, iss, &again);
 		free(sr.payload);
 		free(iss);
 		memset(&sr, 0, sizeof(sr));
 		if (!again || attempt == 1)
-			return again ? http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-			                                "no_active_key",
-			                                "the issuer's key changed; try again")
+			return again ? refuse(c, rq->ic, MHD_HTTP_SERVICE_UNAVAILABLE,
+			                      "no_active_key",
+			                      "the issuer's key changed; try again", NULL)
 			             : ret;
 	}
 }

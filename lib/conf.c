@@ -246,6 +246,22 @@ static int set_socket_key(struct parser *p, struct sock_conf *sc, const char *na
 	return -EINVAL;
 }
 
+/* [sign] is a socket section with one key of its own. */
+static int set_sign_key(struct parser *p, const char *name, const char *value)
+{
+	if (strcmp(name, "audit") != 0)
+		return set_socket_key(p, &p->conf->sign, name, value);
+	if (strcmp(value, "best-effort") == 0)
+		p->conf->audit = CONF_AUDIT_BEST_EFFORT;
+	else if (strcmp(value, "required") == 0)
+		p->conf->audit = CONF_AUDIT_REQUIRED;
+	else {
+		conf_error(p, p->line, "audit: '%s' must be best-effort or required", value);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int set_hsm_key(struct parser *p, const char *name, const char *value)
 {
 	if (strcmp(name, "module") == 0)
@@ -416,7 +432,7 @@ static int on_value(void *user, const char *section, const char *name, const cha
 	if (strcmp(section, "hsm") == 0)
 		set_hsm_key(p, name, value);
 	else if (strcmp(section, "sign") == 0)
-		set_socket_key(p, &p->conf->sign, name, value);
+		set_sign_key(p, name, value);
 	else if (strcmp(section, "admin") == 0)
 		set_socket_key(p, &p->conf->admin, name, value);
 	else if (strcmp(section, "jwks") == 0)

@@ -57,6 +57,9 @@ struct conf {
 		bool session_copies; /* sign with session copies of the keys (hsm.h) */
 	} hsm;
 	struct sock_conf sign, admin;
+	/* [sign] audit: best-effort signs even when a token's audit record cannot be written;
+	 * required answers 503 audit_unavailable instead of the token. */
+	enum conf_audit { CONF_AUDIT_BEST_EFFORT, CONF_AUDIT_REQUIRED } audit;
 	struct {
 		struct listen_conf *listen;
 		size_t n_listen;

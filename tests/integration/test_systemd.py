@@ -10,7 +10,8 @@
   a broken file, a changed [hsm] section, a changed [jwks] listen address.
 - PR_SET_DUMPABLE 0: a SIGSEGV leaves no core file even with an unlimited core limit.
 - Audit records on stderr (no JOURNAL_STREAM): one "signed" JSON line per token with only
-  issuer, kid, jti, aud, exp, uid, pid; lifecycle lines; never a claim value or the token.
+  issuer, kid, jti, aud, exp, uid, pid, result; one "refused" line per refusal; lifecycle
+  lines; never a claim value or the token.
 
 Environment (tests/shim/meson.build): TOKENSIGND, P11PROBE, SOFTHSM_MODULE, P11SHIM; and
 systemd-socket-activate on PATH (or SYSTEMD_SOCKET_ACTIVATE)."""
@@ -1001,7 +1002,7 @@ class AuditTest(harness.TestCase):
         return out
 
     def lifecycle(self):
-        recs = [r for r in self.records() if r.get("event") != "signed"]
+        recs = [r for r in self.records() if r.get("event") not in ("signed", "refused")]
         for r in recs:
             self.assertEqual(sorted(r), ["event", "issuer", "kid", "operator_uid"], r)
             self.assertIsInstance(r["operator_uid"], int, r)
@@ -1021,9 +1022,9 @@ class AuditTest(harness.TestCase):
         # a token without a jti gets one from the daemon: it is the one in the record
         body3 = self.assertSigned(d.sign("main", {"aud": "api://orders"}))
         jti3 = json.loads(harness.split_jws(body3["token"])[1])["jti"]
-        # a refusal is no "signed" record
-        self.assertError(d.sign("main", {"aud": "api://nope", "jti": "refused-jti"}), 400,
-                         "aud_not_allowed")
+        # a refusal is no "signed" record, but a "refused" one
+        self.assertError(d.sign("main", {"aud": "api://nope", "jti": "refused-jti",
+                                         "sub": "user-secret-42"}), 400, "aud_not_allowed")
         time.sleep(0.3)
         log = d.log()
         signed = [r for r in self.records() if r.get("event") == "signed"]
@@ -1032,7 +1033,8 @@ class AuditTest(harness.TestCase):
         self.assertEqual(len(mine), 1, log)
         rec = mine[0]
         self.assertEqual(sorted(rec), sorted(["event", "issuer", "kid", "jti", "aud", "exp",
-                                              "uid", "pid"]), rec)
+                                              "uid", "pid", "result"]), rec)
+        self.assertEqual(rec["result"], "granted")
         self.assertEqual(rec["issuer"], "main")
         self.assertEqual(rec["kid"], body["kid"])
         self.assertEqual(rec["aud"], aud)
@@ -1044,7 +1046,11 @@ class AuditTest(harness.TestCase):
         self.assertEqual(rec2[0]["aud"], "api://orders", "a string aud stays a string")
         self.assertEqual(rec2[0]["exp"], body2["exp"])
         self.assertEqual(len([r for r in signed if r.get("jti") == jti3]), 1, log)
-        self.assertNotIn("refused-jti", log)
+        refused = [r for r in self.records() if r.get("jti") == "refused-jti"]
+        self.assertEqual(refused, [{"event": "refused", "issuer": "main", "jti": "refused-jti",
+                                    "aud": "api://nope", "uid": os.getuid(),
+                                    "pid": os.getpid(), "result": "refused",
+                                    "reason": "aud_not_allowed"}], log)
 
         for secret in ("do-not-log-me", "user-secret-42", "read write"):
             self.assertFalse(secret in log, "a claim value is in the log: %r" % secret)

@@ -224,6 +224,8 @@ class Units(unittest.TestCase):
             "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
             "CapabilityBoundingSet": "",
             "UMask": "0077",
+            # journald must not drop audit records (the daemon limits client-caused lines)
+            "LogRateLimitIntervalSec": "0",
         }
         for k, v in expect.items():
             self.assertEqual(value(u, S, k), v, "[Service] %s=" % k)

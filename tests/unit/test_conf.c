@@ -534,6 +534,27 @@ static void test_errors_keys(void)
 		free(t);
 	}
 	EXPECT(L_SIGN_FREE, "owner = root", L_SIGN_FREE, "unknown key", 1);
+	/* [sign] audit: best-effort (default) or required; only in [sign]. */
+	EXPECT(L_SIGN_FREE, "audit = yes", L_SIGN_FREE, "best-effort or required", 1);
+	EXPECT(L_SIGN_FREE, "audit = Required", L_SIGN_FREE, "best-effort or required", 1);
+	EXPECT(L_ADMIN_FREE, "audit = required", L_ADMIN_FREE, "unknown key", 1);
+	{
+		char *t = base_with(L_SIGN_FREE, "audit = required");
+		struct conf *c = load_ok(t);
+		CHECK(c && c->audit == CONF_AUDIT_REQUIRED);
+		conf_free(c);
+		free(t);
+		t = base_with(L_SIGN_FREE, "audit = best-effort");
+		c = load_ok(t);
+		CHECK(c && c->audit == CONF_AUDIT_BEST_EFFORT);
+		conf_free(c);
+		free(t);
+		t = base_with(L_SIGN_FREE, "");
+		c = load_ok(t);
+		CHECK(c && c->audit == CONF_AUDIT_BEST_EFFORT);
+		conf_free(c);
+		free(t);
+	}
 	EXPECT(L_ADMIN_FREE, "listen = 127.0.0.1:1", L_ADMIN_FREE, "unknown key", 1);
 	EXPECT(L_JWKS_FREE, "max_age = 5m", L_JWKS_FREE, "unknown key", 1);
 	EXPECT(L_END, "alg = ES256", L_END, "unknown key", 1);

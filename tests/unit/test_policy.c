@@ -17,43 +17,43 @@ static struct allow_rule anyone = {ALLOW_ANY, 0};
 
 /* Any aud accepted. */
 static struct issuer_conf ic_open = {
-	.name = (char *)"main",
-	.iss = (char *)"https://login.example.com/main",
-	.alg = JWS_ES256,
-	.rotation_period = 30 * 86400,
-	.prepublish = 86400,
-	.token_ttl = 900,
-	.max_token_ttl = 3600,
-	.token_types = types,
-	.n_token_types = 2,
-	.allow = &anyone,
-	.n_allow = 1,
+    .name = (char *)"main",
+    .iss = (char *)"https://login.example.com/main",
+    .alg = JWS_ES256,
+    .rotation_period = 30 * 86400,
+    .prepublish = 86400,
+    .token_ttl = 900,
+    .max_token_ttl = 3600,
+    .token_types = types,
+    .n_token_types = 2,
+    .allow = &anyone,
+    .n_allow = 1,
 };
 
 /* With an audiences allow-list. */
 static struct issuer_conf ic_aud = {
-	.name = (char *)"svc",
-	.iss = (char *)"https://login.example.com/svc",
-	.alg = JWS_ES256,
-	.rotation_period = 30 * 86400,
-	.prepublish = 86400,
-	.token_ttl = 300,
-	.max_token_ttl = 1800,
-	.audiences = auds,
-	.n_audiences = 2,
-	.token_types = types,
-	.n_token_types = 2,
-	.allow = &anyone,
-	.n_allow = 1,
+    .name = (char *)"svc",
+    .iss = (char *)"https://login.example.com/svc",
+    .alg = JWS_ES256,
+    .rotation_period = 30 * 86400,
+    .prepublish = 86400,
+    .token_ttl = 300,
+    .max_token_ttl = 1800,
+    .audiences = auds,
+    .n_audiences = 2,
+    .token_types = types,
+    .n_token_types = 2,
+    .allow = &anyone,
+    .n_allow = 1,
 };
 
 static const uint8_t jti_random[POLICY_JTI_BYTES] = {0xfb, 0xff, 0xbf, 0, 1, 2,  3,  4,
-						     5,    6,    7,    8, 9, 10, 11, 12};
+                                                     5,    6,    7,    8, 9, 10, 11, 12};
 static const char jti_expected[] = "-_-_AAECAwQFBgcICQoLDA"; /* base64url, computed with Python */
 
 /* Applies the policy to len bytes of body and expects a 400 with code; *ret stays untouched. */
 static void refused_at(const char *file, int line, const struct issuer_conf *ic, const char *body,
-		       size_t len, const char *code)
+                       size_t len, const char *code)
 {
 	struct signing_request req, untouched;
 	struct policy_error err;
@@ -72,19 +72,20 @@ static void refused_at(const char *file, int line, const struct issuer_conf *ic,
 	CHECK(memcmp(&req, &untouched, sizeof(req)) == 0);
 	if (unit_failures != before)
 		fprintf(stderr, "    ^ case at %s:%d: body %.*s\n      got %d %s: %s\n", file, line,
-			(int)(len > 300 ? 300 : len), body, err.status, err.code ? err.code : "(null)",
-			err.message);
+		        (int)(len > 300 ? 300 : len), body, err.status,
+		        err.code ? err.code : "(null)", err.message);
 	if (r == 0)
 		free(req.payload);
 }
 
-#define REFUSED_IC(ic, body, code) refused_at(__FILE__, __LINE__, (ic), (body), strlen(body), (code))
+#define REFUSED_IC(ic, body, code)                                                                 \
+	refused_at(__FILE__, __LINE__, (ic), (body), strlen(body), (code))
 #define REFUSED(body, code)        REFUSED_IC(&ic_open, (body), (code))
 #define REFUSED_N(body, len, code) refused_at(__FILE__, __LINE__, &ic_open, (body), (len), (code))
 
 /* Applies the policy expecting success; returns the parsed payload (NULL on failure). */
 static json_t *accepted_at(const char *file, int line, const struct issuer_conf *ic,
-			   const char *body, size_t len, struct signing_request *req)
+                           const char *body, size_t len, struct signing_request *req)
 {
 	struct policy_error err = {0};
 	json_error_t jerr;
@@ -96,8 +97,8 @@ static json_t *accepted_at(const char *file, int line, const struct issuer_conf 
 	CHECK_INT(r, 0);
 	if (r != 0) {
 		fprintf(stderr, "    ^ case at %s:%d: body %.*s\n      got %d %s: %s\n", file, line,
-			(int)(len > 300 ? 300 : len), body, err.status, err.code ? err.code : "(null)",
-			err.message);
+		        (int)(len > 300 ? 300 : len), body, err.status,
+		        err.code ? err.code : "(null)", err.message);
 		return NULL;
 	}
 	CHECK(req->payload != NULL);
@@ -110,12 +111,13 @@ static json_t *accepted_at(const char *file, int line, const struct issuer_conf 
 	CHECK(payload && json_is_object(payload));
 	if (!payload)
 		fprintf(stderr, "    ^ case at %s:%d: payload %s: %s\n", file, line, req->payload,
-			jerr.text);
+		        jerr.text);
 	return payload;
 }
 
-#define ACCEPTED_IC(ic, body, req) accepted_at(__FILE__, __LINE__, (ic), (body), strlen(body), (req))
-#define ACCEPTED(body, req)        ACCEPTED_IC(&ic_open, (body), (req))
+#define ACCEPTED_IC(ic, body, req)                                                                 \
+	accepted_at(__FILE__, __LINE__, (ic), (body), strlen(body), (req))
+#define ACCEPTED(body, req) ACCEPTED_IC(&ic_open, (body), (req))
 
 static json_int_t int_member(json_t *o, const char *name)
 {
@@ -146,8 +148,8 @@ static void test_defaults(void)
 {
 	struct signing_request req;
 	json_t *p = ACCEPTED("{\"claims\": {\"sub\": \"user-42\", \"aud\": \"api://orders\", "
-			     "\"scope\": \"read write\"}}",
-			     &req);
+	                     "\"scope\": \"read write\"}}",
+	                     &req);
 
 	if (!p)
 		return;
@@ -172,8 +174,7 @@ static void test_defaults(void)
 		static const uint8_t zero[POLICY_JTI_BYTES] = {0};
 		static const char body[] = "{\"claims\":{\"aud\":\"api://billing\"}}";
 		struct policy_error err = {0};
-		CHECK_INT(policy_apply(&ic_aud, body, strlen(body), NOW, zero, &req, &err),
-			  0);
+		CHECK_INT(policy_apply(&ic_aud, body, strlen(body), NOW, zero, &req, &err), 0);
 		p = req.payload ? json_loads(req.payload, 0, NULL) : NULL;
 		CHECK(p != NULL);
 		if (p) {
@@ -215,7 +216,7 @@ static void test_exp_nbf_accepted(void)
 
 	/* nbf equal to exp, in the past, and equal to the default exp. */
 	snprintf(body, sizeof(body), "{\"claims\":{\"aud\":\"a\",\"exp\":%lld,\"nbf\":%lld}}",
-		 NOW + 60, NOW + 60);
+	         NOW + 60, NOW + 60);
 	p = ACCEPTED(body, &req);
 	if (p)
 		CHECK_INT(int_member(p, "nbf"), NOW + 60);
@@ -237,7 +238,8 @@ static void test_aud_iss_typ_jti_accepted(void)
 	char body[512], jti[129];
 
 	/* aud arrays: every value allowed. */
-	p = ACCEPTED_IC(&ic_aud, "{\"claims\":{\"aud\":[\"api://orders\",\"api://billing\"]}}", &req);
+	p = ACCEPTED_IC(&ic_aud, "{\"claims\":{\"aud\":[\"api://orders\",\"api://billing\"]}}",
+	                &req);
 	if (p) {
 		json_t *a = json_object_get(p, "aud");
 		CHECK(json_is_array(a) && json_array_size(a) == 2);
@@ -250,7 +252,8 @@ static void test_aud_iss_typ_jti_accepted(void)
 	release(p, &req);
 
 	/* The issuer's own iss is accepted, and stays. */
-	p = ACCEPTED("{\"claims\":{\"aud\":\"a\",\"iss\":\"https://login.example.com/main\"}}", &req);
+	p = ACCEPTED("{\"claims\":{\"aud\":\"a\",\"iss\":\"https://login.example.com/main\"}}",
+	             &req);
 	if (p) {
 		CHECK_STR(str_member(p, "iss"), "https://login.example.com/main");
 		CHECK_INT(json_object_size(p), 5);
@@ -287,11 +290,12 @@ static void test_payload_members(void)
 	json_t *p, *nested;
 
 	/* Whatever the caller sends in claims comes back as sent, beside the daemon's members. */
-	p = ACCEPTED("\r\n  {\"claims\":{\"aud\":\"a\",\"sub\":\"\xc3\xa9\xe6\x97\xa5\xf0\x9f\x8e\x89\","
-		     "\"n\":-12345678901,\"f\":1.5,\"t\":true,\"z\":null,\"e\":\"\\u00e9\\\"\","
-		     "\"o\":{\"k\":[1,{\"a\":\"b\"}],\"iss\":\"not the top-level iss\"},"
-		     "\"alg\":\"a claim, not a header\"}}  \n",
-		     &req);
+	p = ACCEPTED(
+	    "\r\n  {\"claims\":{\"aud\":\"a\",\"sub\":\"\xc3\xa9\xe6\x97\xa5\xf0\x9f\x8e\x89\","
+	    "\"n\":-12345678901,\"f\":1.5,\"t\":true,\"z\":null,\"e\":\"\\u00e9\\\"\","
+	    "\"o\":{\"k\":[1,{\"a\":\"b\"}],\"iss\":\"not the top-level iss\"},"
+	    "\"alg\":\"a claim, not a header\"}}  \n",
+	    &req);
 	if (!p)
 		return;
 	CHECK_INT(json_object_size(p), 13);
@@ -381,12 +385,15 @@ static void test_invalid_utf8(void)
 	static const char nul_after[] = "{\"claims\":{\"aud\":\"a\"}}\0";
 
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"\xff\"}}", "invalid_utf8");
-	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"\xc0\xaf\"}}", "invalid_utf8");     /* overlong */
-	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"\xed\xa0\x80\"}}", "invalid_utf8"); /* surrogate */
-	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"\xe2\x82\"}}", "invalid_utf8");     /* truncated */
-	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"\xf4\x90\x80\x80\"}}", "invalid_utf8"); /* >10FFFF */
-	REFUSED("{\"claims\":{\"aud\":\"a\",\"\xfe\":1}}", "invalid_utf8");               /* in a name */
-	REFUSED("{\"claims\":{\"aud\":\"a\"}} \xff", "invalid_utf8"); /* outside any string */
+	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"\xc0\xaf\"}}", "invalid_utf8"); /* overlong */
+	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"\xed\xa0\x80\"}}",
+	        "invalid_utf8"); /* surrogate */
+	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"\xe2\x82\"}}",
+	        "invalid_utf8"); /* truncated */
+	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"\xf4\x90\x80\x80\"}}",
+	        "invalid_utf8");                                            /* >10FFFF */
+	REFUSED("{\"claims\":{\"aud\":\"a\",\"\xfe\":1}}", "invalid_utf8"); /* in a name */
+	REFUSED("{\"claims\":{\"aud\":\"a\"}} \xff", "invalid_utf8");       /* outside any string */
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"sub\":\"a\\u0000b\"}}", "invalid_utf8");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"a\\u0000\":1}}", "invalid_utf8");
 	REFUSED_N(nul_in_string, sizeof(nul_in_string) - 1, "invalid_utf8");
@@ -399,14 +406,15 @@ static void test_duplicate_member(void)
 	REFUSED("{\"claims\":{\"aud\":\"a\"},\"claims\":{\"aud\":\"a\"}}", "duplicate_member");
 	REFUSED("{\"claims\":{\"aud\":\"a\"},\"typ\":\"JWT\",\"typ\":\"JWT\"}", "duplicate_member");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"x\":{\"y\":{\"z\":[1,{\"k\":1,\"k\":1}]}}}}",
-		"duplicate_member");
+	        "duplicate_member");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"\\u0061ud\":\"b\"}}", "duplicate_member");
 	/* The same name in different objects is not a duplicate. */
 	{
 		struct signing_request req;
-		json_t *p = ACCEPTED("{\"claims\":{\"aud\":\"a\",\"x\":{\"aud\":1},\"y\":[{\"aud\":2},"
-				     "{\"aud\":3}]}}",
-				     &req);
+		json_t *p =
+		    ACCEPTED("{\"claims\":{\"aud\":\"a\",\"x\":{\"aud\":1},\"y\":[{\"aud\":2},"
+		             "{\"aud\":3}]}}",
+		             &req);
 		release(p, &req);
 	}
 }
@@ -424,11 +432,13 @@ static void test_invalid_json(void)
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"n\":NaN}}", "invalid_json");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"n\":1e999}}", "invalid_json");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"n\":-1e999}}", "invalid_json");
-	REFUSED("{\"claims\":{\"aud\":\"a\",\"n\":123456789012345678901234567890}}", "invalid_json");
+	REFUSED("{\"claims\":{\"aud\":\"a\",\"n\":123456789012345678901234567890}}",
+	        "invalid_json");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"n\":9223372036854775808}}", "invalid_json");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"s\":\"\\x41\"}}", "invalid_json");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"s\":\"tab\there\"}}", "invalid_json");
-	REFUSED("{\"claims\":{\"aud\":\"a\",\"s\":\"\\ud800\"}}", "invalid_json"); /* lone surrogate */
+	REFUSED("{\"claims\":{\"aud\":\"a\",\"s\":\"\\ud800\"}}",
+	        "invalid_json"); /* lone surrogate */
 	REFUSED("{\"claims\":{\"aud\":\"a\"},}", "invalid_json");
 }
 
@@ -445,8 +455,8 @@ static void test_body_not_object(void)
 static void test_header_parameter(void)
 {
 	static const char *const names[] = {
-		"alg", "kid", "jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256",
-		"crit", "cty", "enc", "zip", "b64", "header", "protected", "headers",
+	    "alg",  "kid", "jku", "jwk", "x5u", "x5c",    "x5t",       "x5t#S256",
+	    "crit", "cty", "enc", "zip", "b64", "header", "protected", "headers",
 	};
 	char body[256];
 
@@ -458,7 +468,8 @@ static void test_header_parameter(void)
 	}
 	/* Before unknown_member, wherever it stands. */
 	REFUSED("{\"claims\":{\"aud\":\"a\"},\"foo\":1,\"alg\":\"none\"}", "header_parameter");
-	REFUSED("{\"jwk\":{\"kty\":\"EC\"},\"claims\":{\"aud\":\"a\"},\"foo\":1}", "header_parameter");
+	REFUSED("{\"jwk\":{\"kty\":\"EC\"},\"claims\":{\"aud\":\"a\"},\"foo\":1}",
+	        "header_parameter");
 }
 
 static void test_unknown_member(void)
@@ -497,15 +508,16 @@ static void test_claims_and_typ(void)
 
 static void test_iss_iat(void)
 {
-	REFUSED("{\"claims\":{\"aud\":\"a\",\"iss\":\"https://evil.example.com\"}}", "iss_mismatch");
+	REFUSED("{\"claims\":{\"aud\":\"a\",\"iss\":\"https://evil.example.com\"}}",
+	        "iss_mismatch");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"iss\":\"https://login.example.com/main/\"}}",
-		"iss_mismatch");
+	        "iss_mismatch");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"iss\":\"https://login.example.com/svc\"}}",
-		"iss_mismatch");
+	        "iss_mismatch");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"iss\":42}}", "iss_mismatch");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"iss\":null}}", "iss_mismatch");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"iss\":[\"https://login.example.com/main\"]}}",
-		"iss_mismatch");
+	        "iss_mismatch");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"iat\":1790000000}}", "iat_forbidden");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"iat\":\"now\"}}", "iat_forbidden");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"iat\":null}}", "iat_forbidden");
@@ -533,9 +545,9 @@ static void test_aud(void)
 	REFUSED_IC(&ic_aud, "{\"claims\":{\"aud\":\"API://ORDERS\"}}", "aud_not_allowed");
 	REFUSED_IC(&ic_aud, "{\"claims\":{\"aud\":\"api://orders \"}}", "aud_not_allowed");
 	REFUSED_IC(&ic_aud, "{\"claims\":{\"aud\":[\"api://orders\",\"api://other\"]}}",
-		   "aud_not_allowed");
+	           "aud_not_allowed");
 	REFUSED_IC(&ic_aud, "{\"claims\":{\"aud\":[\"api://other\",\"api://orders\"]}}",
-		   "aud_not_allowed");
+	           "aud_not_allowed");
 	/* aud_invalid before aud_not_allowed. */
 	REFUSED_IC(&ic_aud, "{\"claims\":{\"aud\":[\"api://other\",\"\"]}}", "aud_invalid");
 }
@@ -563,14 +575,14 @@ static void test_exp_nbf_jti(void)
 	REFUSED(body, "exp_too_far");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"exp\":9223372036854775807}}", "exp_too_far");
 	snprintf(body, sizeof(body), "{\"claims\":{\"aud\":\"api://orders\",\"exp\":%lld}}",
-		 NOW + 1801);
+	         NOW + 1801);
 	REFUSED_IC(&ic_aud, body, "exp_too_far"); /* that issuer's max-token-ttl is 30m */
 
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"nbf\":\"0\"}}", "nbf_invalid");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"nbf\":1.5}}", "nbf_invalid");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"nbf\":null}}", "nbf_invalid");
 	snprintf(body, sizeof(body), "{\"claims\":{\"aud\":\"a\",\"exp\":%lld,\"nbf\":%lld}}",
-		 NOW + 60, NOW + 61);
+	         NOW + 60, NOW + 61);
 	REFUSED(body, "nbf_after_exp");
 	snprintf(body, sizeof(body), "{\"claims\":{\"aud\":\"a\",\"nbf\":%lld}}", NOW + 901);
 	REFUSED(body, "nbf_after_exp"); /* after the default exp */
@@ -587,7 +599,8 @@ static void test_exp_nbf_jti(void)
 
 	/* The table's order among these: exp before nbf before jti, and aud before all. */
 	REFUSED("{\"claims\":{\"exp\":\"x\"}}", "aud_missing");
-	REFUSED("{\"claims\":{\"aud\":\"a\",\"exp\":\"x\",\"nbf\":\"x\",\"jti\":1}}", "exp_invalid");
+	REFUSED("{\"claims\":{\"aud\":\"a\",\"exp\":\"x\",\"nbf\":\"x\",\"jti\":1}}",
+	        "exp_invalid");
 	REFUSED("{\"claims\":{\"aud\":\"a\",\"nbf\":\"x\",\"jti\":1}}", "nbf_invalid");
 }
 
@@ -608,29 +621,29 @@ static int content_type_ok_in_child(const char *value)
 static void test_content_type(void)
 {
 	static const char *const ok[] = {
-		"application/json",
-		"application/json; charset=utf-8",
-		"application/json;charset=UTF-8",
-		"Application/JSON",
-		"APPLICATION/json; charset=\"utf-8\"",
-		"application/json ; charset=utf-8",
+	    "application/json",
+	    "application/json; charset=utf-8",
+	    "application/json;charset=UTF-8",
+	    "Application/JSON",
+	    "APPLICATION/json; charset=\"utf-8\"",
+	    "application/json ; charset=utf-8",
 	};
 	static const char *const bad[] = {
-		"",
-		"text/plain",
-		"application/jsonp",
-		"application/json-patch+json",
-		"application/jwt",
-		"application/",
-		"application",
-		"json",
-		"application/*",
-		"*/*",
-		"text/json",
-		"application/x-www-form-urlencoded",
-		"multipart/form-data; boundary=application/json",
-		"xapplication/json",
-		"application/json2",
+	    "",
+	    "text/plain",
+	    "application/jsonp",
+	    "application/json-patch+json",
+	    "application/jwt",
+	    "application/",
+	    "application",
+	    "json",
+	    "application/*",
+	    "*/*",
+	    "text/json",
+	    "application/x-www-form-urlencoded",
+	    "multipart/form-data; boundary=application/json",
+	    "xapplication/json",
+	    "application/json2",
 	};
 
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -647,6 +660,36 @@ static void test_content_type(void)
 	}
 	/* No header at all (libmicrohttpd gives NULL) is not application/json, and no crash. */
 	CHECK_INT(content_type_ok_in_child(NULL), 0);
+}
+
+/* What a refusal hands the audit record: jti (a valid one only) and aud of readable claims,
+ * nothing when the claims were never read; reset by each call. */
+static void test_refusal_audit_fields(void)
+{
+	struct signing_request req;
+	struct policy_error err;
+	const char *b1 = "{\"claims\":{\"aud\":[\"api://nope\"],\"jti\":\"j-1\"}}";
+	const char *b2 = "{\"claims\":{\"jti\":\"j-2\"}}";
+	const char *b3 = "{\"claims\":{\"aud\":\"api://orders\",\"jti\":7,\"exp\":1}}";
+	const char *b4 = "{\"claims\":";
+
+	CHECK_INT(policy_apply(&ic_aud, b1, strlen(b1), NOW, jti_random, &req, &err), -EINVAL);
+	CHECK_STR(err.code, "aud_not_allowed");
+	CHECK_STR(err.jti, "j-1");
+	CHECK_STR(err.aud, "[\"api://nope\"]");
+	CHECK(!err.aud_cut);
+	CHECK_INT(policy_apply(&ic_aud, b2, strlen(b2), NOW, jti_random, &req, &err), -EINVAL);
+	CHECK_STR(err.code, "aud_missing");
+	CHECK_STR(err.jti, "j-2");
+	CHECK_STR(err.aud, "");
+	CHECK_INT(policy_apply(&ic_aud, b3, strlen(b3), NOW, jti_random, &req, &err), -EINVAL);
+	CHECK_STR(err.code, "exp_in_past");
+	CHECK_STR(err.jti, ""); /* not a string: never copied */
+	CHECK_STR(err.aud, "\"api://orders\"");
+	CHECK_INT(policy_apply(&ic_aud, b4, strlen(b4), NOW, jti_random, &req, &err), -EINVAL);
+	CHECK_STR(err.code, "invalid_json");
+	CHECK_STR(err.jti, "");
+	CHECK_STR(err.aud, "");
 }
 
 int main(void)
@@ -667,5 +710,6 @@ int main(void)
 	test_aud();
 	test_exp_nbf_jti();
 	test_content_type();
+	test_refusal_audit_fields();
 	return unit_finish("policy");
 }
