@@ -445,6 +445,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	enum MHD_Result r;
 
 	if (!rq) {
+		if (http_refuse_malformed(c, method, version, &r))
+			return r;
 		rq = calloc(1, sizeof(*rq));
 		*req_cls = rq;
 		return rq ? MHD_YES : MHD_NO;

@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "http_strict.h"
 #include "log.h"
 
 enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body)
@@ -127,6 +128,72 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	conn->err = peer_from_fd(
 	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd, &conn->peer);
 	*socket_ctx = conn;
+}
+
+void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                            enum MHD_ConnectionNotificationCode code)
+{
+	struct http_peer *conn;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		free(*socket_ctx);
+		*socket_ctx = NULL;
+		return;
+	}
+	conn = calloc(1, sizeof(*conn));
+	if (conn)
+		conn->err = -ENOTSUP;
+	*socket_ctx = conn;
+}
+
+void *http_on_target(void *cls, const char *uri, struct MHD_Connection *c)
+{
+	struct http_peer *conn = (struct http_peer *)http_peer_of(c);
+
+	if (conn) {
+		conn->target = uri;
+		conn->target_len = strlen(uri);
+		conn->target_fault = http_strict_target(uri, conn->target_len);
+	}
+	return NULL;
+}
+
+/* libmicrohttpd 0.9.75 splits the request line in place and gives the raw target to
+ * http_on_target; the version follows right after that target's terminating NUL. When it
+ * does not, the target held a NUL byte, which would cut it short unseen. */
+static enum http_strict_fault target_fault(const struct http_peer *conn, const char *version)
+{
+	if (!conn || !conn->target)
+		return HTTP_STRICT_BAD_TARGET;
+	if (version != conn->target + conn->target_len + 1)
+		return HTTP_STRICT_BAD_TARGET;
+	return (enum http_strict_fault)conn->target_fault;
+}
+
+static enum MHD_Result check_header(void *cls, enum MHD_ValueKind kind, const char *name,
+                                    const char *value)
+{
+	http_strict_header(cls, name, value);
+	return MHD_YES;
+}
+
+bool http_refuse_malformed(struct MHD_Connection *c, const char *method, const char *version,
+                           enum MHD_Result *ret)
+{
+	struct http_strict_headers h = {0};
+	enum http_strict_fault f = http_strict_method(method);
+
+	if (f == HTTP_STRICT_OK)
+		f = target_fault(http_peer_of(c), version);
+	if (f == HTTP_STRICT_OK) {
+		MHD_get_connection_values(c, MHD_HEADER_KIND, check_header, &h);
+		f = http_strict_finish(&h);
+	}
+	if (f == HTTP_STRICT_OK)
+		return false;
+	/* Not logged: anyone who can connect could fill the log this way. */
+	*ret = http_reply_error(c, MHD_HTTP_BAD_REQUEST, "bad_request", http_strict_reason(f));
+	return true;
 }
 
 const struct http_peer *http_peer_of(struct MHD_Connection *c)
@@ -256,13 +323,15 @@ static struct MHD_Daemon *worker_start(struct http_worker *w, MHD_AccessHandlerC
 {
 	/* The acceptor hands connections over with MHD_add_connection(), so the worker has no
 	 * listen socket of its own and needs its inter-thread channel to hear of them. */
-	return MHD_start_daemon(
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-	        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG,
-	    0, NULL, NULL, handler, cls, MHD_OPTION_EXTERNAL_LOGGER, http_log_unix, cls,
-	    MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, w, MHD_OPTION_NOTIFY_COMPLETED,
-	    completed, cls, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
+	return MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+	                            MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG,
+	                        0, NULL, NULL, handler, cls, MHD_OPTION_EXTERNAL_LOGGER,
+	                        http_log_unix, cls, MHD_OPTION_NOTIFY_CONNECTION,
+	                        http_on_connection, w, MHD_OPTION_NOTIFY_COMPLETED, completed, cls,
+	                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+	                        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
+	                        MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS,
+	                        MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_END);
 }
 
 int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, int fd,

@@ -66,10 +66,32 @@ void http_unix_close(struct http_unix_server *srv);
 struct http_peer {
 	int err; /* negative errno: credentials unreadable, the caller is refused */
 	struct peer peer;
+	/* Where the current request's target was received, in libmicrohttpd's read buffer, and
+	 * what http_on_target found wrong with it (libmicrohttpd decodes it in place later). */
+	const char *target;
+	size_t target_len;
+	int target_fault; /* enum http_strict_fault */
 };
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                         enum MHD_ConnectionNotificationCode code);
+/* The same for a TCP listener: no credentials (err is -ENOTSUP), only the target. */
+void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                            enum MHD_ConnectionNotificationCode code);
 const struct http_peer *http_peer_of(struct MHD_Connection *c);
+
+/* Install as MHD_OPTION_URI_LOG_CALLBACK, with one of the two above: notes the raw target.
+ * Returns NULL, so the access handler's first call still sees *req_cls == NULL. */
+void *http_on_target(void *cls, const char *uri, struct MHD_Connection *c);
+
+/* For the first call of an access handler, when every header is in: when the method, the raw
+ * target or a header breaks http_strict.h's rules, queues a 400 and returns true with *ret
+ * the handler's answer. libmicrohttpd closes the connection after it. */
+bool http_refuse_malformed(struct MHD_Connection *c, const char *method, const char *version,
+                           enum MHD_Result *ret);
+
+/* MHD_OPTION_STRICT_FOR_CLIENT: 1 is the strictest 0.9.75 knows (Host required, no spaces in
+ * the target); http_refuse_malformed does the rest. */
+#define HTTP_STRICTNESS 1
 
 /* A request body collected across calls of the access handler, capped at max bytes. */
 struct http_body {

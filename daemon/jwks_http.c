@@ -199,6 +199,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	/* Answering in the first call, before libmicrohttpd has seen the end of the request,
 	 * makes it close the connection; answer in the second, as its examples do. */
 	if (!*req_cls) {
+		if (http_refuse_malformed(c, method, version, &r))
+			return r;
 		*req_cls = &headers_seen;
 		return MHD_YES;
 	}
@@ -240,7 +242,10 @@ static int serve(struct jwks_http *jh, size_t i, const char *what)
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
 	    on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, http_log, jh, MHD_OPTION_LISTEN_SOCKET,
 	    jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
+	    MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS, MHD_OPTION_NOTIFY_CONNECTION,
+	    http_on_tcp_connection, NULL, MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL,
+	    MHD_OPTION_END);
 	if (!jh->mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
 		return -EIO;

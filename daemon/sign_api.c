@@ -447,7 +447,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
 	struct sign_api *api = cls;
 	struct request *rq = *req_cls;
+	enum MHD_Result r;
 
+	if (!rq && http_refuse_malformed(c, method, version, &r))
+		return r;
 	if (!rq && bodyless(method)) {
 		*req_cls = &headers_seen;
 		return MHD_YES;
