@@ -97,10 +97,31 @@ void http_log(void *cls, const char *fmt, va_list ap)
 	log_warning("http: %s", line);
 }
 
+/* What libmicrohttpd says of every access handler that returns MHD_NO. On the Unix sockets
+ * that is http_refuse_upload (a 413 already sent, no error of ours) or out of memory. */
+static bool refusal_noise(const char *fmt)
+{
+	return strncmp(fmt, "Application reported internal error", 35) == 0;
+}
+
 static void http_log_unix(void *cls, const char *fmt, va_list ap)
 {
-	if (!tcp_option_noise(fmt))
+	if (!tcp_option_noise(fmt) && !refusal_noise(fmt))
 		http_log(cls, fmt, ap);
+}
+
+/* libmicrohttpd has sent the answer and shut down writing, and closes the socket right after
+ * this: a duplicate keeps the connection open for the drain. */
+static void linger_if_refused(struct MHD_Connection *c, const struct http_peer *conn,
+                              struct http_linger *l)
+{
+	const union MHD_ConnectionInfo *ci;
+
+	if (!conn || !conn->linger || !l)
+		return;
+	ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (ci)
+		http_linger_add(l, fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0));
 }
 
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
@@ -112,6 +133,7 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
 		if (w)
 			atomic_fetch_sub(&w->open, 1);
+		linger_if_refused(c, *socket_ctx, w ? w->linger : NULL);
 		if (*socket_ctx)
 			peer_clear(&((struct http_peer *)*socket_ctx)->peer);
 		free(*socket_ctx);
@@ -136,6 +158,7 @@ void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_c
 	struct http_peer *conn;
 
 	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		linger_if_refused(c, *socket_ctx, cls);
 		free(*socket_ctx);
 		*socket_ctx = NULL;
 		return;
@@ -192,8 +215,41 @@ bool http_refuse_malformed(struct MHD_Connection *c, const char *method, const c
 	if (f == HTTP_STRICT_OK)
 		return false;
 	/* Not logged: anyone who can connect could fill the log this way. */
+	http_close_gently(c);
 	*ret = http_reply_error(c, MHD_HTTP_BAD_REQUEST, "bad_request", http_strict_reason(f));
 	return true;
+}
+
+void http_close_gently(struct MHD_Connection *c)
+{
+	struct http_peer *conn = (struct http_peer *)http_peer_of(c);
+
+	if (conn)
+		conn->linger = true;
+}
+
+enum MHD_Result http_refuse_upload(struct MHD_Connection *c, const char *message)
+{
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+	json_t *obj = json_pack("{s:s, s:s}", "error", "body_too_large", "message", message);
+	char *body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	char *answer = NULL;
+	int n = body ? asprintf(&answer,
+	                        "HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+	                        "Content-Type: application/json\r\nCache-Control: no-store\r\n"
+	                        "Content-Length: %zu\r\n\r\n%s",
+	                        strlen(body), body)
+	             : -1;
+
+	/* Nothing of this request's answer was sent yet, so the socket's buffer has room for
+	 * these few hundred bytes; a client that does not read gets less, and a reset. */
+	if (ci && n > 0 && send(ci->connect_fd, answer, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
+		http_close_gently(c);
+	json_decref(obj);
+	free(body);
+	free(answer);
+	return MHD_NO;
 }
 
 const struct http_peer *http_peer_of(struct MHD_Connection *c)
@@ -357,6 +413,12 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 		http_unix_close(srv);
 		return r;
 	}
+	r = http_linger_start(&srv->linger);
+	if (r < 0) {
+		log_error("cannot start the %s socket's drain thread: %s", what, strerror(-r));
+		http_unix_close(srv);
+		return r;
+	}
 	srv->n_workers = threads ? threads : 1;
 	srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
 	srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -368,6 +430,7 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 	}
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		snprintf(srv->workers[i].name, sizeof(srv->workers[i].name), "%.8s-worker", what);
+		srv->workers[i].linger = &srv->linger;
 		srv->workers[i].mhd = worker_start(&srv->workers[i], handler, completed, cls);
 		if (!srv->workers[i].mhd) {
 			log_error("cannot start the HTTP server on the %s socket", what);
@@ -402,6 +465,8 @@ void http_unix_close(struct http_unix_server *srv)
 		if (srv->workers[i].mhd)
 			MHD_stop_daemon(srv->workers[i].mhd);
 	free(srv->workers);
+	/* After the workers: their last closes may still hand connections over. */
+	http_linger_stop(&srv->linger);
 	if (srv->fd >= 0)
 		close(srv->fd);
 	if (srv->stop_fd >= 0)

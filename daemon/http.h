@@ -8,6 +8,7 @@
 #include <microhttpd.h>
 
 #include "conf.h"
+#include "http_linger.h"
 #include "peer.h"
 
 /* Queues a JSON body (copied) with status. */
@@ -32,8 +33,9 @@ int http_unix_listen(const struct sock_conf *sc, int *ret_fd);
 struct http_worker {
 	struct MHD_Daemon *mhd;
 	atomic_int open;
-	char name[16];     /* thread name, "sign-worker": for top -H and the benchmark */
-	atomic_bool named; /* the thread carries it */
+	char name[16];              /* thread name, "sign-worker": for top -H and the benchmark */
+	atomic_bool named;          /* the thread carries it */
+	struct http_linger *linger; /* the server's */
 };
 
 /* An HTTP server on a Unix socket: passed by systemd, or made here from a [sign]/[admin]
@@ -49,6 +51,7 @@ struct http_unix_server {
 	bool accepting;      /* the acceptor thread runs */
 	bool accept_failing; /* the acceptor's last accept failed (said once) */
 	char *path;          /* NULL for a passed socket: its unit owns the path */
+	struct http_linger linger;
 };
 
 /* Serves handler on fd when fd >= 0, else on a new socket made from sc, with threads workers
@@ -71,10 +74,12 @@ struct http_peer {
 	const char *target;
 	size_t target_len;
 	int target_fault; /* enum http_strict_fault */
+	bool linger;      /* refused before its body was read: close in stages */
 };
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                         enum MHD_ConnectionNotificationCode code);
-/* The same for a TCP listener: no credentials (err is -ENOTSUP), only the target. */
+/* The same for a TCP listener: no credentials (err is -ENOTSUP), only the target; cls is the
+ * listener's struct http_linger, or NULL. */
 void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                             enum MHD_ConnectionNotificationCode code);
 const struct http_peer *http_peer_of(struct MHD_Connection *c);
@@ -88,6 +93,15 @@ void *http_on_target(void *cls, const char *uri, struct MHD_Connection *c);
  * the handler's answer. libmicrohttpd closes the connection after it. */
 bool http_refuse_malformed(struct MHD_Connection *c, const char *method, const char *version,
                            enum MHD_Result *ret);
+
+/* The answer queued now is sent before the request's body was read: when libmicrohttpd closes
+ * the connection after it, hand it to the server's http_linger instead of closing it. */
+void http_close_gently(struct MHD_Connection *c);
+
+/* For the access handler's body calls, which libmicrohttpd 0.9.75 does not let answer: sends a
+ * 413 {"error":"body_too_large","message":message} on the socket itself and returns MHD_NO,
+ * so that libmicrohttpd closes the connection (in stages, as http_close_gently). */
+enum MHD_Result http_refuse_upload(struct MHD_Connection *c, const char *message);
 
 /* MHD_OPTION_STRICT_FOR_CLIENT: 1 is the strictest 0.9.75 knows (Host required, no spaces in
  * the target); http_refuse_malformed does the rest. */

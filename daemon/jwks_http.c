@@ -21,6 +21,7 @@ struct jwks_http {
 	size_t n;
 	struct MHD_Daemon **mhd;
 	int *fds;
+	struct http_linger linger; /* for every listener */
 };
 
 static const char jwks_suffix[] = "/.well-known/jwks.json";
@@ -244,7 +245,7 @@ static int serve(struct jwks_http *jh, size_t i, const char *what)
 	    jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
 	    MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS, MHD_OPTION_NOTIFY_CONNECTION,
-	    http_on_tcp_connection, NULL, MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL,
+	    http_on_tcp_connection, &jh->linger, MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL,
 	    MHD_OPTION_END);
 	if (!jh->mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
@@ -263,6 +264,12 @@ int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http
 	if (!jh)
 		return -ENOMEM;
 	jh->d = d;
+	r = http_linger_start(&jh->linger);
+	if (r < 0) {
+		log_error("cannot start the JWKS drain thread: %s", strerror(-r));
+		jwks_http_stop(jh);
+		return r;
+	}
 	jh->mhd = calloc(total, sizeof(*jh->mhd));
 	jh->fds = calloc(total, sizeof(*jh->fds));
 	if (!jh->mhd || !jh->fds) {
@@ -298,6 +305,7 @@ void jwks_http_stop(struct jwks_http *jh)
 		else if (jh->fds && jh->fds[i] >= 0)
 			close(jh->fds[i]);
 	}
+	http_linger_stop(&jh->linger);
 	free(jh->mhd);
 	free(jh->fds);
 	free(jh);

@@ -463,11 +463,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		*req_cls = NULL;
 		return on_headers(api, c, url, method, req_cls);
 	}
-	if (!rq)
-		return on_headers(api, c, url, method, req_cls);
+	if (!rq) {
+		r = on_headers(api, c, url, method, req_cls);
+		if (!*req_cls) /* answered before its body */
+			http_close_gently(c);
+		return r;
+	}
 	if (*upload_size) {
 		http_body_append(&rq->body, upload, *upload_size, POLICY_MAX_BODY);
 		*upload_size = 0;
+		/* A chunked body has no length to refuse up front: cut it off here. */
+		if (rq->body.too_large)
+			return http_refuse_upload(c, "the body is over 64 KiB");
 		return MHD_YES;
 	}
 	return on_complete(api, c, rq);
