@@ -497,7 +497,16 @@ int admin_api_start(struct daemon *d, int fd, struct admin_api **ret)
 	int r;
 
 	*ret = NULL;
-	if (fd < 0 && !d->rt->conf->admin.path) {
+	/* The admin API rotates and revokes keys: only the configuration turns it on, not a
+	 * socket some unit passes. */
+	if (!d->rt->conf->admin.path && fd >= 0) {
+		log_warning(
+		    "socket activation passed an admin socket, but the configuration has no "
+		    "[admin] section: closed it; keyrotate cannot reach this daemon");
+		close(fd);
+		return 0;
+	}
+	if (!d->rt->conf->admin.path) {
 		log_notice("no [admin] socket configured: keyrotate cannot reach this daemon");
 		return 0;
 	}
