@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "conf_values.h"
 #include "etag.h"
 #include "http.h"
 #include "log.h"
@@ -88,26 +89,26 @@ static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c, 
 	return r;
 }
 
-static bool host_valid(const char *host)
+/* The base of jwks_uri: [jwks] public-url, or else (SPEC §3) the scheme and host of the
+ * issuer's iss. Never the request's Host header: the document is cacheable, and a cache in
+ * front would hand every relying party the jwks_uri one client made up. NULL: neither. */
+static char *jwks_base(struct runtime *rt, const struct issuer_conf *ic)
 {
-	size_t n = host ? strlen(host) : 0;
+	size_t n;
 
-	return n > 0 && n < 256 &&
-	       strspn(host,
-	              "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") == n;
+	if (rt->conf->jwks.public_url)
+		return strdup(rt->conf->jwks.public_url);
+	if (conf_url_origin_len(ic->iss, &n) < 0)
+		return NULL;
+	return strndup(ic->iss, n);
 }
 
-static char *discovery_render(struct runtime *rt, const struct issuer_conf *ic, const char *host)
+static char *discovery_render(const struct issuer_conf *ic, const char *base)
 {
 	json_t *doc;
 	char *uri = NULL, *s = NULL;
-	int w;
 
-	if (rt->conf->jwks.public_url)
-		w = asprintf(&uri, "%s/%s%s", rt->conf->jwks.public_url, ic->name, jwks_suffix);
-	else
-		w = asprintf(&uri, "http://%s/%s%s", host, ic->name, jwks_suffix);
-	if (w < 0)
+	if (asprintf(&uri, "%s/%s%s", base, ic->name, jwks_suffix) < 0)
 		return NULL;
 	doc = json_pack("{s:s, s:s, s:[s]}", "issuer", ic->iss, "jwks_uri", uri,
 	                "id_token_signing_alg_values_supported", jws_alg_name(ic->alg));
@@ -118,19 +119,22 @@ static char *discovery_render(struct runtime *rt, const struct issuer_conf *ic, 
 	return s;
 }
 
+/* Built from the configuration alone, so it varies with no request header (no Vary); a
+ * matching If-None-Match gets 304. */
 static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection *c,
                                        const struct issuer_conf *ic)
 {
-	const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+	char *base = jwks_base(rt, ic), *body;
 	struct MHD_Response *resp;
 	char etag[ETAG_SIZE];
 	enum MHD_Result r;
-	char *body;
 
-	if (!rt->conf->jwks.public_url && !host_valid(host))
-		return http_reply_error(c, MHD_HTTP_BAD_REQUEST, "bad_host",
-		                        "missing or invalid Host header");
-	body = discovery_render(rt, ic, host);
+	if (!base)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "no_jwks_uri",
+		                        "the issuer's iss is not an http(s) URL and [jwks] "
+		                        "public-url is not set");
+	body = discovery_render(ic, base);
+	free(base);
 	if (!body || etag_of(body, strlen(body), etag) < 0) {
 		free(body);
 		return MHD_NO;

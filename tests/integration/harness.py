@@ -57,6 +57,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.parse
 
 __all__ = ["Daemon", "Response", "HarnessError", "check_config", "p11probe", "free_port",
            "DEFAULT_ISSUER", "b64url_decode", "b64url_encode", "split_jws", "jwk_thumbprint",
@@ -628,6 +629,16 @@ class Daemon:
 
     def jwks_url(self, issuer):
         return "http://127.0.0.1:%d/%s/.well-known/jwks.json" % (self.jwks_port, issuer)
+
+    def jwks_uri(self, issuer):
+        """The jwks_uri of issuer's discovery document (SPEC §3): [jwks] public-url, else the
+        scheme and host of the issuer's iss; never anything from the request."""
+        if self.jwks_public_url:
+            base = self.jwks_public_url.rstrip("/")
+        else:
+            u = urllib.parse.urlsplit(self.issuers[issuer]["iss"])
+            base = "%s://%s" % (u.scheme, u.netloc)
+        return "%s/%s/.well-known/jwks.json" % (base, issuer)
 
     def jwks(self, issuer):
         """The parsed public JWKS of issuer (asserts nothing; raises on a non-200)."""
