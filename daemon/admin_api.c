@@ -514,8 +514,8 @@ int admin_api_start(struct daemon *d, int fd, struct admin_api **ret)
 	if (!api)
 		return -ENOMEM;
 	api->d = d;
-	r = http_unix_serve(&api->srv, &d->rt->conf->admin, fd, 1, on_request, on_completed, api,
-	                    "admin");
+	r = http_unix_serve(&api->srv, &d->rt->conf->admin, fd, 1, d->budget.admin, on_request,
+	                    on_completed, api, "admin");
 	if (r < 0) {
 		free(api);
 		return r;

@@ -322,6 +322,24 @@ static struct http_worker *least_loaded(struct http_unix_server *srv)
 	return best;
 }
 
+/* Whether the server holds max_connections already; says so once per episode. */
+static bool at_cap(struct http_unix_server *srv)
+{
+	unsigned open = 0;
+
+	for (unsigned i = 0; i < srv->n_workers; i++)
+		open += (unsigned)atomic_load(&srv->workers[i].open);
+	if (open >= srv->max_connections && !srv->at_cap)
+		log_warning("%s socket: %u connections open, its cap: refusing new ones until "
+		            "some close",
+		            srv->what, open);
+	else if (open < srv->max_connections && srv->at_cap)
+		log_notice("%s socket: below its cap of %u connections again", srv->what,
+		           srv->max_connections);
+	srv->at_cap = open >= srv->max_connections;
+	return srv->at_cap;
+}
+
 /* Accepts until the queue is empty. Returns false when accept failed for want of resources. */
 static bool accept_all(struct http_unix_server *srv)
 {
@@ -346,6 +364,11 @@ static bool accept_all(struct http_unix_server *srv)
 		if (srv->accept_failing)
 			log_notice("http: accepting connections again");
 		srv->accept_failing = false;
+		if (at_cap(srv)) {
+			close(
+			    cfd); /* cheaper than a queue that fills: the client sees EOF at once */
+			continue;
+		}
 		w = least_loaded(srv);
 		atomic_fetch_add(&w->open, 1);
 		/* libmicrohttpd closes the socket when it cannot take it. */
@@ -374,29 +397,31 @@ static void *acceptor(void *arg)
 	}
 }
 
-static struct MHD_Daemon *worker_start(struct http_worker *w, MHD_AccessHandlerCallback handler,
+static struct MHD_Daemon *worker_start(struct http_worker *w, unsigned max_connections,
+                                       MHD_AccessHandlerCallback handler,
                                        MHD_RequestCompletedCallback completed, void *cls)
 {
 	/* The acceptor hands connections over with MHD_add_connection(), so the worker has no
 	 * listen socket of its own and needs its inter-thread channel to hear of them. */
-	return MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-	                            MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG,
-	                        0, NULL, NULL, handler, cls, MHD_OPTION_EXTERNAL_LOGGER,
-	                        http_log_unix, cls, MHD_OPTION_NOTIFY_CONNECTION,
-	                        http_on_connection, w, MHD_OPTION_NOTIFY_COMPLETED, completed, cls,
-	                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-	                        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
-	                        MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS,
-	                        MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_END);
+	return MHD_start_daemon(
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+	        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ERROR_LOG,
+	    0, NULL, NULL, handler, cls, MHD_OPTION_EXTERNAL_LOGGER, http_log_unix, cls,
+	    MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, w, MHD_OPTION_NOTIFY_COMPLETED,
+	    completed, cls, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
+	    MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS, MHD_OPTION_URI_LOG_CALLBACK,
+	    http_on_target, NULL, MHD_OPTION_CONNECTION_LIMIT, max_connections, MHD_OPTION_END);
 }
 
 int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, int fd,
-                    unsigned threads, MHD_AccessHandlerCallback handler,
+                    unsigned threads, unsigned max_connections, MHD_AccessHandlerCallback handler,
                     MHD_RequestCompletedCallback completed, void *cls, const char *what)
 {
 	int r = 0;
 
-	*srv = (struct http_unix_server){.fd = fd, .stop_fd = -1};
+	*srv = (struct http_unix_server){
+	    .fd = fd, .stop_fd = -1, .max_connections = max_connections, .what = what};
 	if (fd < 0) {
 		r = http_unix_listen(sc, &srv->fd);
 		if (r < 0) {
@@ -431,7 +456,8 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		snprintf(srv->workers[i].name, sizeof(srv->workers[i].name), "%.8s-worker", what);
 		srv->workers[i].linger = &srv->linger;
-		srv->workers[i].mhd = worker_start(&srv->workers[i], handler, completed, cls);
+		srv->workers[i].mhd =
+		    worker_start(&srv->workers[i], max_connections, handler, completed, cls);
 		if (!srv->workers[i].mhd) {
 			log_error("cannot start the HTTP server on the %s socket", what);
 			http_unix_close(srv);

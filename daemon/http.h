@@ -50,17 +50,21 @@ struct http_unix_server {
 	pthread_t acceptor;
 	bool accepting;      /* the acceptor thread runs */
 	bool accept_failing; /* the acceptor's last accept failed (said once) */
-	char *path;          /* NULL for a passed socket: its unit owns the path */
+	unsigned max_connections;
+	bool at_cap;      /* the acceptor is refusing connections at max_connections (said once) */
+	const char *what; /* "sign", "admin": for messages (a string literal) */
+	char *path;       /* NULL for a passed socket: its unit owns the path */
 	struct http_linger linger;
 };
 
 /* Serves handler on fd when fd >= 0, else on a new socket made from sc, with threads workers
- * (at least 1). Peer credentials are read per connection (http_peer_of). what names it in
+ * (at least 1), holding at most max_connections connections: beyond, a new one is accepted and
+ * closed at once. Peer credentials are read per connection (http_peer_of). what names it in
  * messages. Each connection may use HTTP_CONNECTION_MEMORY bytes for its request line, headers
  * and the answer's headers; bodies are collected outside (struct http_body). */
 #define HTTP_CONNECTION_MEMORY (8 * 1024)
 int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, int fd,
-                    unsigned threads, MHD_AccessHandlerCallback handler,
+                    unsigned threads, unsigned max_connections, MHD_AccessHandlerCallback handler,
                     MHD_RequestCompletedCallback completed, void *cls, const char *what);
 void http_unix_close(struct http_unix_server *srv);
 

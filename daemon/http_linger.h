@@ -8,7 +8,7 @@
 
 /* How many refused connections one server drains at once, for how long and how much of each:
  * beyond these a connection is closed at once (and its client may see a reset). */
-#define HTTP_LINGER_SLOTS 64
+#define HTTP_LINGER_SLOTS 16
 #define HTTP_LINGER_MS    1000
 #define HTTP_LINGER_BYTES (1024 * 1024)
 

@@ -219,6 +219,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	return r;
 }
 
+/* Anyone can make libmicrohttpd refuse a connection at a cap, once per connection: the caps
+ * are logged at start instead. */
+static void jwks_log(void *cls, const char *fmt, va_list ap)
+{
+	if (strncmp(fmt, "Server reached connection limit", 31) != 0)
+		http_log(cls, fmt, ap);
+}
+
 static int listen_socket(const struct listen_conf *lc, int *ret)
 {
 	int fd, one = 1, r;
@@ -245,12 +253,13 @@ static int serve(struct jwks_http *jh, size_t i, const char *what)
 {
 	jh->mhd[i] = MHD_start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-	    on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, http_log, jh, MHD_OPTION_LISTEN_SOCKET,
+	    on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, jwks_log, jh, MHD_OPTION_LISTEN_SOCKET,
 	    jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
-	    MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS, MHD_OPTION_NOTIFY_CONNECTION,
-	    http_on_tcp_connection, &jh->linger, MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL,
-	    MHD_OPTION_END);
+	    MHD_OPTION_CONNECTION_LIMIT, jh->d->budget.jwks, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+	    jh->d->budget.jwks_per_address, MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS,
+	    MHD_OPTION_NOTIFY_CONNECTION, http_on_tcp_connection, &jh->linger,
+	    MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_END);
 	if (!jh->mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
 		return -EIO;

@@ -509,8 +509,8 @@ int sign_api_start(struct daemon *d, int fd, struct sign_api **ret)
 		return -ENOMEM;
 	api->d = d;
 	/* A thread pool: each worker signs on its own PKCS#11 session. */
-	r = http_unix_serve(&api->srv, &d->rt->conf->sign, fd, worker_threads(), on_request,
-	                    on_completed, api, "sign");
+	r = http_unix_serve(&api->srv, &d->rt->conf->sign, fd, worker_threads(), d->budget.sign,
+	                    on_request, on_completed, api, "sign");
 	if (r < 0) {
 		free(api);
 		return r;

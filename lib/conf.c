@@ -211,6 +211,19 @@ static int set_duration(struct parser *p, uint64_t *dst, const char *name, const
 	return r;
 }
 
+/* A connection cap: 1 to 1000000. */
+static int set_count(struct parser *p, unsigned *dst, const char *name, const char *value)
+{
+	uint32_t n;
+
+	if (conf_parse_u32(value, &n) < 0 || n < 1 || n > 1000000) {
+		conf_error(p, p->line, "%s: '%s' is not a number from 1 to 1000000", name, value);
+		return -EINVAL;
+	}
+	*dst = n;
+	return 0;
+}
+
 static int set_socket_key(struct parser *p, struct sock_conf *sc, const char *name,
                           const char *value)
 {
@@ -242,6 +255,8 @@ static int set_socket_key(struct parser *p, struct sock_conf *sc, const char *na
 		sc->gid = gr->gr_gid;
 		return 0;
 	}
+	if (strcmp(name, "max-connections") == 0)
+		return set_count(p, &sc->max_connections, name, value);
 	conf_error(p, p->line, "unknown key '%s' in [%s]", name, p->section);
 	return -EINVAL;
 }
@@ -310,6 +325,10 @@ static int set_jwks_key(struct parser *p, const char *name, const char *value)
 		c->jwks.public_url = strndup(value, n);
 		return c->jwks.public_url ? 0 : -ENOMEM;
 	}
+	if (strcmp(name, "max-connections") == 0)
+		return set_count(p, &c->jwks.max_connections, name, value);
+	if (strcmp(name, "max-connections-per-address") == 0)
+		return set_count(p, &c->jwks.max_per_address, name, value);
 	conf_error(p, p->line, "unknown key '%s' in [jwks]", name);
 	return -EINVAL;
 }

@@ -47,6 +47,7 @@ import json
 import os
 import pickle
 import pwd
+import resource
 import secrets
 import select
 import shutil
@@ -359,6 +360,7 @@ class Daemon:
         self.sign_mode = sign_mode
         self.extra_conf = extra_conf
         self.proc = None
+        self.nofile = None  # RLIMIT_NOFILE (soft and hard) to start the daemon with
         self.returncode = None
         self.provisioned = False
         self._started_once = False
@@ -483,10 +485,16 @@ class Daemon:
         env["NOTIFY_SOCKET"] = self.notify_socket
         self._logf = open(self.log_path, "ab")
         self.returncode = None
+        nofile = self.nofile
+
+        def preexec():
+            _die_with_parent()
+            if nofile:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(
             [tokensignd_path(), "-c", self.conf_path],
             env=env, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf,
-            preexec_fn=_die_with_parent, cwd=self.workdir)
+            preexec_fn=preexec, cwd=self.workdir)
         return self.proc
 
     def wait_ready(self, timeout=None):
