@@ -484,6 +484,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 {
 	struct request *rq = *req_cls;
 
+	http_request_done(c);
 	if (!rq)
 		return;
 	http_body_free(&rq->body);

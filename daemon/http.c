@@ -134,6 +134,9 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 		if (w)
 			atomic_fetch_sub(&w->open, 1);
 		linger_if_refused(c, *socket_ctx, w ? w->linger : NULL);
+		if (*socket_ctx && w)
+			http_deadline_untrack(w->deadline,
+			                      &((struct http_peer *)*socket_ctx)->clock);
 		if (*socket_ctx)
 			peer_clear(&((struct http_peer *)*socket_ctx)->peer);
 		free(*socket_ctx);
@@ -147,25 +150,35 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	conn = calloc(1, sizeof(*conn));
 	if (!conn)
 		return;
-	conn->err = peer_from_fd(
-	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd, &conn->peer);
+	int fd = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd;
+	conn->err = peer_from_fd(fd, &conn->peer);
+	if (w)
+		http_deadline_track(w->deadline, &conn->clock, fd);
 	*socket_ctx = conn;
 }
 
 void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                             enum MHD_ConnectionNotificationCode code)
 {
+	struct http_guards *g = cls;
 	struct http_peer *conn;
 
 	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
-		linger_if_refused(c, *socket_ctx, cls);
+		linger_if_refused(c, *socket_ctx, g->linger);
+		if (*socket_ctx)
+			http_deadline_untrack(g->deadline,
+			                      &((struct http_peer *)*socket_ctx)->clock);
 		free(*socket_ctx);
 		*socket_ctx = NULL;
 		return;
 	}
 	conn = calloc(1, sizeof(*conn));
-	if (conn)
+	if (conn) {
 		conn->err = -ENOTSUP;
+		http_deadline_track(
+		    g->deadline, &conn->clock,
+		    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd);
+	}
 	*socket_ctx = conn;
 }
 
@@ -218,6 +231,14 @@ bool http_refuse_malformed(struct MHD_Connection *c, const char *method, const c
 	http_close_gently(c);
 	*ret = http_reply_error(c, MHD_HTTP_BAD_REQUEST, "bad_request", http_strict_reason(f));
 	return true;
+}
+
+void http_request_done(struct MHD_Connection *c)
+{
+	struct http_peer *conn = (struct http_peer *)http_peer_of(c);
+
+	if (conn)
+		http_deadline_restart(&conn->clock);
 }
 
 void http_close_gently(struct MHD_Connection *c)
@@ -439,8 +460,10 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 		return r;
 	}
 	r = http_linger_start(&srv->linger);
+	if (r == 0)
+		r = http_deadline_start(&srv->deadline, sc->request_timeout);
 	if (r < 0) {
-		log_error("cannot start the %s socket's drain thread: %s", what, strerror(-r));
+		log_error("cannot start the %s socket's guard threads: %s", what, strerror(-r));
 		http_unix_close(srv);
 		return r;
 	}
@@ -456,6 +479,7 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		snprintf(srv->workers[i].name, sizeof(srv->workers[i].name), "%.8s-worker", what);
 		srv->workers[i].linger = &srv->linger;
+		srv->workers[i].deadline = &srv->deadline;
 		srv->workers[i].mhd =
 		    worker_start(&srv->workers[i], max_connections, handler, completed, cls);
 		if (!srv->workers[i].mhd) {
@@ -493,6 +517,7 @@ void http_unix_close(struct http_unix_server *srv)
 	free(srv->workers);
 	/* After the workers: their last closes may still hand connections over. */
 	http_linger_stop(&srv->linger);
+	http_deadline_stop(&srv->deadline);
 	if (srv->fd >= 0)
 		close(srv->fd);
 	if (srv->stop_fd >= 0)

@@ -8,6 +8,7 @@
 #include <microhttpd.h>
 
 #include "conf.h"
+#include "http_deadline.h"
 #include "http_linger.h"
 #include "peer.h"
 
@@ -36,6 +37,7 @@ struct http_worker {
 	char name[16];              /* thread name, "sign-worker": for top -H and the benchmark */
 	atomic_bool named;          /* the thread carries it */
 	struct http_linger *linger; /* the server's */
+	struct http_deadline *deadline; /* the server's */
 };
 
 /* An HTTP server on a Unix socket: passed by systemd, or made here from a [sign]/[admin]
@@ -55,6 +57,7 @@ struct http_unix_server {
 	const char *what; /* "sign", "admin": for messages (a string literal) */
 	char *path;       /* NULL for a passed socket: its unit owns the path */
 	struct http_linger linger;
+	struct http_deadline deadline;
 };
 
 /* Serves handler on fd when fd >= 0, else on a new socket made from sc, with threads workers
@@ -77,13 +80,18 @@ struct http_peer {
 	 * what http_on_target found wrong with it (libmicrohttpd decodes it in place later). */
 	const char *target;
 	size_t target_len;
-	int target_fault; /* enum http_strict_fault */
-	bool linger;      /* refused before its body was read: close in stages */
+	int target_fault;        /* enum http_strict_fault */
+	bool linger;             /* refused before its body was read: close in stages */
+	struct http_clock clock; /* the whole-request deadline's */
 };
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                         enum MHD_ConnectionNotificationCode code);
 /* The same for a TCP listener: no credentials (err is -ENOTSUP), only the target; cls is the
- * listener's struct http_linger, or NULL. */
+ * listener's struct http_guards. */
+struct http_guards {
+	struct http_linger *linger;
+	struct http_deadline *deadline;
+};
 void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                             enum MHD_ConnectionNotificationCode code);
 const struct http_peer *http_peer_of(struct MHD_Connection *c);
@@ -97,6 +105,10 @@ void *http_on_target(void *cls, const char *uri, struct MHD_Connection *c);
  * the handler's answer. libmicrohttpd closes the connection after it. */
 bool http_refuse_malformed(struct MHD_Connection *c, const char *method, const char *version,
                            enum MHD_Result *ret);
+
+/* Call from MHD_OPTION_NOTIFY_COMPLETED: the connection's next request gets the whole
+ * request-timeout. */
+void http_request_done(struct MHD_Connection *c);
 
 /* The answer queued now is sent before the request's body was read: when libmicrohttpd closes
  * the connection after it, hand it to the server's http_linger instead of closing it. */

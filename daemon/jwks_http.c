@@ -22,7 +22,9 @@ struct jwks_http {
 	size_t n;
 	struct MHD_Daemon **mhd;
 	int *fds;
-	struct http_linger linger; /* for every listener */
+	struct http_linger linger;     /* for every listener */
+	struct http_deadline deadline; /* for every listener */
+	struct http_guards guards;     /* both, for http_on_tcp_connection */
 };
 
 static const char jwks_suffix[] = "/.well-known/jwks.json";
@@ -227,6 +229,12 @@ static void jwks_log(void *cls, const char *fmt, va_list ap)
 		http_log(cls, fmt, ap);
 }
 
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+	http_request_done(c);
+}
+
 static int listen_socket(const struct listen_conf *lc, int *ret)
 {
 	int fd, one = 1, r;
@@ -258,8 +266,9 @@ static int serve(struct jwks_http *jh, size_t i, const char *what)
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
 	    MHD_OPTION_CONNECTION_LIMIT, jh->d->budget.jwks, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
 	    jh->d->budget.jwks_per_address, MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS,
-	    MHD_OPTION_NOTIFY_CONNECTION, http_on_tcp_connection, &jh->linger,
-	    MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_END);
+	    MHD_OPTION_NOTIFY_CONNECTION, http_on_tcp_connection, &jh->guards,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_URI_LOG_CALLBACK,
+	    http_on_target, NULL, MHD_OPTION_END);
 	if (!jh->mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
 		return -EIO;
@@ -277,9 +286,12 @@ int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http
 	if (!jh)
 		return -ENOMEM;
 	jh->d = d;
+	jh->guards = (struct http_guards){&jh->linger, &jh->deadline};
 	r = http_linger_start(&jh->linger);
+	if (r == 0)
+		r = http_deadline_start(&jh->deadline, conf->jwks.request_timeout);
 	if (r < 0) {
-		log_error("cannot start the JWKS drain thread: %s", strerror(-r));
+		log_error("cannot start the JWKS guard threads: %s", strerror(-r));
 		jwks_http_stop(jh);
 		return r;
 	}
@@ -319,6 +331,7 @@ void jwks_http_stop(struct jwks_http *jh)
 			close(jh->fds[i]);
 	}
 	http_linger_stop(&jh->linger);
+	http_deadline_stop(&jh->deadline);
 	free(jh->mhd);
 	free(jh->fds);
 	free(jh);

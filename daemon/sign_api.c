@@ -485,6 +485,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 {
 	struct request *rq = *req_cls;
 
+	http_request_done(c);
 	if (!rq || (void *)rq == &headers_seen)
 		return;
 	runtime_release(rq->rt);

@@ -42,6 +42,7 @@ struct sock_conf {
 	bool has_group;
 	gid_t gid;
 	unsigned max_connections; /* 0: derived from RLIMIT_NOFILE */
+	uint64_t request_timeout; /* seconds a request may take, headers and body */
 };
 
 struct listen_conf {
@@ -65,6 +66,7 @@ struct conf {
 		char *public_url; /* without a trailing slash; NULL: from each issuer's iss */
 		unsigned max_connections; /* per listener; 0: derived from RLIMIT_NOFILE */
 		unsigned max_per_address; /* per listener and client address; 0: the default */
+		uint64_t request_timeout; /* seconds */
 	} jwks;
 	struct issuer_conf *issuers; /* in file order */
 	size_t n_issuers;
