@@ -18,7 +18,8 @@
 #include "rotation.h"
 #include "scheduler.h"
 
-#define ADMIN_MAX_BODY 4096
+#define ADMIN_MAX_BODY  4096
+#define ADMIN_TOO_LARGE "the body is over 4 KiB"
 
 struct admin_api {
 	struct daemon *d;
@@ -437,6 +438,15 @@ static enum MHD_Result decide(struct admin_api *api, struct runtime *rt, struct 
 	return on_post(api, rt, c, url, rq);
 }
 
+/* A Content-Length over the limit is refused before a byte of the body is read. */
+static bool over_limit(struct MHD_Connection *c)
+{
+	const char *cl =
+	    MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+	return cl && strtoull(cl, NULL, 10) > ADMIN_MAX_BODY;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **req_cls)
@@ -447,6 +457,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	enum MHD_Result r;
 
 	if (!rq) {
+		if (http_refuse_malformed(c, method, version, &r))
+			return r;
+		if (over_limit(c)) {
+			http_close_gently(c);
+			return http_reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+			                        ADMIN_TOO_LARGE);
+		}
 		rq = calloc(1, sizeof(*rq));
 		*req_cls = rq;
 		return rq ? MHD_YES : MHD_NO;
@@ -454,6 +471,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (*upload_size) {
 		http_body_append(&rq->body, upload, *upload_size, ADMIN_MAX_BODY);
 		*upload_size = 0;
+		if (rq->body.too_large)
+			return http_refuse_upload(c, ADMIN_TOO_LARGE);
 		return MHD_YES;
 	}
 	rt = runtime_acquire(api->d);
@@ -467,6 +486,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 {
 	struct request *rq = *req_cls;
 
+	http_request_done(c);
 	if (!rq)
 		return;
 	http_body_free(&rq->body);
@@ -480,7 +500,16 @@ int admin_api_start(struct daemon *d, int fd, struct admin_api **ret)
 	int r;
 
 	*ret = NULL;
-	if (fd < 0 && !d->rt->conf->admin.path) {
+	/* The admin API rotates and revokes keys: only the configuration turns it on, not a
+	 * socket some unit passes. */
+	if (!d->rt->conf->admin.path && fd >= 0) {
+		log_warning(
+		    "socket activation passed an admin socket, but the configuration has no "
+		    "[admin] section: closed it; keyrotate cannot reach this daemon");
+		close(fd);
+		return 0;
+	}
+	if (!d->rt->conf->admin.path) {
 		log_notice("no [admin] socket configured: keyrotate cannot reach this daemon");
 		return 0;
 	}
@@ -488,8 +517,8 @@ int admin_api_start(struct daemon *d, int fd, struct admin_api **ret)
 	if (!api)
 		return -ENOMEM;
 	api->d = d;
-	r = http_unix_serve(&api->srv, &d->rt->conf->admin, fd, 1, on_request, on_completed, api,
-	                    "admin");
+	r = http_unix_serve(&api->srv, &d->rt->conf->admin, fd, 1, d->budget.admin, on_request,
+	                    on_completed, api, "admin");
 	if (r < 0) {
 		free(api);
 		return r;

@@ -2,7 +2,7 @@
 #pragma once
 #include "daemon.h"
 
-/* Serves on fd when systemd passed one, else on the [admin] socket; does nothing (and succeeds)
- * when neither exists. */
+/* Takes fd. Only with an [admin] section: serves on fd when systemd passed one, else on the
+ * section's socket. Without one, closes fd and succeeds. */
 int admin_api_start(struct daemon *d, int fd, struct admin_api **ret);
 void admin_api_stop(struct admin_api *api);

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "activation.h"
+#include "budget.h"
 #include "conf.h"
 #include "hsm.h"
 #include "keyring.h"
@@ -32,6 +33,7 @@ struct daemon {
 	struct runtime *rt;
 	struct scheduler *scheduler;
 	struct activation act; /* sockets systemd passed; the same across reloads */
+	struct budget budget;  /* connection caps, set at start (budget.h) */
 	struct sign_api *sign;
 	struct jwks_http *jwks;
 	struct admin_api *admin;

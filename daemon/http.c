@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "http_strict.h"
 #include "log.h"
 #include "log_limit.h"
 #include "sockfile.h"
@@ -107,10 +108,31 @@ void http_log(void *cls, const char *fmt, va_list ap)
 	http_log_line(LOG_KIND_PUBLIC_HTTP, fmt, ap);
 }
 
+/* What libmicrohttpd says of every access handler that returns MHD_NO. On the Unix sockets
+ * that is http_refuse_upload (a 413 already sent, no error of ours) or out of memory. */
+static bool refusal_noise(const char *fmt)
+{
+	return strncmp(fmt, "Application reported internal error", 35) == 0;
+}
+
 static void http_log_unix(void *cls, const char *fmt, va_list ap)
 {
-	if (!tcp_option_noise(fmt))
+	if (!tcp_option_noise(fmt) && !refusal_noise(fmt))
 		http_log_line(LOG_KIND_LOCAL_HTTP, fmt, ap);
+}
+
+/* libmicrohttpd has sent the answer and shut down writing, and closes the socket right after
+ * this: a duplicate keeps the connection open for the drain. */
+static void linger_if_refused(struct MHD_Connection *c, const struct http_peer *conn,
+                              struct http_linger *l)
+{
+	const union MHD_ConnectionInfo *ci;
+
+	if (!conn || !conn->linger || !l)
+		return;
+	ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (ci)
+		http_linger_add(l, fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0));
 }
 
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
@@ -122,6 +144,10 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
 		if (w)
 			atomic_fetch_sub(&w->open, 1);
+		linger_if_refused(c, *socket_ctx, w ? w->linger : NULL);
+		if (*socket_ctx && w)
+			http_deadline_untrack(w->deadline,
+			                      &((struct http_peer *)*socket_ctx)->clock);
 		if (*socket_ctx)
 			peer_clear(&((struct http_peer *)*socket_ctx)->peer);
 		free(*socket_ctx);
@@ -135,9 +161,127 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	conn = calloc(1, sizeof(*conn));
 	if (!conn)
 		return;
-	conn->err = peer_from_fd(
-	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd, &conn->peer);
+	int fd = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd;
+	conn->err = peer_from_fd(fd, &conn->peer);
+	if (w)
+		http_deadline_track(w->deadline, &conn->clock, fd);
 	*socket_ctx = conn;
+}
+
+void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                            enum MHD_ConnectionNotificationCode code)
+{
+	struct http_guards *g = cls;
+	struct http_peer *conn;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		linger_if_refused(c, *socket_ctx, g->linger);
+		if (*socket_ctx)
+			http_deadline_untrack(g->deadline,
+			                      &((struct http_peer *)*socket_ctx)->clock);
+		free(*socket_ctx);
+		*socket_ctx = NULL;
+		return;
+	}
+	conn = calloc(1, sizeof(*conn));
+	if (conn) {
+		conn->err = -ENOTSUP;
+		http_deadline_track(
+		    g->deadline, &conn->clock,
+		    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)->connect_fd);
+	}
+	*socket_ctx = conn;
+}
+
+void *http_on_target(void *cls, const char *uri, struct MHD_Connection *c)
+{
+	struct http_peer *conn = (struct http_peer *)http_peer_of(c);
+
+	if (conn) {
+		conn->target = uri;
+		conn->target_len = strlen(uri);
+		conn->target_fault = http_strict_target(uri, conn->target_len);
+	}
+	return NULL;
+}
+
+/* libmicrohttpd 0.9.75 splits the request line in place and gives the raw target to
+ * http_on_target; the version follows right after that target's terminating NUL. When it
+ * does not, the target held a NUL byte, which would cut it short unseen. */
+static enum http_strict_fault target_fault(const struct http_peer *conn, const char *version)
+{
+	if (!conn || !conn->target)
+		return HTTP_STRICT_BAD_TARGET;
+	if (version != conn->target + conn->target_len + 1)
+		return HTTP_STRICT_BAD_TARGET;
+	return (enum http_strict_fault)conn->target_fault;
+}
+
+static enum MHD_Result check_header(void *cls, enum MHD_ValueKind kind, const char *name,
+                                    const char *value)
+{
+	http_strict_header(cls, name, value);
+	return MHD_YES;
+}
+
+bool http_refuse_malformed(struct MHD_Connection *c, const char *method, const char *version,
+                           enum MHD_Result *ret)
+{
+	struct http_strict_headers h = {0};
+	enum http_strict_fault f = http_strict_method(method);
+
+	if (f == HTTP_STRICT_OK)
+		f = target_fault(http_peer_of(c), version);
+	if (f == HTTP_STRICT_OK) {
+		MHD_get_connection_values(c, MHD_HEADER_KIND, check_header, &h);
+		f = http_strict_finish(&h);
+	}
+	if (f == HTTP_STRICT_OK)
+		return false;
+	/* Not logged: anyone who can connect could fill the log this way. */
+	http_close_gently(c);
+	*ret = http_reply_error(c, MHD_HTTP_BAD_REQUEST, "bad_request", http_strict_reason(f));
+	return true;
+}
+
+void http_request_done(struct MHD_Connection *c)
+{
+	struct http_peer *conn = (struct http_peer *)http_peer_of(c);
+
+	if (conn)
+		http_deadline_restart(&conn->clock);
+}
+
+void http_close_gently(struct MHD_Connection *c)
+{
+	struct http_peer *conn = (struct http_peer *)http_peer_of(c);
+
+	if (conn)
+		conn->linger = true;
+}
+
+enum MHD_Result http_refuse_upload(struct MHD_Connection *c, const char *message)
+{
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+	json_t *obj = json_pack("{s:s, s:s}", "error", "body_too_large", "message", message);
+	char *body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	char *answer = NULL;
+	int n = body ? asprintf(&answer,
+	                        "HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+	                        "Content-Type: application/json\r\nCache-Control: no-store\r\n"
+	                        "Content-Length: %zu\r\n\r\n%s",
+	                        strlen(body), body)
+	             : -1;
+
+	/* Nothing of this request's answer was sent yet, so the socket's buffer has room for
+	 * these few hundred bytes; a client that does not read gets less, and a reset. */
+	if (ci && n > 0 && send(ci->connect_fd, answer, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
+		http_close_gently(c);
+	json_decref(obj);
+	free(body);
+	free(answer);
+	return MHD_NO;
 }
 
 const struct http_peer *http_peer_of(struct MHD_Connection *c)
@@ -218,6 +362,24 @@ static struct http_worker *least_loaded(struct http_unix_server *srv)
 	return best;
 }
 
+/* Whether the server holds max_connections already; says so once per episode. */
+static bool at_cap(struct http_unix_server *srv)
+{
+	unsigned open = 0;
+
+	for (unsigned i = 0; i < srv->n_workers; i++)
+		open += (unsigned)atomic_load(&srv->workers[i].open);
+	if (open >= srv->max_connections && !srv->at_cap)
+		log_warning("%s socket: %u connections open, its cap: refusing new ones until "
+		            "some close",
+		            srv->what, open);
+	else if (open < srv->max_connections && srv->at_cap)
+		log_notice("%s socket: below its cap of %u connections again", srv->what,
+		           srv->max_connections);
+	srv->at_cap = open >= srv->max_connections;
+	return srv->at_cap;
+}
+
 /* Accepts until the queue is empty. Returns false when accept failed for want of resources. */
 static bool accept_all(struct http_unix_server *srv)
 {
@@ -242,6 +404,11 @@ static bool accept_all(struct http_unix_server *srv)
 		if (srv->accept_failing)
 			log_notice("http: accepting connections again");
 		srv->accept_failing = false;
+		if (at_cap(srv)) {
+			close(
+			    cfd); /* cheaper than a queue that fills: the client sees EOF at once */
+			continue;
+		}
 		w = least_loaded(srv);
 		atomic_fetch_add(&w->open, 1);
 		/* libmicrohttpd closes the socket when it cannot take it. */
@@ -270,7 +437,8 @@ static void *acceptor(void *arg)
 	}
 }
 
-static struct MHD_Daemon *worker_start(struct http_worker *w, MHD_AccessHandlerCallback handler,
+static struct MHD_Daemon *worker_start(struct http_worker *w, unsigned max_connections,
+                                       MHD_AccessHandlerCallback handler,
                                        MHD_RequestCompletedCallback completed, void *cls)
 {
 	/* The acceptor hands connections over with MHD_add_connection(), so the worker has no
@@ -281,16 +449,19 @@ static struct MHD_Daemon *worker_start(struct http_worker *w, MHD_AccessHandlerC
 	    0, NULL, NULL, handler, cls, MHD_OPTION_EXTERNAL_LOGGER, http_log_unix, cls,
 	    MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, w, MHD_OPTION_NOTIFY_COMPLETED,
 	    completed, cls, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
+	    MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS, MHD_OPTION_URI_LOG_CALLBACK,
+	    http_on_target, NULL, MHD_OPTION_CONNECTION_LIMIT, max_connections, MHD_OPTION_END);
 }
 
 int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, int fd,
-                    unsigned threads, MHD_AccessHandlerCallback handler,
+                    unsigned threads, unsigned max_connections, MHD_AccessHandlerCallback handler,
                     MHD_RequestCompletedCallback completed, void *cls, const char *what)
 {
 	int r = 0;
 
-	*srv = (struct http_unix_server){.fd = fd, .stop_fd = -1};
+	*srv = (struct http_unix_server){
+	    .fd = fd, .stop_fd = -1, .max_connections = max_connections, .what = what};
 	if (fd < 0) {
 		r = http_unix_listen(sc, &srv->fd);
 		if (r < 0) {
@@ -307,6 +478,14 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 		http_unix_close(srv);
 		return r;
 	}
+	r = http_linger_start(&srv->linger);
+	if (r == 0)
+		r = http_deadline_start(&srv->deadline, sc->request_timeout);
+	if (r < 0) {
+		log_error("cannot start the %s socket's guard threads: %s", what, strerror(-r));
+		http_unix_close(srv);
+		return r;
+	}
 	srv->n_workers = threads ? threads : 1;
 	srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
 	srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -318,7 +497,10 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 	}
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		snprintf(srv->workers[i].name, sizeof(srv->workers[i].name), "%.8s-worker", what);
-		srv->workers[i].mhd = worker_start(&srv->workers[i], handler, completed, cls);
+		srv->workers[i].linger = &srv->linger;
+		srv->workers[i].deadline = &srv->deadline;
+		srv->workers[i].mhd =
+		    worker_start(&srv->workers[i], max_connections, handler, completed, cls);
 		if (!srv->workers[i].mhd) {
 			log_error("cannot start the HTTP server on the %s socket", what);
 			http_unix_close(srv);
@@ -352,6 +534,9 @@ void http_unix_close(struct http_unix_server *srv)
 		if (srv->workers[i].mhd)
 			MHD_stop_daemon(srv->workers[i].mhd);
 	free(srv->workers);
+	/* After the workers: their last closes may still hand connections over. */
+	http_linger_stop(&srv->linger);
+	http_deadline_stop(&srv->deadline);
 	if (srv->fd >= 0)
 		close(srv->fd);
 	if (srv->stop_fd >= 0)

@@ -8,6 +8,8 @@
 #include <microhttpd.h>
 
 #include "conf.h"
+#include "http_deadline.h"
+#include "http_linger.h"
 #include "peer.h"
 
 /* Queues a JSON body (copied) with status. */
@@ -33,8 +35,10 @@ int http_unix_listen(const struct sock_conf *sc, int *ret_fd);
 struct http_worker {
 	struct MHD_Daemon *mhd;
 	atomic_int open;
-	char name[16];     /* thread name, "sign-worker": for top -H and the benchmark */
-	atomic_bool named; /* the thread carries it */
+	char name[16];              /* thread name, "sign-worker": for top -H and the benchmark */
+	atomic_bool named;          /* the thread carries it */
+	struct http_linger *linger; /* the server's */
+	struct http_deadline *deadline; /* the server's */
 };
 
 /* An HTTP server on a Unix socket: passed by systemd, or made here from a [sign]/[admin]
@@ -49,16 +53,22 @@ struct http_unix_server {
 	pthread_t acceptor;
 	bool accepting;      /* the acceptor thread runs */
 	bool accept_failing; /* the acceptor's last accept failed (said once) */
-	char *path;          /* NULL for a passed socket: its unit owns the path */
+	unsigned max_connections;
+	bool at_cap;      /* the acceptor is refusing connections at max_connections (said once) */
+	const char *what; /* "sign", "admin": for messages (a string literal) */
+	char *path;       /* NULL for a passed socket: its unit owns the path */
+	struct http_linger linger;
+	struct http_deadline deadline;
 };
 
 /* Serves handler on fd when fd >= 0, else on a new socket made from sc, with threads workers
- * (at least 1). Peer credentials are read per connection (http_peer_of). what names it in
+ * (at least 1), holding at most max_connections connections: beyond, a new one is accepted and
+ * closed at once. Peer credentials are read per connection (http_peer_of). what names it in
  * messages. Each connection may use HTTP_CONNECTION_MEMORY bytes for its request line, headers
  * and the answer's headers; bodies are collected outside (struct http_body). */
 #define HTTP_CONNECTION_MEMORY (8 * 1024)
 int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, int fd,
-                    unsigned threads, MHD_AccessHandlerCallback handler,
+                    unsigned threads, unsigned max_connections, MHD_AccessHandlerCallback handler,
                     MHD_RequestCompletedCallback completed, void *cls, const char *what);
 void http_unix_close(struct http_unix_server *srv);
 
@@ -67,10 +77,52 @@ void http_unix_close(struct http_unix_server *srv);
 struct http_peer {
 	int err; /* negative errno: credentials unreadable, the caller is refused */
 	struct peer peer;
+	/* Where the current request's target was received, in libmicrohttpd's read buffer, and
+	 * what http_on_target found wrong with it (libmicrohttpd decodes it in place later). */
+	const char *target;
+	size_t target_len;
+	int target_fault;        /* enum http_strict_fault */
+	bool linger;             /* refused before its body was read: close in stages */
+	struct http_clock clock; /* the whole-request deadline's */
 };
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                         enum MHD_ConnectionNotificationCode code);
+/* The same for a TCP listener: no credentials (err is -ENOTSUP), only the target; cls is the
+ * listener's struct http_guards. */
+struct http_guards {
+	struct http_linger *linger;
+	struct http_deadline *deadline;
+};
+void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                            enum MHD_ConnectionNotificationCode code);
 const struct http_peer *http_peer_of(struct MHD_Connection *c);
+
+/* Install as MHD_OPTION_URI_LOG_CALLBACK, with one of the two above: notes the raw target.
+ * Returns NULL, so the access handler's first call still sees *req_cls == NULL. */
+void *http_on_target(void *cls, const char *uri, struct MHD_Connection *c);
+
+/* For the first call of an access handler, when every header is in: when the method, the raw
+ * target or a header breaks http_strict.h's rules, queues a 400 and returns true with *ret
+ * the handler's answer. libmicrohttpd closes the connection after it. */
+bool http_refuse_malformed(struct MHD_Connection *c, const char *method, const char *version,
+                           enum MHD_Result *ret);
+
+/* Call from MHD_OPTION_NOTIFY_COMPLETED: the connection's next request gets the whole
+ * request-timeout. */
+void http_request_done(struct MHD_Connection *c);
+
+/* The answer queued now is sent before the request's body was read: when libmicrohttpd closes
+ * the connection after it, hand it to the server's http_linger instead of closing it. */
+void http_close_gently(struct MHD_Connection *c);
+
+/* For the access handler's body calls, which libmicrohttpd 0.9.75 does not let answer: sends a
+ * 413 {"error":"body_too_large","message":message} on the socket itself and returns MHD_NO,
+ * so that libmicrohttpd closes the connection (in stages, as http_close_gently). */
+enum MHD_Result http_refuse_upload(struct MHD_Connection *c, const char *message);
+
+/* MHD_OPTION_STRICT_FOR_CLIENT: 1 is the strictest 0.9.75 knows (Host required, no spaces in
+ * the target); http_refuse_malformed does the rest. */
+#define HTTP_STRICTNESS 1
 
 /* A request body collected across calls of the access handler, capped at max bytes. */
 struct http_body {

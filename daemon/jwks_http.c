@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "conf_values.h"
 #include "etag.h"
 #include "http.h"
 #include "log.h"
@@ -21,6 +22,9 @@ struct jwks_http {
 	size_t n;
 	struct MHD_Daemon **mhd;
 	int *fds;
+	struct http_linger linger;     /* for every listener */
+	struct http_deadline deadline; /* for every listener */
+	struct http_guards guards;     /* both, for http_on_tcp_connection */
 };
 
 static const char jwks_suffix[] = "/.well-known/jwks.json";
@@ -87,26 +91,26 @@ static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c, 
 	return r;
 }
 
-static bool host_valid(const char *host)
+/* The base of jwks_uri: [jwks] public-url, or else (SPEC §3) the scheme and host of the
+ * issuer's iss. Never the request's Host header: the document is cacheable, and a cache in
+ * front would hand every relying party the jwks_uri one client made up. NULL: neither. */
+static char *jwks_base(struct runtime *rt, const struct issuer_conf *ic)
 {
-	size_t n = host ? strlen(host) : 0;
+	size_t n;
 
-	return n > 0 && n < 256 &&
-	       strspn(host,
-	              "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") == n;
+	if (rt->conf->jwks.public_url)
+		return strdup(rt->conf->jwks.public_url);
+	if (conf_url_origin_len(ic->iss, &n) < 0)
+		return NULL;
+	return strndup(ic->iss, n);
 }
 
-static char *discovery_render(struct runtime *rt, const struct issuer_conf *ic, const char *host)
+static char *discovery_render(const struct issuer_conf *ic, const char *base)
 {
 	json_t *doc;
 	char *uri = NULL, *s = NULL;
-	int w;
 
-	if (rt->conf->jwks.public_url)
-		w = asprintf(&uri, "%s/%s%s", rt->conf->jwks.public_url, ic->name, jwks_suffix);
-	else
-		w = asprintf(&uri, "http://%s/%s%s", host, ic->name, jwks_suffix);
-	if (w < 0)
+	if (asprintf(&uri, "%s/%s%s", base, ic->name, jwks_suffix) < 0)
 		return NULL;
 	doc = json_pack("{s:s, s:s, s:[s]}", "issuer", ic->iss, "jwks_uri", uri,
 	                "id_token_signing_alg_values_supported", jws_alg_name(ic->alg));
@@ -117,19 +121,22 @@ static char *discovery_render(struct runtime *rt, const struct issuer_conf *ic, 
 	return s;
 }
 
+/* Built from the configuration alone, so it varies with no request header (no Vary); a
+ * matching If-None-Match gets 304. */
 static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection *c,
                                        const struct issuer_conf *ic)
 {
-	const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+	char *base = jwks_base(rt, ic), *body;
 	struct MHD_Response *resp;
 	char etag[ETAG_SIZE];
 	enum MHD_Result r;
-	char *body;
 
-	if (!rt->conf->jwks.public_url && !host_valid(host))
-		return http_reply_error(c, MHD_HTTP_BAD_REQUEST, "bad_host",
-		                        "missing or invalid Host header");
-	body = discovery_render(rt, ic, host);
+	if (!base)
+		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "no_jwks_uri",
+		                        "the issuer's iss is not an http(s) URL and [jwks] "
+		                        "public-url is not set");
+	body = discovery_render(ic, base);
+	free(base);
 	if (!body || etag_of(body, strlen(body), etag) < 0) {
 		free(body);
 		return MHD_NO;
@@ -199,6 +206,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	/* Answering in the first call, before libmicrohttpd has seen the end of the request,
 	 * makes it close the connection; answer in the second, as its examples do. */
 	if (!*req_cls) {
+		if (http_refuse_malformed(c, method, version, &r))
+			return r;
 		*req_cls = &headers_seen;
 		return MHD_YES;
 	}
@@ -210,6 +219,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	r = answer(rt, c, url, method);
 	runtime_release(rt);
 	return r;
+}
+
+/* Anyone can make libmicrohttpd refuse a connection at a cap, once per connection: the caps
+ * are logged at start instead. */
+static void jwks_log(void *cls, const char *fmt, va_list ap)
+{
+	if (strncmp(fmt, "Server reached connection limit", 31) != 0)
+		http_log(cls, fmt, ap);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+	http_request_done(c);
 }
 
 static int listen_socket(const struct listen_conf *lc, int *ret)
@@ -238,9 +261,14 @@ static int serve(struct jwks_http *jh, size_t i, const char *what)
 {
 	jh->mhd[i] = MHD_start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-	    on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, http_log, jh, MHD_OPTION_LISTEN_SOCKET,
+	    on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, jwks_log, jh, MHD_OPTION_LISTEN_SOCKET,
 	    jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY, MHD_OPTION_END);
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
+	    MHD_OPTION_CONNECTION_LIMIT, jh->d->budget.jwks, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+	    jh->d->budget.jwks_per_address, MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS,
+	    MHD_OPTION_NOTIFY_CONNECTION, http_on_tcp_connection, &jh->guards,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_URI_LOG_CALLBACK,
+	    http_on_target, NULL, MHD_OPTION_END);
 	if (!jh->mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
 		return -EIO;
@@ -258,6 +286,15 @@ int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http
 	if (!jh)
 		return -ENOMEM;
 	jh->d = d;
+	jh->guards = (struct http_guards){&jh->linger, &jh->deadline};
+	r = http_linger_start(&jh->linger);
+	if (r == 0)
+		r = http_deadline_start(&jh->deadline, conf->jwks.request_timeout);
+	if (r < 0) {
+		log_error("cannot start the JWKS guard threads: %s", strerror(-r));
+		jwks_http_stop(jh);
+		return r;
+	}
 	jh->mhd = calloc(total, sizeof(*jh->mhd));
 	jh->fds = calloc(total, sizeof(*jh->fds));
 	if (!jh->mhd || !jh->fds) {
@@ -293,6 +330,8 @@ void jwks_http_stop(struct jwks_http *jh)
 		else if (jh->fds && jh->fds[i] >= 0)
 			close(jh->fds[i]);
 	}
+	http_linger_stop(&jh->linger);
+	http_deadline_stop(&jh->deadline);
 	free(jh->mhd);
 	free(jh->fds);
 	free(jh);

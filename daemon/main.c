@@ -14,7 +14,9 @@
 
 #include "activation.h"
 #include "admin_api.h"
+#include "budget.h"
 #include "daemon.h"
+#include "http_linger.h"
 #include "jwks_http.h"
 #include "log.h"
 #include "log_limit.h"
@@ -214,6 +216,30 @@ static void block_signals(void)
 	signal(SIGPIPE, SIG_IGN);
 }
 
+/* The connection caps, before anything opens many descriptors: raising the soft limit first. */
+static int plan_budget(struct daemon *d, const struct conf *conf)
+{
+	unsigned long nofile = budget_nofile();
+	struct budget want = {conf->sign.max_connections, conf->admin.max_connections,
+	                      conf->jwks.max_connections, conf->jwks.max_per_address};
+	size_t n_jwks = d->act.n_jwks > 0 ? d->act.n_jwks : conf->jwks.n_listen;
+	int r = budget_plan(nofile, 3 * HTTP_LINGER_SLOTS, n_jwks, &want, &d->budget);
+
+	if (r < 0) {
+		log_error(
+		    "RLIMIT_NOFILE is %lu: too low for the configured max-connections, or for "
+		    "any connection at all (%d descriptors are kept for the token and the "
+		    "daemon); raise LimitNOFILE= or lower max-connections",
+		    nofile, BUDGET_RESERVE + 3 * HTTP_LINGER_SLOTS);
+		return r;
+	}
+	log_notice("descriptors: %lu; connections at most: sign %u, admin %u, jwks %u per "
+	           "listener (%u per address)",
+	           nofile, d->budget.sign, d->budget.admin, d->budget.jwks,
+	           d->budget.jwks_per_address);
+	return 0;
+}
+
 static int run(const char *config_path)
 {
 	struct daemon d = {.config_path = config_path};
@@ -224,7 +250,8 @@ static int run(const char *config_path)
 	prctl(PR_SET_DUMPABLE, 0);
 	block_signals();
 	pthread_mutex_init(&d.rt_lock, NULL);
-	if (daemon_config_load(config_path, &conf) < 0 || activation_collect(&d.act) < 0) {
+	if (daemon_config_load(config_path, &conf) < 0 || activation_collect(&d.act) < 0 ||
+	    plan_budget(&d, conf) < 0) {
 		conf_free(conf);
 		return 1;
 	}

@@ -85,6 +85,9 @@ static void sockets_apply(struct daemon *d, const struct conf *old, const struct
 		} else {
 			socket_attrs(&now->admin);
 		}
+	} else if (!d->admin && now->admin.path) {
+		log_notice("reload: [admin] is configured now, but the passed admin socket was "
+		           "closed at start; restart the service to serve it");
 	}
 	/* New listeners first (SO_REUSEPORT lets them share a port with the old ones); if one
 	 * cannot be bound, the old ones stay. Clients of the old ones reconnect. */

@@ -490,7 +490,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
 	struct sign_api *api = cls;
 	struct request *rq = *req_cls;
+	enum MHD_Result r;
 
+	if (!rq && http_refuse_malformed(c, method, version, &r))
+		return r;
 	if (!rq && bodyless(method)) {
 		*req_cls = &headers_seen;
 		return MHD_YES;
@@ -503,11 +506,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		*req_cls = NULL;
 		return on_headers(api, c, url, method, req_cls);
 	}
-	if (!rq)
-		return on_headers(api, c, url, method, req_cls);
+	if (!rq) {
+		r = on_headers(api, c, url, method, req_cls);
+		if (!*req_cls) /* answered before its body */
+			http_close_gently(c);
+		return r;
+	}
 	if (*upload_size) {
 		http_body_append(&rq->body, upload, *upload_size, POLICY_MAX_BODY);
 		*upload_size = 0;
+		/* A chunked body has no length to refuse up front: cut it off here. */
+		if (rq->body.too_large)
+			return http_refuse_upload(c, "the body is over 64 KiB");
 		return MHD_YES;
 	}
 	return on_complete(api, c, rq);
@@ -518,6 +528,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 {
 	struct request *rq = *req_cls;
 
+	http_request_done(c);
 	if (!rq || (void *)rq == &headers_seen)
 		return;
 	runtime_release(rq->rt);
@@ -542,8 +553,8 @@ int sign_api_start(struct daemon *d, int fd, struct sign_api **ret)
 		return -ENOMEM;
 	api->d = d;
 	/* A thread pool: each worker signs on its own PKCS#11 session. */
-	r = http_unix_serve(&api->srv, &d->rt->conf->sign, fd, worker_threads(), on_request,
-	                    on_completed, api, "sign");
+	r = http_unix_serve(&api->srv, &d->rt->conf->sign, fd, worker_threads(), d->budget.sign,
+	                    on_request, on_completed, api, "sign");
 	if (r < 0) {
 		free(api);
 		return r;

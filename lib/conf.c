@@ -211,6 +211,34 @@ static int set_duration(struct parser *p, uint64_t *dst, const char *name, const
 	return r;
 }
 
+/* A connection cap: 1 to 1000000. */
+static int set_count(struct parser *p, unsigned *dst, const char *name, const char *value)
+{
+	uint32_t n;
+
+	if (conf_parse_u32(value, &n) < 0 || n < 1 || n > 1000000) {
+		conf_error(p, p->line, "%s: '%s' is not a number from 1 to 1000000", name, value);
+		return -EINVAL;
+	}
+	*dst = n;
+	return 0;
+}
+
+/* A request deadline: 1 s to 1 h. */
+static int set_timeout(struct parser *p, uint64_t *dst, const char *name, const char *value)
+{
+	uint64_t s;
+
+	if (set_duration(p, &s, name, value) < 0)
+		return -EINVAL;
+	if (s < 1 || s > 3600) {
+		conf_error(p, p->line, "%s: must be from 1s to 1h", name);
+		return -EINVAL;
+	}
+	*dst = s;
+	return 0;
+}
+
 static int set_socket_key(struct parser *p, struct sock_conf *sc, const char *name,
                           const char *value)
 {
@@ -242,6 +270,10 @@ static int set_socket_key(struct parser *p, struct sock_conf *sc, const char *na
 		sc->gid = gr->gr_gid;
 		return 0;
 	}
+	if (strcmp(name, "max-connections") == 0)
+		return set_count(p, &sc->max_connections, name, value);
+	if (strcmp(name, "request-timeout") == 0)
+		return set_timeout(p, &sc->request_timeout, name, value);
 	conf_error(p, p->line, "unknown key '%s' in [%s]", name, p->section);
 	return -EINVAL;
 }
@@ -326,6 +358,12 @@ static int set_jwks_key(struct parser *p, const char *name, const char *value)
 		c->jwks.public_url = strndup(value, n);
 		return c->jwks.public_url ? 0 : -ENOMEM;
 	}
+	if (strcmp(name, "max-connections") == 0)
+		return set_count(p, &c->jwks.max_connections, name, value);
+	if (strcmp(name, "request-timeout") == 0)
+		return set_timeout(p, &c->jwks.request_timeout, name, value);
+	if (strcmp(name, "max-connections-per-address") == 0)
+		return set_count(p, &c->jwks.max_per_address, name, value);
 	conf_error(p, p->line, "unknown key '%s' in [jwks]", name);
 	return -EINVAL;
 }
@@ -685,6 +723,10 @@ int conf_load(const char *path, struct conf **ret, struct conf_errors *errs)
 	}
 	p.conf->sign.mode = 0660;
 	p.conf->admin.mode = 0660;
+	/* As long as the idle timeouts: a keep-alive client sees no change. */
+	p.conf->sign.request_timeout = 60;
+	p.conf->admin.request_timeout = 60;
+	p.conf->jwks.request_timeout = 30;
 	/* libinih's knobs are process globals; we are its only user. */
 	ini_allow_multiline = false;
 	ini_stop_on_first_error = false;

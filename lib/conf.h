@@ -41,6 +41,8 @@ struct sock_conf {
 	mode_t mode;
 	bool has_group;
 	gid_t gid;
+	unsigned max_connections; /* 0: derived from RLIMIT_NOFILE */
+	uint64_t request_timeout; /* seconds a request may take, headers and body */
 };
 
 struct listen_conf {
@@ -64,7 +66,10 @@ struct conf {
 		struct listen_conf *listen;
 		size_t n_listen;
 		uint64_t max_age;
-		char *public_url; /* without a trailing slash; NULL: from the request's Host */
+		char *public_url; /* without a trailing slash; NULL: from each issuer's iss */
+		unsigned max_connections; /* per listener; 0: derived from RLIMIT_NOFILE */
+		unsigned max_per_address; /* per listener and client address; 0: the default */
+		uint64_t request_timeout; /* seconds */
 	} jwks;
 	struct issuer_conf *issuers; /* in file order */
 	size_t n_issuers;

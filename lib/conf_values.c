@@ -44,6 +44,25 @@ bool conf_token_type_valid(const char *s)
 	return true;
 }
 
+int conf_url_origin_len(const char *url, size_t *ret_len)
+{
+	static const char host_chars[] =
+	    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]";
+	size_t scheme, host;
+
+	if (strncmp(url, "https://", 8) == 0)
+		scheme = 8;
+	else if (strncmp(url, "http://", 7) == 0)
+		scheme = 7;
+	else
+		return -EINVAL;
+	host = strspn(url + scheme, host_chars);
+	if (host == 0 || !strchr("/?#", url[scheme + host]))
+		return -EINVAL;
+	*ret_len = scheme + host;
+	return 0;
+}
+
 bool conf_text_printable(const char *s)
 {
 	json_t *utf8;

@@ -18,6 +18,10 @@ bool conf_token_type_valid(const char *s);
 /* Valid UTF-8 without control characters. */
 bool conf_text_printable(const char *s);
 
+/* The length of url's "scheme://host[:port]" when url is an http(s) URL whose authority is a
+ * plain host (letters, digits, '.', '-', ':', '[', ']': no user info); else -EINVAL. */
+int conf_url_origin_len(const char *url, size_t *ret_len);
+
 /* Decimal, no sign, no blanks. */
 int conf_parse_u32(const char *s, uint32_t *ret);
 

@@ -47,6 +47,7 @@ import json
 import os
 import pickle
 import pwd
+import resource
 import secrets
 import select
 import shutil
@@ -57,6 +58,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.parse
 
 __all__ = ["Daemon", "Response", "HarnessError", "check_config", "p11probe", "free_port",
            "DEFAULT_ISSUER", "b64url_decode", "b64url_encode", "split_jws", "jwk_thumbprint",
@@ -358,6 +360,7 @@ class Daemon:
         self.sign_mode = sign_mode
         self.extra_conf = extra_conf
         self.proc = None
+        self.nofile = None  # RLIMIT_NOFILE (soft and hard) to start the daemon with
         self.returncode = None
         self.provisioned = False
         self._started_once = False
@@ -482,10 +485,16 @@ class Daemon:
         env["NOTIFY_SOCKET"] = self.notify_socket
         self._logf = open(self.log_path, "ab")
         self.returncode = None
+        nofile = self.nofile
+
+        def preexec():
+            _die_with_parent()
+            if nofile:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(
             [tokensignd_path(), "-c", self.conf_path],
             env=env, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf,
-            preexec_fn=_die_with_parent, cwd=self.workdir)
+            preexec_fn=preexec, cwd=self.workdir)
         return self.proc
 
     def wait_ready(self, timeout=None):
@@ -628,6 +637,16 @@ class Daemon:
 
     def jwks_url(self, issuer):
         return "http://127.0.0.1:%d/%s/.well-known/jwks.json" % (self.jwks_port, issuer)
+
+    def jwks_uri(self, issuer):
+        """The jwks_uri of issuer's discovery document (SPEC §3): [jwks] public-url, else the
+        scheme and host of the issuer's iss; never anything from the request."""
+        if self.jwks_public_url:
+            base = self.jwks_public_url.rstrip("/")
+        else:
+            u = urllib.parse.urlsplit(self.issuers[issuer]["iss"])
+            base = "%s://%s" % (u.scheme, u.netloc)
+        return "%s/%s/.well-known/jwks.json" % (base, issuer)
 
     def jwks(self, issuer):
         """The parsed public JWKS of issuer (asserts nothing; raises on a non-200)."""

@@ -330,7 +330,7 @@ class FiveAlgorithms(harness.TestCase):
                 self.assertEqual(r.status, 200, r)
                 doc = r.json()
                 self.assertEqual(doc["issuer"], self.d.issuers[name]["iss"])
-                self.assertEqual(doc["jwks_uri"], self.d.jwks_url(name))
+                self.assertEqual(doc["jwks_uri"], self.d.jwks_uri(name))
                 self.assertEqual(doc["id_token_signing_alg_values_supported"], [self.alg(name)])
 
     def test_keys_in_token_have_the_algorithms_type(self):

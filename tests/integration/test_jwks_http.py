@@ -167,7 +167,8 @@ class JwksHttpTest(harness.TestCase):
         self.assertEqual(r.headers.get("cache-control"), "public, max-age=300")
         doc = r.json()
         self.assertEqual(doc["issuer"], harness.DEFAULT_ISSUER["iss"])
-        self.assertEqual(doc["jwks_uri"], self.d.jwks_url("main"))
+        self.assertEqual(doc["jwks_uri"], "https://login.example.test/main/.well-known/jwks.json")
+        self.assertEqual(doc["jwks_uri"], self.d.jwks_uri("main"))
         self.assertEqual(doc["id_token_signing_alg_values_supported"], ["ES256"])
 
     def test_many_connections(self):

@@ -5,7 +5,8 @@
   WATCHDOG=1 every WATCHDOG_USEC/2 only while the token answers (p11shim makes it stop
   answering), RELOADING=1 then READY=1 around a SIGHUP reload.
 - Socket activation through systemd-socket-activate with FileDescriptorName sign, admin, jwks;
-  a passed socket is never unlinked, a wrongly named one stops the daemon at start.
+  a passed socket is never unlinked, a wrongly named one stops the daemon at start, a passed
+  admin socket is closed when the configuration has no [admin] section.
 - SIGHUP reload with clients signing throughout: add and remove an issuer, change a policy,
   a broken file, a changed [hsm] section, a changed [jwks] listen address.
 - PR_SET_DUMPABLE 0: a SIGSEGV leaves no core file even with an unlimited core limit.
@@ -623,7 +624,7 @@ class NotifyTest(harness.TestCase):
 class SocketActivationTest(harness.TestCase):
     """systemd-socket-activate passes the three sockets, named sign, admin and jwks."""
 
-    def activated(self, fdnames):
+    def activated(self, fdnames, admin_section=True):
         d = SdDaemon()
         self.addCleanup(d.close)
         d.conf_sign = os.path.join(d.workdir, "conf-sign.sock")
@@ -633,7 +634,7 @@ class SocketActivationTest(harness.TestCase):
         d.act_admin = os.path.join(d.workdir, "act-admin.sock")
         d.act_port = harness.free_port()
         d.sign_socket = d.conf_sign
-        d.extra_conf = "[admin]\nsocket = %s\n" % d.conf_admin
+        d.extra_conf = "[admin]\nsocket = %s\n" % d.conf_admin if admin_section else ""
         d.write_config()
         # requests go to the passed sockets
         d.sign_socket = d.act_sign
@@ -686,6 +687,25 @@ class SocketActivationTest(harness.TestCase):
         self.assertEqual(d.stop(), 0, d.brief())
         for p in (d.act_sign, d.act_admin):
             self.assertTrue(os.path.exists(p), "passed socket %s unlinked at exit" % p)
+        self.assertNoSanitizerReport(d)
+
+    def test_passed_admin_socket_needs_an_admin_section(self):
+        """The admin API rotates and revokes: a unit passing an admin socket does not turn
+        it on when the configuration has no [admin] section."""
+        d, first = self.activated("sign:admin:jwks", admin_section=False)
+        self.assertEqual(d.http("GET", "/main/.well-known/jwks.json").status, 200)
+        d.wait_ready(start=first)
+        self.assertSigned(d.sign("main", dict(CLAIMS)), "sign over the passed socket")
+        self.assertRegex(d.log(), r"passed an admin socket, but the configuration has no "
+                                  r"\[admin\] section: closed")
+        self.assertFalse(connect_ok(socket.AF_UNIX, d.act_admin),
+                         "the passed admin socket is served without an [admin] section")
+        # a reload does not bring it back
+        mark = d.notify.mark()
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_ready(start=mark)
+        self.assertFalse(connect_ok(socket.AF_UNIX, d.act_admin), "served after a reload")
+        self.assertEqual(d.stop(), 0, d.brief())
         self.assertNoSanitizerReport(d)
 
     def test_wrongly_named_socket_refused(self):

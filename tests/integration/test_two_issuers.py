@@ -2,6 +2,7 @@
 """Two issuers in one daemon (SPEC §5: one issuer's JWKS never holds another issuer's key)."""
 
 import json
+import urllib.parse
 
 import jwt
 
@@ -95,29 +96,43 @@ class TwoIssuersTest(harness.TestCase):
             self.assertEqual(r.headers.get("content-type", "").split(";")[0], "application/json")
             doc = r.json()
             self.assertEqual(doc["issuer"], ISSUERS[name]["iss"])
-            # no public-url: built from the request's Host header
-            self.assertEqual(doc["jwks_uri"], self.d.jwks_url(name))
+            # no public-url: the scheme and host of the issuer's iss (SPEC §3)
+            self.assertEqual(doc["jwks_uri"], {
+                "a": "https://a.example.test/a/.well-known/jwks.json",
+                "b": "https://b.example.test/b/.well-known/jwks.json"}[name])
+            self.assertEqual(doc["jwks_uri"], self.d.jwks_uri(name))
             self.assertEqual(doc["id_token_signing_alg_values_supported"], ["ES256"])
-            # the URI it names serves this issuer's JWKS
-            self.assertEqual(self.d.http("GET", doc["jwks_uri"].split(str(self.d.jwks_port),
-                                                                      1)[1]).body,
+            # the path it names serves this issuer's JWKS
+            self.assertEqual(self.d.http("GET", urllib.parse.urlsplit(doc["jwks_uri"]).path).body,
                              self.d.http("GET", "/%s/.well-known/jwks.json" % name).body)
 
-    def test_discovery_host_header(self):
-        r = self.d.http("GET", "/b/.well-known/openid-configuration",
-                        headers={"Host": "keys.example.test:8443"})
-        self.assertEqual(r.status, 200, r)
-        self.assertEqual(r.json()["jwks_uri"],
-                         "http://keys.example.test:8443/b/.well-known/jwks.json")
-        r = self.d.http("GET", "/b/.well-known/openid-configuration",
-                        headers={"Host": "[::1]:8080"})
-        self.assertEqual(r.status, 200, r)
-        self.assertEqual(r.json()["jwks_uri"], "http://[::1]:8080/b/.well-known/jwks.json")
-        for host in ("evil.example/x", "a\"b", "a b", "x<script>", "a@b", "h%2f"):
-            r = self.d.http("GET", "/b/.well-known/openid-configuration",
-                            headers={"Host": host})
-            self.assertEqual(r.status, 400, "Host %r: %r" % (host, r))
-            self.assertNotIn(b"evil", r.body)
+    def test_discovery_ignores_the_host_header(self):
+        """A hostile Host must not reach the document: it is cacheable, and a cache in front
+        would serve the attacker's jwks_uri to every relying party."""
+        plain = self.d.http("GET", "/b/.well-known/openid-configuration")
+        self.assertEqual(plain.status, 200, plain)
+        for host in ("evil.example", "keys.example.test:8443", "[::1]:8080", "evil.example/x",
+                     "a\"b", "a b", "x<script>", "a@b", "h%2f"):
+            with self.subTest(host=host):
+                r = self.d.http("GET", "/b/.well-known/openid-configuration",
+                                headers={"Host": host})
+                self.assertEqual(r.status, 200, "Host %r: %r" % (host, r))
+                self.assertEqual(r.json()["jwks_uri"],
+                                 "https://b.example.test/b/.well-known/jwks.json")
+                # the same bytes and ETag whatever the Host: nothing varies, so no Vary
+                self.assertEqual(r.body, plain.body)
+                self.assertEqual(r.headers.get("etag"), plain.headers.get("etag"))
+                self.assertNotIn("vary", r.headers)
+                self.assertNotIn(b"evil", r.body)
+
+    def test_discovery_without_a_base(self):
+        """An iss that is not an http(s) URL and no public-url: no jwks_uri to publish."""
+        issuers = {"u": {"iss": "urn:example:issuer", "audiences": "api://u", "allow": "*"}}
+        with harness.Daemon(issuers=issuers) as d:
+            r = d.http("GET", "/u/.well-known/openid-configuration",
+                       headers={"Host": "evil.example"})
+            self.assertError(r, 404, "no_jwks_uri")
+            self.assertEqual(d.http("GET", "/u/.well-known/jwks.json").status, 200)
 
 
 class PublicUrlTest(harness.TestCase):

@@ -213,6 +213,8 @@ class Units(unittest.TestCase):
             "Group": "tokensign",
             "LoadCredential": "hsm-pin:/etc/tokensign/hsm-pin",
             "LimitCORE": "0",
+            # room for the connection caps and their reserve (docs/operations.md, "Limits")
+            "LimitNOFILE": "65536",
             "RuntimeDirectory": "tokensignd",
             "RuntimeDirectoryPreserve": "yes",
             "StateDirectory": "tokensign",

@@ -337,6 +337,34 @@ out:
 }
 
 /* The example of SPEC §3, with its comments, using names that exist on any system. */
+static void test_connection_caps(void)
+{
+	char *text = base_with(L_SIGN_FREE, "max-connections = 300");
+	struct conf *c = load_ok(text);
+
+	if (c) {
+		CHECK_INT(c->sign.max_connections, 300);
+		CHECK_INT(c->admin.max_connections, 0); /* derived */
+		CHECK_INT(c->jwks.max_connections, 0);
+		CHECK_INT(c->jwks.max_per_address, 0);  /* the default */
+		CHECK_U64(c->sign.request_timeout, 60); /* defaults */
+		CHECK_U64(c->admin.request_timeout, 60);
+		CHECK_U64(c->jwks.request_timeout, 30);
+	}
+	conf_free(c);
+	free(text);
+	text = base_with(L_JWKS_FREE, "max-connections = 2000\nmax-connections-per-address = 8\n"
+	                              "request-timeout = 5s");
+	c = load_ok(text);
+	if (c) {
+		CHECK_INT(c->jwks.max_connections, 2000);
+		CHECK_INT(c->jwks.max_per_address, 8);
+		CHECK_U64(c->jwks.request_timeout, 5);
+	}
+	conf_free(c);
+	free(text);
+}
+
 static void test_spec_example(void)
 {
 	static const char spec[] =
@@ -594,6 +622,13 @@ static void test_errors_values(void)
 	EXPECT(L_SIGN_SOCKET, "socket = run/sign.sock", L_SIGN_SOCKET, "absolute", 2);
 	EXPECT(L_ADMIN_SOCKET, "socket = ./admin.sock", L_ADMIN_SOCKET, "absolute", 2);
 	EXPECT(L_ADMIN_SOCKET, "socket = /run/tokensignd/sign.sock", L_ADMIN, "same", 1);
+	EXPECT(L_SIGN_FREE, "max-connections = 0", L_SIGN_FREE, "max-connections", 1);
+	EXPECT(L_SIGN_FREE, "request-timeout = 2h", L_SIGN_FREE, "request-timeout", 1);
+	EXPECT(L_JWKS_FREE, "request-timeout = 30", L_JWKS_FREE, "duration", 1);
+	EXPECT(L_ADMIN_FREE, "max-connections = many", L_ADMIN_FREE, "max-connections", 1);
+	EXPECT(L_JWKS_FREE, "max-connections = 1000001", L_JWKS_FREE, "max-connections", 1);
+	EXPECT(L_JWKS_FREE, "max-connections-per-address = -1", L_JWKS_FREE,
+	       "max-connections-per-address", 1);
 
 	/* listen: each also leaves [jwks] without a listen. */
 	EXPECT(L_LISTEN, "listen = 127.0.0.1", L_LISTEN, "listen", 2);
@@ -862,6 +897,7 @@ int main(void)
 	unsetenv("CREDENTIALS_DIRECTORY");
 	test_full();
 	test_spec_example();
+	test_connection_caps();
 	test_credentials_directory();
 	test_long_lines();
 	test_errors_sections();

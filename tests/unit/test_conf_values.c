@@ -121,13 +121,31 @@ static void check_listen_ok(const char *s, int family, const char *ip, uint16_t 
 static void test_listen(void)
 {
 	static const char *const bad[] = {
-		"",           "127.0.0.1",       "127.0.0.1:",      "127.0.0.1:0",
-		"127.0.0.1:65536", "127.0.0.1:70000", "127.0.0.1:-1", "127.0.0.1:+80",
-		"127.0.0.1: 80", "127.0.0.1:80 ", "localhost:80",    "example.com:443",
-		":8080",      "::1:8080",        "[::1]",           "[::1]8080",
-		"[::1]:",     "[]:80",           "[127.0.0.1]:80",  "[::1:80",
-		"256.1.1.1:80", "1.2.3:80",      "*:80",            "[fe80::1%lo]:80",
-		"0x7f.0.0.1:80",
+	    "",
+	    "127.0.0.1",
+	    "127.0.0.1:",
+	    "127.0.0.1:0",
+	    "127.0.0.1:65536",
+	    "127.0.0.1:70000",
+	    "127.0.0.1:-1",
+	    "127.0.0.1:+80",
+	    "127.0.0.1: 80",
+	    "127.0.0.1:80 ",
+	    "localhost:80",
+	    "example.com:443",
+	    ":8080",
+	    "::1:8080",
+	    "[::1]",
+	    "[::1]8080",
+	    "[::1]:",
+	    "[]:80",
+	    "[127.0.0.1]:80",
+	    "[::1:80",
+	    "256.1.1.1:80",
+	    "1.2.3:80",
+	    "*:80",
+	    "[fe80::1%lo]:80",
+	    "0x7f.0.0.1:80",
 	};
 	struct listen_conf l;
 
@@ -169,7 +187,7 @@ static void test_lists(void)
 	check_list("a", 1, (const char *const[]){"a"});
 	check_list("  a  ", 1, (const char *const[]){"a"});
 	check_list("api://orders, api://billing", 2,
-		   (const char *const[]){"api://orders", "api://billing"});
+	           (const char *const[]){"api://orders", "api://billing"});
 	check_list("a,b,c", 3, (const char *const[]){"a", "b", "c"});
 	check_list("JWT ,\tat+jwt", 2, (const char *const[]){"JWT", "at+jwt"});
 	check_list("user:a b", 1, (const char *const[]){"user:a b"}); /* inner blanks stay */
@@ -224,8 +242,35 @@ static void test_allow(void)
 	check_allow("", -EINVAL, ALLOW_ANY, 0);
 }
 
+/* The origin of a URL, or -1 when it has none we would publish. */
+static long long origin(const char *url)
+{
+	size_t n = 99;
+
+	return conf_url_origin_len(url, &n) == 0 ? (long long)n : -1;
+}
+
+static void test_url_origin(void)
+{
+	CHECK_INT(origin("https://login.example.test/main"), 26);
+	CHECK_INT(origin("https://login.example.test"), 26);
+	CHECK_INT(origin("http://a.example:8443/x?y"), 21);
+	CHECK_INT(origin("https://[::1]:8080#f"), 18);
+	CHECK_INT(origin("https://h?q"), 9);
+	CHECK_INT(origin("https://"), -1);
+	CHECK_INT(origin("https:///path"), -1);
+	CHECK_INT(origin("https://user@host/"), -1);
+	CHECK_INT(origin("https://a b/"), -1);
+	CHECK_INT(origin("https://h%2f/"), -1);
+	CHECK_INT(origin("ftp://host/"), -1);
+	CHECK_INT(origin("my-service"), -1);
+	CHECK_INT(origin("HTTPS://host/"), -1);
+	CHECK_INT(origin(""), -1);
+}
+
 int main(void)
 {
+	test_url_origin();
 	test_names();
 	test_numbers();
 	test_listen();
