@@ -165,6 +165,24 @@ class StrictHttpTest(harness.TestCase):
                     self.assertError(r, 405, "method_not_allowed")
                     self.assertEqual(r.headers.get("allow"), allow)
 
+    def test_admin_verbs_do_nothing_for_another_method(self):
+        # issue 12: rotate and revoke answered GET with 405 but were carried out for PUT,
+        # DELETE and PATCH. Each now gets 405 and the keys stay exactly as they were.
+        def keys():
+            r = harness.unix_http(self.admin_sock, "GET", "/v1/keys")
+            self.assertEqual(r.status, 200, r)
+            return r.json()["keys"]
+
+        before = keys()
+        kid = before[0]["kid"]
+        for path in ("/v1/issuers/main/rotate", "/v1/issuers/main/keys/%s/revoke" % kid):
+            for m in ("PUT", "DELETE", "PATCH"):
+                with self.subTest(path=path, method=m):
+                    r = harness.unix_http(self.admin_sock, m, path, body={"now": True})
+                    self.assertError(r, 405, "method_not_allowed")
+                    self.assertEqual(r.headers.get("allow"), "POST")
+        self.assertEqual(keys(), before)
+
     def test_ordinary_requests_still_pass(self):
         # escapes of printable characters, a query, tabs and obs-text in values are fine
         r = self.d.http("GET", "/m%61in/.well-known/jwks.json", headers={
