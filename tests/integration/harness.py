@@ -32,6 +32,7 @@ The API other test folders rely on (keep it stable):
     p11probe(module, label, pin_file, env) -> [dict per token object]
     shim_daemon(issuers=None, admin=False, cls=None, **kw) -> Daemon through p11shim
         (.faults .shim_log .admin_sock)   write_faults(d, *lines)
+    start_or_close(d) -> d (for setUpClass)   add_admin_socket(d, mode="0600") -> d (.admin_sock)
     split_jws, b64url_decode, b64url_encode, jwk_thumbprint, verify_es256, run_as
     TestCase (assertError, assertSigned, assertStillSigns), main(), KEYS_AT_START
 
@@ -63,7 +64,7 @@ import urllib.parse
 __all__ = ["Daemon", "Response", "HarnessError", "check_config", "p11probe", "free_port",
            "DEFAULT_ISSUER", "b64url_decode", "b64url_encode", "split_jws", "jwk_thumbprint",
            "run_as", "unix_http", "tcp_http", "verify_es256", "KEYS_AT_START", "TestCase",
-           "main", "shim_daemon", "write_faults"]
+           "main", "shim_daemon", "write_faults", "start_or_close", "add_admin_socket"]
 
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -719,6 +720,26 @@ def verify_es256(token, jwk):
         return False
 
 
+def start_or_close(d):
+    """d.start(), closing d when the start fails: for setUpClass, after which no cleanup of the
+    test runs. Returns d."""
+    try:
+        d.start()
+    except BaseException:
+        d.close()
+        raise
+    return d
+
+
+def add_admin_socket(d, mode="0600"):
+    """Gives d (not started) an [admin] socket in its workdir, d.admin_sock, and rewrites its
+    configuration."""
+    d.admin_sock = os.path.join(d.workdir, "admin.sock")
+    d.extra_conf += "[admin]\nsocket = %s\nmode = %s\n" % (d.admin_sock, mode)
+    d.write_config()
+    return d
+
+
 def shim_daemon(issuers=None, admin=False, cls=None, **kw):
     """A Daemon (not started; cls, default Daemon) that reaches its token through the p11shim
     fault-injecting module (tests/shim/README.md; P11SHIM must be set). Its fault file is
@@ -728,8 +749,7 @@ def shim_daemon(issuers=None, admin=False, cls=None, **kw):
     # p11-kit resolves a relative module name under its own module directory
     d.module = os.path.abspath(_env_path("P11SHIM"))
     if admin:
-        d.admin_sock = os.path.join(d.workdir, "admin.sock")
-        d.extra_conf += "[admin]\nsocket = %s\nmode = 0600\n" % d.admin_sock
+        add_admin_socket(d)
     d.write_config()  # the config was written in __init__ with the real module
     d.faults = os.path.join(d.workdir, "p11shim.faults")
     d.shim_log = os.path.join(d.workdir, "p11shim.log")

@@ -218,11 +218,7 @@ class FiveAlgorithms(harness.TestCase):
         # Four RSA keys of up to 4096 bits are made before READY=1: SoftHSM takes seconds for
         # each, many more on a loaded machine or under the sanitizers.
         harness.READY_TIMEOUT = 240.0
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):
@@ -572,11 +568,7 @@ class SelfCheck(harness.TestCase):
         issuers["es256-plain"] = {"algorithm": "ES256"}
         issuers["rs256-off"] = {"algorithm": "RS256", "self-check": "no"}
         cls.d = shim_daemon(issuers)
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

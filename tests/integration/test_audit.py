@@ -57,11 +57,7 @@ class Decisions(harness.TestCase):
     def setUpClass(cls):
         issuer = dict(harness.DEFAULT_ISSUER, allow="uid:0")
         cls.d = harness.shim_daemon(issuers={"main": issuer}, sign_mode="0666")
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

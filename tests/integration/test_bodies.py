@@ -69,14 +69,8 @@ class BodiesTest(harness.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.d = harness.Daemon()
-        cls.admin_sock = os.path.join(cls.d.workdir, "admin.sock")
-        cls.d.extra_conf = "[admin]\nsocket = %s\nmode = 0600\n" % cls.admin_sock
-        cls.d.write_config()
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        cls.admin_sock = harness.add_admin_socket(cls.d).admin_sock
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

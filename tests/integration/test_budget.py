@@ -43,11 +43,7 @@ class BudgetTest(harness.TestCase):
         raise_our_limit(8192)
         cls.d = harness.Daemon()
         cls.d.nofile = NOFILE
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

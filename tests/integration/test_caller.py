@@ -24,11 +24,7 @@ class CallerTest(harness.TestCase):
             "byname": {"allow": "user:nobody"},
             "several": {"allow": "uid:4242, gid:4343"},
         }, sign_mode="0666")
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

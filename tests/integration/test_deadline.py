@@ -26,11 +26,7 @@ class DeadlineTest(harness.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.d = DeadlineDaemon()
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

@@ -30,11 +30,7 @@ class JwksHoldsTest(harness.TestCase):
     def setUpClass(cls):
         d = cls.d = harness.shim_daemon({"main": ISSUER}, admin=True, jwks_max_age="1s")
         set_faults(d)
-        try:
-            d.start()
-        except BaseException:
-            d.close()
-            raise
+        harness.start_or_close(d)
 
     @classmethod
     def tearDownClass(cls):

@@ -19,11 +19,7 @@ class JwksHttpTest(harness.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.d = harness.Daemon(jwks_max_age="5m")
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

@@ -61,11 +61,7 @@ class RefusalTest(harness.TestCase):
             # only root may sign here: used for the 403 precedence cases
             "rootonly": {"audiences": AUD, "allow": "uid:0"},
         }, sign_mode="0666")
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

@@ -20,11 +20,7 @@ class SignTest(harness.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.d = harness.Daemon()
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

@@ -1001,11 +1001,7 @@ class AuditTest(harness.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.d = SdDaemon()
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):

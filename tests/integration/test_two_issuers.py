@@ -18,11 +18,7 @@ class TwoIssuersTest(harness.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.d = harness.Daemon(issuers=ISSUERS)
-        try:
-            cls.d.start()
-        except BaseException:
-            cls.d.close()
-            raise
+        harness.start_or_close(cls.d)
 
     @classmethod
     def tearDownClass(cls):
