@@ -8,7 +8,7 @@
 #include "activation.h"
 #include "budget.h"
 #include "conf.h"
-#include "hsm.h"
+#include "hsmc.h"
 #include "keyring.h"
 
 struct sign_api;
@@ -22,13 +22,13 @@ struct runtime {
 	atomic_int refs;
 	struct conf *conf;
 	struct keyring *keyring;
-	struct hsm *hsm;        /* the daemon's; the same in every runtime */
+	struct hsmc *hsm;       /* the daemon's; the same in every runtime */
 	char cache_control[48]; /* "public, max-age=N" of the JWKS answers */
 };
 
 struct daemon {
 	const char *config_path;
-	struct hsm *hsm;
+	struct hsmc *hsm;
 	pthread_mutex_t rt_lock; /* guards the rt pointer, not its contents */
 	struct runtime *rt;
 	struct scheduler *scheduler;

@@ -66,10 +66,10 @@ static int config_check(const char *path, struct conf **ret)
 
 /* Public-key halves made by releases before 0.2 are public objects; ours are private now
  * (docs/design.md, "Custody"). Done once, after login and before any key is read. */
-static int keys_migrate(struct hsm *hsm)
+static int keys_migrate(struct hsmc *hsm)
 {
 	size_t n = 0;
-	int r = hsm_migrate_public_halves(hsm, &n);
+	int r = hsmc_migrate_public_halves(hsm, &n);
 
 	if (r < 0)
 		log_error("cannot make the public-key halves of our keys private objects: %s",
@@ -88,7 +88,7 @@ bool daemon_ready(struct daemon *d, const char **why)
 	bool ok = true;
 
 	*why = NULL;
-	if (hsm_probe(d->hsm) < 0) {
+	if (hsmc_probe(d->hsm) < 0) {
 		*why = "token unreachable";
 		ok = false;
 	} else if (keyring_token_lost(rt->keyring)) {
@@ -135,7 +135,7 @@ static void notify_status(struct daemon *d, const char *prefix)
 /* Under a systemd watchdog: a heartbeat only while the token answers. */
 static void watchdog_beat(struct daemon *d)
 {
-	if (hsm_probe(d->hsm) == 0)
+	if (hsmc_probe(d->hsm) == 0)
 		sd_notify(0, "WATCHDOG=1");
 	else
 		log_error("the token does not answer (%s); withholding the watchdog heartbeat",
@@ -183,7 +183,7 @@ static int main_loop(struct daemon *d)
 	}
 }
 
-/* hsm_on_pin_refused(): the token refused the PIN when the daemon had to log in again. Nothing
+/* hsmc_on_pin_refused(): the token refused the PIN when the daemon had to log in again. Nothing
  * can be signed until an operator fixes the PIN, and a watchdog restart would try the refused
  * PIN again: shut down, with EXIT_PIN_REFUSED (run()). */
 static void pin_refused(void *data)
@@ -198,7 +198,7 @@ static void pin_refused(void *data)
 /* The exit status of run() once it has stopped everything but the token. */
 static int exit_status(struct daemon *d, int r)
 {
-	if (r == -EKEYREJECTED || (d->hsm && hsm_pin_refused(d->hsm)))
+	if (r == -EKEYREJECTED || (d->hsm && hsmc_pin_refused(d->hsm)))
 		return EXIT_PIN_REFUSED;
 	return r < 0 ? 1 : 0;
 }
@@ -256,7 +256,14 @@ static int run(const char *config_path)
 		return 1;
 	}
 	sd_notify(0, "STATUS=Logging in to the token");
-	r = hsm_open(conf->hsm.module, conf->hsm.token, conf->hsm.pin_file, &d.hsm);
+	r = hsmc_open(&(struct hsmc_opts){.module = conf->hsm.module,
+	                                  .token = conf->hsm.token,
+	                                  .pin_file = conf->hsm.pin_file,
+	                                  .session_copies = conf->hsm.session_copies,
+	                                  .module_network = conf->hsm.module_network,
+	                                  .n_sign = sign_api_workers(),
+	                                  .sign_timeout_s = (unsigned)conf->sign.request_timeout},
+	              &d.hsm);
 	if (r == -EKEYREJECTED) {
 		log_error("the token refused the PIN (%s); exiting with status %d, which systemd "
 		          "does not restart: fix the PIN, then start the service again",
@@ -269,8 +276,7 @@ static int run(const char *config_path)
 		conf_free(conf);
 		goto out;
 	}
-	hsm_on_pin_refused(d.hsm, pin_refused, NULL);
-	hsm_set_session_copies(d.hsm, conf->hsm.session_copies);
+	hsmc_on_pin_refused(d.hsm, pin_refused, NULL);
 	if ((r = keys_migrate(d.hsm)) < 0) {
 		conf_free(conf);
 		goto out;
@@ -294,7 +300,7 @@ out:
 	scheduler_stop(d.scheduler);
 	runtime_release(d.rt);
 	r = exit_status(&d, r);
-	hsm_close(d.hsm);
+	hsmc_close(d.hsm);
 	pthread_mutex_destroy(&d.rt_lock);
 	return r;
 }
@@ -311,15 +317,6 @@ int main(int argc, char **argv)
 	const char *config = DEFAULT_CONFIG;
 	bool check = false;
 	int c;
-
-	/* Internal: started by the daemon itself (hsm_resync(), tokensignd(8)). */
-	if (argc == 4 && strcmp(argv[1], "--touch-token") == 0) {
-		alarm(TOUCH_TIMEOUT);
-		if (hsm_touch_token(argv[2], argv[3]) == 0)
-			return 0;
-		fprintf(stderr, "tokensignd --touch-token: %s\n", hsm_last_error());
-		return 1;
-	}
 
 	while ((c = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
 		switch (c) {

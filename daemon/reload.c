@@ -34,7 +34,8 @@ static bool hsm_changed(const struct conf *a, const struct conf *b)
 {
 	return !same_str(a->hsm.module, b->hsm.module) || !same_str(a->hsm.token, b->hsm.token) ||
 	       !same_str(a->hsm.pin_file, b->hsm.pin_file) ||
-	       a->hsm.session_copies != b->hsm.session_copies;
+	       a->hsm.session_copies != b->hsm.session_copies ||
+	       a->hsm.module_network != b->hsm.module_network;
 }
 
 static bool listen_changed(const struct conf *a, const struct conf *b)

@@ -41,12 +41,12 @@ void runtime_release(struct runtime *rt)
 
 /* Every issuer's algorithm must be one the token can generate and sign: refuse it now rather
  * than fail at the first rotation. */
-static int algorithms_prepare(struct hsm *hsm, const struct conf *conf)
+static int algorithms_prepare(struct hsmc *hsm, const struct conf *conf)
 {
 	for (size_t i = 0; i < conf->n_issuers; i++) {
 		const struct issuer_conf *ic = &conf->issuers[i];
 		char bits[40] = "";
-		int r = hsm_prepare_alg(hsm, ic->alg, ic->key_size);
+		int r = hsmc_prepare_alg(hsm, ic->alg, ic->key_size);
 
 		if (r < 0) {
 			log_error("issuer %s: %s cannot be served by this token: %s", ic->name,
@@ -57,7 +57,7 @@ static int algorithms_prepare(struct hsm *hsm, const struct conf *conf)
 		if (ic->key_size)
 			snprintf(bits, sizeof(bits), " (new keys %u bits)", ic->key_size);
 		log_info("issuer %s: %s%s via %s, self-check %s", ic->name, jws_alg_name(ic->alg),
-		         bits, hsm_alg_plan(hsm, ic->alg), ic->self_check ? "on" : "off");
+		         bits, hsmc_alg_plan(hsm, ic->alg), ic->self_check ? "on" : "off");
 	}
 	return 0;
 }
@@ -88,7 +88,7 @@ static int keys_load(struct runtime *rt)
 	return r;
 }
 
-int runtime_new(struct hsm *hsm, struct conf *conf, struct runtime **ret)
+int runtime_new(struct hsmc *hsm, struct conf *conf, struct runtime **ret)
 {
 	struct runtime *rt = calloc(1, sizeof(*rt));
 	int r;

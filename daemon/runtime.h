@@ -5,4 +5,4 @@
 
 /* Takes ownership of conf (freed on failure too). Fails when an issuer's algorithm cannot be
  * served by the token or an issuer without keys cannot get one. */
-int runtime_new(struct hsm *hsm, struct conf *conf, struct runtime **ret);
+int runtime_new(struct hsmc *hsm, struct conf *conf, struct runtime **ret);

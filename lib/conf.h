@@ -56,7 +56,8 @@ struct conf {
 		char *module;
 		char *token;
 		char *pin_file;
-		bool session_copies; /* sign with session copies of the keys (hsm.h) */
+		bool session_copies; /* sign with session copies of the keys (daemon/hsm/hsm.h) */
+		bool module_network; /* the helpers may open sockets (a network HSM's module) */
 	} hsm;
 	struct sock_conf sign, admin;
 	/* [sign] audit: best-effort signs even when a token's audit record cannot be written;

@@ -24,6 +24,7 @@
  *
  * Exit status: 0 on success; 1 on any error (message on stderr, naming hsm_last_error()). */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,16 @@ static void die(const char *fmt, ...)
 	exit(1);
 }
 
+/* The PIN file as the daemon hands it to its helpers: an open descriptor. */
+static int pin_fd(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+	if (fd < 0)
+		die("cannot open %s", path);
+	return fd;
+}
+
 static void member_read(json_t *jwk, struct member *m)
 {
 	const char *s = json_string_value(json_object_get(jwk, m->name));
@@ -83,7 +94,7 @@ static int mechanisms(int argc, char **argv)
 
 	if (argc < 5)
 		die("usage: katsign mechanisms MODULE TOKEN PIN_FILE [MECH...]");
-	if (hsm_open(argv[2], argv[3], argv[4], &h) < 0)
+	if (hsm_open(argv[2], argv[3], pin_fd(argv[4]), argv[4], &h) < 0)
 		die("hsm_open: %s", hsm_last_error());
 	if ((rv = h->f->C_GetMechanismList(h->slot, list, &n)) != CKR_OK)
 		die("C_GetMechanismList: 0x%lx", (unsigned long)rv);
@@ -195,7 +206,7 @@ int main(int argc, char **argv)
 		tmpl[n_tmpl++] = (CK_ATTRIBUTE){CKA_VALUE, d.buf, d.len};
 	}
 
-	if ((r = hsm_open(argv[1], argv[2], argv[3], &h)) < 0)
+	if ((r = hsm_open(argv[1], argv[2], pin_fd(argv[3]), argv[3], &h)) < 0)
 		die("hsm_open: %s", hsm_last_error());
 	if ((r = hsm_session_get(h, &s)) < 0)
 		die("hsm_session_get: %s", hsm_last_error());

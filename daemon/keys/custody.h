@@ -4,7 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "hsm.h"
+#include "hsmc.h"
 #include "keyring.h"
 #include "record.h"
 

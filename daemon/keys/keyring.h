@@ -9,7 +9,7 @@
 
 #include "conf.h"
 #include "etag.h"
-#include "hsm.h"
+#include "hsmc.h"
 #include "jwk.h"
 #include "record.h"
 #include "schedule.h"
@@ -102,7 +102,7 @@ struct token_view {
 };
 
 struct keyring {
-	struct hsm *hsm;
+	struct hsmc *hsm;
 	struct issuer_keys *issuers; /* parallel to conf->issuers */
 	size_t n;
 	pthread_mutex_t mutate;  /* one writer of the token at a time: scheduler or admin */
@@ -120,7 +120,7 @@ struct keyring {
 	size_t n_warned;
 };
 
-int keyring_new(struct hsm *hsm, const struct conf *conf, struct keyring **ret);
+int keyring_new(struct hsmc *hsm, const struct conf *conf, struct keyring **ret);
 void keyring_free(struct keyring *kr);
 
 /* Rebuilds every issuer's view from the records and keys in the token (keys already known are

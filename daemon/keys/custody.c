@@ -399,7 +399,7 @@ static void claim(struct keyring *kr, struct sorting *s, const uint8_t *id, cons
 			break;
 		if (!e->private_obj || strcmp(e->label, label) != 0)
 			continue;
-		if (hk && hsm_key_check_half(kr->hsm, e->handle, e->private_key, hk->alg) < 0)
+		if (hk && hsmc_key_check_half(kr->hsm, e->handle, e->private_key, hk->alg) < 0)
 			continue; /* not ours: reported as foreign */
 		s->claimed[i] = true;
 		if (hk && e->private_key)
@@ -419,8 +419,7 @@ static int pair_matches(struct keyring *kr, struct key *k)
 	int r = jwk_to_evp(&k->jwk, &pkey);
 
 	if (r == 0)
-		r = hsm_sign(kr->hsm, &k->hk, (const uint8_t *)probe, sizeof(probe) - 1, sig,
-		             sizeof(sig), &len);
+		r = hsmc_prove(kr->hsm, &k->hk, probe, sizeof(probe) - 1, sig, sizeof(sig), &len);
 	if (r == 0 && jws_verify(k->hk.alg, pkey, probe, sizeof(probe) - 1, sig, len) < 0)
 		r = hsm_fail_text(-EPERM, "its public half does not verify its private key's "
 		                          "signature");
@@ -434,15 +433,15 @@ static int pair_matches(struct keyring *kr, struct key *k)
 static int key_find(struct keyring *kr, struct sorting *s, struct key *k, const char *label)
 {
 	char kid[JWK_KID_LEN + 1];
-	int r = hsm_key_index_find(kr->hsm, s->ix, k->hk.id, label, k->hk.alg, &k->hk);
+	int r = hsmc_key_index_find(kr->hsm, s->ix, k->hk.id, label, k->hk.alg, &k->hk);
 
 	if (r < 0)
 		return r;
 	/* A key keeps its algorithm for life: one the configuration no longer names is made
 	 * ready here, to sign until its successor takes over. */
-	r = hsm_prepare_alg(kr->hsm, k->hk.alg, 0);
+	r = hsmc_prepare_alg(kr->hsm, k->hk.alg, 0);
 	if (r == 0)
-		r = hsm_public_jwk(kr->hsm, &k->hk, &k->jwk);
+		r = hsmc_public_jwk(kr->hsm, &k->hk, &k->jwk);
 	if (r == 0 && (jwk_thumbprint(&k->jwk, kid) < 0 || strcmp(kid, k->kid) != 0))
 		r = hsm_fail_text(-EPERM,
 		                  "the token's public key has thumbprint %s: record and "
@@ -516,7 +515,7 @@ static int incomplete_or_foreign(struct keyring *kr, const struct sorting *s, co
 		if (memcmp(e->id, id, HSM_ID_LEN) != 0)
 			break;
 		if (e->private_obj && strcmp(e->label, label) == 0 &&
-		    hsm_key_check_half(kr->hsm, e->handle, e->private_key, alg) < 0)
+		    hsmc_key_check_half(kr->hsm, e->handle, e->private_key, alg) < 0)
 			return -EPERM;
 	}
 	return -ENOENT; /* the thread's error still says which half is missing */
@@ -618,7 +617,7 @@ static int halves_of(struct keyring *kr, const struct sorting *s, const uint8_t 
 		if (memcmp(e->id, id, HSM_ID_LEN) != 0)
 			break;
 		if (s->claimed[i] || !e->private_obj || strcmp(e->label, label) != 0 ||
-		    hsm_key_check_half(kr->hsm, e->handle, e->private_key, alg) < 0)
+		    hsmc_key_check_half(kr->hsm, e->handle, e->private_key, alg) < 0)
 			continue;
 		if (e->private_key ? atomic_load(&hk->priv) != 0 : hk->pub != 0)
 			return -EEXIST;
@@ -674,8 +673,8 @@ static const char *why_foreign(struct keyring *kr, const struct hsm_key_object *
 	if (!e->private_obj)
 		return "made without the PIN (a public object)";
 	if (issuer < kr->n) {
-		int r = hsm_key_check_half(kr->hsm, e->handle, e->private_key,
-		                           kr->issuers[issuer].conf->alg);
+		int r = hsmc_key_check_half(kr->hsm, e->handle, e->private_key,
+		                            kr->issuers[issuer].conf->alg);
 		if (r == -ESTALE)
 			return NULL; /* destroyed since the search (another instance): nothing to
 			                say */

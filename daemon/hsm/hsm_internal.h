@@ -67,7 +67,8 @@ struct hsm {
 	CK_FUNCTION_LIST *f;
 	bool initialized;
 	CK_SLOT_ID slot;
-	char *pin_file;
+	int pin_fd;           /* the PIN file, opened by the daemon; never closed here */
+	char *pin_name;       /* its path, for messages */
 	pthread_key_t tls;    /* this thread's struct hsm_session */
 	pthread_mutex_t lock; /* sessions list, login */
 	struct hsm_session *sessions;

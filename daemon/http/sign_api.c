@@ -259,8 +259,7 @@ static int sign_checked(struct sign_api *api, const struct issuer_conf *ic, stru
                         const char *input, size_t input_len, uint8_t *sig, size_t *sig_len,
                         const char **code)
 {
-	int r = hsm_sign(api->d->hsm, &k->hk, (const uint8_t *)input, input_len, sig, HSM_MAX_SIG,
-	                 sig_len);
+	int r = hsmc_sign(api->d->hsm, &k->hk, input, input_len, sig, HSM_MAX_SIG, sig_len);
 
 	*code = "hsm_unavailable";
 	if (r < 0) {
@@ -537,7 +536,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 	*req_cls = NULL;
 }
 
-static unsigned worker_threads(void)
+unsigned sign_api_workers(void)
 {
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
 
@@ -553,7 +552,7 @@ int sign_api_start(struct daemon *d, int fd, struct sign_api **ret)
 		return -ENOMEM;
 	api->d = d;
 	/* A thread pool: each worker signs on its own PKCS#11 session. */
-	r = http_unix_serve(&api->srv, &d->rt->conf->sign, fd, worker_threads(), d->budget.sign,
+	r = http_unix_serve(&api->srv, &d->rt->conf->sign, fd, sign_api_workers(), d->budget.sign,
 	                    on_request, on_completed, api, "sign");
 	if (r < 0) {
 		free(api);

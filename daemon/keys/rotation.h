@@ -13,7 +13,7 @@
  * instant at which something changes. */
 int rotation_maintain(struct keyring *kr, int64_t now, int64_t *ret_next);
 
-/* hsm_resync() under the lock, as rotation_maintain() does first: at the end of a start or a
+/* hsmc_resync() under the lock, as rotation_maintain() does first: at the end of a start or a
  * reload, so that the touch after its writes is over before the daemon serves. */
 void rotation_resync(struct keyring *kr);
 

@@ -6,41 +6,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hsm_types.h"
 #include "jwk.h"
 #include "jws.h"
 
-#define HSM_ID_LEN      16
-#define HSM_MAX_SIG     512
-#define HSM_APPLICATION "tokensign"
-
 struct hsm;
 
-/* A key pair in the token, found by its CKA_ID. The private handle is refreshed in place when the
- * token reports it stale, hence atomic: signing threads share the struct. */
-struct hsm_key {
-	uint8_t id[HSM_ID_LEN];
-	enum jws_alg alg;
-	_Atomic unsigned long priv;
-	unsigned long pub;
-};
-
-/* A CKO_DATA object of application HSM_APPLICATION: where tokensign keeps a key's metadata.
- * Only private ones (made after login) can be ours; of public ones only the label is read. */
-struct hsm_record {
-	unsigned long handle;
-	char *label;
-	char *value; /* NUL-terminated copy of CKA_VALUE; "" for public objects */
-	size_t len;
-	bool private_obj; /* CKA_PRIVATE true */
-	bool odd;         /* an attribute could not be read: never ours */
-};
-
 /* Loads the module, finds the token (label or RFC 7512 URI), opens a session and logs in with the
- * PIN read from pin_file (wiped right after). Returns 0 or a negative errno; hsm_last_error()
- * says what failed. -EKEYREJECTED: the token refused the PIN (wrong, locked, expired: never
- * tried again). -ENODEV: no such token. The PIN file must be a regular file (not a link, FIFO
- * or directory) that only its owner can access. */
-int hsm_open(const char *module, const char *token, const char *pin_file, struct hsm **ret);
+ * PIN read from pin_fd (from its start; wiped right after; pin_name names it in messages).
+ * Returns 0 or a negative errno; hsm_last_error() says what failed. -EKEYREJECTED: the token
+ * refused the PIN (wrong, locked, expired: never tried again). -ENODEV: no such token. */
+int hsm_open(const char *module, const char *token, int pin_fd, const char *pin_name,
+             struct hsm **ret);
 void hsm_close(struct hsm *hsm);
 
 /* fn(data) is called once, from the thread whose login the token refused (a login again after
@@ -73,13 +50,6 @@ int hsm_resync(struct hsm *hsm);
  * any left by a touch that was killed. Returns 0 or a negative errno (hsm_last_error()). */
 int hsm_touch_token(const char *module, const char *token);
 
-/* Human description of the calling thread's last failure ("C_Sign: CKR_DEVICE_ERROR"). */
-const char *hsm_last_error(void);
-
-/* Sets the calling thread's last failure to a formatted sentence and returns err: for the
- * checks above this layer that refuse a key, so that one log line says why. */
-int hsm_fail_text(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
 /* Cheap liveness check: this thread's session answers and so does the token (C_GetTokenInfo). */
 int hsm_probe(struct hsm *hsm);
 
@@ -108,27 +78,7 @@ int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned key_bits, const
 int hsm_find_key(struct hsm *hsm, const uint8_t id[HSM_ID_LEN], enum jws_alg alg,
                  struct hsm_key *ret);
 
-/* One key object as hsm_key_index_read() saw it. */
-struct hsm_key_object {
-	unsigned long handle;
-	bool private_key; /* CKO_PRIVATE_KEY, else CKO_PUBLIC_KEY */
-	bool private_obj; /* CKA_PRIVATE true: made after login */
-	bool has_id;      /* CKA_ID is HSM_ID_LEN bytes */
-	uint8_t id[HSM_ID_LEN];
-	char label[80]; /* "" when missing or longer */
-};
-
-/* Every key object of the token (private and public, whatever its label or id), read in one pass
- * (two searches and one read per object) rather than two searches per key: SoftHSM reads every
- * object file again for each search. Handles in it are valid until the token changes. */
-struct hsm_key_index;
 int hsm_key_index_read(struct hsm *hsm, struct hsm_key_index **ret);
-void hsm_key_index_free(struct hsm_key_index *ix);
-size_t hsm_key_index_size(const struct hsm_key_index *ix);
-/* Objects are sorted: those without a HSM_ID_LEN-byte id first, then by id, then by handle. */
-const struct hsm_key_object *hsm_key_index_get(const struct hsm_key_index *ix, size_t i);
-/* The position of the first object with id, or hsm_key_index_size() when there is none. */
-size_t hsm_key_index_first(const struct hsm_key_index *ix, const uint8_t id[HSM_ID_LEN]);
 
 /* hsm_find_key() with the pair taken from ix, whose two halves must also carry CKA_LABEL label:
  * the same checks and the same errors. */
@@ -157,7 +107,6 @@ int hsm_destroy_key(struct hsm *hsm, const struct hsm_key *key, const char *labe
 
 /* Every record object; free with hsm_records_free(). */
 int hsm_list_records(struct hsm *hsm, struct hsm_record **ret, size_t *ret_n);
-void hsm_records_free(struct hsm_record *records, size_t n);
 
 /* Creates a private token record object; *ret_handle (may be NULL) is its handle. */
 int hsm_store_record(struct hsm *hsm, const char *label, const char *value, size_t len,

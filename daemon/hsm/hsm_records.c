@@ -21,15 +21,6 @@ static CK_RV find_records(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *
 	return hsm_find_all(h, s, tmpl, 2, ret, ret_n);
 }
 
-void hsm_records_free(struct hsm_record *records, size_t n)
-{
-	for (size_t i = 0; records && i < n; i++) {
-		free(records[i].label);
-		free(records[i].value);
-	}
-	free(records);
-}
-
 /* An attribute this object lacks, hides or holds too large for us: the object is odd, not the
  * token unreadable. */
 static bool object_odd(CK_RV rv)

@@ -15,7 +15,7 @@
 #include "custody.h"
 #include "log.h"
 
-int keyring_new(struct hsm *hsm, const struct conf *conf, struct keyring **ret)
+int keyring_new(struct hsmc *hsm, const struct conf *conf, struct keyring **ret)
 {
 	struct keyring *kr = calloc(1, sizeof(*kr));
 
@@ -415,12 +415,12 @@ static bool read_doubtful(struct keyring *kr, const struct hsm_record *recs, siz
 static int token_read(struct keyring *kr, struct hsm_record **recs, size_t *n_recs,
                       struct hsm_key_index **ix)
 {
-	int r = hsm_list_records(kr->hsm, recs, n_recs);
+	int r = hsmc_list_records(kr->hsm, recs, n_recs);
 
 	if (r == 0)
-		r = hsm_key_index_read(kr->hsm, ix);
+		r = hsmc_key_index_read(kr->hsm, ix);
 	if (r == 0)
-		r = hsm_probe(kr->hsm);
+		r = hsmc_probe(kr->hsm);
 	if (r == 0 && read_doubtful(kr, *recs, *n_recs))
 		r = hsm_fail_text(-EIO, "the token shows none of our records");
 	if (r < 0) {

@@ -20,14 +20,6 @@
 
 #define PIN_MAX 256
 
-/* What an operation was doing when it failed, for the one log line the caller writes. */
-static __thread char last_error[160];
-
-const char *hsm_last_error(void)
-{
-	return last_error[0] ? last_error : "no PKCS#11 error";
-}
-
 #define CKR_ENTRY(x)                                                                               \
 	{                                                                                          \
 		x, #x                                                                              \
@@ -86,19 +78,7 @@ const char *hsm_ckr_name(CK_RV rv)
 
 int hsm_fail(const char *what, CK_RV rv, int err)
 {
-	snprintf(last_error, sizeof(last_error), "%s: %s (0x%lx)", what, hsm_ckr_name(rv),
-	         (unsigned long)rv);
-	return err;
-}
-
-int hsm_fail_text(int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(last_error, sizeof(last_error), fmt, ap);
-	va_end(ap);
-	return err;
+	return hsm_fail_text(err, "%s: %s (0x%lx)", what, hsm_ckr_name(rv), (unsigned long)rv);
 }
 
 /* One mapping from CKR_* to errno, so callers can decide without knowing PKCS#11. */
@@ -145,71 +125,33 @@ int hsm_check(const char *what, CK_RV rv)
 
 /* ---- PIN and login ---- */
 
-static const char *file_type(mode_t mode)
-{
-	if (S_ISDIR(mode))
-		return "a directory";
-	if (S_ISFIFO(mode))
-		return "a FIFO";
-	if (S_ISSOCK(mode))
-		return "a socket";
-	if (S_ISCHR(mode) || S_ISBLK(mode))
-		return "a device";
-	return "a special file";
-}
-
-/* Opens the PIN file, which must be a regular file that only its owner can access. O_NONBLOCK:
- * a FIFO planted at the path must not block the start until someone writes to it; O_NOFOLLOW:
- * nor may a symbolic link lead elsewhere. */
-static int pin_open(const char *path)
+/* Reads the PIN from the file the daemon opened for us (PROTO_FD_PIN) into buf, from its start
+ * every time; strips one trailing newline. The daemon checked the path (pinfile.c); the
+ * descriptor is checked again here, since it is what we read. The caller wipes buf. */
+static int pin_read(struct hsm *h, char *buf, size_t size, size_t *ret_len)
 {
 	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
-
-	if (fd < 0 && errno == ELOOP)
-		return hsm_fail_text(-ELOOP, "pin-file %s is a symbolic link; name the file itself",
-		                     path);
-	if (fd < 0)
-		return hsm_fail_text(-errno, "cannot open pin-file %s: %s", path, strerror(errno));
-	if (fstat(fd, &st) < 0) {
-		int r = -errno;
-		close(fd);
-		return hsm_fail_text(r, "cannot stat pin-file %s: %s", path, strerror(-r));
-	}
-	if (!S_ISREG(st.st_mode)) {
-		close(fd);
-		return hsm_fail_text(-EINVAL, "pin-file %s is %s, not a regular file", path,
-		                     file_type(st.st_mode));
-	}
-	if (st.st_mode & 0077) {
-		close(fd);
-		return hsm_fail_text(-EPERM,
-		                     "pin-file %s is accessible by group or others (mode %04o); "
-		                     "chmod 0600 it",
-		                     path, (unsigned)(st.st_mode & 07777));
-	}
-	return fd;
-}
-
-/* Reads the PIN into buf; strips one trailing newline. The caller wipes buf. */
-static int pin_read(const char *path, char *buf, size_t size, size_t *ret_len)
-{
 	ssize_t n;
-	int fd = pin_open(path);
 
-	if (fd < 0)
-		return fd;
-	n = read(fd, buf, size - 1);
-	close(fd);
+	if (fstat(h->pin_fd, &st) < 0)
+		return hsm_fail_text(-errno, "cannot stat pin-file %s: %s", h->pin_name,
+		                     strerror(errno));
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 0077))
+		return hsm_fail_text(-EPERM,
+		                     "pin-file %s is not a regular file that only its owner can "
+		                     "access",
+		                     h->pin_name);
+	n = pread(h->pin_fd, buf, size - 1, 0);
 	if (n < 0)
-		return hsm_fail_text(-errno, "cannot read pin-file %s", path);
+		return hsm_fail_text(-errno, "cannot read pin-file %s: %s", h->pin_name,
+		                     strerror(errno));
 	if (n > 0 && buf[n - 1] == '\n')
 		n--;
 	if (n > 0 && buf[n - 1] == '\r')
 		n--;
 	if (n == 0 || (size_t)n >= size - 1)
-		return hsm_fail_text(-EINVAL, "pin-file %s is empty or longer than %zu bytes", path,
-		                     size - 2);
+		return hsm_fail_text(-EINVAL, "pin-file %s is empty or longer than %zu bytes",
+		                     h->pin_name, size - 2);
 	*ret_len = (size_t)n;
 	return 0;
 }
@@ -229,7 +171,7 @@ static int login(struct hsm *h, CK_SESSION_HANDLE s)
 		return hsm_fail_text(-EKEYREJECTED,
 		                     "the token refused the PIN before; not trying it again "
 		                     "until the daemon restarts");
-	r = pin_read(h->pin_file, pin, sizeof(pin), &len);
+	r = pin_read(h, pin, sizeof(pin), &len);
 	if (r == 0) {
 		rv = h->f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, len);
 		r = rv == CKR_USER_ALREADY_LOGGED_IN ? 0 : hsm_check("C_Login", rv);
@@ -423,7 +365,8 @@ int hsm_module_load(struct hsm *h, const char *module)
 	return 0;
 }
 
-int hsm_open(const char *module, const char *token, const char *pin_file, struct hsm **ret)
+int hsm_open(const char *module, const char *token, int pin_fd, const char *pin_name,
+             struct hsm **ret)
 {
 	struct hsm *h = calloc(1, sizeof(*h));
 	struct hsm_session *s;
@@ -437,10 +380,11 @@ int hsm_open(const char *module, const char *token, const char *pin_file, struct
 	}
 	pthread_mutex_init(&h->lock, NULL);
 	pthread_mutex_init(&h->resync_lock, NULL);
-	h->pin_file = strdup(pin_file);
+	h->pin_fd = pin_fd;
+	h->pin_name = strdup(pin_name);
 	h->module = strdup(module);
 	h->token = strdup(token);
-	if (!h->pin_file || !h->module || !h->token) {
+	if (!h->pin_name || !h->module || !h->token) {
 		r = -ENOMEM;
 		goto fail;
 	}
@@ -480,7 +424,7 @@ void hsm_close(struct hsm *h)
 		p11_kit_module_release(h->f);
 	pthread_mutex_destroy(&h->lock);
 	pthread_mutex_destroy(&h->resync_lock);
-	free(h->pin_file);
+	free(h->pin_name);
 	free(h->module);
 	free(h->token);
 	free(h);

@@ -126,16 +126,6 @@ int hsm_check_private(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 	return 0;
 }
 
-int hsm_pair_count_check(unsigned long n_priv, unsigned long n_pub)
-{
-	if (n_priv == 1 && n_pub == 1)
-		return 0;
-	return hsm_fail_text(n_priv == 0 || n_pub == 0 ? -ENOENT : -EEXIST,
-	                     "key pair: %lu private-key and %lu public-key objects visible only "
-	                     "after login carry this id",
-	                     n_priv, n_pub);
-}
-
 static CK_RV find_pair(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN],
                        CK_OBJECT_HANDLE *priv, CK_OBJECT_HANDLE *pub, int *err)
 {

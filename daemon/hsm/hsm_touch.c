@@ -80,7 +80,7 @@ int hsm_touch_token(const char *module, const char *token)
 /* Runs the touch child and waits for it; 0 when it exited 0. */
 static int touch_child(struct hsm *h)
 {
-	char *argv[] = {"tokensignd", "--touch-token", h->module, h->token, NULL};
+	char *argv[] = {"tokensign-hsm", "--touch-token", h->module, h->token, NULL};
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
 	sigset_t none, dfl;
@@ -103,13 +103,14 @@ static int touch_child(struct hsm *h)
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
 	if (r < 0)
-		return hsm_fail_text(r, "cannot start tokensignd --touch-token: %s", strerror(-r));
+		return hsm_fail_text(r, "cannot start tokensign-hsm --touch-token: %s",
+		                     strerror(-r));
 	while (waitpid(pid, &status, 0) < 0)
 		if (errno != EINTR)
-			return hsm_fail_text(-errno, "waiting for tokensignd --touch-token: %s",
+			return hsm_fail_text(-errno, "waiting for tokensign-hsm --touch-token: %s",
 			                     strerror(errno));
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		return hsm_fail_text(-EIO, "tokensignd --touch-token %s %d",
+		return hsm_fail_text(-EIO, "tokensign-hsm --touch-token %s %d",
 		                     WIFEXITED(status) ? "exited with status"
 		                                       : "was killed by signal",
 		                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));

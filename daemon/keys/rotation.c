@@ -35,7 +35,7 @@ static int record_store(struct keyring *kr, const char *issuer, struct key *k)
 		return -ENOMEM;
 	r = record_label(issuer, k->kid, label, sizeof(label));
 	if (r == 0)
-		r = hsm_store_record(kr->hsm, label, rec, strlen(rec), &written.handle);
+		r = hsmc_store_record(kr->hsm, label, rec, strlen(rec), &written.handle);
 	if (r == 0) {
 		written.label = label;
 		written.value = rec;
@@ -48,7 +48,7 @@ static int record_store(struct keyring *kr, const char *issuer, struct key *k)
 	return r;
 }
 
-/* How many pairs one key creation makes when each fails its read-back check (hsm_generate_key()
+/* How many pairs one key creation makes when each fails its read-back check (hsmc_generate_key()
  * -EAGAIN), 100 ms apart: seen with two SoftHSM processes generating at the same moment. */
 #define GENERATE_TRIES 3
 
@@ -58,7 +58,7 @@ static int pair_generate(struct keyring *kr, const struct issuer_conf *ic, const
 	int r;
 
 	for (int tries = 1;; tries++) {
-		r = hsm_generate_key(kr->hsm, ic->alg, ic->key_size, label, &ret->hk);
+		r = hsmc_generate_key(kr->hsm, ic->alg, ic->key_size, label, &ret->hk);
 		if (r != -EAGAIN || tries == GENERATE_TRIES)
 			return r;
 		log_warning("issuer %s: a new key pair failed its check and was destroyed (%s); "
@@ -87,7 +87,7 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 		free(ret->iss);
 		return r;
 	}
-	r = hsm_public_jwk(kr->hsm, &ret->hk, &ret->jwk);
+	r = hsmc_public_jwk(kr->hsm, &ret->hk, &ret->jwk);
 	if (r == 0)
 		r = jwk_thumbprint(&ret->jwk, ret->kid);
 	/* Published means in this instance's JWKS: the record is written and the JWKS rebuilt
@@ -105,7 +105,7 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	if (r < 0) {
 		char why[192];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
-		hsm_destroy_key(kr->hsm, &ret->hk, label);
+		hsmc_destroy_key(kr->hsm, &ret->hk, label);
 		log_error("issuer %s: a new key could not be recorded and was destroyed: %s",
 		          ic->name, why);
 		free(ret->iss);
@@ -131,7 +131,7 @@ static int record_revise(struct keyring *kr, const char *issuer, struct key *k)
 	if (r < 0) {
 		log_error("issuer %s: key %s: cannot write its new schedule: %s", issuer, k->kid,
 		          hsm_last_error());
-	} else if (hsm_destroy_record(kr->hsm, &old) < 0) {
+	} else if (hsmc_destroy_record(kr->hsm, &old) < 0) {
 		log_warning("issuer %s: key %s: old record revision left behind (%s); it is "
 		            "superseded and will be removed later",
 		            issuer, k->kid, hsm_last_error());
@@ -156,9 +156,9 @@ static int key_destroy(struct keyring *kr, const struct issuer_conf *ic, const s
 	else if (expiry && (k->st.state != KEY_EXPIRED || k->st.destroy_after > scheduler_now()))
 		r = hsm_fail_text(-EPERM, "it may still verify a live token");
 	if (r == 0)
-		r = hsm_destroy_record(kr->hsm, &k->rec);
+		r = hsmc_destroy_record(kr->hsm, &k->rec);
 	if (r == 0)
-		r = hsm_destroy_key(kr->hsm, &k->hk, label);
+		r = hsmc_destroy_key(kr->hsm, &k->hk, label);
 	if (r < 0) {
 		log_error("issuer %s: key %s is not destroyed: %s", ic->name, k->kid,
 		          hsm_last_error());
@@ -328,7 +328,7 @@ static void sweep_halfmade(struct keyring *kr, int64_t now)
 
 		keyring_key_label(kr->issuers[hm->issuer].conf->name, label);
 		if (v->halfmade_ok && now - first >= HALFMADE_AGE &&
-		    hsm_destroy_key(kr->hsm, &hm->hk, label) == 0) {
+		    hsmc_destroy_key(kr->hsm, &hm->hk, label) == 0) {
 			log_notice("issuer %s: destroyed a half-made key pair without a record",
 			           kr->issuers[hm->issuer].conf->name);
 			continue;
@@ -344,7 +344,7 @@ static void sweep_halfmade(struct keyring *kr, int64_t now)
 static void sweep_stale_records(struct keyring *kr, bool *changed)
 {
 	for (size_t i = 0; i < kr->view.n_stale; i++)
-		if (hsm_destroy_record(kr->hsm, &kr->view.stale[i]) == 0)
+		if (hsmc_destroy_record(kr->hsm, &kr->view.stale[i]) == 0)
 			*changed = true;
 }
 
@@ -368,8 +368,8 @@ static void sweep_damaged(struct keyring *kr, bool *changed)
 			continue;
 		}
 		keyring_key_label(name, label);
-		if (hsm_destroy_record(kr->hsm, &d->rec) < 0 ||
-		    hsm_destroy_key(kr->hsm, &d->hk, label) < 0) {
+		if (hsmc_destroy_record(kr->hsm, &d->rec) < 0 ||
+		    hsmc_destroy_key(kr->hsm, &d->hk, label) < 0) {
 			log_error("issuer %s: cannot remove pending key %s, whose key pair is "
 			          "incomplete: %s",
 			          name, d->kid, hsm_last_error());
@@ -460,12 +460,12 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 	return 0;
 }
 
-/* A failing hsm_resync() is logged once per episode. */
+/* A failing hsmc_resync() is logged once per episode. */
 static atomic_bool resync_failing;
 
 static void resync_locked(struct keyring *kr)
 {
-	int r = hsm_resync(kr->hsm);
+	int r = hsmc_resync(kr->hsm);
 
 	if (!atomic_exchange(&resync_failing, r < 0) && r < 0)
 		log_warning("another instance's changes to the token may be seen late: %s",
@@ -624,7 +624,7 @@ static int revoke_locked(struct keyring *kr, size_t i, const char *kid, int64_t 
 	if (k == set->active)
 		r = hand_over(kr, i, set, now);
 	if (r == 0)
-		r = hsm_destroy_record(kr->hsm, &k->rec);
+		r = hsmc_destroy_record(kr->hsm, &k->rec);
 	if (r == 0)
 		r = keyring_refresh(kr, now);
 	if (r == 0)

@@ -8,31 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Every private and public key object of the token, whatever its label or id: a foreign object
- * with one of our ids must be seen to be reported, and a private one to make the key ambiguous. */
-struct hsm_key_index {
-	struct hsm_key_object *e; /* sorted by id (id-less objects first), then handle */
-	size_t n;
-};
-
-void hsm_key_index_free(struct hsm_key_index *ix)
-{
-	if (!ix)
-		return;
-	free(ix->e);
-	free(ix);
-}
-
-size_t hsm_key_index_size(const struct hsm_key_index *ix)
-{
-	return ix->n;
-}
-
-const struct hsm_key_object *hsm_key_index_get(const struct hsm_key_index *ix, size_t i)
-{
-	return &ix->e[i];
-}
-
 /* An attribute the object does not have, or cannot show in our buffer. */
 static bool unreadable(CK_RV rv)
 {
@@ -123,18 +98,6 @@ static CK_RV index_class(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls
 	return rv;
 }
 
-static int entry_order(const void *a, const void *b)
-{
-	const struct hsm_key_object *x = a, *y = b;
-	int c = (int)x->has_id - (int)y->has_id;
-
-	if (c == 0 && x->has_id)
-		c = memcmp(x->id, y->id, HSM_ID_LEN);
-	if (c)
-		return c;
-	return x->handle < y->handle ? -1 : x->handle > y->handle;
-}
-
 int hsm_key_index_read(struct hsm *h, struct hsm_key_index **ret)
 {
 	struct hsm_key_index *ix = calloc(1, sizeof(*ix));
@@ -160,53 +123,22 @@ int hsm_key_index_read(struct hsm *h, struct hsm_key_index **ret)
 		hsm_key_index_free(ix);
 		return r;
 	}
-	if (ix->n > 0)
-		qsort(ix->e, ix->n, sizeof(*ix->e), entry_order);
+	hsm_key_index_sort(ix);
 	*ret = ix;
 	return 0;
-}
-
-size_t hsm_key_index_first(const struct hsm_key_index *ix, const uint8_t id[HSM_ID_LEN])
-{
-	size_t lo = 0, hi = ix->n;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (!ix->e[mid].has_id || memcmp(ix->e[mid].id, id, HSM_ID_LEN) < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
 }
 
 int hsm_key_index_find(struct hsm *h, const struct hsm_key_index *ix, const uint8_t id[HSM_ID_LEN],
                        const char *label, enum jws_alg alg, struct hsm_key *ret)
 {
-	const struct hsm_key_object *priv = NULL, *pub = NULL;
-	unsigned long n_priv = 0, n_pub = 0;
+	const struct hsm_key_object *priv, *pub;
 	struct hsm_session *s;
 	int r;
 
 	if (!hsm_alg_info(alg))
 		return -EINVAL;
-	/* Public objects are never ours, and never stand in the way of ours: anyone may make
-	 * them without the PIN. Private objects need the PIN: two claiming one id are a conflict
-	 * we cannot settle, so the key is not used. */
-	for (size_t i = hsm_key_index_first(ix, id);
-	     i < ix->n && memcmp(ix->e[i].id, id, HSM_ID_LEN) == 0; i++) {
-		if (!ix->e[i].private_obj)
-			continue;
-		if (ix->e[i].private_key && n_priv++ == 0)
-			priv = &ix->e[i];
-		else if (!ix->e[i].private_key && n_pub++ == 0)
-			pub = &ix->e[i];
-	}
-	if ((r = hsm_pair_count_check(n_priv, n_pub)) < 0)
+	if ((r = hsm_key_index_pair(ix, id, label, &priv, &pub)) < 0)
 		return r;
-	if (strcmp(priv->label, label) != 0 || strcmp(pub->label, label) != 0)
-		return hsm_fail_text(-EPERM, "key objects labelled '%s' and '%s', not '%s'",
-		                     priv->label, pub->label, label);
 	if ((r = hsm_session_get(h, &s)) < 0)
 		return r;
 	return hsm_key_accept(h, s, priv->handle, pub->handle, id, alg, ret);

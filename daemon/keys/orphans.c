@@ -32,15 +32,15 @@ static int purge_one(struct keyring *kr, const struct hsm_key_index *ix, const s
 	int r;
 
 	keyring_key_label(o->issuer, label);
-	r = hsm_key_index_find(kr->hsm, ix, o->id, label, o->alg, &hk);
+	r = hsmc_key_index_find(kr->hsm, ix, o->id, label, o->alg, &hk);
 	if (r < 0 && r != -ENOENT) {
 		log_warning("purge %s: key %s is kept: %s", o->issuer, o->kid, hsm_last_error());
 		ret->kept++;
 		return 0;
 	}
-	r = hsm_destroy_record(kr->hsm, &o->rec);
+	r = hsmc_destroy_record(kr->hsm, &o->rec);
 	if (r == 0 && hk.pub)
-		r = hsm_destroy_key(kr->hsm, &hk, label);
+		r = hsmc_destroy_key(kr->hsm, &hk, label);
 	if (r < 0)
 		return r;
 	log_notice("purge %s: destroyed orphaned key %s", o->issuer, o->kid);
@@ -53,7 +53,7 @@ static int purge_locked(struct keyring *kr, const char *issuer, int64_t operator
 {
 	struct hsm_key_index *ix = NULL;
 	size_t found = 0;
-	int r = hsm_key_index_read(kr->hsm, &ix);
+	int r = hsmc_key_index_read(kr->hsm, &ix);
 
 	for (size_t j = 0; r == 0 && j < kr->view.n_orphans; j++) {
 		const struct orphan_key *o = &kr->view.orphans[j];

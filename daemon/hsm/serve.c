@@ -1,0 +1,465 @@
+/* What a helper does for each request. The request-facing process is not trusted here: a
+ * signature is made only for a JWS whose header names the key and whose claims stay within the
+ * facts the token's own record of that key holds (guard.c), and a record is written only for a
+ * key pair in the token whose facts it does not change (docs/design.md, "Privilege
+ * separation"). */
+#include "serve.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "guard.h"
+#include "proto.h"
+#include "record.h"
+
+/* What this helper learned of a key it signs with: from the key itself (kid, the thumbprint of
+ * its public half) and from the token's records of it (iss, max_token_ttl). Facts a record may
+ * never change, so the cache is never stale. */
+struct known {
+	struct hsm_key hk;
+	char kid[JWK_KID_LEN + 1];
+	char *iss;
+	int64_t max_ttl;
+};
+
+#define KNOWN_MAX 64
+
+struct server {
+	struct hsm *h;
+	enum serve_role role;
+	struct known known[KNOWN_MAX];
+	size_t n_known;
+	struct proto_out out;
+};
+
+static void known_drop(struct server *sv, size_t i)
+{
+	free(sv->known[i].iss);
+	sv->known[i] = sv->known[--sv->n_known];
+}
+
+/* The records of id that are ours (private, readable, parseable), or -ENOENT. Records of one key
+ * that disagree on a fact a revision may not change: -EPERM. ret gets the one with the highest
+ * seq (the caller clears it). */
+static int record_of(struct hsm *h, const uint8_t id[HSM_ID_LEN], struct record *ret)
+{
+	struct hsm_record *recs = NULL;
+	size_t n = 0, found = 0;
+	int r = hsm_list_records(h, &recs, &n);
+
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		struct record rec;
+		const char *why;
+		if (!recs[i].private_obj || recs[i].odd ||
+		    record_parse(recs[i].value, recs[i].len, &rec, &why) < 0)
+			continue;
+		if (memcmp(rec.id, id, HSM_ID_LEN) != 0 ||
+		    !record_label_matches(recs[i].label, &rec)) {
+			record_clear(&rec);
+			continue;
+		}
+		if (found++ == 0) {
+			*ret = rec;
+			continue;
+		}
+		if (strcmp(rec.issuer, ret->issuer) != 0 || strcmp(rec.iss, ret->iss) != 0 ||
+		    strcmp(rec.kid, ret->kid) != 0 || rec.alg != ret->alg ||
+		    rec.max_token_ttl != ret->max_token_ttl)
+			r = hsm_fail_text(-EPERM, "records of one key disagree on its issuer, iss, "
+			                          "kid, algorithm or token lifetime");
+		else if (rec.seq > ret->seq) {
+			record_clear(ret);
+			*ret = rec;
+			continue;
+		}
+		record_clear(&rec);
+	}
+	hsm_records_free(recs, n);
+	if (r < 0 && found > 0)
+		record_clear(ret);
+	if (r == 0 && found == 0)
+		r = hsm_fail_text(-ENOENT, "no record of ours describes the key");
+	return r;
+}
+
+/* The key's thumbprint, from its public half in the token. */
+static int key_kid(struct hsm *h, const struct hsm_key *hk, char kid[JWK_KID_LEN + 1])
+{
+	struct jwk jwk;
+	int r = hsm_public_jwk(h, hk, &jwk);
+
+	if (r == 0 && jwk_thumbprint(&jwk, kid) < 0)
+		r = hsm_fail_text(-EIO, "cannot compute the key's thumbprint");
+	return r;
+}
+
+/* Finds key id for signing and learns its facts, or returns the cached ones. */
+static int known_get(struct server *sv, const uint8_t id[HSM_ID_LEN], enum jws_alg alg,
+                     struct known **ret)
+{
+	struct known k = {0};
+	struct record rec = {0};
+	int r;
+
+	for (size_t i = 0; i < sv->n_known; i++)
+		if (memcmp(sv->known[i].hk.id, id, HSM_ID_LEN) == 0 && sv->known[i].hk.alg == alg) {
+			*ret = &sv->known[i];
+			return 0;
+		}
+	if ((r = hsm_prepare_alg(sv->h, alg, 0)) < 0 ||
+	    (r = hsm_find_key(sv->h, id, alg, &k.hk)) < 0 ||
+	    (r = key_kid(sv->h, &k.hk, k.kid)) < 0 || (r = record_of(sv->h, id, &rec)) < 0)
+		return r;
+	if (strcmp(rec.kid, k.kid) != 0 || rec.alg != alg)
+		r = hsm_fail_text(-EPERM, "the key's record names another kid or algorithm");
+	k.iss = r == 0 ? strdup(rec.iss) : NULL;
+	k.max_ttl = rec.max_token_ttl;
+	record_clear(&rec);
+	if (r == 0 && !k.iss)
+		r = -ENOMEM;
+	if (r < 0)
+		return r;
+	if (sv->n_known == KNOWN_MAX)
+		known_drop(sv, 0);
+	sv->known[sv->n_known] = k;
+	*ret = &sv->known[sv->n_known++];
+	return 0;
+}
+
+static void do_sign(struct server *sv, struct proto_in *in)
+{
+	struct hsm_key want = {0};
+	uint8_t sig[HSM_MAX_SIG];
+	size_t ilen, id_len, slen = 0;
+	const uint8_t *id = proto_get_bytes(in, HSM_ID_LEN, &id_len);
+	uint8_t alg = proto_get_u8(in);
+	const uint8_t *input = proto_get_bytes(in, PROTO_MAX_INPUT, &ilen);
+	struct known *k = NULL;
+	char why[160];
+	int r;
+
+	if (!proto_done(in) || id_len != HSM_ID_LEN || alg >= _JWS_ALG_MAX)
+		return;
+	memcpy(want.id, id, HSM_ID_LEN);
+	r = known_get(sv, want.id, (enum jws_alg)alg, &k);
+	if (r == 0) {
+		struct guard_key gk = {k->hk.alg, k->kid, k->iss, k->max_ttl};
+		if (guard_check((const char *)input, ilen, &gk, (int64_t)time(NULL), why,
+		                sizeof(why)) < 0)
+			r = hsm_fail_text(-EPERM, "signature refused: %s", why);
+	}
+	if (r == 0)
+		r = hsm_sign(sv->h, &k->hk, input, ilen, sig, sizeof(sig), &slen);
+	if (r < 0 && r != -EPERM && k)
+		known_drop(sv, (size_t)(k - sv->known)); /* found again next time */
+	proto_answer(&sv->out, PROTO_SIGN, r, hsm_last_error());
+	if (r == 0)
+		proto_put_bytes(&sv->out, sig, slen);
+}
+
+static void do_prove(struct server *sv, struct proto_in *in)
+{
+	struct hsm_key k;
+	uint8_t sig[HSM_MAX_SIG];
+	size_t len, slen = 0;
+	const uint8_t *challenge;
+	int r;
+
+	proto_get_key(in, &k);
+	challenge = proto_get_bytes(in, PROTO_PROVE_MAX, &len);
+	if (!proto_done(in))
+		return;
+	if (len < sizeof(PROTO_PROVE_PREFIX) - 1 ||
+	    memcmp(challenge, PROTO_PROVE_PREFIX, sizeof(PROTO_PROVE_PREFIX) - 1) != 0)
+		r = hsm_fail_text(-EPERM, "a proof must begin with '%s'", PROTO_PROVE_PREFIX);
+	else
+		r = hsm_sign(sv->h, &k, challenge, len, sig, sizeof(sig), &slen);
+	proto_answer(&sv->out, PROTO_PROVE, r, hsm_last_error());
+	if (r == 0)
+		proto_put_bytes(&sv->out, sig, slen);
+}
+
+/* A record is written only for a key pair of ours that it describes (its kid is the pair's
+ * thumbprint), and a revision never changes what earlier revisions of that key said. */
+static int record_allowed(struct hsm *h, const char *label, const char *value, size_t len)
+{
+	struct record rec, old;
+	struct hsm_key hk;
+	char kid[JWK_KID_LEN + 1];
+	const char *why;
+	int r = record_parse(value, len, &rec, &why);
+
+	if (r < 0)
+		return hsm_fail_text(-EINVAL, "not a record: %s", why);
+	if (!record_label_matches(label, &rec))
+		r = hsm_fail_text(-EINVAL, "the label does not name the record's issuer and kid");
+	if (r == 0 && (r = hsm_find_key(h, rec.id, rec.alg, &hk)) == 0 &&
+	    (r = key_kid(h, &hk, kid)) == 0 && strcmp(kid, rec.kid) != 0)
+		r = hsm_fail_text(-EPERM, "the record's kid is not its key pair's thumbprint");
+	if (r == 0) {
+		int o = record_of(h, rec.id, &old);
+		if (o == 0) {
+			if (strcmp(old.issuer, rec.issuer) != 0 || strcmp(old.iss, rec.iss) != 0 ||
+			    old.alg != rec.alg || old.max_token_ttl != rec.max_token_ttl ||
+			    old.seq >= rec.seq)
+				r = hsm_fail_text(-EPERM,
+				                  "a revision may not change a key's issuer, iss, "
+				                  "algorithm or token lifetime, and must be newer");
+			record_clear(&old);
+		} else if (o != -ENOENT) {
+			r = o;
+		}
+	}
+	record_clear(&rec);
+	return r;
+}
+
+static void do_store_record(struct server *sv, struct proto_in *in)
+{
+	char *label = proto_get_strdup(in, PROTO_MAX_LABEL);
+	char *value = proto_get_strdup(in, PROTO_MAX_RECORD);
+	unsigned long handle = 0;
+	int r;
+
+	if (proto_done(in)) {
+		r = record_allowed(sv->h, label, value, strlen(value));
+		if (r == 0)
+			r = hsm_store_record(sv->h, label, value, strlen(value), &handle);
+		proto_answer(&sv->out, PROTO_STORE_RECORD, r, hsm_last_error());
+		if (r == 0)
+			proto_put_u64(&sv->out, handle);
+	}
+	free(label);
+	free(value);
+}
+
+static void do_index_read(struct server *sv)
+{
+	struct hsm_key_index *ix = NULL;
+	int r = hsm_key_index_read(sv->h, &ix);
+
+	if (r == 0 && ix->n > PROTO_MAX_ITEMS)
+		r = hsm_fail_text(-E2BIG, "the token holds more than %u key objects",
+		                  PROTO_MAX_ITEMS);
+	proto_answer(&sv->out, PROTO_INDEX_READ, r, hsm_last_error());
+	if (r == 0) {
+		proto_put_u32(&sv->out, (uint32_t)ix->n);
+		for (size_t i = 0; i < ix->n; i++)
+			proto_put_object(&sv->out, &ix->e[i]);
+	}
+	hsm_key_index_free(ix);
+}
+
+static void do_list_records(struct server *sv)
+{
+	struct hsm_record *recs = NULL;
+	size_t n = 0;
+	int r = hsm_list_records(sv->h, &recs, &n);
+
+	if (r == 0 && n > PROTO_MAX_ITEMS)
+		r = hsm_fail_text(-E2BIG, "the token holds more than %u records", PROTO_MAX_ITEMS);
+	proto_answer(&sv->out, PROTO_LIST_RECORDS, r, hsm_last_error());
+	if (r == 0) {
+		proto_put_u32(&sv->out, (uint32_t)n);
+		for (size_t i = 0; i < n; i++) {
+			/* A value we could not send whole would not be the record: flag it odd. */
+			struct hsm_record rec = recs[i];
+			if (rec.len > PROTO_MAX_RECORD ||
+			    (rec.value && strlen(rec.value) != rec.len)) {
+				rec.odd = true;
+				rec.value = NULL;
+				rec.len = 0;
+			}
+			proto_put_record(&sv->out, &rec);
+		}
+	}
+	hsm_records_free(recs, n);
+}
+
+/* Decodes and runs one request; false when it did not decode exactly. */
+static bool dispatch(struct server *sv, enum proto_op op, struct proto_in *in)
+{
+	struct hsm_key k;
+	char label[PROTO_MAX_LABEL + 1];
+	int r;
+
+	sv->out.len = 0;
+	switch (op) {
+	case PROTO_PROBE:
+		if (!proto_done(in))
+			return false;
+		r = hsm_probe(sv->h);
+		proto_answer(&sv->out, op, r, hsm_last_error());
+		break;
+	case PROTO_SIGN:
+		do_sign(sv, in);
+		break;
+	case PROTO_PREPARE_ALG: {
+		uint8_t alg = proto_get_u8(in);
+		uint32_t bits = proto_get_u32(in);
+		if (!proto_done(in) || alg >= _JWS_ALG_MAX)
+			return false;
+		r = hsm_prepare_alg(sv->h, (enum jws_alg)alg, bits);
+		proto_answer(&sv->out, op, r, hsm_last_error());
+		if (r == 0)
+			proto_put_str(&sv->out, hsm_alg_plan(sv->h, (enum jws_alg)alg));
+		break;
+	}
+	case PROTO_GENERATE: {
+		uint8_t alg = proto_get_u8(in);
+		uint32_t bits = proto_get_u32(in);
+		proto_get_str(in, label, sizeof(label));
+		if (!proto_done(in) || alg >= _JWS_ALG_MAX)
+			return false;
+		r = hsm_generate_key(sv->h, (enum jws_alg)alg, bits, label, &k);
+		proto_answer(&sv->out, op, r, hsm_last_error());
+		if (r == 0)
+			proto_put_key(&sv->out, &k);
+		break;
+	}
+	case PROTO_KEY_ACCEPT: {
+		struct hsm_key_index ix = {0};
+		struct hsm_key_object pair[2] = {0};
+		proto_get_key(in, &k);
+		proto_get_str(in, label, sizeof(label));
+		if (!proto_done(in) || strlen(label) >= HSM_LABEL_MAX)
+			return false;
+		/* The pair the daemon picked from our index, checked as hsm_key_index_find()
+		 * checks one: attributes read again here. */
+		pair[0] = (struct hsm_key_object){.handle = atomic_load(&k.priv),
+		                                  .private_key = true,
+		                                  .private_obj = true,
+		                                  .has_id = true};
+		pair[1] =
+		    (struct hsm_key_object){.handle = k.pub, .private_obj = true, .has_id = true};
+		for (size_t i = 0; i < 2; i++) {
+			memcpy(pair[i].id, k.id, HSM_ID_LEN);
+			strcpy(pair[i].label, label);
+		}
+		ix.e = pair;
+		ix.n = 2;
+		hsm_key_index_sort(&ix);
+		r = hsm_key_index_find(sv->h, &ix, k.id, label, k.alg, &k);
+		proto_answer(&sv->out, op, r, hsm_last_error());
+		if (r == 0)
+			proto_put_key(&sv->out, &k);
+		break;
+	}
+	case PROTO_CHECK_HALF: {
+		uint64_t handle = proto_get_u64(in);
+		uint8_t priv = proto_get_u8(in), alg = proto_get_u8(in);
+		if (!proto_done(in) || priv > 1 || alg >= _JWS_ALG_MAX)
+			return false;
+		r = hsm_key_check_half(sv->h, (unsigned long)handle, priv, (enum jws_alg)alg);
+		proto_answer(&sv->out, op, r, hsm_last_error());
+		break;
+	}
+	case PROTO_INDEX_READ:
+		if (!proto_done(in))
+			return false;
+		do_index_read(sv);
+		break;
+	case PROTO_PUBLIC_JWK: {
+		struct jwk jwk;
+		proto_get_key(in, &k);
+		if (!proto_done(in))
+			return false;
+		r = hsm_public_jwk(sv->h, &k, &jwk);
+		proto_answer(&sv->out, op, r, hsm_last_error());
+		if (r == 0)
+			proto_put_jwk(&sv->out, &jwk);
+		break;
+	}
+	case PROTO_DESTROY_KEY:
+		proto_get_key(in, &k);
+		proto_get_str(in, label, sizeof(label));
+		if (!proto_done(in))
+			return false;
+		r = hsm_destroy_key(sv->h, &k, label);
+		proto_answer(&sv->out, op, r, hsm_last_error());
+		break;
+	case PROTO_LIST_RECORDS:
+		if (!proto_done(in))
+			return false;
+		do_list_records(sv);
+		break;
+	case PROTO_STORE_RECORD:
+		do_store_record(sv, in);
+		break;
+	case PROTO_DESTROY_RECORD: {
+		struct hsm_record rec;
+		proto_get_record(in, &rec);
+		if (proto_done(in)) {
+			r = hsm_destroy_record(sv->h, &rec);
+			proto_answer(&sv->out, op, r, hsm_last_error());
+		}
+		free(rec.label);
+		free(rec.value);
+		break;
+	}
+	case PROTO_PROVE:
+		do_prove(sv, in);
+		break;
+	case PROTO_MIGRATE: {
+		size_t n = 0;
+		if (!proto_done(in))
+			return false;
+		r = hsm_migrate_public_halves(sv->h, &n);
+		proto_answer(&sv->out, op, r, hsm_last_error());
+		if (r == 0)
+			proto_put_u64(&sv->out, n);
+		break;
+	}
+	case PROTO_RESYNC:
+		if (!proto_done(in))
+			return false;
+		r = hsm_resync(sv->h);
+		proto_answer(&sv->out, op, r, hsm_last_error());
+		break;
+	default:
+		return false;
+	}
+	/* Nothing written: a field failed to decode inside an op's own reader. */
+	return sv->out.len > 0;
+}
+
+static bool role_serves(enum serve_role role, enum proto_op op)
+{
+	if (role == SERVE_SIGN)
+		return op == PROTO_SIGN || op == PROTO_PROBE;
+	return op != PROTO_SIGN;
+}
+
+int serve(struct hsm *h, int fd, enum serve_role role)
+{
+	struct server sv = {.h = h, .role = role};
+	uint8_t *buf = NULL;
+	size_t cap = 0, len;
+	int r;
+
+	for (;;) {
+		struct proto_in in;
+		enum proto_op op;
+		r = proto_recv(fd, PROTO_MAX_REQUEST, -1, &buf, &cap, &len);
+		if (r == -EPIPE) {
+			r = 0; /* the daemon is gone */
+			break;
+		}
+		if (r < 0 || proto_open_request(&in, buf, len, &op) < 0 || !role_serves(role, op) ||
+		    !dispatch(&sv, op, &in)) {
+			r = -EPROTO;
+			break;
+		}
+		if ((r = proto_send(fd, &sv.out)) < 0)
+			break;
+	}
+	while (sv.n_known > 0)
+		known_drop(&sv, 0);
+	proto_out_free(&sv.out);
+	free(buf);
+	return r == -EPIPE ? 0 : r;
+}
