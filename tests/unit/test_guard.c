@@ -71,27 +71,28 @@ static bool why_is_one_line(const char *why)
 	return true;
 }
 
-/* Refused, with a reason that names the fault (contains want). Frees input. */
+/* Refused, with a reason that names the fault (contains want). Frees input, which is evaluated
+ * once. */
 #define REFUSED(input, len, k, want)                                                               \
 	do {                                                                                       \
-		char why_[GUARD_WHY_SIZE] = "";                                                    \
-		CHECK_INT(guard_check((input), (len), (k), NOW, why_, sizeof(why_)), -EPERM);      \
+		char why_[GUARD_WHY_SIZE] = "", *in_ = (input);                                    \
+		CHECK_INT(guard_check(in_, (len), (k), NOW, why_, sizeof(why_)), -EPERM);          \
 		CHECK(why_is_one_line(why_));                                                      \
 		if (!strstr(why_, (want))) {                                                       \
 			unit_fail(__FILE__, __LINE__, "reason names " #want);                      \
 			fprintf(stderr, "    why: \"%s\"\n", why_);                                \
 		}                                                                                  \
-		free(input);                                                                       \
+		free(in_);                                                                         \
 	} while (0)
 
 #define ACCEPTED(input, len, k)                                                                    \
 	do {                                                                                       \
-		char why_[GUARD_WHY_SIZE] = "untouched";                                           \
-		CHECK_INT(guard_check((input), (len), (k), NOW, why_, sizeof(why_)), 0);           \
+		char why_[GUARD_WHY_SIZE] = "untouched", *in_ = (input);                           \
+		CHECK_INT(guard_check(in_, (len), (k), NOW, why_, sizeof(why_)), 0);               \
 		if (strcmp(why_, "untouched") != 0)                                                \
 			fprintf(stderr, "    why: \"%s\"\n", why_);                                \
 		CHECK_STR(why_, "untouched");                                                      \
-		free(input);                                                                       \
+		free(in_);                                                                         \
 	} while (0)
 
 static void test_made_by_daemon(void)
