@@ -8,7 +8,7 @@
 
 #define GUARD_CLOCK_SKEW  60          /* seconds iat may differ from the helper's clock */
 #define GUARD_HEADER_MAX  1024        /* decoded protected header, bytes */
-#define GUARD_PAYLOAD_MAX (64 * 1024) /* decoded payload, bytes */
+#define GUARD_PAYLOAD_MAX (68 * 1024) /* decoded payload: a 64 KiB request and our claims */
 #define GUARD_INPUT_MAX   (96 * 1024) /* the whole signing input, bytes */
 #define GUARD_WHY_SIZE    96          /* enough for every reason guard_check() writes */
 

@@ -200,6 +200,16 @@ static int helper(const struct args *a)
 	return r < 0 ? EX_PROTOCOL : 0;
 }
 
+/* The keeper dies with the daemon and a helper with the keeper: no helper outlives the process
+ * it serves, and none finishes a write to the token after the daemon was killed. */
+static void die_with_parent(void)
+{
+	pid_t parent = getppid();
+
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent || parent == 1)
+		_exit(EX_OSERR);
+}
+
 int main(int argc, char **argv)
 {
 	struct args a = {0};
@@ -217,6 +227,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "tokensign-hsm --touch-token: %s\n", hsm_last_error());
 		return 1;
 	}
+	die_with_parent();
 	if (strcmp(a.mode, "--keeper") == 0)
 		return keeper(&a);
 	if (strcmp(a.mode, "--serve") == 0)

@@ -101,6 +101,11 @@ def tokensignd_path():
     return os.path.abspath(_env_path("TOKENSIGND"))
 
 
+def tokensign_hsm_path():
+    """The helper built beside tokensignd (the daemon looks there first)."""
+    return os.path.join(os.path.dirname(tokensignd_path()), "tokensign-hsm")
+
+
 def softhsm_module():
     return _env_path("SOFTHSM_MODULE")
 
@@ -558,6 +563,35 @@ class Daemon:
             self._logf.close()
             self._logf = None
         return self.returncode
+
+    def helpers(self):
+        """The daemon's helper processes: {"keeper": pid, "manage": pid, "sign": [pids]}
+        (docs/design.md, "Privilege separation"); empty when the daemon is not running."""
+        found = {"keeper": None, "manage": None, "sign": []}
+        if self.proc is None:
+            return found
+        kids = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open("/proc/%s/cmdline" % entry, "rb") as f:
+                    argv = f.read().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append((int(entry), argv))
+        for pid, argv in kids.get(self.proc.pid, []):
+            if b"--keeper" in argv:
+                found["keeper"] = pid
+        for pid, argv in kids.get(found["keeper"], []):
+            if b"--manage" in argv:
+                found["manage"] = pid
+            elif b"--serve" in argv:
+                found["sign"].append(pid)
+        found["sign"].sort()
+        return found
 
     def kill(self):
         if self.proc is not None:
