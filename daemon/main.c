@@ -88,7 +88,7 @@ bool daemon_ready(struct daemon *d, const char **why)
 	bool ok = true;
 
 	*why = NULL;
-	if (hsmc_probe(d->hsm) < 0) {
+	if (hsmc_probe_ready(d->hsm) < 0) {
 		*why = "token unreachable";
 		ok = false;
 	} else if (keyring_token_lost(rt->keyring)) {
@@ -135,7 +135,7 @@ static void notify_status(struct daemon *d, const char *prefix)
 /* Under a systemd watchdog: a heartbeat only while the token answers. */
 static void watchdog_beat(struct daemon *d)
 {
-	if (hsmc_probe(d->hsm) == 0)
+	if (hsmc_probe_ready(d->hsm) == 0)
 		sd_notify(0, "WATCHDOG=1");
 	else
 		log_error("the token does not answer (%s); withholding the watchdog heartbeat",

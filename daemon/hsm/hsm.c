@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/p11-kit.h>
@@ -365,6 +366,19 @@ int hsm_module_load(struct hsm *h, const char *module)
 	return 0;
 }
 
+/* Tries of hsm_open() to find the token. */
+#define OPEN_TRIES 3
+
+static void module_unload(struct hsm *h)
+{
+	if (h->initialized)
+		h->f->C_Finalize(NULL);
+	if (h->f)
+		p11_kit_module_release(h->f);
+	h->initialized = false;
+	h->f = NULL;
+}
+
 int hsm_open(const char *module, const char *token, int pin_fd, const char *pin_name,
              struct hsm **ret)
 {
@@ -388,8 +402,18 @@ int hsm_open(const char *module, const char *token, int pin_fd, const char *pin_
 		r = -ENOMEM;
 		goto fail;
 	}
-	if ((r = hsm_module_load(h, module)) < 0 || (r = hsm_token_find(h, token)) < 0 ||
-	    (r = hsm_session_get(h, &s)) < 0)
+	for (int tries = 1;; tries++) {
+		if ((r = hsm_module_load(h, module)) == 0)
+			r = hsm_token_find(h, token);
+		if (r != -ENODEV || tries == OPEN_TRIES)
+			break;
+		/* SoftHSM reads the token while another process rewrites its files (another
+		 * instance starting at the same instant) and may see no token at all: loading
+		 * the module again reads it again. */
+		module_unload(h);
+		nanosleep(&(struct timespec){.tv_nsec = 200 * 1000 * 1000}, NULL);
+	}
+	if (r < 0 || (r = hsm_session_get(h, &s)) < 0)
 		goto fail;
 	/* This session stays open for the daemon's life: the login lasts while any session does. */
 	s->keep = true;
@@ -418,10 +442,7 @@ void hsm_close(struct hsm *h)
 	}
 	for (size_t i = 0; i < _JWS_ALG_MAX; i++)
 		EVP_MD_free(h->plans[i].md);
-	if (h->initialized)
-		h->f->C_Finalize(NULL);
-	if (h->f)
-		p11_kit_module_release(h->f);
+	module_unload(h);
 	pthread_mutex_destroy(&h->lock);
 	pthread_mutex_destroy(&h->resync_lock);
 	free(h->pin_name);

@@ -224,7 +224,7 @@ static json_t *orphans_status(const struct token_view *v)
 static enum MHD_Result reply_status(struct runtime *rt, struct MHD_Connection *c)
 {
 	int64_t now = scheduler_now();
-	bool token_ok = hsmc_probe(rt->hsm) == 0, stale = keyring_token_lost(rt->keyring);
+	bool token_ok = hsmc_probe_ready(rt->hsm) == 0, stale = keyring_token_lost(rt->keyring);
 	const struct token_view *v = &rt->keyring->view;
 	enum level level = token_ok ? LEVEL_OK : LEVEL_CRITICAL;
 	json_t *issuers = json_array(), *obj;

@@ -190,7 +190,7 @@ static int keeper_spawn(struct hsmc *c, bool manage, int *ret_fd, pid_t *ret_pid
 	if (got != sizeof(pid) || pid <= 0 || fd < 0) {
 		if (fd >= 0)
 			close(fd);
-		return hsm_fail_text(-EAGAIN, "the helper keeper could not start a helper");
+		return hsm_fail_text(-ENOTCONN, "the helper keeper could not start a helper");
 	}
 	*ret_fd = fd;
 	*ret_pid = (pid_t)pid;
@@ -240,7 +240,7 @@ static int slot_start(struct hsmc *c, struct slot *s)
 		return hsm_fail_text(-EKEYREJECTED, "the token refused the PIN; no helper is "
 		                                    "started until the daemon restarts");
 	if (now < s->retry_at_ms)
-		return hsm_fail_text(-EAGAIN, "the token helper is being restarted");
+		return hsm_fail_text(-ENOTCONN, "the token helper is being restarted");
 	r = keeper_spawn(c, s->manage, &s->fd, &s->pid);
 	if (r < 0) {
 		s->retry_at_ms = now + BACKOFF_MIN_MS;
@@ -442,9 +442,49 @@ static int manage_simple(struct hsmc *c, enum proto_op op, int timeout_ms)
 	return r;
 }
 
+/* A module instance that lost the token (SoftHSM, after failing to re-read its files while
+ * another process wrote them, answers CKR_GENERAL_ERROR for good: docs/design.md, "A failed
+ * re-read loses the token for the process") is not asked again: the helper is replaced, and
+ * the new one reads the token afresh. */
+static int probe_or_replace(struct hsmc *c, struct slot *s)
+{
+	struct proto_in in;
+	int r;
+
+	proto_request(&s->out, PROTO_PROBE);
+	r = call(c, s, PROTO_PROBE, PROBE_TIMEOUT_MS, &in);
+	if (r == 0)
+		r = answer_end(c, s, &in);
+	/* -EIO: CKR_GENERAL_ERROR and the like. A token that is not present (-ENODEV) may come
+	 * back, and the helper's own session recovery serves it then. */
+	if (r == -EIO && s->fd >= 0) {
+		char why[PROTO_MAX_ERROR + 32];
+		snprintf(why, sizeof(why), "lost the token (%s)", hsm_last_error());
+		slot_drop(c, s, true, why);
+	}
+	return r;
+}
+
 int hsmc_probe(struct hsmc *c)
 {
-	return manage_simple(c, PROTO_PROBE, PROBE_TIMEOUT_MS);
+	int r;
+
+	pthread_mutex_lock(&c->manage.lock);
+	r = probe_or_replace(c, &c->manage);
+	pthread_mutex_unlock(&c->manage.lock);
+	return r;
+}
+
+int hsmc_probe_ready(struct hsmc *c)
+{
+	int r = hsmc_probe_signing(c);
+
+	/* A busy management helper is alive: a probe must not wait behind a key generation. */
+	if (r < 0 || pthread_mutex_trylock(&c->manage.lock) != 0)
+		return r;
+	r = probe_or_replace(c, &c->manage);
+	pthread_mutex_unlock(&c->manage.lock);
+	return r;
 }
 
 int hsmc_resync(struct hsmc *c)
@@ -792,13 +832,8 @@ int hsmc_sign(struct hsmc *c, const struct hsm_key *key, const char *input, size
 int hsmc_probe_signing(struct hsmc *c)
 {
 	struct slot *s = sign_slot(c, NULL);
-	struct proto_in in;
-	int r;
+	int r = probe_or_replace(c, s);
 
-	proto_request(&s->out, PROTO_PROBE);
-	r = call(c, s, PROTO_PROBE, PROBE_TIMEOUT_MS, &in);
-	if (r == 0)
-		r = answer_end(c, s, &in);
 	pthread_mutex_unlock(&s->lock);
 	return r;
 }

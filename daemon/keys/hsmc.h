@@ -6,7 +6,8 @@
  * a time); one signing helper per signing worker serves signatures. A helper that dies, hangs
  * past its deadline or breaks the protocol is killed and replaced (with backoff); a signature
  * whose helper was lost is tried once more on another. Errors are negative errnos with
- * hsm_last_error() set; -ECONNABORTED: the helper was lost. */
+ * hsm_last_error() set; -ECONNABORTED: the helper was lost; -ENOTCONN: none is running now
+ * (being restarted after a backoff, or the keeper could not start one). */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -45,6 +46,9 @@ unsigned long hsmc_restarts(struct hsmc *c);
 int hsmc_probe(struct hsmc *c);
 /* A signing helper's session and the token answer: can a signature be made now. */
 int hsmc_probe_signing(struct hsmc *c);
+/* For readiness and the watchdog: hsmc_probe_signing(), then hsmc_probe() unless the
+ * management helper is busy (a key generation may take seconds; a probe never waits for it). */
+int hsmc_probe_ready(struct hsmc *c);
 
 int hsmc_prepare_alg(struct hsmc *c, enum jws_alg alg, unsigned key_bits);
 const char *hsmc_alg_plan(struct hsmc *c, enum jws_alg alg);
