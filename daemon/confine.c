@@ -29,45 +29,102 @@
  * exploitation primitives (userfaultfd, bpf, perf_event_open). ptrace is left to
  * LeakSanitizer in sanitizer builds (confine.h). A name this architecture lacks is skipped. */
 static const char *const kill_calls[] = {
-#if 1
-	"ptrace",
+#if !CONFINE_FOR_SANITIZERS
+    "ptrace",
 #endif
-	"process_vm_readv", "process_vm_writev", "pidfd_getfd", "kexec_load", "kexec_file_load",
-	"reboot", "init_module", "finit_module", "delete_module", "create_module", "query_module",
-	"get_kernel_syms", "bpf", "perf_event_open", "mount", "umount", "umount2", "pivot_root",
-	"move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "mount_setattr",
-	"swapon", "swapoff", "keyctl", "add_key", "request_key", "userfaultfd", "unshare", "setns",
-	"open_by_handle_at", "iopl", "ioperm", "acct", "settimeofday", "stime", "clock_settime",
-	"lookup_dcookie", "nfsservctl", "uselib",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "create_module",
+    "query_module",
+    "get_kernel_syms",
+    "bpf",
+    "perf_event_open",
+    "mount",
+    "umount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_tree",
+    "mount_setattr",
+    "swapon",
+    "swapoff",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "userfaultfd",
+    "unshare",
+    "setns",
+    "open_by_handle_at",
+    "iopl",
+    "ioperm",
+    "acct",
+    "settimeofday",
+    "stime",
+    "clock_settime",
+    "lookup_dcookie",
+    "nfsservctl",
+    "uselib",
 };
 
 /* Denied with EPERM rather than killed: harmless to ask for, or queried by ordinary libraries
  * (glibc's ntp_gettime() reads through adjtimex/clock_adjtime), but nothing a signer needs.
  * io_uring: its operations bypass this filter altogether. */
 static const char *const eperm_calls[] = {
-	"adjtimex", "clock_adjtime", "kcmp", "name_to_handle_at", "quotactl", "quotactl_fd",
-	"vhangup", "syslog", "sethostname", "setdomainname", "chroot", "ustat", "sysfs", "_sysctl",
-	"modify_ldt", "fanotify_init", "io_uring_setup", "io_uring_enter", "io_uring_register",
-	"migrate_pages", "move_pages", "process_madvise", "process_mrelease", "vm86", "vm86old",
+    "adjtimex",
+    "clock_adjtime",
+    "kcmp",
+    "name_to_handle_at",
+    "quotactl",
+    "quotactl_fd",
+    "vhangup",
+    "syslog",
+    "sethostname",
+    "setdomainname",
+    "chroot",
+    "ustat",
+    "sysfs",
+    "_sysctl",
+    "modify_ldt",
+    "fanotify_init",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "migrate_pages",
+    "move_pages",
+    "process_madvise",
+    "process_mrelease",
+    "vm86",
+    "vm86old",
 };
 
 /* clone() flags that make a new namespace (CLONE_NEWTIME only exists for clone3/unshare). */
 static const uint64_t namespace_flags[] = {
-	CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
-	CLONE_NEWNET,
+    CLONE_NEWNS,   CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC,
+    CLONE_NEWUSER, CLONE_NEWPID,    CLONE_NEWNET,
 };
 
 /* A clone() without any of these is a new process, not a thread. LeakSanitizer's tracer is
  * clone(CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_UNTRACED); glibc's fork() never sets
  * CLONE_UNTRACED. */
 #if CONFINE_FOR_SANITIZERS
-#define THREAD_LIKE_FLAGS CLONE_THREAD
+#define THREAD_LIKE_FLAGS (CLONE_THREAD | CLONE_UNTRACED)
 #else
 #define THREAD_LIKE_FLAGS CLONE_THREAD
 #endif
 
 __attribute__((format(printf, 4, 5))) static int fail(int r, char *why, size_t why_size,
-						      const char *fmt, ...)
+                                                      const char *fmt, ...)
 {
 	va_list ap;
 
@@ -83,24 +140,24 @@ __attribute__((format(printf, 4, 5))) static int fail(int r, char *why, size_t w
  * (iopl off x86, fork on arm64) cannot be made, so it needs no rule, unless the filter relies
  * on it (required). Exact rules only: libseccomp may not rewrite a rule it cannot express. */
 static int deny(scmp_filter_ctx ctx, uint32_t action, const char *name, bool required,
-		unsigned n_cmp, const struct scmp_arg_cmp *cmp, char *why, size_t why_size)
+                unsigned n_cmp, const struct scmp_arg_cmp *cmp, char *why, size_t why_size)
 {
 	int nr = seccomp_syscall_resolve_name(name);
 	int r;
 
 	if (nr < 0)
 		return required ? fail(-EOPNOTSUPP, why, why_size,
-				       "system call filter: no %s() on this architecture", name)
-				: 0;
+		                       "system call filter: no %s() on this architecture", name)
+		                : 0;
 	r = seccomp_rule_add_exact_array(ctx, action, nr, n_cmp, cmp);
 	if (r < 0)
 		return fail(r, why, why_size, "system call filter: rule for %s(): %s", name,
-			    strerror(-r));
+		            strerror(-r));
 	return 0;
 }
 
 static int deny_list(scmp_filter_ctx ctx, uint32_t action, const char *const *names, size_t n,
-		     char *why, size_t why_size)
+                     char *why, size_t why_size)
 {
 	for (size_t i = 0; i < n; i++) {
 		int r = deny(ctx, action, names[i], false, 0, NULL, why, why_size);
@@ -120,7 +177,8 @@ static int deny_personality(scmp_filter_ctx ctx, char *why, size_t why_size)
 
 	r = deny(ctx, SCMP_ACT_KILL_PROCESS, "personality", false, 1, &below, why, why_size);
 	if (r == 0)
-		r = deny(ctx, SCMP_ACT_KILL_PROCESS, "personality", false, 1, &above, why, why_size);
+		r = deny(ctx, SCMP_ACT_KILL_PROCESS, "personality", false, 1, &above, why,
+		         why_size);
 	return r;
 }
 
@@ -133,7 +191,7 @@ static int deny_namespaces(scmp_filter_ctx ctx, char *why, size_t why_size)
 	for (size_t i = 0; r == 0 && i < sizeof(namespace_flags) / sizeof(namespace_flags[0]);
 	     i++) {
 		struct scmp_arg_cmp c =
-			SCMP_A0_64(SCMP_CMP_MASKED_EQ, namespace_flags[i], namespace_flags[i]);
+		    SCMP_A0_64(SCMP_CMP_MASKED_EQ, namespace_flags[i], namespace_flags[i]);
 		r = deny(ctx, SCMP_ACT_ERRNO(EPERM), "clone", true, 1, &c, why, why_size);
 	}
 	return r;
@@ -142,11 +200,11 @@ static int deny_namespaces(scmp_filter_ctx ctx, char *why, size_t why_size)
 static int deny_common(scmp_filter_ctx ctx, char *why, size_t why_size)
 {
 	int r = deny_list(ctx, SCMP_ACT_KILL_PROCESS, kill_calls,
-			  sizeof(kill_calls) / sizeof(kill_calls[0]), why, why_size);
+	                  sizeof(kill_calls) / sizeof(kill_calls[0]), why, why_size);
 
 	if (r == 0)
 		r = deny_list(ctx, SCMP_ACT_ERRNO(EPERM), eperm_calls,
-			      sizeof(eperm_calls) / sizeof(eperm_calls[0]), why, why_size);
+		              sizeof(eperm_calls) / sizeof(eperm_calls[0]), why, why_size);
 	if (r == 0)
 		r = deny_personality(ctx, why, why_size);
 	if (r == 0)
@@ -176,7 +234,7 @@ static int deny_spawning(scmp_filter_ctx ctx, char *why, size_t why_size)
  * per rule is all libseccomp takes, so the gaps are rules of their own: equal to each value
  * below the last allowed one, or above it. A value with high bits set is above it, and denied. */
 static int deny_domains(scmp_filter_ctx ctx, const int *allowed, size_t n, char *why,
-			size_t why_size)
+                        size_t why_size)
 {
 	static const char *const calls[] = {"socket", "socketpair"};
 
@@ -188,7 +246,7 @@ static int deny_domains(scmp_filter_ctx ctx, const int *allowed, size_t n, char 
 			for (; d < allowed[i]; d++) {
 				struct scmp_arg_cmp eq = SCMP_A0_64(SCMP_CMP_EQ, (uint64_t)d);
 				r = deny(ctx, SCMP_ACT_ERRNO(EPERM), calls[c], true, 1, &eq, why,
-					 why_size);
+				         why_size);
 				if (r < 0)
 					return r;
 			}
@@ -212,12 +270,12 @@ static int start(scmp_filter_ctx *ret, char *why, size_t why_size)
 
 	if (arch != SCMP_ARCH_X86_64 && arch != SCMP_ARCH_AARCH64)
 		return fail(-EOPNOTSUPP, why, why_size,
-			    "system call filter: not built for this architecture (audit arch "
-			    "0x%08x); only x86_64 and arm64",
-			    arch);
+		            "system call filter: not built for this architecture (audit arch "
+		            "0x%08x); only x86_64 and arm64",
+		            arch);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return fail(-errno, why, why_size, "prctl(PR_SET_NO_NEW_PRIVS): %s",
-			    strerror(errno));
+		            strerror(errno));
 	ctx = seccomp_init(SCMP_ACT_ALLOW);
 	if (!ctx)
 		return fail(-ENOMEM, why, why_size, "system call filter: seccomp_init failed");
@@ -239,7 +297,7 @@ static int load(scmp_filter_ctx ctx, const char *which, char *why, size_t why_si
 
 	if (r < 0)
 		return fail(r, why, why_size, "loading the %s's system call filter: %s", which,
-			    strerror(-r));
+		            strerror(-r));
 	return 0;
 }
 
@@ -257,7 +315,7 @@ int confine_helper(const struct confine_opts *o, char *why, size_t why_size)
 		r = deny_spawning(ctx, why, why_size);
 	if (r == 0 && !o->network)
 		r = deny_domains(ctx, local_only, sizeof(local_only) / sizeof(local_only[0]), why,
-				 why_size);
+		                 why_size);
 	if (r == 0)
 		r = load(ctx, "helper", why, why_size);
 	seccomp_release(ctx);
@@ -284,7 +342,7 @@ int confine_front(char *why, size_t why_size)
 		r = deny_spawning(ctx, why, why_size);
 	if (r == 0)
 		r = deny_domains(ctx, families, sizeof(families) / sizeof(families[0]), why,
-				 why_size);
+		                 why_size);
 	if (r == 0)
 		r = load(ctx, "front", why, why_size);
 	seccomp_release(ctx);

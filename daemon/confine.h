@@ -21,7 +21,7 @@
 struct confine_opts {
 	bool network; /* allow socket() of every domain, not only AF_UNIX: [hsm] module-network */
 	bool exec;    /* allow execve/execveat and fork (clone without CLONE_THREAD, fork, vfork):
-			 the keeper and the management helper */
+	                 the keeper and the management helper */
 };
 
 /* Sets PR_SET_NO_NEW_PRIVS, then loads the helper's filter into the calling thread (call it

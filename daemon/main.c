@@ -15,6 +15,7 @@
 #include "activation.h"
 #include "admin_api.h"
 #include "budget.h"
+#include "confine.h"
 #include "daemon.h"
 #include "http_linger.h"
 #include "jwks_http.h"
@@ -290,6 +291,15 @@ static int run(const char *config_path)
 	    (r = jwks_http_start(&d, d.act.jwks, d.act.n_jwks, &d.jwks)) < 0 ||
 	    (r = admin_api_start(&d, d.act.admin, &d.admin)) < 0)
 		goto out;
+	/* Start-up is over: from here on this process runs nothing and traces nothing
+	 * (docs/confinement.md). */
+	{
+		char why[160];
+		if ((r = confine_front(why, sizeof(why))) < 0) {
+			log_error("cannot confine the daemon: %s", why);
+			goto out;
+		}
+	}
 	log_notice("ready: %zu issuer(s)", d.rt->conf->n_issuers);
 	notify_status(&d, "READY=1\n");
 	r = main_loop(&d);
