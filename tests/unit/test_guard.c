@@ -459,7 +459,7 @@ static void test_sizes(void)
 	free(p);
 	p = sized_payload(GUARD_PAYLOAD_MAX + 1);
 	in = made(JWS_ES256, KID, p, &len);
-	REFUSED(in, len, &key, "payload is larger than 65536 bytes");
+	REFUSED(in, len, &key, "payload is larger than 69632 bytes");
 	free(p);
 	/* Over the input cap, whatever it holds; at the cap, refused only later (for its payload:
 	 * no header under its cap makes room for a payload of 96 KiB). */
