@@ -13,6 +13,7 @@
 #include "guard.h"
 #include "proto.h"
 #include "record.h"
+#include "request.h"
 
 /* What this helper learned of a key it signs with: from the key itself (kid, the thumbprint of
  * its public half) and from the token's records of it (iss, max_token_ttl). Facts a record may
@@ -130,30 +131,22 @@ static int known_get(struct server *sv, const uint8_t id[HSM_ID_LEN], enum jws_a
 	return 0;
 }
 
-static void do_sign(struct server *sv, struct proto_in *in)
+static void do_sign(struct server *sv, const struct proto_req *rq)
 {
-	struct hsm_key want = {0};
 	uint8_t sig[HSM_MAX_SIG];
-	size_t ilen, id_len, slen = 0;
-	const uint8_t *id = proto_get_bytes(in, HSM_ID_LEN, &id_len);
-	uint8_t alg = proto_get_u8(in);
-	const uint8_t *input = proto_get_bytes(in, PROTO_MAX_INPUT, &ilen);
+	size_t slen = 0;
 	struct known *k = NULL;
 	char why[160];
-	int r;
+	int r = known_get(sv, rq->key.id, rq->alg, &k);
 
-	if (!proto_done(in) || id_len != HSM_ID_LEN || alg >= _JWS_ALG_MAX)
-		return;
-	memcpy(want.id, id, HSM_ID_LEN);
-	r = known_get(sv, want.id, (enum jws_alg)alg, &k);
 	if (r == 0) {
 		struct guard_key gk = {k->hk.alg, k->kid, k->iss, k->max_ttl};
-		if (guard_check((const char *)input, ilen, &gk, (int64_t)time(NULL), why,
+		if (guard_check((const char *)rq->data, rq->data_len, &gk, (int64_t)time(NULL), why,
 		                sizeof(why)) < 0)
 			r = hsm_fail_text(-EPERM, "signature refused: %s", why);
 	}
 	if (r == 0)
-		r = hsm_sign(sv->h, &k->hk, input, ilen, sig, sizeof(sig), &slen);
+		r = hsm_sign(sv->h, &k->hk, rq->data, rq->data_len, sig, sizeof(sig), &slen);
 	if (r < 0 && r != -EPERM && k)
 		known_drop(sv, (size_t)(k - sv->known)); /* found again next time */
 	proto_answer(&sv->out, PROTO_SIGN, r, hsm_last_error());
@@ -161,23 +154,18 @@ static void do_sign(struct server *sv, struct proto_in *in)
 		proto_put_bytes(&sv->out, sig, slen);
 }
 
-static void do_prove(struct server *sv, struct proto_in *in)
+/* A proof signs only what can never pass for a JWS (PROTO_PROVE_PREFIX). */
+static void do_prove(struct server *sv, struct proto_req *rq)
 {
-	struct hsm_key k;
 	uint8_t sig[HSM_MAX_SIG];
-	size_t len, slen = 0;
-	const uint8_t *challenge;
+	size_t slen = 0;
 	int r;
 
-	proto_get_key(in, &k);
-	challenge = proto_get_bytes(in, PROTO_PROVE_MAX, &len);
-	if (!proto_done(in))
-		return;
-	if (len < sizeof(PROTO_PROVE_PREFIX) - 1 ||
-	    memcmp(challenge, PROTO_PROVE_PREFIX, sizeof(PROTO_PROVE_PREFIX) - 1) != 0)
+	if (rq->data_len < sizeof(PROTO_PROVE_PREFIX) - 1 ||
+	    memcmp(rq->data, PROTO_PROVE_PREFIX, sizeof(PROTO_PROVE_PREFIX) - 1) != 0)
 		r = hsm_fail_text(-EPERM, "a proof must begin with '%s'", PROTO_PROVE_PREFIX);
 	else
-		r = hsm_sign(sv->h, &k, challenge, len, sig, sizeof(sig), &slen);
+		r = hsm_sign(sv->h, &rq->key, rq->data, rq->data_len, sig, sizeof(sig), &slen);
 	proto_answer(&sv->out, PROTO_PROVE, r, hsm_last_error());
 	if (r == 0)
 		proto_put_bytes(&sv->out, sig, slen);
@@ -218,23 +206,17 @@ static int record_allowed(struct hsm *h, const char *label, const char *value, s
 	return r;
 }
 
-static void do_store_record(struct server *sv, struct proto_in *in)
+static void do_store_record(struct server *sv, const struct proto_req *rq)
 {
-	char *label = proto_get_strdup(in, PROTO_MAX_LABEL);
-	char *value = proto_get_strdup(in, PROTO_MAX_RECORD);
 	unsigned long handle = 0;
-	int r;
+	size_t len = strlen(rq->value);
+	int r = record_allowed(sv->h, rq->label, rq->value, len);
 
-	if (proto_done(in)) {
-		r = record_allowed(sv->h, label, value, strlen(value));
-		if (r == 0)
-			r = hsm_store_record(sv->h, label, value, strlen(value), &handle);
-		proto_answer(&sv->out, PROTO_STORE_RECORD, r, hsm_last_error());
-		if (r == 0)
-			proto_put_u64(&sv->out, handle);
-	}
-	free(label);
-	free(value);
+	if (r == 0)
+		r = hsm_store_record(sv->h, rq->label, rq->value, len, &handle);
+	proto_answer(&sv->out, PROTO_STORE_RECORD, r, hsm_last_error());
+	if (r == 0)
+		proto_put_u64(&sv->out, handle);
 }
 
 static void do_index_read(struct server *sv)
@@ -280,151 +262,97 @@ static void do_list_records(struct server *sv)
 	hsm_records_free(recs, n);
 }
 
-/* Decodes and runs one request; false when it did not decode exactly. */
-static bool dispatch(struct server *sv, enum proto_op op, struct proto_in *in)
+/* The pair the daemon picked from our index, checked here as hsm_key_index_find() checks one:
+ * every attribute read again. */
+static int key_accept(struct server *sv, struct proto_req *rq, struct hsm_key *ret)
 {
+	struct hsm_key_object pair[2] = {
+	    {.handle = atomic_load(&rq->key.priv),
+	     .private_key = true,
+	     .private_obj = true,
+	     .has_id = true},
+	    {.handle = rq->key.pub, .private_obj = true, .has_id = true},
+	};
+	struct hsm_key_index ix = {pair, 2};
+
+	for (size_t i = 0; i < 2; i++) {
+		memcpy(pair[i].id, rq->key.id, HSM_ID_LEN);
+		strcpy(pair[i].label, rq->label);
+	}
+	hsm_key_index_sort(&ix);
+	return hsm_key_index_find(sv->h, &ix, rq->key.id, rq->label, rq->alg, ret);
+}
+
+/* Runs one decoded request and writes its answer to sv->out. */
+static void dispatch(struct server *sv, struct proto_req *rq)
+{
+	enum proto_op op = rq->op;
 	struct hsm_key k;
-	char label[PROTO_MAX_LABEL + 1];
+	struct jwk jwk;
+	size_t n = 0;
 	int r;
 
-	sv->out.len = 0;
 	switch (op) {
-	case PROTO_PROBE:
-		if (!proto_done(in))
-			return false;
-		r = hsm_probe(sv->h);
-		proto_answer(&sv->out, op, r, hsm_last_error());
-		break;
 	case PROTO_SIGN:
-		do_sign(sv, in);
-		break;
-	case PROTO_PREPARE_ALG: {
-		uint8_t alg = proto_get_u8(in);
-		uint32_t bits = proto_get_u32(in);
-		if (!proto_done(in) || alg >= _JWS_ALG_MAX)
-			return false;
-		r = hsm_prepare_alg(sv->h, (enum jws_alg)alg, bits);
-		proto_answer(&sv->out, op, r, hsm_last_error());
-		if (r == 0)
-			proto_put_str(&sv->out, hsm_alg_plan(sv->h, (enum jws_alg)alg));
-		break;
-	}
-	case PROTO_GENERATE: {
-		uint8_t alg = proto_get_u8(in);
-		uint32_t bits = proto_get_u32(in);
-		proto_get_str(in, label, sizeof(label));
-		if (!proto_done(in) || alg >= _JWS_ALG_MAX)
-			return false;
-		r = hsm_generate_key(sv->h, (enum jws_alg)alg, bits, label, &k);
-		proto_answer(&sv->out, op, r, hsm_last_error());
-		if (r == 0)
-			proto_put_key(&sv->out, &k);
-		break;
-	}
-	case PROTO_KEY_ACCEPT: {
-		struct hsm_key_index ix = {0};
-		struct hsm_key_object pair[2] = {0};
-		proto_get_key(in, &k);
-		proto_get_str(in, label, sizeof(label));
-		if (!proto_done(in) || strlen(label) >= HSM_LABEL_MAX)
-			return false;
-		/* The pair the daemon picked from our index, checked as hsm_key_index_find()
-		 * checks one: attributes read again here. */
-		pair[0] = (struct hsm_key_object){.handle = atomic_load(&k.priv),
-		                                  .private_key = true,
-		                                  .private_obj = true,
-		                                  .has_id = true};
-		pair[1] =
-		    (struct hsm_key_object){.handle = k.pub, .private_obj = true, .has_id = true};
-		for (size_t i = 0; i < 2; i++) {
-			memcpy(pair[i].id, k.id, HSM_ID_LEN);
-			strcpy(pair[i].label, label);
-		}
-		ix.e = pair;
-		ix.n = 2;
-		hsm_key_index_sort(&ix);
-		r = hsm_key_index_find(sv->h, &ix, k.id, label, k.alg, &k);
-		proto_answer(&sv->out, op, r, hsm_last_error());
-		if (r == 0)
-			proto_put_key(&sv->out, &k);
-		break;
-	}
-	case PROTO_CHECK_HALF: {
-		uint64_t handle = proto_get_u64(in);
-		uint8_t priv = proto_get_u8(in), alg = proto_get_u8(in);
-		if (!proto_done(in) || priv > 1 || alg >= _JWS_ALG_MAX)
-			return false;
-		r = hsm_key_check_half(sv->h, (unsigned long)handle, priv, (enum jws_alg)alg);
-		proto_answer(&sv->out, op, r, hsm_last_error());
-		break;
-	}
-	case PROTO_INDEX_READ:
-		if (!proto_done(in))
-			return false;
-		do_index_read(sv);
-		break;
-	case PROTO_PUBLIC_JWK: {
-		struct jwk jwk;
-		proto_get_key(in, &k);
-		if (!proto_done(in))
-			return false;
-		r = hsm_public_jwk(sv->h, &k, &jwk);
-		proto_answer(&sv->out, op, r, hsm_last_error());
-		if (r == 0)
-			proto_put_jwk(&sv->out, &jwk);
-		break;
-	}
-	case PROTO_DESTROY_KEY:
-		proto_get_key(in, &k);
-		proto_get_str(in, label, sizeof(label));
-		if (!proto_done(in))
-			return false;
-		r = hsm_destroy_key(sv->h, &k, label);
-		proto_answer(&sv->out, op, r, hsm_last_error());
-		break;
-	case PROTO_LIST_RECORDS:
-		if (!proto_done(in))
-			return false;
-		do_list_records(sv);
-		break;
-	case PROTO_STORE_RECORD:
-		do_store_record(sv, in);
-		break;
-	case PROTO_DESTROY_RECORD: {
-		struct hsm_record rec;
-		proto_get_record(in, &rec);
-		if (proto_done(in)) {
-			r = hsm_destroy_record(sv->h, &rec);
-			proto_answer(&sv->out, op, r, hsm_last_error());
-		}
-		free(rec.label);
-		free(rec.value);
-		break;
-	}
+		do_sign(sv, rq);
+		return;
 	case PROTO_PROVE:
-		do_prove(sv, in);
+		do_prove(sv, rq);
+		return;
+	case PROTO_STORE_RECORD:
+		do_store_record(sv, rq);
+		return;
+	case PROTO_INDEX_READ:
+		do_index_read(sv);
+		return;
+	case PROTO_LIST_RECORDS:
+		do_list_records(sv);
+		return;
+	case PROTO_PROBE:
+		r = hsm_probe(sv->h);
 		break;
-	case PROTO_MIGRATE: {
-		size_t n = 0;
-		if (!proto_done(in))
-			return false;
+	case PROTO_PREPARE_ALG:
+		r = hsm_prepare_alg(sv->h, rq->alg, rq->bits);
+		break;
+	case PROTO_GENERATE:
+		r = hsm_generate_key(sv->h, rq->alg, rq->bits, rq->label, &k);
+		break;
+	case PROTO_KEY_ACCEPT:
+		r = key_accept(sv, rq, &k);
+		break;
+	case PROTO_CHECK_HALF:
+		r = hsm_key_check_half(sv->h, (unsigned long)rq->handle, rq->private_key, rq->alg);
+		break;
+	case PROTO_PUBLIC_JWK:
+		r = hsm_public_jwk(sv->h, &rq->key, &jwk);
+		break;
+	case PROTO_DESTROY_KEY:
+		r = hsm_destroy_key(sv->h, &rq->key, rq->label);
+		break;
+	case PROTO_DESTROY_RECORD:
+		r = hsm_destroy_record(sv->h, &rq->rec);
+		break;
+	case PROTO_MIGRATE:
 		r = hsm_migrate_public_halves(sv->h, &n);
-		proto_answer(&sv->out, op, r, hsm_last_error());
-		if (r == 0)
-			proto_put_u64(&sv->out, n);
 		break;
-	}
 	case PROTO_RESYNC:
-		if (!proto_done(in))
-			return false;
 		r = hsm_resync(sv->h);
-		proto_answer(&sv->out, op, r, hsm_last_error());
 		break;
 	default:
-		return false;
+		r = hsm_fail_text(-EPROTO, "op %d", (int)op); /* decode refuses these */
+		break;
 	}
-	/* Nothing written: a field failed to decode inside an op's own reader. */
-	return sv->out.len > 0;
+	proto_answer(&sv->out, op, r, hsm_last_error());
+	if (r < 0)
+		return;
+	if (op == PROTO_PREPARE_ALG)
+		proto_put_str(&sv->out, hsm_alg_plan(sv->h, rq->alg));
+	else if (op == PROTO_GENERATE || op == PROTO_KEY_ACCEPT)
+		proto_put_key(&sv->out, &k);
+	else if (op == PROTO_PUBLIC_JWK)
+		proto_put_jwk(&sv->out, &jwk);
+	else if (op == PROTO_MIGRATE)
+		proto_put_u64(&sv->out, n);
 }
 
 static bool role_serves(enum serve_role role, enum proto_op op)
@@ -442,18 +370,20 @@ int serve(struct hsm *h, int fd, enum serve_role role)
 	int r;
 
 	for (;;) {
-		struct proto_in in;
-		enum proto_op op;
+		struct proto_req rq;
 		r = proto_recv(fd, PROTO_MAX_REQUEST, -1, &buf, &cap, &len);
 		if (r == -EPIPE) {
 			r = 0; /* the daemon is gone */
 			break;
 		}
-		if (r < 0 || proto_open_request(&in, buf, len, &op) < 0 || !role_serves(role, op) ||
-		    !dispatch(&sv, op, &in)) {
+		if (r < 0 || proto_req_decode(buf, len, &rq) < 0 || !role_serves(role, rq.op)) {
+			if (r == 0)
+				proto_req_clear(&rq);
 			r = -EPROTO;
 			break;
 		}
+		dispatch(&sv, &rq);
+		proto_req_clear(&rq);
 		if ((r = proto_send(fd, &sv.out)) < 0)
 			break;
 	}

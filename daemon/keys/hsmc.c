@@ -28,7 +28,7 @@
 #define MANAGE_TIMEOUT_MS 300000 /* an RSA key generation on a slow HSM */
 #define PROBE_TIMEOUT_MS  5000
 #define BACKOFF_MIN_MS    100
-#define BACKOFF_MAX_MS    5000
+#define BACKOFF_MAX_MS    1000  /* signing resumes within a second of a helper's loss */
 #define LIVED_LONG_MS     10000 /* a helper that died after this long is replaced at once */
 
 extern char **environ;
@@ -239,8 +239,14 @@ static int slot_start(struct hsmc *c, struct slot *s)
 	if (atomic_load(&c->refused))
 		return hsm_fail_text(-EKEYREJECTED, "the token refused the PIN; no helper is "
 		                                    "started until the daemon restarts");
-	if (now < s->retry_at_ms)
-		return hsm_fail_text(-ENOTCONN, "the token helper is being restarted");
+	/* The backoff is short: the caller waits it out rather than fail a request for it. */
+	if (now < s->retry_at_ms) {
+		int64_t wait = s->retry_at_ms - now;
+		nanosleep(
+		    &(struct timespec){.tv_sec = wait / 1000, .tv_nsec = wait % 1000 * 1000000},
+		    NULL);
+		now = now_ms();
+	}
 	r = keeper_spawn(c, s->manage, &s->fd, &s->pid);
 	if (r < 0) {
 		s->retry_at_ms = now + BACKOFF_MIN_MS;
@@ -781,8 +787,15 @@ int hsmc_prove(struct hsmc *c, const struct hsm_key *key, const char *challenge,
 
 /* ---- signing helpers: one per signing worker ---- */
 
-/* The calling thread's own helper when it is free, else any free one, else its own after the
- * one ahead; on a retry, another than the one just lost. The slot comes back locked. */
+/* Not running and not to be started yet (read under s->lock). */
+static bool slot_waiting(const struct slot *s)
+{
+	return s->fd < 0 && now_ms() < s->retry_at_ms;
+}
+
+/* The calling thread's own helper when it is free, else any free one that runs or may be
+ * started, else its own after the one ahead; on a retry, another than the one just lost. The
+ * slot comes back locked. */
 static struct slot *sign_slot(struct hsmc *c, const struct slot *avoid)
 {
 	static __thread unsigned mine = UINT_MAX;
@@ -792,8 +805,11 @@ static struct slot *sign_slot(struct hsmc *c, const struct slot *avoid)
 		mine = atomic_fetch_add(&c->next_pick, 1);
 	for (unsigned i = 0; i < c->n_sign; i++) {
 		s = &c->sign[(mine + i) % c->n_sign];
-		if (s != avoid && pthread_mutex_trylock(&s->lock) == 0)
+		if (s == avoid || pthread_mutex_trylock(&s->lock) != 0)
+			continue;
+		if (!slot_waiting(s))
 			return s;
+		pthread_mutex_unlock(&s->lock);
 	}
 	s = &c->sign[mine % c->n_sign];
 	if (s == avoid && c->n_sign > 1)
@@ -822,7 +838,8 @@ int hsmc_sign(struct hsmc *c, const struct hsm_key *key, const char *input, size
 		if (r == 0)
 			r = sig_answer(c, s, &in, sig, sig_size, ret_len);
 		pthread_mutex_unlock(&s->lock);
-		if (r != -ECONNABORTED)
+		/* Lost under this request, or not running: another helper may serve it. */
+		if (r != -ECONNABORTED && r != -ENOTCONN)
 			break;
 		lost = s;
 	}

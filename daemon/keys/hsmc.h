@@ -6,8 +6,8 @@
  * a time); one signing helper per signing worker serves signatures. A helper that dies, hangs
  * past its deadline or breaks the protocol is killed and replaced (with backoff); a signature
  * whose helper was lost is tried once more on another. Errors are negative errnos with
- * hsm_last_error() set; -ECONNABORTED: the helper was lost; -ENOTCONN: none is running now
- * (being restarted after a backoff, or the keeper could not start one). */
+ * hsm_last_error() set; -ECONNABORTED: the helper was lost; -ENOTCONN: none could be started
+ * (the keeper is gone or could not start one). */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>

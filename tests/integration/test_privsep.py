@@ -147,7 +147,8 @@ class PrivsepTest(harness.TestCase):
         ok_after = [t for t, status, _ in results if status == 200 and t > killed_at]
         self.assertTrue(ok_after and ok_after[0] - killed_at < 1.0,
                         (ok_after[:3], killed_at, results[-5:]))
-        self.assertIn("died; starting another", self.d.log())
+        self.assertRegex(self.d.log(), r"token helper %d \(signing\) (died|hung up); "
+                                       r"starting another" % before[0])
         self.assertSigned(self.d.sign("main", {"aud": "api://orders"}))
 
     # -- the helper's protocol, driven as a compromised front process would --
@@ -167,9 +168,11 @@ class PrivsepTest(harness.TestCase):
                              stderr=subprocess.PIPE)
         theirs.close()
         os.close(pin)
+        # Cleanups run last-in first-out: kill, then reap, then close.
         self.addCleanup(ours.close)
-        self.addCleanup(lambda: p.poll() is None and p.kill())
+        self.addCleanup(p.stderr.close)
         self.addCleanup(p.wait)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
         ours.settimeout(20)
         self.assertEqual(read_answer(ours, OP_READY)[0], 0)
         return p, ours
@@ -264,7 +267,11 @@ class PrivsepTest(harness.TestCase):
         for what, data in cases.items():
             p, s = self.helper()
             s.sendall(data)
-            self.assertEqual(p.wait(10), EX_PROTOCOL, what)
+            try:
+                status = p.wait(10)
+            except subprocess.TimeoutExpired:
+                status = "still running"
+            self.assertEqual(status, EX_PROTOCOL, what)
         # A probe, for contrast, is answered.
         p, s = self.helper()
         s.sendall(frame(struct.pack("<BB", VERSION, OP_PROBE)))
