@@ -366,17 +366,18 @@ int serve(struct hsm *h, int fd, enum serve_role role)
 {
 	struct server sv = {.h = h, .role = role};
 	uint8_t *buf = NULL;
+	const uint8_t *body = NULL;
 	size_t cap = 0, len;
 	int r;
 
 	for (;;) {
 		struct proto_req rq;
-		r = proto_recv(fd, PROTO_MAX_REQUEST, -1, &buf, &cap, &len);
+		r = proto_recv(fd, PROTO_MAX_REQUEST, &buf, &cap, &body, &len);
 		if (r == -EPIPE) {
 			r = 0; /* the daemon is gone */
 			break;
 		}
-		if (r < 0 || proto_req_decode(buf, len, &rq) < 0 || !role_serves(role, rq.op)) {
+		if (r < 0 || proto_req_decode(body, len, &rq) < 0 || !role_serves(role, rq.op)) {
 			if (r == 0)
 				proto_req_clear(&rq);
 			r = -EPROTO;

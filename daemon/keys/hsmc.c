@@ -40,10 +40,22 @@ struct slot {
 	pid_t pid;
 	int64_t started_ms, retry_at_ms;
 	unsigned backoff_ms;
+	int timeout_ms; /* the socket's receive timeout now; -1: not set */
 	struct proto_out out;
 	uint8_t *rx;
 	size_t rx_cap, rx_len;
+	const uint8_t *body; /* the last answer's, in rx */
 };
+
+/* Each receive on s waits at most timeout_ms: one setsockopt when it changes, none per call. */
+static int slot_timeout(struct slot *s, int timeout_ms)
+{
+	int r = 0;
+
+	if (s->timeout_ms != timeout_ms && (r = proto_set_timeout(s->fd, timeout_ms)) == 0)
+		s->timeout_ms = timeout_ms;
+	return r;
+}
 
 struct hsmc {
 	struct slot manage;
@@ -254,9 +266,12 @@ static int slot_start(struct hsmc *c, struct slot *s)
 	}
 	s->fd = fd_high(s->fd);
 	s->started_ms = now;
-	r = proto_recv(s->fd, PROTO_MAX_ANSWER, READY_TIMEOUT_MS, &s->rx, &s->rx_cap, &s->rx_len);
+	s->timeout_ms = -1;
+	r = slot_timeout(s, READY_TIMEOUT_MS);
 	if (r == 0)
-		r = proto_open_answer(&in, s->rx, s->rx_len, PROTO_READY, &result, err,
+		r = proto_recv(s->fd, PROTO_MAX_ANSWER, &s->rx, &s->rx_cap, &s->body, &s->rx_len);
+	if (r == 0)
+		r = proto_open_answer(&in, s->body, s->rx_len, PROTO_READY, &result, err,
 		                      sizeof(err));
 	if (r < 0 || !proto_done(&in)) {
 		slot_drop(c, s, true, "did not report its login");
@@ -295,9 +310,11 @@ static int call(struct hsmc *c, struct slot *s, enum proto_op op, int timeout_ms
 		return hsm_fail_text(-ECONNABORTED, "the token helper was lost (%s)",
 		                     proto_op_name(op));
 	}
-	r = proto_recv(s->fd, PROTO_MAX_ANSWER, timeout_ms, &s->rx, &s->rx_cap, &s->rx_len);
+	r = slot_timeout(s, timeout_ms);
 	if (r == 0)
-		r = proto_open_answer(in, s->rx, s->rx_len, op, &result, err, sizeof(err));
+		r = proto_recv(s->fd, PROTO_MAX_ANSWER, &s->rx, &s->rx_cap, &s->body, &s->rx_len);
+	if (r == 0)
+		r = proto_open_answer(in, s->body, s->rx_len, op, &result, err, sizeof(err));
 	if (r < 0) {
 		slot_drop(c, s, r != -EPIPE,
 		          r == -ETIMEDOUT ? "did not answer in time"

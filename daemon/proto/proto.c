@@ -2,11 +2,10 @@
 #include "proto.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 static const char *const op_names[_PROTO_OP_MAX] = {
@@ -426,68 +425,69 @@ int proto_send(int fd, struct proto_out *o)
 	return 0;
 }
 
-static int64_t now_ms(void)
+int proto_set_timeout(int fd, int timeout_ms)
 {
-	struct timespec ts;
+	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ? -errno : 0;
 }
 
-/* Reads exactly n bytes before the deadline (< 0: none). */
-static int read_full(int fd, uint8_t *p, size_t n, int64_t deadline)
+/* One recv into p (at most n bytes); 0 at end of stream is -EPIPE. */
+static ssize_t recv_some(int fd, uint8_t *p, size_t n)
 {
-	while (n > 0) {
-		ssize_t got;
-		if (deadline >= 0) {
-			struct pollfd pfd = {.fd = fd, .events = POLLIN};
-			int64_t left = deadline - now_ms();
-			int r;
-			if (left <= 0)
-				return -ETIMEDOUT;
-			r = poll(&pfd, 1, left > 60000 ? 60000 : (int)left);
-			if (r < 0 && errno == EINTR)
-				continue;
-			if (r < 0)
-				return -errno;
-			if (r == 0)
-				continue;
-		}
-		got = read(fd, p, n);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < 0)
-			return errno == ECONNRESET ? -EPIPE : -errno;
+	for (;;) {
+		ssize_t got = recv(fd, p, n, 0);
+		if (got > 0)
+			return got;
 		if (got == 0)
 			return -EPIPE;
-		p += got;
-		n -= (size_t)got;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return -ETIMEDOUT;
+		return errno == ECONNRESET ? -EPIPE : -errno;
 	}
-	return 0;
 }
 
-int proto_recv(int fd, size_t max, int timeout_ms, uint8_t **buf, size_t *buf_cap, size_t *ret_len)
+int proto_recv(int fd, size_t max, uint8_t **buf, size_t *buf_cap, const uint8_t **ret_body,
+               size_t *ret_len)
 {
-	int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
-	uint8_t hdr[4];
-	size_t len;
-	int r = read_full(fd, hdr, 4, deadline);
+	size_t have = 0, len = 0, want = 4;
 
-	if (r < 0)
-		return r;
-	len = (size_t)hdr[0] | (size_t)hdr[1] << 8 | (size_t)hdr[2] << 16 | (size_t)hdr[3] << 24;
-	if (len > max || len < 2)
-		return -EMSGSIZE;
-	if (len > *buf_cap) {
-		uint8_t *p = realloc(*buf, len);
+	/* Usually one recv: the peer sends a frame in one write, and nothing after it until
+	 * answered. */
+	if (*buf_cap < PROTO_RECV_START) {
+		uint8_t *p = realloc(*buf, PROTO_RECV_START);
 		if (!p)
 			return -ENOMEM;
 		*buf = p;
-		*buf_cap = len;
+		*buf_cap = PROTO_RECV_START;
 	}
-	r = read_full(fd, *buf, len, deadline);
-	if (r < 0)
-		return r;
+	while (have < want) {
+		ssize_t got = recv_some(fd, *buf + have, *buf_cap - have);
+		if (got < 0)
+			return (int)got;
+		have += (size_t)got;
+		if (want == 4 && have >= 4) {
+			const uint8_t *h = *buf;
+			len = (size_t)h[0] | (size_t)h[1] << 8 | (size_t)h[2] << 16 |
+			      (size_t)h[3] << 24;
+			if (len > max || len < 2)
+				return -EMSGSIZE;
+			want = 4 + len;
+			if (want > *buf_cap) {
+				uint8_t *p = realloc(*buf, want);
+				if (!p)
+					return -ENOMEM;
+				*buf = p;
+				*buf_cap = want;
+			}
+		}
+	}
+	/* One frame at a time: bytes beyond it are a second frame sent unasked. */
+	if (have > want)
+		return -EPROTO;
+	*ret_body = *buf + 4;
 	*ret_len = len;
 	return 0;
 }

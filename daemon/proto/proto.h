@@ -116,7 +116,15 @@ int proto_open_answer(struct proto_in *in, const uint8_t *body, size_t len, enum
 /* Writes the frame whole (MSG_NOSIGNAL on a socket). 0, -EPIPE or another negative errno. */
 int proto_send(int fd, struct proto_out *o);
 
-/* Reads one frame into *buf (grown as needed, kept for the next call) and sets *ret_len.
- * timeout_ms < 0 waits for ever. -ETIMEDOUT; -EPIPE at end of stream (also mid-frame);
- * -EMSGSIZE when the length exceeds max; another negative errno on a read error. */
-int proto_recv(int fd, size_t max, int timeout_ms, uint8_t **buf, size_t *buf_cap, size_t *ret_len);
+/* How long each receive on fd may wait (SO_RCVTIMEO); 0: for ever. */
+int proto_set_timeout(int fd, int timeout_ms);
+
+#define PROTO_RECV_START (64u * 1024) /* the receive buffer's first size */
+
+/* Reads one frame into *buf (grown as needed, kept for the next call): *ret_body and *ret_len
+ * are its body. Usually a single recv(). -ETIMEDOUT when a receive waited longer than the
+ * socket's timeout (proto_set_timeout()); -EPIPE at end of stream (also mid-frame); -EMSGSIZE
+ * when the length exceeds max or is below a header's; -EPROTO when more bytes than the frame
+ * arrived (only one frame may be in flight); another negative errno on a read error. */
+int proto_recv(int fd, size_t max, uint8_t **buf, size_t *buf_cap, const uint8_t **ret_body,
+               size_t *ret_len);

@@ -365,6 +365,7 @@ class Daemon:
         self.jwks_public_url = jwks_public_url
         self.sign_mode = sign_mode
         self.extra_conf = extra_conf
+        self.binary = None  # another tokensignd than $TOKENSIGND (bench/run --baseline)
         self.proc = None
         self.nofile = None  # RLIMIT_NOFILE (soft and hard) to start the daemon with
         self.returncode = None
@@ -498,7 +499,7 @@ class Daemon:
             if nofile:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(
-            [tokensignd_path(), "-c", self.conf_path],
+            [self.binary or tokensignd_path(), "-c", self.conf_path],
             env=env, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf,
             preexec_fn=preexec, cwd=self.workdir)
         return self.proc
