@@ -43,6 +43,7 @@ closed; HARNESS_TMPDIR puts the per-daemon temp dirs somewhere other than $TMPDI
 import atexit
 import base64
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -795,11 +796,15 @@ def shim_daemon(issuers=None, admin=False, cls=None, **kw):
 
 def write_faults(d, *lines):
     """Replaces d's p11shim fault file atomically (temp + rename, as the shim itself does): the
-    shim re-reads it on every call. No lines: no faults."""
+    shim re-reads it on every call. No lines: no faults. Under the shim's lock (d.faults +
+    ".lock"), so that no helper process that is using up a count at that moment rewrites the
+    old text over the new one."""
     tmp = d.faults + ".test-tmp"
     with open(tmp, "w") as f:
         f.write("".join(line + "\n" for line in lines))
-    os.rename(tmp, d.faults)
+    with open(d.faults + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(tmp, d.faults)
 
 
 class CopiesDaemon(Daemon):

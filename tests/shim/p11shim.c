@@ -18,7 +18,8 @@
  * real function, then flip one bit of its output); or HIDE (the token seems not to have the
  * mechanism: C_GetMechanismList leaves it out, C_GetMechanismInfo answers
  * CKR_MECHANISM_INVALID). COUNT is how many calls to hit, or '*' for all of them; a finite count
- * is decremented and the file rewritten atomically (temp file + rename). The first line of
+ * is decremented and the file rewritten atomically (temp file + rename), under an flock() of
+ * FAULTS.lock, so that processes sharing the file share its counts exactly. The first line of
  * FUNCTION with a count left wins. See README.md. */
 #include <dlfcn.h>
 #include <errno.h>
@@ -29,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -327,6 +329,43 @@ static void rewrite(const char *path, const char *text, size_t len)
 	}
 }
 
+/* The lock that makes a count exact between processes as the mutex does between threads: the
+ * daemon's helpers (one process each) and its --touch-token children load this module with the
+ * same fault file, and two of them reading a count before either rewrote it would both use the
+ * same fault. An flock() on a file beside the fault file, not on the fault file itself, which
+ * each rewrite replaces. harness.write_faults() takes it too. -1: no lock (said on stderr). */
+static int lock_faults(const char *path)
+{
+	static bool warned; /* under the mutex: said once per process, not on every call */
+	char lockpath[4096];
+	int fd;
+
+	if ((size_t)snprintf(lockpath, sizeof(lockpath), "%s.lock", path) >= sizeof(lockpath)) {
+		warn("fault file path too long");
+		return -1;
+	}
+	fd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	while (fd >= 0 && flock(fd, LOCK_EX) < 0)
+		if (errno != EINTR) {
+			int e = errno;
+			close(fd);
+			fd = -1;
+			errno = e;
+		}
+	if (fd < 0 && !warned) {
+		warned = true;
+		warn("cannot lock %s: %s; counts are not shared exactly between processes",
+		     lockpath, strerror(errno));
+	}
+	return fd;
+}
+
+static void unlock_faults(int fd)
+{
+	if (fd >= 0)
+		close(fd); /* releases the flock() */
+}
+
 static size_t word(const char *p, const char *end, const char **ret)
 {
 	const char *s;
@@ -349,13 +388,15 @@ static struct fault fault_take_call(const struct call *c)
 	const char *path = getenv("P11SHIM_FAULTS");
 	char *text, *p, *end;
 	size_t len = 0, fnlen = strlen(c->fn);
-	int lineno = 0;
+	int lineno = 0, lock_fd;
 
 	if (!path || !*path)
 		return f;
 	pthread_mutex_lock(&lock);
+	lock_fd = lock_faults(path);
 	text = slurp(path, &len);
 	if (!text) {
+		unlock_faults(lock_fd);
 		pthread_mutex_unlock(&lock);
 		return f;
 	}
@@ -449,6 +490,7 @@ static struct fault fault_take_call(const struct call *c)
 		p = eol + 1;
 	}
 	free(text);
+	unlock_faults(lock_fd);
 	pthread_mutex_unlock(&lock);
 	return f;
 }
