@@ -595,6 +595,17 @@ class Daemon:
         found["sign"].sort()
         return found
 
+    def helper_reads(self, pids=None):
+        """{pid: read system calls so far} (syscr of /proc/PID/io) of pids, by default the
+        signing helpers: a signing helper reads only when it is asked something (a request's
+        frame is two reads, its length and its body: proto_recv()), so a count that grew
+        shows which helpers served requests."""
+        out = {}
+        for pid in (self.helpers()["sign"] if pids is None else pids):
+            with open("/proc/%d/io" % pid) as f:
+                out[pid] = int([ln for ln in f if ln.startswith("syscr:")][0].split()[1])
+        return out
+
     def kill(self):
         if self.proc is not None:
             if self.proc.poll() is None:
