@@ -1,19 +1,24 @@
 #!/usr/bin/python3
-"""Reloads do not leak PKCS#11 sessions (docs/design.md "Custody", C9, and "Processes and
-threads": each thread opens its own session on first use, and the session is closed when the
-thread ends).
+"""Reloads do not leak PKCS#11 sessions or helper processes (docs/design.md "Custody", C9, and
+"Privilege separation": tokensignd loads no module; its keeper starts one management helper and
+one signing helper per sign worker, and each helper holds one session, its login session, for
+its whole life).
 
-Every SIGHUP stops the scheduler thread and starts a new one (daemon/reload.c); the old thread's
-session must go with it. tokensignd runs against SoftHSM through p11shim (tests/shim/README.md),
+Every SIGHUP stops the scheduler thread and starts a new one (daemon/reload.c); a reload must
+neither open a session that stays open nor restart a helper. tokensignd runs against SoftHSM
+through p11shim (tests/shim/README.md), which every helper and every touch child loads, and
 whose call log has one line per C_OpenSession and C_CloseSession with its result: the sessions
 open are the successful opens less the successful closes.
 
-- After 50 reloads the daemon holds exactly as many sessions as before them, and signs before,
-  during (a client signs all along) and after them.
+- After 50 reloads the daemon's helpers hold exactly as many sessions as before them (one
+  each), the helpers are the same processes, and the daemon signs before, during (a client
+  signs all along) and after them.
 - A reload whose new runtime cannot be built (no key can be made for a new issuer) leaves one
-  scheduler running, on the old keys, and no extra session.
+  scheduler running, on the old keys, no extra session and the same helpers.
 - The old scheduler has stopped before the new runtime is built (two keyrings, each under its own
-  lock, must never write to the token at once), and the new one starts after it.
+  lock, must never write to the token at once), and the new one starts after it: with the
+  management helper stopped (SIGSTOP), nothing of a new runtime can be built, and meanwhile no
+  scheduler thread runs.
 
 Environment (tests/shim/meson.build): TOKENSIGND, P11PROBE, SOFTHSM_MODULE and P11SHIM (the
 built shim module)."""
@@ -77,14 +82,14 @@ class ReloadSessions(harness.TestCase):
 
     def open_sessions(self):
         """Successful C_OpenSession less successful C_CloseSession, over the whole log. The
-        tokensignd --touch-token children (hsm_resync) load the shim too; each closes the one
+        tokensign-hsm --touch-token children (hsm_resync) load the shim too; each closes the one
         session it opens, so a finished child adds nothing."""
         lines = self.calls()
         return lines.count("C_OpenSession CKR_OK") - lines.count("C_CloseSession CKR_OK")
 
     def settled_sessions(self, want):
         """The open-session count once it is want, or whatever it is after SETTLE_TIMEOUT: a
-        new scheduler opens its session in its first pass, a touch child holds one briefly."""
+        touch child holds one briefly."""
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while True:
             n = self.open_sessions()
@@ -92,23 +97,53 @@ class ReloadSessions(harness.TestCase):
                 return n
             time.sleep(0.1)
 
-    def thread_names(self):
+    def threads(self):
+        """[(tid, name)] of the daemon's threads."""
         task = "/proc/%d/task" % self.d.proc.pid
-        names = []
+        found = []
         for tid in os.listdir(task):
             try:
                 with open(os.path.join(task, tid, "comm")) as f:
-                    names.append(f.read().strip())
+                    found.append((int(tid), f.read().strip()))
             except FileNotFoundError:  # a thread that just ended
                 pass
-        return names
+        return found
+
+    def thread_names(self):
+        return [name for _, name in self.threads()]
+
+    def schedulers(self):
+        return [tid for tid, name in self.threads() if name == "scheduler"]
+
+    def helpers(self):
+        """The daemon's helpers, checked for their number: one management helper, one signing
+        helper per sign worker."""
+        h = self.d.helpers()
+        self.assertIsNotNone(h["keeper"], h)
+        self.assertIsNotNone(h["manage"], h)
+        self.assertEqual(len(h["sign"]), harness.SIGN_WORKERS, h)
+        return h
+
+    def wait_quiet(self, quiet=1.0, timeout=SETTLE_TIMEOUT):
+        """Waits until the shim's call log has not grown for quiet seconds: the scheduler's
+        pass is over and nothing asks the token anything."""
+        deadline = time.monotonic() + timeout
+        n, since = len(self.calls()), time.monotonic()
+        while time.monotonic() - since < quiet:
+            self.assertLess(time.monotonic(), deadline, "the token never went quiet")
+            time.sleep(0.1)
+            m = len(self.calls())
+            if m != n:
+                n, since = m, time.monotonic()
 
     # -- the daemon --
 
     def sign_on_every_worker(self):
         """One signature by each sign worker: the acceptor gives each new connection to the
         worker holding the fewest (daemon/http.c), so keep-alive connections held open together
-        land on one worker each. From then on every worker has its session."""
+        land on one worker each. From then on every worker has used a signing helper (each
+        worker's own one when it is free, daemon/keys/hsmc.c), and a helper that signed has
+        looked up the key in its own session."""
         conns = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                  for _ in range(harness.SIGN_WORKERS)]
         try:
@@ -147,14 +182,13 @@ class ReloadSessions(harness.TestCase):
             time.sleep(0.02)
         self.d.wait_ready()
 
-    def expected_sessions(self, workers=harness.SIGN_WORKERS):
-        # The threads that legitimately hold a session while nobody reloads: the main thread
-        # (hsm_open()'s login session, kept for the daemon's life; runtime_new() on reload
-        # uses it too), the one scheduler thread (its maintenance passes), and each sign
-        # worker that has signed (all of them after sign_on_every_worker). The acceptors, the
-        # admin worker (no admin request here) and the JWKS threads (they read the keyring,
-        # not the token) hold none.
-        return 1 + 1 + workers
+    def expected_sessions(self):
+        # One per helper, whether it has signed or not: each logs in when it starts and keeps
+        # that session for its life (daemon/hsm/helper.c). The management helper serves the
+        # scheduler, runtime_new() on reload and every other token request but signatures;
+        # the signing helpers serve the sign workers. tokensignd and the keeper load no module,
+        # and a touch child closes its one session before it exits.
+        return 1 + harness.SIGN_WORKERS
 
     def set_faults(self, *lines):
         harness.write_faults(self.d, *lines)
@@ -165,6 +199,7 @@ class ReloadSessions(harness.TestCase):
         self.sign_on_every_worker()
         for _ in range(3):
             self.assertStillSigns(self.d, claims=CLAIMS)
+        helpers = self.helpers()
         want = self.expected_sessions()
         baseline = self.settled_sessions(want)
         self.assertEqual(baseline, want, "sessions open before the reloads")
@@ -202,12 +237,15 @@ class ReloadSessions(harness.TestCase):
                          % (baseline, RELOADS, after))
         self.assertEqual(after, baseline,
                          "sessions open after %d reloads (before: %d)" % (RELOADS, baseline))
+        self.assertEqual(self.helpers(), helpers, "a reload restarted a helper")
+        self.assertNotIn("starting another", self.d.log())
         self.assertEqual(self.thread_names().count("scheduler"), 1)
         self.assertEqual(self.d.stop(), 0, self.d.log())
         self.assertNoSanitizerReport(self.d)
 
     def test_02_a_failed_reload_keeps_one_scheduler_and_no_extra_session(self):
         self.sign_on_every_worker()
+        helpers = self.helpers()
         want = self.expected_sessions()
         self.assertEqual(self.settled_sessions(want), want, "sessions open before the reload")
 
@@ -224,6 +262,7 @@ class ReloadSessions(harness.TestCase):
         self.assertStillSigns(self.d, claims=CLAIMS)
         self.assertError(self.d.sign("other", dict(CLAIMS)), 404, "unknown_issuer")
         self.assertEqual(self.settled_sessions(want), want, "sessions open after the reload")
+        self.assertEqual(self.helpers(), helpers, "a failed reload restarted a helper")
 
         # The next reload, with the token healthy again, serves the new issuer.
         self.set_faults()
@@ -232,31 +271,62 @@ class ReloadSessions(harness.TestCase):
         self.assertStillSigns(self.d, "other", claims=CLAIMS)
         self.assertEqual(self.thread_names().count("scheduler"), 1, self.thread_names())
         self.assertEqual(self.settled_sessions(want), want, "sessions open after the reloads")
+        self.assertEqual(self.helpers(), helpers, "a reload restarted a helper")
+        self.assertNotIn("starting another", self.d.log())
         self.assertEqual(self.d.stop(), 0, self.d.log())
         self.assertNoSanitizerReport(self.d)
 
     def test_03_the_old_scheduler_stops_before_the_new_runtime_is_built(self):
-        # Two keyrings must never write to the token at once (daemon/reload.c). Nothing signs
-        # here, so the reload's calls are the only ones: the old scheduler's session closes
-        # when its thread ends, runtime_new() begins with the token's mechanisms
-        # (C_GetMechanismInfo, algorithms_prepare in daemon/runtime.c), and the new
-        # scheduler opens its session in its first pass.
-        want = self.expected_sessions(workers=0)
+        # Two keyrings must never write to the token at once (daemon/reload.c). Every token
+        # request of a reload and of a scheduler goes to the management helper, and every step
+        # of runtime_new() needs it, beginning with the token's mechanisms (C_GetMechanismInfo,
+        # algorithms_prepare in daemon/runtime.c). So with that helper stopped (SIGSTOP), a
+        # reload can stop the old scheduler but build nothing: no scheduler thread may run
+        # then. Once it goes on, the reload's first token call is C_GetMechanismInfo, and one
+        # scheduler runs again, a new thread. Nothing signs here.
+        helpers = self.helpers()
+        want = self.expected_sessions()
         self.assertEqual(self.settled_sessions(want), want, "sessions open before the reload")
+        # The first maintenance pass is over; the next is a rescan interval (30 s) away, so
+        # the old scheduler sleeps, holding no request to the helper that is stopped next.
+        self.wait_quiet()
+        (old_scheduler,) = self.schedulers()
         before = len(self.calls())
-        self.reload()
+        reloads = self.d.log().count("reload: done")
+        os.kill(helpers["manage"], signal.SIGSTOP)
+        try:
+            self.d.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + RELOAD_TIMEOUT
+            while self.schedulers():
+                self.assertLess(time.monotonic(), deadline,
+                                "the old scheduler did not stop: %r" % self.threads())
+                time.sleep(0.02)
+            # The reload now waits for the stopped helper; it stays that way.
+            for _ in range(20):
+                self.assertEqual(self.schedulers(), [], "a scheduler runs while the new "
+                                 "runtime cannot have been built: %r" % self.threads())
+                time.sleep(0.05)
+            self.assertEqual(self.d.log().count("reload: done"), reloads,
+                             "the reload finished without the management helper")
+            self.assertEqual(len(self.calls()), before,
+                             "a token call while the management helper was stopped")
+        finally:
+            os.kill(helpers["manage"], signal.SIGCONT)
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        while self.d.log().count("reload: done") == reloads:
+            self.assertLess(time.monotonic(), deadline, "no reload: done; log:\n" + self.d.log())
+            time.sleep(0.02)
+        self.d.wait_ready()
         self.assertEqual(self.settled_sessions(want), want, "sessions open after the reload")
         lines = self.calls()[before:]
-        self.assertEqual(lines.count("C_CloseSession CKR_OK"), 1, lines)
-        self.assertEqual(lines.count("C_OpenSession CKR_OK"), 1, lines)
-        closed = lines.index("C_CloseSession CKR_OK")
-        built = next((i for i, line in enumerate(lines)
-                      if line.startswith("C_GetMechanismInfo ")), None)
-        self.assertIsNotNone(built, "runtime_new() asked no C_GetMechanismInfo: %r" % lines)
-        self.assertLess(closed, built, "the old scheduler still ran when the new runtime was "
-                        "being built: %r" % lines)
-        self.assertLess(built, lines.index("C_OpenSession CKR_OK"),
-                        "the new scheduler started before the new runtime: %r" % lines)
+        self.assertTrue(lines and lines[0].startswith("C_GetMechanismInfo "),
+                        "the reload's first token call is not runtime_new()'s: %r" % lines)
+        self.assertEqual(lines.count("C_OpenSession CKR_OK"), lines.count("C_CloseSession CKR_OK"),
+                         "a session of the reload stayed open: %r" % lines)
+        new_schedulers = self.schedulers()
+        self.assertEqual(len(new_schedulers), 1, self.threads())
+        self.assertNotEqual(new_schedulers, [old_scheduler], "the old scheduler still runs")
+        self.assertEqual(self.helpers(), helpers, "a reload restarted a helper")
         self.assertStillSigns(self.d, claims=CLAIMS)
 
 
