@@ -14,7 +14,7 @@ fault-injecting module (tests/shim/README.md), and each test makes chosen PKCS#1
 - /readyz follows the token; /healthz does not.
 - At first start a key that cannot be generated or recorded stops the daemon and leaves nothing
   in the token. A new pair that reads back wrong is destroyed and made again (three tries).
-- A failing `tokensignd --touch-token` child is logged once per episode; signing goes on.
+- A failing `tokensign-hsm --touch-token` child is logged once per episode; signing goes on.
 
 Environment (tests/shim/meson.build): TOKENSIGND, P11PROBE, SOFTHSM_MODULE and P11SHIM (the
 built shim module)."""
@@ -210,9 +210,10 @@ class SessionAndLoginRecovery(RecoveryCase):
 
 
 class SessionCopies(RecoveryCase):
-    """[hsm] session-copies = yes (docs/performance.md): each worker signs with its own session
-    copy of the key. The sign socket's acceptor gives a lone connection to the first worker, so
-    these one-connection requests all run in one thread, one session."""
+    """[hsm] session-copies = yes (docs/performance.md): each signing helper signs with its own
+    session copy of the key. The sign socket's acceptor gives a lone connection to the first
+    worker, so these one-connection requests all run in one worker, and so in its signing
+    helper's one session."""
 
     def setUp(self):
         self.d = shim_daemon(harness.CopiesDaemon)
@@ -223,7 +224,7 @@ class SessionCopies(RecoveryCase):
         r, calls = self.calls_during(lambda: [self.sign() for _ in range(10)])
         for x in r:
             self.assertSignsAndVerifies(x)
-        # One copy per sign worker at most (each has its own session), not one per request.
+        # One copy per signing helper at most (each has its own session), not one per request.
         self.assertGreaterEqual(self.count(calls, "C_CopyObject", "CKR_OK"), 1, calls)
         self.assertLessEqual(self.count(calls, "C_CopyObject"), harness.SIGN_WORKERS, calls)
         self.assertNotIn("does not copy", self.d.log())
@@ -318,8 +319,15 @@ class FailClosed(RecoveryCase):
                 self.assertSignsAndVerifies(self.sign(), "the request after %s" % ckr)
 
     def test_06_persistent_session_error_is_bounded(self):
+        """A signing helper holds one session, its login session: a session the token drops
+        takes the login and the private key handles with it (closing a process's last session
+        logs it out). So one repair of a dropped session is a reopen, then a re-login and a
+        lookup of the key, and the lookup's retry may meet the fault again and reopen once
+        more: per request at most two C_Sign, one reopen per dropped session, at most two
+        logins, and then 503, not a loop. The helper is not restarted for a token error."""
         self.start()
         self.assertSignsAndVerifies(self.sign(), "before the fault")
+        helpers = self.d.helpers()
         self.set_faults("C_Sign CKR_SESSION_HANDLE_INVALID *")
         for attempt in range(2):
             r, calls = self.calls_during(self.sign)
@@ -327,9 +335,14 @@ class FailClosed(RecoveryCase):
             n = self.count(calls, "C_Sign")
             self.assertGreaterEqual(n, 1, calls)
             self.assertLessEqual(n, 2, "at most one retry per request: %r" % calls)
-            # (a pool thread's first request also opens its session, before the fault)
             after = calls[calls.index("C_Sign CKR_SESSION_HANDLE_INVALID"):]
-            self.assertLessEqual(self.count(after, "C_OpenSession"), 1, calls)
+            dropped = self.count(after, "C_Sign", "CKR_SESSION_HANDLE_INVALID")
+            self.assertLessEqual(self.count(after, "C_OpenSession"), dropped,
+                                 "one reopen per dropped session: %r" % calls)
+            # (one for the helper's lookup of a key it forgot after the last failure, one
+            # for the lookup after the stale handle)
+            self.assertLessEqual(self.count(calls, "C_Login"), 2, calls)
+        self.assertEqual(self.d.helpers(), helpers, "a token error restarted a helper")
         self.assertLogged("C_Sign", "CKR_SESSION_HANDLE_INVALID")
         self.clear_faults()
         self.assertSignsAndVerifies(self.sign(), "after the fault cleared")
@@ -529,10 +542,16 @@ class StartUp(RecoveryCase):
 class Concurrency(RecoveryCase):
     def test_12_parallel_requests_share_a_fault_budget(self):
         """Five C_Sign device errors among 24 concurrent requests: exactly five get 503, the
-        rest sign. Shows the shim counts under concurrency and each daemon thread's session
-        survives its neighbour's failure."""
+        rest sign. The requests are spread over the signing helpers, each a process with its
+        own copy of the shim, so this shows that the shim counts exactly across processes
+        (tests/shim/README.md, "Threads and processes") and that each helper's one session
+        survives a failure in it or in another helper: no session is reopened, no login
+        repeated, no helper restarted."""
         self.start()
         self.assertSignsAndVerifies(self.sign(), "before the fault")
+        helpers = self.d.helpers()
+        self.assertEqual(len(helpers["sign"]), harness.SIGN_WORKERS, helpers)
+        reads = self.d.helper_reads()
         self.set_faults("C_Sign CKR_DEVICE_ERROR 5")
         results = [None] * 24
 
@@ -559,6 +578,12 @@ class Concurrency(RecoveryCase):
         self.assertEqual(calls.count("C_Sign CKR_DEVICE_ERROR"), 5, calls)
         self.assertEqual(calls.count("C_Sign CKR_OK"), 19, calls)
         self.assertRegex(self.faults_text(), r"C_Sign CKR_DEVICE_ERROR 0")
+        self.assertEqual(self.count(calls, "C_OpenSession"), 0, calls)
+        self.assertEqual(self.count(calls, "C_Login"), 0, calls)
+        self.assertEqual(self.d.helpers(), helpers, "a token error restarted a helper")
+        # Every signing helper served some of them: the budget was one across processes.
+        grew = [pid for pid, n in self.d.helper_reads().items() if n > reads[pid]]
+        self.assertEqual(sorted(grew), helpers["sign"], "helpers that served a request")
         self.assertSignsAndVerifies(self.sign(), "after")
 
     def test_13_corrupt_signature_never_verifies(self):
@@ -636,11 +661,12 @@ class LostLoginRepaired(RecoveryCase):
 
 
 class TouchFailure(RecoveryCase):
-    """After its own writes, the daemon runs `tokensignd --touch-token` (design.md, "Several
-    instances on one token"); the child loads the same module, so the shim's faults reach it.
-    C_GetSlotList is a call the daemon makes only at start: failing it fails every touch and
-    nothing else. A failing touch is logged once per episode, with the child's own reason, and
-    signing goes on."""
+    """After its own writes, the daemon has its management helper run `tokensign-hsm
+    --touch-token` (design.md, "Several instances on one token"); the child loads the same
+    module, so the shim's faults reach it. C_GetSlotList is a call a helper makes only when it
+    starts: failing it fails every touch and nothing else (no helper is restarted meanwhile). A
+    failing touch is logged once per episode, with the child's own reason, and signing goes
+    on."""
 
     WARNING = "another instance's changes to the token may be seen late"
 
@@ -664,19 +690,22 @@ class TouchFailure(RecoveryCase):
 
     def test_failing_touch_is_logged_once_per_episode(self):
         self.start()
+        helpers = self.d.helpers()
+        started = 1 + len(helpers["sign"])  # the management helper and the signing helpers
         self.rotations(1)
         self.assertNotIn(self.WARNING, self.d.log())
-        # one from the daemon's start, the others from touch children
-        self.assertGreaterEqual(self.calls().count("C_GetSlotList CKR_OK"), 2,
+        # one from each helper's start, the others from touch children
+        self.assertGreaterEqual(self.calls().count("C_GetSlotList CKR_OK"), started + 1,
                                 "no touch child ran")
 
         self.set_faults("C_GetSlotList CKR_DEVICE_ERROR *")
         self.rotations(2)
         self.assertGreaterEqual(self.calls().count("C_GetSlotList CKR_DEVICE_ERROR"), 2)
-        self.assertLogged("tokensignd --touch-token: C_GetSlotList: CKR_DEVICE_ERROR")
-        self.assertLogged(self.WARNING, "tokensignd --touch-token exited with status 1")
+        self.assertLogged("tokensign-hsm --touch-token: C_GetSlotList: CKR_DEVICE_ERROR")
+        self.assertLogged(self.WARNING, "tokensign-hsm --touch-token exited with status 1")
         self.assertEqual(self.d.log().count(self.WARNING), 1, self.d.log())
         self.assertSignsAndVerifies(self.sign(), "while touches fail")
+        self.assertEqual(self.d.helpers(), helpers, "a failing touch restarted a helper")
 
         self.clear_faults()
         self.rotations(1)
@@ -684,6 +713,7 @@ class TouchFailure(RecoveryCase):
         self.rotations(1)
         self.assertEqual(self.d.log().count(self.WARNING), 2, "a new episode is logged again")
         self.assertSignsAndVerifies(self.sign(), "after")
+        self.assertEqual(self.d.helpers(), helpers, "a failing touch restarted a helper")
 
 
 if __name__ == "__main__":
