@@ -1,7 +1,7 @@
-/* p11coherence: shows what `tokensignd --touch-token` is for (docs/design.md, "Several instances
- * on one token"), on a real token.
+/* p11coherence: shows what `tokensign-hsm --touch-token` is for (docs/design.md, "Several
+ * instances on one token"), on a real token.
  *
- * Usage: p11coherence MODULE TOKEN_LABEL TOKENSIGND
+ * Usage: p11coherence MODULE TOKEN_LABEL TOUCH_PROGRAM
  *        p11coherence --create MODULE TOKEN_LABEL NAME [APPLICATION]
  *
  * --create adds one public data object labelled NAME, of CKA_APPLICATION APPLICATION (default
@@ -11,7 +11,7 @@
  * objects, lets another process (itself, --create) add a public data object, then adds one of its
  * own, and counts the other process's object: SoftHSM's file store does not show it, because our
  * write moved the token's change counter past the other's and we took that value as seen. Then
- * it runs TOKENSIGND --touch-token and counts again. Prints one JSON object:
+ * it runs TOUCH_PROGRAM --touch-token (tokensign-hsm) and counts again. Prints one JSON object:
  * {"seen_after_own_write": N, "seen_after_touch": N}, and removes the objects it made.
  * Exit status: 0 when it ran (whatever it saw), 1 on any PKCS#11 or usage error. */
 #include <stdio.h>

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""SoftHSM's file store between processes, and `tokensignd --touch-token` (docs/design.md,
-"Several instances on one token").
+"""SoftHSM's file store between processes, and `tokensign-hsm --touch-token` (docs/design.md,
+"Several instances on one token"; the daemon's management helper runs it).
 
 - The store's flaw, shown on a real token by p11coherence: a process that writes an object
   right after another process wrote one does not see the other's object afterwards. Should a
@@ -8,9 +8,10 @@
 - A touch from another process makes it visible.
 - A touch removes the objects a killed touch left, and leaves every other object alone.
 - A touch that cannot reach the module or the token exits 1 and says why on stderr.
-- SoftHSM loses the token for good when a re-read of its directory fails (here: the daemon
-  has no file descriptor left when another process's write makes it re-read); the daemon's
-  health probe sees it (C_GetTokenInfo), so /readyz fails and a watchdog would restart it.
+- SoftHSM loses the token for good when a re-read of its directory fails (here: the daemon's
+  management helper, the process that holds the module for maintenance, has no file descriptor
+  left when another process's write makes it re-read); the daemon's health probe, which that
+  helper answers, sees it (C_GetTokenInfo), so /readyz fails and a watchdog would restart it.
 """
 
 import json
@@ -41,17 +42,18 @@ class CoherenceTest(harness.TestCase):
 
     def touch(self, module=None, token=None):
         return subprocess.run(
-            [harness.tokensignd_path(), "--touch-token", module or self.d.module,
+            [harness.tokensign_hsm_path(), "--touch-token", module or self.d.module,
              token or self.d.token_label], env=self.d.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
 
     def test_softhsm_hides_and_touch_shows(self):
         for _ in range(3):
             seen = json.loads(self.coherence(self.d.module, self.d.token_label,
-                                             harness.tokensignd_path()))
+                                             harness.tokensign_hsm_path()))
             self.assertEqual(seen["seen_after_own_write"], 0,
                              "this SoftHSM shows another process's object after a write of "
-                             "ours: tokensignd --touch-token may no longer be needed (%r)" % seen)
+                             "ours: tokensign-hsm --touch-token may no longer be needed (%r)"
+                             % seen)
             self.assertEqual(seen["seen_after_touch"], 1, seen)
 
     def test_touch_without_touch_shows_nothing(self):
@@ -74,7 +76,7 @@ class CoherenceTest(harness.TestCase):
     def test_touch_errors(self):
         r = self.touch(module=os.path.join(self.d.workdir, "no-such-module.so"))
         self.assertEqual(r.returncode, 1)
-        self.assertIn("tokensignd --touch-token: cannot load PKCS#11 module", r.stderr)
+        self.assertIn("tokensign-hsm --touch-token: cannot load PKCS#11 module", r.stderr)
         r = self.touch(token="no-such-token")
         self.assertEqual(r.returncode, 1)
         self.assertIn("no initialized token matches 'no-such-token'", r.stderr)
@@ -86,7 +88,9 @@ class CoherenceTest(harness.TestCase):
         self.addCleanup(d.close)
         d.start()
         self.assertEqual(d.unix_request("GET", "/readyz").status, 200)
-        pid = d.proc.pid
+        helpers = d.helpers()
+        pid = helpers["manage"]
+        self.assertIsNotNone(pid, helpers)
         old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
         # Well below the descriptors it holds (a maintenance pass may have a few files open
         # for a moment): not one more can be opened.
