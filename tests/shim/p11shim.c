@@ -379,27 +379,24 @@ static size_t word(const char *p, const char *end, const char **ret)
 	return (size_t)(p - s);
 }
 
-/* The fault for this call, consuming one count (unless c->peek). A CORRUPT line is skipped, not
- * consumed, for a call that has no output to flip (a length query); so is a HIDE line for a call
- * it means nothing to. */
-static struct fault fault_take_call(const struct call *c)
+/* One reading of the fault file for this call. A CORRUPT line is skipped, not consumed, for a
+ * call that has no output to flip (a length query); so is a HIDE line for a call it means nothing
+ * to. With rewrite, a finite count that applies is used up (unless c->peek); without, such a
+ * line only sets *ret_rewrite, and the caller reads again under the lock: a file that is only
+ * read needs no lock (a rename replaces it whole), so calls that meet no finite count cost what
+ * they did before the lock. Malformed lines are reported by the reading without rewrite. */
+static struct fault fault_scan(const struct call *c, const char *path, bool rewrite_counts,
+                               bool *ret_rewrite)
 {
 	struct fault f = {ACT_NONE, CKR_OK};
-	const char *path = getenv("P11SHIM_FAULTS");
 	char *text, *p, *end;
 	size_t len = 0, fnlen = strlen(c->fn);
-	int lineno = 0, lock_fd;
+	int lineno = 0;
+	bool quiet = rewrite_counts;
 
-	if (!path || !*path)
-		return f;
-	pthread_mutex_lock(&lock);
-	lock_fd = lock_faults(path);
 	text = slurp(path, &len);
-	if (!text) {
-		unlock_faults(lock_fd);
-		pthread_mutex_unlock(&lock);
+	if (!text)
 		return f;
-	}
 	for (p = text, end = text + len; p < end && f.action == ACT_NONE;) {
 		char *eol = memchr(p, '\n', (size_t)(end - p));
 		const char *w1, *w2, *w3, *w4, *q, *colon;
@@ -422,8 +419,9 @@ static struct fault fault_take_call(const struct call *c)
 		if (colon) {
 			CK_MECHANISM_TYPE m;
 			if (!mech_parse(colon + 1, l1 - name_len - 1, &m)) {
-				warn("%s:%d: unknown mechanism '%.*s'", path, lineno,
-				     (int)(l1 - name_len - 1), colon + 1);
+				if (!quiet)
+					warn("%s:%d: unknown mechanism '%.*s'", path, lineno,
+					     (int)(l1 - name_len - 1), colon + 1);
 				goto next;
 			}
 			if (c->match == MATCH_PLAIN || m != c->mech)
@@ -432,7 +430,9 @@ static struct fault fault_take_call(const struct call *c)
 			goto next;
 		}
 		if (l2 == 0 || l3 == 0 || l4 != 0) {
-			warn("%s:%d: want 'FUNCTION[:MECHANISM] ACTION COUNT'", path, lineno);
+			if (!quiet)
+				warn("%s:%d: want 'FUNCTION[:MECHANISM] ACTION COUNT'", path,
+				     lineno);
 			goto next;
 		}
 		if (l2 == 6 && memcmp(w2, "LOGOUT", 6) == 0)
@@ -444,7 +444,8 @@ static struct fault fault_take_call(const struct call *c)
 		else if (rv_parse(w2, l2, &cand.rv))
 			cand.action = ACT_RV;
 		else {
-			warn("%s:%d: unknown action '%.*s'", path, lineno, (int)l2, w2);
+			if (!quiet)
+				warn("%s:%d: unknown action '%.*s'", path, lineno, (int)l2, w2);
 			goto next;
 		}
 		if (l3 == 1 && *w3 == '*')
@@ -459,20 +460,24 @@ static struct fault fault_take_call(const struct call *c)
 				count = count * 10 + (*q - '0');
 			}
 			if (count < 0) {
-				warn("%s:%d: bad count '%.*s'", path, lineno, (int)l3, w3);
+				if (!quiet)
+					warn("%s:%d: bad count '%.*s'", path, lineno, (int)l3, w3);
 				goto next;
 			}
 		}
 		if ((!forever && count == 0) || (cand.action == ACT_CORRUPT && !c->can_corrupt))
 			goto next;
 		if (cand.action == ACT_HIDE && !c->can_hide) {
-			warn(
-			    "%s:%d: HIDE applies to C_GetMechanismList and C_GetMechanismInfo only",
-			    path, lineno);
+			if (!quiet)
+				warn("%s:%d: HIDE applies to C_GetMechanismList and "
+				     "C_GetMechanismInfo only",
+				     path, lineno);
 			goto next;
 		}
 		f = cand;
-		if (!forever && !c->peek) {
+		if (!forever && !c->peek && !rewrite_counts) {
+			*ret_rewrite = true;
+		} else if (!forever && !c->peek) {
 			/* The same line with one count less; everything else byte for byte. */
 			size_t head = (size_t)(w3 - text), tail = (size_t)(end - (w3 + l3));
 			char num[24];
@@ -490,7 +495,26 @@ static struct fault fault_take_call(const struct call *c)
 		p = eol + 1;
 	}
 	free(text);
-	unlock_faults(lock_fd);
+	return f;
+}
+
+/* The fault for this call, consuming one count (unless c->peek). */
+static struct fault fault_take_call(const struct call *c)
+{
+	struct fault f = {ACT_NONE, CKR_OK};
+	const char *path = getenv("P11SHIM_FAULTS");
+	bool rewrite = false;
+
+	if (!path || !*path)
+		return f;
+	pthread_mutex_lock(&lock);
+	f = fault_scan(c, path, false, &rewrite);
+	if (rewrite) {
+		/* Read again under the lock: another process may have used the count meanwhile. */
+		int lock_fd = lock_faults(path);
+		f = fault_scan(c, path, true, &rewrite);
+		unlock_faults(lock_fd);
+	}
 	pthread_mutex_unlock(&lock);
 	return f;
 }
