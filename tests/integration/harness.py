@@ -595,15 +595,22 @@ class Daemon:
         found["sign"].sort()
         return found
 
-    def helper_reads(self, pids=None):
-        """{pid: read system calls so far} (syscr of /proc/PID/io) of pids, by default the
-        signing helpers: a signing helper reads only when it is asked something (a request's
-        frame is two reads, its length and its body: proto_recv()), so a count that grew
-        shows which helpers served requests."""
+    def helper_stat(self, field, pids=None):
+        """{pid: value of field} for pids, by default the signing helpers. field is one of
+        /proc/PID/io (syscr: read system calls; a frame from tokensignd arrives by recv(),
+        which syscr does not count, so these are the module's reads of the token's files) or
+        of /proc/PID/status (voluntary_ctxt_switches: a helper waits in recv() between
+        requests, so a count that grew shows that it served one)."""
         out = {}
         for pid in (self.helpers()["sign"] if pids is None else pids):
-            with open("/proc/%d/io" % pid) as f:
-                out[pid] = int([ln for ln in f if ln.startswith("syscr:")][0].split()[1])
+            for name in ("io", "status"):
+                with open("/proc/%d/%s" % (pid, name)) as f:
+                    found = [ln for ln in f if ln.startswith(field + ":")]
+                if found:
+                    out[pid] = int(found[0].split()[1])
+                    break
+            else:
+                raise HarnessError("no %s in /proc/%d/io or status" % (field, pid))
         return out
 
     def kill(self):
