@@ -203,6 +203,13 @@ static int session_open(struct hsm *h, CK_SESSION_HANDLE *ret)
 	    h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, ret));
 }
 
+void hsm_session_forget_copies(struct hsm_session *s)
+{
+	free(s->copies);
+	s->copies = NULL;
+	s->n_copies = 0;
+}
+
 /* Closes s and frees it; its session objects (key copies) go with the session. */
 static void session_free(struct hsm *h, struct hsm_session *s)
 {
@@ -267,7 +274,7 @@ int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what
 	if ((rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) && !rc->reopened) {
 		rc->reopened = true;
 		/* The session's objects, its key copies among them, went with it. */
-		hsm_copies_drop(h, s, false);
+		hsm_session_forget_copies(s);
 		h->f->C_CloseSession(s->handle);
 		/* Until a new one opens: the thread's end must not close a handle the token may
 		 * since have given to another thread's session. */

@@ -54,21 +54,6 @@ static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, C
 	return r;
 }
 
-/* Another instance on the token destroyed it first, or SoftHSM failed while the object's file
- * vanished under it: either way it is gone, as wanted. */
-CK_RV hsm_destroy_handle(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
-{
-	CK_OBJECT_CLASS c;
-	CK_ATTRIBUTE a = {CKA_CLASS, &c, sizeof(c)};
-	CK_RV rv = h->f->C_DestroyObject(s, obj);
-
-	if (rv == CKR_OBJECT_HANDLE_INVALID ||
-	    (rv == CKR_FUNCTION_FAILED &&
-	     h->f->C_GetAttributeValue(s, obj, &a, 1) == CKR_OBJECT_HANDLE_INVALID))
-		return CKR_OK;
-	return rv;
-}
-
 /* Checks both halves, then destroys both: a half that is no longer what it was aborts the whole
  * destruction before anything is gone. */
 static CK_RV destroy_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct hsm_key *key,

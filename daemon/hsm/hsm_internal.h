@@ -169,5 +169,13 @@ int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what
  * its file vanished) counts as destroyed. */
 CK_RV hsm_destroy_handle(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj);
 
-/* Forgets the copies of session s; destroys them first when destroy. */
-void hsm_copies_drop(struct hsm *h, struct hsm_session *s, bool destroy);
+/* Forgets the copies of session s without touching their handles: the session or the login
+ * they lived in is gone, and a token may since have given a handle to a new object. */
+void hsm_session_forget_copies(struct hsm_session *s);
+
+/* hsm_copies.c: the handle to sign key with in session s, its session copy when copies are on
+ * (made at first use; the token key when the token refuses to copy it). */
+CK_OBJECT_HANDLE hsm_copy_handle(struct hsm *h, struct hsm_session *s, const struct hsm_key *key);
+
+/* Forgets key's copy in s after the token said its handle is no longer valid. */
+void hsm_copy_forget(struct hsm_session *s, const struct hsm_key *key);

@@ -346,193 +346,7 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 	return 0;
 }
 
-CK_RV hsm_get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                    CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len)
-{
-	uint8_t small[512], *buf;
-	CK_ATTRIBUTE a = {type, small, sizeof(small)};
-	CK_RV rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
-
-	/* Most values (records, EC points) fit the small buffer: one call instead of two. */
-	if (rv == CKR_BUFFER_TOO_SMALL) {
-		a = (CK_ATTRIBUTE){type, NULL, 0};
-		rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
-	}
-	if (rv != CKR_OK)
-		return rv;
-	if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > 1 << 20 ||
-	    (a.pValue == small && a.ulValueLen > sizeof(small)))
-		return CKR_ATTRIBUTE_VALUE_INVALID;
-	buf = malloc(a.ulValueLen + 1);
-	if (!buf)
-		return CKR_HOST_MEMORY;
-	if (a.pValue == small) {
-		memcpy(buf, small, a.ulValueLen);
-	} else {
-		a.pValue = buf;
-		rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
-		if (rv != CKR_OK) {
-			free(buf);
-			return rv;
-		}
-	}
-	buf[a.ulValueLen] = 0;
-	*ret = buf;
-	*ret_len = a.ulValueLen;
-	return CKR_OK;
-}
-
-CK_RV hsm_find_all(struct hsm *h, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n_tmpl,
-                   CK_OBJECT_HANDLE **ret, CK_ULONG *ret_n)
-{
-	CK_OBJECT_HANDLE *all = NULL;
-	CK_ULONG n = 0, got = 0;
-	CK_RV rv;
-
-	rv = h->f->C_FindObjectsInit(s, tmpl, n_tmpl);
-	if (rv != CKR_OK)
-		return rv;
-	do {
-		CK_OBJECT_HANDLE *grown = realloc(all, (n + 256) * sizeof(*all));
-		if (!grown) {
-			rv = CKR_HOST_MEMORY;
-			break;
-		}
-		all = grown;
-		rv = h->f->C_FindObjects(s, all + n, 256, &got);
-		n += got;
-	} while (rv == CKR_OK && got == 256);
-	h->f->C_FindObjectsFinal(s);
-	if (rv != CKR_OK) {
-		free(all);
-		return rv;
-	}
-	*ret = all;
-	*ret_n = n;
-	return CKR_OK;
-}
-
 /* ---- signing ---- */
-
-void hsm_copies_drop(struct hsm *h, struct hsm_session *s, bool destroy)
-{
-	for (size_t i = 0; destroy && i < s->n_copies; i++)
-		if (s->copies[i].handle)
-			h->f->C_DestroyObject(s->handle, s->copies[i].handle);
-	free(s->copies);
-	s->copies = NULL;
-	s->n_copies = 0;
-}
-
-/* At most this many copies per session; keys beyond sign with their token object. */
-#define MAX_COPIES 256
-
-/* Copies the private key into session s: a session object (CKA_TOKEN false) that keeps every
- * other attribute (sensitive, never extractable, sign only). Its CKA_ID and CKA_LABEL differ
- * from the token key's, so that a search for the token key (by id, or by label) never finds a
- * copy: session objects are visible to every session of the process. */
-static CK_RV copy_key(struct hsm *h, struct hsm_session *s, const struct hsm_key *key,
-                      CK_OBJECT_HANDLE *ret)
-{
-	static const char label[] = "tokensign-session-copy";
-	uint8_t id[1 + HSM_ID_LEN] = {'c'};
-	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_TOKEN, (void *)&no, sizeof(no)},
-	    {CKA_ID, id, sizeof(id)},
-	    {CKA_LABEL, (void *)label, sizeof(label) - 1},
-	};
-
-	memcpy(id + 1, key->id, HSM_ID_LEN);
-	return h->f->C_CopyObject(s->handle, atomic_load(&key->priv), tmpl, 3, ret);
-}
-
-/* What a copy must still be before it signs: a conformant token cannot weaken these in a copy
- * (CKA_SENSITIVE only turns on, CKA_EXTRACTABLE only off), but the copy is checked all the same,
- * once, as the token key was. */
-static bool copy_safe(struct hsm *h, struct hsm_session *s, CK_OBJECT_HANDLE copy)
-{
-	CK_BBOOL token = CK_TRUE, priv = CK_FALSE, sensitive = CK_FALSE, extractable = CK_TRUE,
-	         sign = CK_FALSE;
-	CK_ATTRIBUTE a[] = {
-	    {CKA_TOKEN, &token, sizeof(token)},
-	    {CKA_PRIVATE, &priv, sizeof(priv)},
-	    {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
-	    {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
-	    {CKA_SIGN, &sign, sizeof(sign)},
-	};
-
-	return h->f->C_GetAttributeValue(s->handle, copy, a, 5) == CKR_OK && !token && priv &&
-	       sensitive && !extractable && sign;
-}
-
-/* The token's answer means "never for this key": it will sign as a token object. Anything else
- * (a stale handle after a logout, a device error) is for the signature itself to meet and
- * recover from; the copy is tried again next time. */
-static bool copy_refused(CK_RV rv)
-{
-	return rv == CKR_ACTION_PROHIBITED || rv == CKR_FUNCTION_NOT_SUPPORTED ||
-	       rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_TEMPLATE_INCONSISTENT ||
-	       rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_VALUE_INVALID;
-}
-
-/* The handle to sign key with in session s: its session copy when copies are on. */
-static CK_OBJECT_HANDLE signing_handle(struct hsm *h, struct hsm_session *s,
-                                       const struct hsm_key *key)
-{
-	unsigned long lost = atomic_load(&h->copies_lost), gen = atomic_load(&h->copy_gen);
-	CK_OBJECT_HANDLE copy = 0;
-	struct hsm_copy *grown;
-	CK_RV rv;
-
-	if (!h->session_copies)
-		return atomic_load(&key->priv);
-	if (s->copies_lost != lost) {
-		hsm_copies_drop(h, s, false);
-		s->copies_lost = lost;
-	}
-	if (s->copy_gen != gen) {
-		hsm_copies_drop(h, s, true);
-		s->copy_gen = gen;
-	}
-	for (size_t i = 0; i < s->n_copies; i++)
-		if (memcmp(s->copies[i].id, key->id, HSM_ID_LEN) == 0)
-			return s->copies[i].handle ? s->copies[i].handle : atomic_load(&key->priv);
-	if (s->n_copies == MAX_COPIES)
-		return atomic_load(&key->priv);
-	rv = copy_key(h, s, key, &copy);
-	if (rv != CKR_OK && !copy_refused(rv))
-		return atomic_load(&key->priv);
-	if (rv == CKR_OK && !copy_safe(h, s, copy)) {
-		h->f->C_DestroyObject(s->handle, copy);
-		copy = 0;
-		log_warning("the token's session copy of a key is not private, sensitive and "
-		            "unextractable; that key signs as a token object");
-	}
-	if (rv != CKR_OK)
-		log_warning("the token does not copy a key into a session (%s, 0x%lx); that key "
-		            "signs as a token object",
-		            hsm_ckr_name(rv), (unsigned long)rv);
-	grown = realloc(s->copies, (s->n_copies + 1) * sizeof(*grown));
-	if (!grown) {
-		if (copy)
-			h->f->C_DestroyObject(s->handle, copy);
-		return atomic_load(&key->priv);
-	}
-	s->copies = grown;
-	memcpy(grown[s->n_copies].id, key->id, HSM_ID_LEN);
-	grown[s->n_copies++].handle = copy;
-	return copy ? copy : atomic_load(&key->priv);
-}
-
-/* Forgets key's copy in s after the token said its handle is no longer valid. */
-static void copy_forget(struct hsm_session *s, const struct hsm_key *key)
-{
-	for (size_t i = 0; i < s->n_copies; i++)
-		if (memcmp(s->copies[i].id, key->id, HSM_ID_LEN) == 0) {
-			s->copies[i] = s->copies[--s->n_copies];
-			return;
-		}
-}
 
 static CK_RV sign_once(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
                        const struct hsm_sign_way *way, const uint8_t *data, size_t dlen,
@@ -576,13 +390,13 @@ int hsm_sign(struct hsm *h, struct hsm_key *key, const uint8_t *input, size_t le
 			if ((r = hsm_session_get(h, &s)) < 0)
 				return r;
 			slen = sig_size;
-			obj = signing_handle(h, s, key);
+			obj = hsm_copy_handle(h, s, key);
 			rv = sign_once(h, s->handle, obj, h->plans[key->alg].way, data, dlen, sig,
 			               &slen);
 			/* A copy that went stale is made again once, from the token key. */
 			if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) &&
 			    obj != atomic_load(&key->priv) && !copy_retried) {
-				copy_forget(s, key);
+				hsm_copy_forget(s, key);
 				copy_retried = again = true;
 			}
 		} while (again || (r = hsm_recover(h, s, rv, "C_Sign", &rc)) > 0);
