@@ -417,6 +417,7 @@ int hsm_open(const char *module, const char *token, int pin_fd, const char *pin_
 	struct hsm_session *s;
 	int r;
 
+	hsm_error_clear();
 	if (!h)
 		return -ENOMEM;
 	if (pthread_key_create(&h->tls, session_end) != 0) {
@@ -498,5 +499,6 @@ static CK_RV probe(struct hsm *h, struct hsm_session *s, void *ctx)
 
 int hsm_probe(struct hsm *h)
 {
+	hsm_error_clear();
 	return hsm_with_session(h, "C_GetSessionInfo", probe, NULL);
 }

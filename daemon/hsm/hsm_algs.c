@@ -87,6 +87,8 @@ int hsm_prepare_alg(struct hsm *h, enum jws_alg alg, unsigned key_bits)
 {
 	const struct alg_info *ai;
 
+	/* No session: the mechanisms are the slot's, and nothing here can be recovered from. */
+	hsm_error_clear();
 	if (!(ai = hsm_alg_info(alg)))
 		return -EINVAL;
 	if (!mechanism_can(h, ai->gen, CKF_GENERATE_KEY_PAIR,
@@ -189,6 +191,7 @@ int hsm_public_jwk(struct hsm *h, const struct hsm_key *key, struct jwk *ret)
 	struct public_read p = {NULL, key->pub, ret, 0};
 	int r;
 
+	hsm_error_clear();
 	if (!(p.ai = hsm_alg_info(key->alg)))
 		return -EINVAL;
 	if ((r = hsm_with_session(h, "reading the public key", public_read_op, &p)) < 0)

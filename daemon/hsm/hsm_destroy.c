@@ -101,6 +101,7 @@ int hsm_destroy_key(struct hsm *h, const struct hsm_key *key, const char *label)
 	struct destruction d = {.key = key, .label = label};
 	int r;
 
+	hsm_error_clear();
 	hsm_note_write(h);
 	/* Every thread drops its copies (of this key and the others) before its next signature. */
 	atomic_fetch_add(&h->copy_gen, 1);
@@ -150,6 +151,7 @@ int hsm_destroy_record(struct hsm *h, const struct hsm_record *rec)
 	struct destruction d = {.rec = rec};
 	int r;
 
+	hsm_error_clear();
 	hsm_note_write(h);
 	r = hsm_with_session(h, "C_DestroyObject", destroy_record_op, &d);
 	return r < 0 ? r : d.err;

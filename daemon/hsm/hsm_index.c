@@ -117,6 +117,7 @@ int hsm_key_index_read(struct hsm *h, struct hsm_key_index **ret)
 	struct hsm_key_index *ix;
 	int r;
 
+	hsm_error_clear();
 	if (!(ix = calloc(1, sizeof(*ix))))
 		return -ENOMEM;
 	if ((r = hsm_with_session(h, "listing key objects", index_read_op, ix)) < 0) {
@@ -151,6 +152,7 @@ int hsm_key_index_find(struct hsm *h, const struct hsm_key_index *ix, const uint
 	struct index_pair p = {.id = id, .alg = alg, .ret = ret};
 	int r;
 
+	hsm_error_clear();
 	if (!hsm_alg_info(alg))
 		return -EINVAL;
 	if ((r = hsm_key_index_pair(ix, id, label, &p.priv, &p.pub)) < 0)

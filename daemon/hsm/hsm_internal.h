@@ -9,12 +9,12 @@
  *   hsm_objects.c                              object primitives (CK_RV, nothing recorded)
  *   hsm.c                                      module, token, login, sessions, hsm_with_session()
  *
- * Every public operation that uses a session reaches the token only through
- * hsm_with_session(), the one place that recovers from a closed session or a lost login
- * (hsm_open() opens the first session, hsm_prepare_alg() asks the slot, the touch child loads a
- * module of its own). An error is recorded once, where it is decided: an op returns the token's
- * CK_RV for the wrapper to recover from or record, or records its own verdict and returns
- * CKR_OK. */
+ * Every public operation clears the thread's error first (hsm_error_clear()), and every one
+ * that uses a session reaches the token only through hsm_with_session(), the one place that
+ * recovers from a closed session or a lost login (hsm_open() opens the first session,
+ * hsm_prepare_alg() asks the slot, the touch child loads a module of its own). An error is
+ * recorded once, where it is decided: an op returns the token's CK_RV for the wrapper to recover
+ * from or record, or records its own verdict and returns CKR_OK. */
 #pragma once
 #include <pthread.h>
 #include <stdatomic.h>
@@ -114,6 +114,12 @@ struct hsm {
 static inline void hsm_note_write(struct hsm *h)
 {
 	atomic_fetch_add(&h->writes, 1);
+}
+
+/* The start of every public operation: a success must not leave an older error readable. */
+static inline void hsm_error_clear(void)
+{
+	hsm_fail_text(0, "%s", "");
 }
 
 /* Returns rv, noting call as the one that answered it when it is an error: an op that makes

@@ -189,6 +189,7 @@ static int key_find(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg al
 
 int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, struct hsm_key *ret)
 {
+	hsm_error_clear();
 	return key_find(h, id, alg, ret);
 }
 
@@ -279,6 +280,7 @@ int hsm_key_check_half(struct hsm *h, unsigned long handle, bool private_key, en
 	struct half c = {handle, private_key, NULL, 0};
 	int r;
 
+	hsm_error_clear();
 	if (!(c.ai = hsm_alg_info(alg)))
 		return -EINVAL;
 	r = hsm_with_session(h, "C_GetAttributeValue", check_half_op, &c);
@@ -397,6 +399,7 @@ int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const c
 	struct generation g = {.key_bits = key_bits, .label = label};
 	int r;
 
+	hsm_error_clear();
 	if (!(g.ai = hsm_alg_info(alg)))
 		return -EINVAL;
 	if (RAND_bytes(g.id, sizeof(g.id)) != 1)
@@ -468,6 +471,7 @@ int hsm_sign(struct hsm *h, struct hsm_key *key, const uint8_t *input, size_t le
 	struct signature g = {.key = key, .sig = sig, .sig_size = sig_size};
 	int r;
 
+	hsm_error_clear();
 	if (!hsm_alg_info(key->alg))
 		return -EINVAL;
 	if (!h->plans[key->alg].ready)

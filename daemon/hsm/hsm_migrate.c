@@ -102,6 +102,7 @@ int hsm_migrate_public_halves(struct hsm *h, size_t *ret_migrated)
 	size_t n = 0;
 	int r;
 
+	hsm_error_clear();
 	if ((r = hsm_key_index_read(h, &ix)) < 0)
 		return r;
 	m.ix = ix;

@@ -116,6 +116,7 @@ int hsm_list_records(struct hsm *h, struct hsm_record **ret, size_t *ret_n)
 {
 	struct records_read l = {ret, ret_n};
 
+	hsm_error_clear();
 	return hsm_with_session(h, "reading records", list_records_op, &l);
 }
 
@@ -151,6 +152,7 @@ int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t
 	struct record_store c = {tmpl, sizeof(tmpl) / sizeof(tmpl[0]), 0};
 	int r;
 
+	hsm_error_clear();
 	hsm_note_write(h);
 	r = hsm_with_session(h, "C_CreateObject", store_record_op, &c);
 	if (r == 0 && ret_handle)
