@@ -1,5 +1,6 @@
-/* PKCS#11 module, token, login and per-thread sessions, with the one CKR -> errno mapping.
- * hsm.c and hsm_keys.c together are the only code of tokensign that makes C_* calls. */
+/* PKCS#11 module, token, login and per-thread sessions, the one recovery wrapper
+ * (hsm_with_session()) and the one CKR -> errno mapping: the bottom of the stack of
+ * hsm_internal.h, calling none of the units above it. */
 #include "hsm.h"
 #include "hsm_internal.h"
 
@@ -203,6 +204,13 @@ static int session_open(struct hsm *h, CK_SESSION_HANDLE *ret)
 	    h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, ret));
 }
 
+void hsm_session_forget_copies(struct hsm_session *s)
+{
+	free(s->copies);
+	s->copies = NULL;
+	s->n_copies = 0;
+}
+
 /* Closes s and frees it; its session objects (key copies) go with the session. */
 static void session_free(struct hsm *h, struct hsm_session *s)
 {
@@ -259,15 +267,22 @@ int hsm_session_get(struct hsm *h, struct hsm_session **ret)
 	return 0;
 }
 
-int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what,
-                struct recovery *rc)
+/* What hsm_with_session() has repaired so far in one call: each repair is tried once. */
+struct recovery {
+	bool reopened, relogged;
+};
+
+/* After rv: 0 done, 1 try again (session reopened or logged in again), or a negative errno
+ * with the failure recorded. A PIN error is never retried. */
+static int recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what,
+                   struct recovery *rc)
 {
 	if (rv == CKR_OK)
 		return 0;
 	if ((rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) && !rc->reopened) {
 		rc->reopened = true;
 		/* The session's objects, its key copies among them, went with it. */
-		hsm_copies_drop(h, s, false);
+		hsm_session_forget_copies(s);
 		h->f->C_CloseSession(s->handle);
 		/* Until a new one opens: the thread's end must not close a handle the token may
 		 * since have given to another thread's session. */
@@ -285,6 +300,22 @@ int hsm_recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *what
 		return r < 0 ? r : 1;
 	}
 	return hsm_fail(what, rv, hsm_ckr_errno(rv));
+}
+
+int hsm_with_session(struct hsm *h, const char *what, hsm_op *op, void *ctx)
+{
+	struct recovery rc = {0};
+	struct hsm_session *s;
+	CK_RV rv;
+	int r;
+
+	do {
+		if ((r = hsm_session_get(h, &s)) < 0)
+			return r;
+		s->call = NULL;
+		rv = op(h, s, ctx);
+	} while ((r = recover(h, s, rv, s->call ? s->call : what, &rc)) > 0);
+	return r;
 }
 
 CK_RV hsm_require_login(struct hsm *h, struct hsm_session *s)
@@ -386,6 +417,7 @@ int hsm_open(const char *module, const char *token, int pin_fd, const char *pin_
 	struct hsm_session *s;
 	int r;
 
+	hsm_error_clear();
 	if (!h)
 		return -ENOMEM;
 	if (pthread_key_create(&h->tls, session_end) != 0) {
@@ -451,23 +483,22 @@ void hsm_close(struct hsm *h)
 	free(h);
 }
 
+/* The session answers, logged in, and so does the token itself, not only our session: SoftHSM
+ * keeps sessions of a token it can no longer read (docs/design.md, "A failed re-read loses the
+ * token for the process"). */
+static CK_RV probe(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	CK_TOKEN_INFO info;
+	CK_RV rv = hsm_require_login(h, s);
+
+	(void)ctx;
+	if (rv != CKR_OK)
+		return rv;
+	return hsm_called(s, "C_GetTokenInfo", h->f->C_GetTokenInfo(h->slot, &info));
+}
+
 int hsm_probe(struct hsm *h)
 {
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_TOKEN_INFO info;
-	CK_RV rv;
-	int r;
-
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-	} while ((r = hsm_recover(h, s, rv, "C_GetSessionInfo", &rc)) > 0);
-	if (r < 0)
-		return r;
-	/* The token itself, not only our session: SoftHSM keeps sessions of a token it can no
-	 * longer read (docs/design.md, "A failed re-read loses the token for the process"). */
-	rv = h->f->C_GetTokenInfo(h->slot, &info);
-	return rv == CKR_OK ? 0 : hsm_fail("C_GetTokenInfo", rv, hsm_ckr_errno(rv));
+	hsm_error_clear();
+	return hsm_with_session(h, "C_GetSessionInfo", probe, NULL);
 }

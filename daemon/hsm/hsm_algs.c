@@ -85,9 +85,11 @@ static bool mechanism_can(struct hsm *h, CK_MECHANISM_TYPE m, CK_FLAGS flag, uns
 
 int hsm_prepare_alg(struct hsm *h, enum jws_alg alg, unsigned key_bits)
 {
-	const struct alg_info *ai = hsm_alg_info(alg);
+	const struct alg_info *ai;
 
-	if (!ai)
+	/* No session: the mechanisms are the slot's, and nothing here can be recovered from. */
+	hsm_error_clear();
+	if (!(ai = hsm_alg_info(alg)))
 		return -EINVAL;
 	if (!mechanism_can(h, ai->gen, CKF_GENERATE_KEY_PAIR,
 	                   ai->key_type == CKK_RSA ? key_bits : 0))
@@ -168,25 +170,34 @@ static CK_RV read_public(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_in
 	return rv;
 }
 
+/* A read of a public key, and its result. */
+struct public_read {
+	const struct alg_info *ai;
+	CK_OBJECT_HANDLE pub;
+	struct jwk *ret;
+	int err;
+};
+
+static CK_RV public_read_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct public_read *p = ctx;
+
+	p->err = 0;
+	return read_public(h, s->handle, p->ai, p->pub, p->ret, &p->err);
+}
+
 int hsm_public_jwk(struct hsm *h, const struct hsm_key *key, struct jwk *ret)
 {
-	const struct alg_info *ai = hsm_alg_info(key->alg);
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	int r, err = 0;
-	CK_RV rv;
+	struct public_read p = {NULL, key->pub, ret, 0};
+	int r;
 
-	if (!ai)
+	hsm_error_clear();
+	if (!(p.ai = hsm_alg_info(key->alg)))
 		return -EINVAL;
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = read_public(h, s->handle, ai, key->pub, ret, &err);
-	} while ((r = hsm_recover(h, s, rv, "reading the public key", &rc)) > 0);
-	if (r < 0)
+	if ((r = hsm_with_session(h, "reading the public key", public_read_op, &p)) < 0)
 		return r;
-	if (err < 0)
-		return hsm_fail_text(err, "the token's %s public key is not valid",
+	if (p.err < 0)
+		return hsm_fail_text(p.err, "the token's %s public key is not valid",
 		                     jws_alg_name(key->alg));
 	if (jws_alg_is_rsa(key->alg) && ret->n_len * 8 < 2048)
 		return hsm_fail_text(-EPERM,

@@ -54,21 +54,6 @@ static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, C
 	return r;
 }
 
-/* Another instance on the token destroyed it first, or SoftHSM failed while the object's file
- * vanished under it: either way it is gone, as wanted. */
-CK_RV hsm_destroy_handle(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj)
-{
-	CK_OBJECT_CLASS c;
-	CK_ATTRIBUTE a = {CKA_CLASS, &c, sizeof(c)};
-	CK_RV rv = h->f->C_DestroyObject(s, obj);
-
-	if (rv == CKR_OBJECT_HANDLE_INVALID ||
-	    (rv == CKR_FUNCTION_FAILED &&
-	     h->f->C_GetAttributeValue(s, obj, &a, 1) == CKR_OBJECT_HANDLE_INVALID))
-		return CKR_OK;
-	return rv;
-}
-
 /* Checks both halves, then destroys both: a half that is no longer what it was aborts the whole
  * destruction before anything is gone. */
 static CK_RV destroy_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct hsm_key *key,
@@ -92,24 +77,36 @@ static CK_RV destroy_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct hsm_k
 	return rv;
 }
 
+/* A destruction of a key pair or a record, and its verdict. */
+struct destruction {
+	const struct hsm_key *key;
+	const char *label;
+	const struct hsm_record *rec;
+	int err;
+};
+
+static CK_RV destroy_pair_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct destruction *d = ctx;
+	CK_RV rv = hsm_require_login(h, s);
+
+	d->err = 0;
+	if (rv != CKR_OK)
+		return rv;
+	return destroy_pair(h, s->handle, d->key, d->label, &d->err);
+}
+
 int hsm_destroy_key(struct hsm *h, const struct hsm_key *key, const char *label)
 {
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	int r, err = 0;
-	CK_RV rv;
+	struct destruction d = {.key = key, .label = label};
+	int r;
 
+	hsm_error_clear();
 	hsm_note_write(h);
 	/* Every thread drops its copies (of this key and the others) before its next signature. */
 	atomic_fetch_add(&h->copy_gen, 1);
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = destroy_pair(h, s->handle, key, label, &err);
-	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
-	return r < 0 ? r : err;
+	r = hsm_with_session(h, "C_DestroyObject", destroy_pair_op, &d);
+	return r < 0 ? r : d.err;
 }
 
 /* A record is destroyed only while it is still the record that was read: private, ours, with
@@ -138,21 +135,24 @@ static CK_RV destroy_record(struct hsm *h, CK_SESSION_HANDLE s, const struct hsm
 	return *err < 0 ? CKR_OK : hsm_destroy_handle(h, s, rec->handle);
 }
 
+static CK_RV destroy_record_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct destruction *d = ctx;
+	CK_RV rv = hsm_require_login(h, s);
+
+	d->err = 0;
+	if (rv != CKR_OK)
+		return rv;
+	return destroy_record(h, s->handle, d->rec, &d->err);
+}
+
 int hsm_destroy_record(struct hsm *h, const struct hsm_record *rec)
 {
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	int r, err = 0;
-	CK_RV rv;
+	struct destruction d = {.rec = rec};
+	int r;
 
+	hsm_error_clear();
 	hsm_note_write(h);
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		err = 0;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = destroy_record(h, s->handle, rec, &err);
-	} while ((r = hsm_recover(h, s, rv, "C_DestroyObject", &rc)) > 0);
-	return r < 0 ? r : err;
+	r = hsm_with_session(h, "C_DestroyObject", destroy_record_op, &d);
+	return r < 0 ? r : d.err;
 }

@@ -98,28 +98,29 @@ static CK_RV index_class(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls
 	return rv;
 }
 
+static CK_RV index_read_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct hsm_key_index *ix = ctx;
+	/* A session that is not logged in sees no private keys: that is not "no keys". */
+	CK_RV rv = hsm_require_login(h, s);
+
+	ix->n = 0;
+	if (rv == CKR_OK)
+		rv = index_class(h, s->handle, CKO_PRIVATE_KEY, ix);
+	if (rv == CKR_OK)
+		rv = index_class(h, s->handle, CKO_PUBLIC_KEY, ix);
+	return rv;
+}
+
 int hsm_key_index_read(struct hsm *h, struct hsm_key_index **ret)
 {
-	struct hsm_key_index *ix = calloc(1, sizeof(*ix));
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_RV rv;
+	struct hsm_key_index *ix;
 	int r;
 
-	if (!ix)
+	hsm_error_clear();
+	if (!(ix = calloc(1, sizeof(*ix))))
 		return -ENOMEM;
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			break;
-		ix->n = 0;
-		/* A session that is not logged in sees no private keys: that is not "no keys". */
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = index_class(h, s->handle, CKO_PRIVATE_KEY, ix);
-		if (rv == CKR_OK)
-			rv = index_class(h, s->handle, CKO_PUBLIC_KEY, ix);
-	} while ((r = hsm_recover(h, s, rv, "listing key objects", &rc)) > 0);
-	if (r < 0) {
+	if ((r = hsm_with_session(h, "listing key objects", index_read_op, ix)) < 0) {
 		hsm_key_index_free(ix);
 		return r;
 	}
@@ -128,18 +129,34 @@ int hsm_key_index_read(struct hsm *h, struct hsm_key_index **ret)
 	return 0;
 }
 
+/* A pair taken from the index, to be checked as a lookup by CKA_ID checks it. */
+struct index_pair {
+	const struct hsm_key_object *priv, *pub;
+	const uint8_t *id;
+	enum jws_alg alg;
+	struct hsm_key *ret;
+	int err;
+};
+
+static CK_RV index_pair_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct index_pair *p = ctx;
+
+	return hsm_key_accept(h, s, p->priv->handle, p->pub->handle, p->id, p->alg, p->ret,
+	                      &p->err);
+}
+
 int hsm_key_index_find(struct hsm *h, const struct hsm_key_index *ix, const uint8_t id[HSM_ID_LEN],
                        const char *label, enum jws_alg alg, struct hsm_key *ret)
 {
-	const struct hsm_key_object *priv, *pub;
-	struct hsm_session *s;
+	struct index_pair p = {.id = id, .alg = alg, .ret = ret};
 	int r;
 
+	hsm_error_clear();
 	if (!hsm_alg_info(alg))
 		return -EINVAL;
-	if ((r = hsm_key_index_pair(ix, id, label, &priv, &pub)) < 0)
+	if ((r = hsm_key_index_pair(ix, id, label, &p.priv, &p.pub)) < 0)
 		return r;
-	if ((r = hsm_session_get(h, &s)) < 0)
-		return r;
-	return hsm_key_accept(h, s, priv->handle, pub->handle, id, alg, ret);
+	r = hsm_with_session(h, "C_GetAttributeValue", index_pair_op, &p);
+	return r < 0 ? r : p.err;
 }

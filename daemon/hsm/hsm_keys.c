@@ -1,4 +1,5 @@
-/* Keys, records and signatures in the token: templates, attribute checks, C_Sign. */
+/* Keys and signatures in the token: key templates and attribute checks, lookup by CKA_ID,
+ * generation, C_Sign. */
 #include "hsm.h"
 #include "hsm_internal.h"
 #include "log.h"
@@ -60,51 +61,61 @@ static const struct private_rule {
 };
 #define N_PRIVATE_RULES (sizeof(private_rules) / sizeof(private_rules[0]))
 
-static int type_refused(CK_KEY_TYPE kt)
+/* A key that must never be used: -EPERM, the reason recorded when record. */
+static int type_refused(CK_KEY_TYPE kt, bool record)
 {
+	if (!record)
+		return -EPERM;
 	return hsm_fail_text(-EPERM, "key type 0x%lx does not match the algorithm",
 	                     (unsigned long)kt);
 }
 
-static int rule_refused(size_t i, CK_BBOOL v)
+static int rule_refused(size_t i, CK_BBOOL v, bool record)
 {
+	if (!record)
+		return -EPERM;
 	return hsm_fail_text(-EPERM, "private key has %s %s; it must never be used",
 	                     private_rules[i].name, v ? "true" : "false");
 }
 
 /* One attribute per call: a missing one fails only its own call, and fails closed. */
-static int check_private_each(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                              const struct alg_info *ai)
+static CK_RV check_private_each(struct hsm *h, struct hsm_session *s, CK_OBJECT_HANDLE obj,
+                                const struct alg_info *ai, bool record, int *err)
 {
 	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
 	CK_ATTRIBUTE a = {CKA_KEY_TYPE, &kt, sizeof(kt)};
 	CK_RV rv;
 
-	rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
+	rv = h->f->C_GetAttributeValue(s->handle, obj, &a, 1);
 	if (rv != CKR_OK)
-		return hsm_fail("C_GetAttributeValue(CKA_KEY_TYPE)", rv, hsm_ckr_errno(rv));
-	if (kt != ai->key_type)
-		return type_refused(kt);
+		return hsm_called(s, "C_GetAttributeValue(CKA_KEY_TYPE)", rv);
+	if (kt != ai->key_type) {
+		*err = type_refused(kt, record);
+		return CKR_OK;
+	}
 	for (size_t i = 0; i < N_PRIVATE_RULES; i++) {
 		CK_BBOOL v = !private_rules[i].want;
 		CK_ATTRIBUTE b = {private_rules[i].type, &v, sizeof(v)};
-		rv = h->f->C_GetAttributeValue(s, obj, &b, 1);
+		rv = h->f->C_GetAttributeValue(s->handle, obj, &b, 1);
 		if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
-			return hsm_fail("C_GetAttributeValue", rv, hsm_ckr_errno(rv));
-		if (rv != CKR_OK || v != private_rules[i].want)
-			return rule_refused(i, v);
+			return hsm_called(s, "C_GetAttributeValue", rv);
+		if (rv != CKR_OK || v != private_rules[i].want) {
+			*err = rule_refused(i, v, record);
+			return CKR_OK;
+		}
 	}
-	return 0;
+	return CKR_OK;
 }
 
-int hsm_check_private(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                      const struct alg_info *ai)
+CK_RV hsm_check_private(struct hsm *h, struct hsm_session *s, CK_OBJECT_HANDLE obj,
+                        const struct alg_info *ai, bool record, int *err)
 {
 	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
 	CK_BBOOL v[N_PRIVATE_RULES];
 	CK_ATTRIBUTE a[1 + N_PRIVATE_RULES] = {{CKA_KEY_TYPE, &kt, sizeof(kt)}};
 	CK_RV rv;
 
+	*err = 0;
 	for (size_t i = 0; i < N_PRIVATE_RULES; i++) {
 		v[i] = !private_rules[i].want;
 		a[1 + i] = (CK_ATTRIBUTE){private_rules[i].type, &v[i], sizeof(v[i])};
@@ -112,64 +123,80 @@ int hsm_check_private(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 	/* The whole template in one call. A token answers CKR_ATTRIBUTE_TYPE_INVALID (or
 	 * _SENSITIVE) for the whole call when one attribute is missing, and any other answer may
 	 * need its own message: the slow path then finds and names the culprit. */
-	rv = h->f->C_GetAttributeValue(s, obj, a, 1 + N_PRIVATE_RULES);
+	rv = h->f->C_GetAttributeValue(s->handle, obj, a, 1 + N_PRIVATE_RULES);
 	if (rv != CKR_OK || a[0].ulValueLen != sizeof(kt))
-		return check_private_each(h, s, obj, ai);
+		return check_private_each(h, s, obj, ai, record, err);
 	for (size_t i = 0; i < N_PRIVATE_RULES; i++)
 		if (a[1 + i].ulValueLen != sizeof(v[i]))
-			return check_private_each(h, s, obj, ai);
+			return check_private_each(h, s, obj, ai, record, err);
 	if (kt != ai->key_type)
-		return type_refused(kt);
-	for (size_t i = 0; i < N_PRIVATE_RULES; i++)
+		*err = type_refused(kt, record);
+	for (size_t i = 0; i < N_PRIVATE_RULES && *err == 0; i++)
 		if (v[i] != private_rules[i].want)
-			return rule_refused(i, v[i]);
-	return 0;
+			*err = rule_refused(i, v[i], record);
+	return CKR_OK;
 }
 
+/* Searches both halves of the key pair id: the first of each class and how many there are. */
 static CK_RV find_pair(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN],
-                       CK_OBJECT_HANDLE *priv, CK_OBJECT_HANDLE *pub, int *err)
+                       CK_OBJECT_HANDLE *priv, CK_OBJECT_HANDLE *pub, CK_ULONG *n_priv,
+                       CK_ULONG *n_pub)
 {
-	CK_ULONG n1 = 0, n2 = 0;
-	CK_RV rv;
+	CK_RV rv = find_by_id(h, s, CKO_PRIVATE_KEY, id, priv, n_priv);
 
-	*err = 0;
-	rv = find_by_id(h, s, CKO_PRIVATE_KEY, id, priv, &n1);
 	if (rv == CKR_OK)
-		rv = find_by_id(h, s, CKO_PUBLIC_KEY, id, pub, &n2);
-	if (rv == CKR_OK)
-		*err = hsm_pair_count_check(n1, n2);
+		rv = find_by_id(h, s, CKO_PUBLIC_KEY, id, pub, n_pub);
 	return rv;
+}
+
+/* A lookup of a key pair by its CKA_ID, and its result. */
+struct find {
+	const uint8_t *id;
+	enum jws_alg alg;
+	struct hsm_key *ret;
+	int err;
+};
+
+static CK_RV find_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct find *f = ctx;
+	CK_OBJECT_HANDLE priv = 0, pub = 0;
+	CK_ULONG n_priv = 0, n_pub = 0;
+	CK_RV rv = hsm_require_login(h, s);
+
+	f->err = 0;
+	if (rv == CKR_OK)
+		rv = find_pair(h, s->handle, f->id, &priv, &pub, &n_priv, &n_pub);
+	if (rv != CKR_OK)
+		return rv;
+	if ((f->err = hsm_pair_count_check(n_priv, n_pub)) < 0)
+		return CKR_OK;
+	return hsm_key_accept(h, s, priv, pub, f->id, f->alg, f->ret, &f->err);
+}
+
+/* hsm_find_key() without clearing the thread's error: hsm_sign() finds a key again with it. */
+static int key_find(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg,
+                    struct hsm_key *ret)
+{
+	struct find f = {id, alg, ret, 0};
+	int r;
+
+	if (!hsm_alg_info(alg))
+		return -EINVAL;
+	r = hsm_with_session(h, "C_FindObjects", find_op, &f);
+	return r < 0 ? r : f.err;
 }
 
 int hsm_find_key(struct hsm *h, const uint8_t id[HSM_ID_LEN], enum jws_alg alg, struct hsm_key *ret)
 {
-	CK_OBJECT_HANDLE priv = 0, pub = 0;
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	const struct alg_info *ai = hsm_alg_info(alg);
-	int r, err = 0;
-	CK_RV rv;
-
-	if (!ai)
-		return -EINVAL;
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = find_pair(h, s->handle, id, &priv, &pub, &err);
-	} while ((r = hsm_recover(h, s, rv, "C_FindObjects", &rc)) > 0);
-	if (r < 0)
-		return r;
-	if (err < 0)
-		return err;
-	return hsm_key_accept(h, s, priv, pub, id, alg, ret);
+	hsm_error_clear();
+	return key_find(h, id, alg, ret);
 }
 
 /* The curve of an EC or Edwards key object: the algorithm's own, byte for byte. RSA keys have
  * no curve (their size is checked on the public half, hsm_public_jwk()). */
-static int check_curve(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                       const struct alg_info *ai, const char *half)
+static CK_RV check_curve(struct hsm *h, struct hsm_session *s, CK_OBJECT_HANDLE obj,
+                         const struct alg_info *ai, const char *half, int *err)
 {
 	uint8_t *params = NULL;
 	size_t len = 0;
@@ -177,67 +204,87 @@ static int check_curve(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 	bool same;
 
 	if (!ai->params)
-		return 0;
-	rv = hsm_get_bytes(h, s, obj, CKA_EC_PARAMS, &params, &len);
+		return CKR_OK;
+	rv = hsm_get_bytes(h, s->handle, obj, CKA_EC_PARAMS, &params, &len);
 	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
-		return hsm_fail("C_GetAttributeValue(CKA_EC_PARAMS)", rv, hsm_ckr_errno(rv));
+		return hsm_called(s, "C_GetAttributeValue(CKA_EC_PARAMS)", rv);
 	same = rv == CKR_OK && len == ai->params_len && memcmp(params, ai->params, len) == 0;
 	free(params);
-	return same ? 0
-	            : hsm_fail_text(-EPERM, "the %s half is not on the algorithm's curve", half);
+	if (!same)
+		*err = hsm_fail_text(-EPERM, "the %s half is not on the algorithm's curve", half);
+	return CKR_OK;
 }
 
-/* The public half must be as we make it: a private token object of the algorithm's key type. */
-static int check_public(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                        const struct alg_info *ai)
+/* The public half must be as we make it: a private token object of the algorithm's key type.
+ * Returns the token's error, or CKR_OK with *err 0 or -EPERM (recorded). */
+static CK_RV check_public(struct hsm *h, struct hsm_session *s, CK_OBJECT_HANDLE obj,
+                          const struct alg_info *ai, int *err)
 {
 	CK_KEY_TYPE kt = (CK_KEY_TYPE)-1;
 	CK_BBOOL token = CK_FALSE, priv = CK_FALSE;
 	CK_ATTRIBUTE a[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)},
 	                    {CKA_TOKEN, &token, sizeof(token)},
 	                    {CKA_PRIVATE, &priv, sizeof(priv)}};
-	CK_RV rv = h->f->C_GetAttributeValue(s, obj, a, 3);
+	CK_RV rv = h->f->C_GetAttributeValue(s->handle, obj, a, 3);
 
+	*err = 0;
 	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
-		return hsm_fail("C_GetAttributeValue", rv, hsm_ckr_errno(rv));
-	if (rv != CKR_OK || kt != ai->key_type || token != CK_TRUE || priv != CK_TRUE)
-		return hsm_fail_text(-EPERM, "the public half is not a private token object of "
+		return hsm_called(s, "C_GetAttributeValue", rv);
+	if (rv != CKR_OK || kt != ai->key_type || token != CK_TRUE || priv != CK_TRUE) {
+		*err = hsm_fail_text(-EPERM, "the public half is not a private token object of "
 		                             "the algorithm's key type");
-	return check_curve(h, s, obj, ai, "public");
+		return CKR_OK;
+	}
+	return check_curve(h, s, obj, ai, "public", err);
 }
 
-int hsm_key_accept(struct hsm *h, struct hsm_session *s, unsigned long priv, unsigned long pub,
-                   const uint8_t id[HSM_ID_LEN], enum jws_alg alg, struct hsm_key *ret)
+CK_RV hsm_key_accept(struct hsm *h, struct hsm_session *s, CK_OBJECT_HANDLE priv,
+                     CK_OBJECT_HANDLE pub, const uint8_t id[HSM_ID_LEN], enum jws_alg alg,
+                     struct hsm_key *ret, int *err)
 {
 	const struct alg_info *ai = hsm_alg_info(alg);
 	/* The private half's curve is not compared: SoftHSM does not keep an Ed25519 private key's
 	 * CKA_EC_PARAMS as generated. That it belongs to the public half is proven by a signature
 	 * (custody.c, pair_matches()). */
-	int r = hsm_check_private(h, s->handle, priv, ai);
+	CK_RV rv = hsm_check_private(h, s, priv, ai, true, err);
 
-	if (r == 0)
-		r = check_public(h, s->handle, pub, ai);
-	if (r < 0)
-		return r;
+	if (rv == CKR_OK && *err == 0)
+		rv = check_public(h, s, pub, ai, err);
+	if (rv != CKR_OK || *err < 0)
+		return rv;
 	memcpy(ret->id, id, HSM_ID_LEN);
 	ret->alg = alg;
 	atomic_store(&ret->priv, priv);
 	ret->pub = pub;
-	return 0;
+	return CKR_OK;
+}
+
+/* A check of one half of a key pair, and its verdict. */
+struct half {
+	CK_OBJECT_HANDLE handle;
+	bool private_key;
+	const struct alg_info *ai;
+	int err;
+};
+
+static CK_RV check_half_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct half *c = ctx;
+
+	return c->private_key ? hsm_check_private(h, s, c->handle, c->ai, true, &c->err)
+	                      : check_public(h, s, c->handle, c->ai, &c->err);
 }
 
 int hsm_key_check_half(struct hsm *h, unsigned long handle, bool private_key, enum jws_alg alg)
 {
-	const struct alg_info *ai = hsm_alg_info(alg);
-	struct hsm_session *s;
+	struct half c = {handle, private_key, NULL, 0};
 	int r;
 
-	if (!ai)
+	hsm_error_clear();
+	if (!(c.ai = hsm_alg_info(alg)))
 		return -EINVAL;
-	if ((r = hsm_session_get(h, &s)) < 0)
-		return r;
-	return private_key ? hsm_check_private(h, s->handle, handle, ai)
-	                   : check_public(h, s->handle, handle, ai);
+	r = hsm_with_session(h, "C_GetAttributeValue", check_half_op, &c);
+	return r < 0 ? r : c.err;
 }
 
 static CK_RV generate_pair(struct hsm *h, CK_SESSION_HANDLE s, const struct alg_info *ai,
@@ -285,12 +332,12 @@ static int check_findable(struct hsm *h, CK_SESSION_HANDLE s, const uint8_t id[H
                           CK_OBJECT_HANDLE priv, CK_OBJECT_HANDLE pub)
 {
 	CK_OBJECT_HANDLE p = 0, q = 0;
-	int err = 0;
-	CK_RV rv = find_pair(h, s, id, &p, &q, &err);
+	CK_ULONG n_priv = 0, n_pub = 0;
+	CK_RV rv = find_pair(h, s, id, &p, &q, &n_priv, &n_pub);
 
 	if (rv != CKR_OK)
 		return hsm_fail("C_FindObjects", rv, hsm_ckr_errno(rv));
-	if (err < 0 || p != priv || q != pub)
+	if (n_priv != 1 || n_pub != 1 || p != priv || q != pub)
 		return hsm_fail_text(-EIO, "the new key pair is not found again by its CKA_ID");
 	return 0;
 }
@@ -305,234 +352,71 @@ static void discard_pair(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pu
 	hsm_destroy_handle(h, s, pub);
 }
 
+/* A generation of a key pair, and its result. */
+struct generation {
+	const struct alg_info *ai;
+	unsigned key_bits;
+	const char *label;
+	uint8_t id[HSM_ID_LEN];
+	CK_OBJECT_HANDLE pub, priv;
+	int err;
+};
+
+/* Checks a fresh pair: 0, or -EAGAIN (the reason recorded) after the pair was destroyed. */
+static int check_fresh(struct hsm *h, struct hsm_session *s, struct generation *g)
+{
+	int err = 0;
+	CK_RV rv = hsm_check_private(h, s, g->priv, g->ai, true, &err);
+
+	if (rv != CKR_OK)
+		err = hsm_fail(s->call ? s->call : "C_GetAttributeValue", rv, hsm_ckr_errno(rv));
+	if (err == 0)
+		err = check_findable(h, s->handle, g->id, g->priv, g->pub);
+	if (err == 0)
+		return 0;
+	discard_pair(h, s->handle, g->pub, g->priv);
+	return -EAGAIN;
+}
+
+static CK_RV generate_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct generation *g = ctx;
+	CK_RV rv = hsm_require_login(h, s);
+
+	if (rv == CKR_OK)
+		rv = generate_pair(h, s->handle, g->ai, g->key_bits, g->label, g->id, &g->pub,
+		                   &g->priv);
+	if (rv != CKR_OK)
+		return rv;
+	/* The pair exists: a failure from here on is not tried again, which would make another. */
+	g->err = check_fresh(h, s, g);
+	return CKR_OK;
+}
+
 int hsm_generate_key(struct hsm *h, enum jws_alg alg, unsigned key_bits, const char *label,
                      struct hsm_key *ret)
 {
-	const struct alg_info *ai = hsm_alg_info(alg);
-	CK_OBJECT_HANDLE pub = 0, priv = 0;
-	uint8_t id[HSM_ID_LEN];
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_RV rv;
+	struct generation g = {.key_bits = key_bits, .label = label};
 	int r;
 
-	if (!ai)
+	hsm_error_clear();
+	if (!(g.ai = hsm_alg_info(alg)))
 		return -EINVAL;
-	if (RAND_bytes(id, sizeof(id)) != 1)
+	if (RAND_bytes(g.id, sizeof(g.id)) != 1)
 		return hsm_fail_text(-EIO, "no randomness for a key id");
 	hsm_note_write(h);
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = generate_pair(h, s->handle, ai, key_bits, label, id, &pub, &priv);
-	} while ((r = hsm_recover(h, s, rv, "C_GenerateKeyPair", &rc)) > 0);
-	if (r < 0)
+	if ((r = hsm_with_session(h, "C_GenerateKeyPair", generate_op, &g)) < 0)
 		return r;
-	r = hsm_check_private(h, s->handle, priv, ai);
-	if (r == 0)
-		r = check_findable(h, s->handle, id, priv, pub);
-	if (r < 0) {
-		char why[160];
-		snprintf(why, sizeof(why), "%s", hsm_last_error());
-		discard_pair(h, s->handle, pub, priv);
-		return hsm_fail_text(-EAGAIN, "%s", why);
-	}
-	memcpy(ret->id, id, HSM_ID_LEN);
+	if (g.err < 0)
+		return g.err;
+	memcpy(ret->id, g.id, HSM_ID_LEN);
 	ret->alg = alg;
-	atomic_store(&ret->priv, priv);
-	ret->pub = pub;
+	atomic_store(&ret->priv, g.priv);
+	ret->pub = g.pub;
 	return 0;
 }
 
-CK_RV hsm_get_bytes(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                    CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len)
-{
-	uint8_t small[512], *buf;
-	CK_ATTRIBUTE a = {type, small, sizeof(small)};
-	CK_RV rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
-
-	/* Most values (records, EC points) fit the small buffer: one call instead of two. */
-	if (rv == CKR_BUFFER_TOO_SMALL) {
-		a = (CK_ATTRIBUTE){type, NULL, 0};
-		rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
-	}
-	if (rv != CKR_OK)
-		return rv;
-	if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen > 1 << 20 ||
-	    (a.pValue == small && a.ulValueLen > sizeof(small)))
-		return CKR_ATTRIBUTE_VALUE_INVALID;
-	buf = malloc(a.ulValueLen + 1);
-	if (!buf)
-		return CKR_HOST_MEMORY;
-	if (a.pValue == small) {
-		memcpy(buf, small, a.ulValueLen);
-	} else {
-		a.pValue = buf;
-		rv = h->f->C_GetAttributeValue(s, obj, &a, 1);
-		if (rv != CKR_OK) {
-			free(buf);
-			return rv;
-		}
-	}
-	buf[a.ulValueLen] = 0;
-	*ret = buf;
-	*ret_len = a.ulValueLen;
-	return CKR_OK;
-}
-
-CK_RV hsm_find_all(struct hsm *h, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n_tmpl,
-                   CK_OBJECT_HANDLE **ret, CK_ULONG *ret_n)
-{
-	CK_OBJECT_HANDLE *all = NULL;
-	CK_ULONG n = 0, got = 0;
-	CK_RV rv;
-
-	rv = h->f->C_FindObjectsInit(s, tmpl, n_tmpl);
-	if (rv != CKR_OK)
-		return rv;
-	do {
-		CK_OBJECT_HANDLE *grown = realloc(all, (n + 256) * sizeof(*all));
-		if (!grown) {
-			rv = CKR_HOST_MEMORY;
-			break;
-		}
-		all = grown;
-		rv = h->f->C_FindObjects(s, all + n, 256, &got);
-		n += got;
-	} while (rv == CKR_OK && got == 256);
-	h->f->C_FindObjectsFinal(s);
-	if (rv != CKR_OK) {
-		free(all);
-		return rv;
-	}
-	*ret = all;
-	*ret_n = n;
-	return CKR_OK;
-}
-
 /* ---- signing ---- */
-
-void hsm_copies_drop(struct hsm *h, struct hsm_session *s, bool destroy)
-{
-	for (size_t i = 0; destroy && i < s->n_copies; i++)
-		if (s->copies[i].handle)
-			h->f->C_DestroyObject(s->handle, s->copies[i].handle);
-	free(s->copies);
-	s->copies = NULL;
-	s->n_copies = 0;
-}
-
-/* At most this many copies per session; keys beyond sign with their token object. */
-#define MAX_COPIES 256
-
-/* Copies the private key into session s: a session object (CKA_TOKEN false) that keeps every
- * other attribute (sensitive, never extractable, sign only). Its CKA_ID and CKA_LABEL differ
- * from the token key's, so that a search for the token key (by id, or by label) never finds a
- * copy: session objects are visible to every session of the process. */
-static CK_RV copy_key(struct hsm *h, struct hsm_session *s, const struct hsm_key *key,
-                      CK_OBJECT_HANDLE *ret)
-{
-	static const char label[] = "tokensign-session-copy";
-	uint8_t id[1 + HSM_ID_LEN] = {'c'};
-	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_TOKEN, (void *)&no, sizeof(no)},
-	    {CKA_ID, id, sizeof(id)},
-	    {CKA_LABEL, (void *)label, sizeof(label) - 1},
-	};
-
-	memcpy(id + 1, key->id, HSM_ID_LEN);
-	return h->f->C_CopyObject(s->handle, atomic_load(&key->priv), tmpl, 3, ret);
-}
-
-/* What a copy must still be before it signs: a conformant token cannot weaken these in a copy
- * (CKA_SENSITIVE only turns on, CKA_EXTRACTABLE only off), but the copy is checked all the same,
- * once, as the token key was. */
-static bool copy_safe(struct hsm *h, struct hsm_session *s, CK_OBJECT_HANDLE copy)
-{
-	CK_BBOOL token = CK_TRUE, priv = CK_FALSE, sensitive = CK_FALSE, extractable = CK_TRUE,
-	         sign = CK_FALSE;
-	CK_ATTRIBUTE a[] = {
-	    {CKA_TOKEN, &token, sizeof(token)},
-	    {CKA_PRIVATE, &priv, sizeof(priv)},
-	    {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
-	    {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
-	    {CKA_SIGN, &sign, sizeof(sign)},
-	};
-
-	return h->f->C_GetAttributeValue(s->handle, copy, a, 5) == CKR_OK && !token && priv &&
-	       sensitive && !extractable && sign;
-}
-
-/* The token's answer means "never for this key": it will sign as a token object. Anything else
- * (a stale handle after a logout, a device error) is for the signature itself to meet and
- * recover from; the copy is tried again next time. */
-static bool copy_refused(CK_RV rv)
-{
-	return rv == CKR_ACTION_PROHIBITED || rv == CKR_FUNCTION_NOT_SUPPORTED ||
-	       rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_TEMPLATE_INCONSISTENT ||
-	       rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_VALUE_INVALID;
-}
-
-/* The handle to sign key with in session s: its session copy when copies are on. */
-static CK_OBJECT_HANDLE signing_handle(struct hsm *h, struct hsm_session *s,
-                                       const struct hsm_key *key)
-{
-	unsigned long lost = atomic_load(&h->copies_lost), gen = atomic_load(&h->copy_gen);
-	CK_OBJECT_HANDLE copy = 0;
-	struct hsm_copy *grown;
-	CK_RV rv;
-
-	if (!h->session_copies)
-		return atomic_load(&key->priv);
-	if (s->copies_lost != lost) {
-		hsm_copies_drop(h, s, false);
-		s->copies_lost = lost;
-	}
-	if (s->copy_gen != gen) {
-		hsm_copies_drop(h, s, true);
-		s->copy_gen = gen;
-	}
-	for (size_t i = 0; i < s->n_copies; i++)
-		if (memcmp(s->copies[i].id, key->id, HSM_ID_LEN) == 0)
-			return s->copies[i].handle ? s->copies[i].handle : atomic_load(&key->priv);
-	if (s->n_copies == MAX_COPIES)
-		return atomic_load(&key->priv);
-	rv = copy_key(h, s, key, &copy);
-	if (rv != CKR_OK && !copy_refused(rv))
-		return atomic_load(&key->priv);
-	if (rv == CKR_OK && !copy_safe(h, s, copy)) {
-		h->f->C_DestroyObject(s->handle, copy);
-		copy = 0;
-		log_warning("the token's session copy of a key is not private, sensitive and "
-		            "unextractable; that key signs as a token object");
-	}
-	if (rv != CKR_OK)
-		log_warning("the token does not copy a key into a session (%s, 0x%lx); that key "
-		            "signs as a token object",
-		            hsm_ckr_name(rv), (unsigned long)rv);
-	grown = realloc(s->copies, (s->n_copies + 1) * sizeof(*grown));
-	if (!grown) {
-		if (copy)
-			h->f->C_DestroyObject(s->handle, copy);
-		return atomic_load(&key->priv);
-	}
-	s->copies = grown;
-	memcpy(grown[s->n_copies].id, key->id, HSM_ID_LEN);
-	grown[s->n_copies++].handle = copy;
-	return copy ? copy : atomic_load(&key->priv);
-}
-
-/* Forgets key's copy in s after the token said its handle is no longer valid. */
-static void copy_forget(struct hsm_session *s, const struct hsm_key *key)
-{
-	for (size_t i = 0; i < s->n_copies; i++)
-		if (memcmp(s->copies[i].id, key->id, HSM_ID_LEN) == 0) {
-			s->copies[i] = s->copies[--s->n_copies];
-			return;
-		}
-}
 
 static CK_RV sign_once(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
                        const struct hsm_sign_way *way, const uint8_t *data, size_t dlen,
@@ -547,59 +431,73 @@ static CK_RV sign_once(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
 	return h->f->C_Sign(s, (CK_BYTE_PTR)data, dlen, sig, sig_len);
 }
 
+/* One signature and its result. */
+struct signature {
+	struct hsm_key *key;
+	const struct hsm_sign_way *way;
+	const uint8_t *data;
+	size_t dlen;
+	uint8_t *sig;
+	size_t sig_size;
+	CK_ULONG slen;
+	bool copy_retried;
+};
+
+static CK_RV sign_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct signature *g = ctx;
+
+	for (;;) {
+		CK_OBJECT_HANDLE obj = hsm_copy_handle(h, s, g->key);
+		CK_RV rv;
+
+		g->slen = g->sig_size;
+		rv = sign_once(h, s->handle, obj, g->way, g->data, g->dlen, g->sig, &g->slen);
+		/* A copy that went stale is made again once, from the token key. */
+		if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) &&
+		    obj != atomic_load(&g->key->priv) && !g->copy_retried) {
+			hsm_copy_forget(s, g->key);
+			g->copy_retried = true;
+			continue;
+		}
+		return rv;
+	}
+}
+
 int hsm_sign(struct hsm *h, struct hsm_key *key, const uint8_t *input, size_t len, uint8_t *sig,
              size_t sig_size, size_t *ret_len)
 {
-	const struct alg_info *ai = hsm_alg_info(key->alg);
 	uint8_t buf[64 + EVP_MAX_MD_SIZE];
-	const uint8_t *data;
-	size_t dlen;
-	struct hsm_session *s;
-	bool refound = false;
-	CK_ULONG slen;
+	struct signature g = {.key = key, .sig = sig, .sig_size = sig_size};
 	int r;
 
-	if (!ai)
+	hsm_error_clear();
+	if (!hsm_alg_info(key->alg))
 		return -EINVAL;
 	if (!h->plans[key->alg].ready)
 		return hsm_fail_text(-EOPNOTSUPP, "%s was not prepared", jws_alg_name(key->alg));
-	r = hsm_sign_data(&h->plans[key->alg], input, len, buf, sizeof(buf), &data, &dlen);
+	g.way = h->plans[key->alg].way;
+	r = hsm_sign_data(&h->plans[key->alg], input, len, buf, sizeof(buf), &g.data, &g.dlen);
 	if (r < 0)
 		return r;
-	for (;;) {
-		struct recovery rc = {0};
-		CK_RV rv;
-		bool copy_retried = false, again;
-		do {
-			CK_OBJECT_HANDLE obj;
-			again = false;
-			if ((r = hsm_session_get(h, &s)) < 0)
-				return r;
-			slen = sig_size;
-			obj = signing_handle(h, s, key);
-			rv = sign_once(h, s->handle, obj, h->plans[key->alg].way, data, dlen, sig,
-			               &slen);
-			/* A copy that went stale is made again once, from the token key. */
-			if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) &&
-			    obj != atomic_load(&key->priv) && !copy_retried) {
-				copy_forget(s, key);
-				copy_retried = again = true;
-			}
-		} while (again || (r = hsm_recover(h, s, rv, "C_Sign", &rc)) > 0);
+	for (bool refound = false;; refound = true) {
+		struct hsm_key fresh;
+
+		g.copy_retried = false;
+		r = hsm_with_session(h, "C_Sign", sign_op, &g);
 		if (r != -ESTALE || refound)
 			break;
-		/* The token forgot our handle (re-inserted, reloaded): find the key again. */
-		refound = true;
-		struct hsm_key fresh;
-		if ((r = hsm_find_key(h, key->id, key->alg, &fresh)) < 0)
+		/* The token forgot our handle (re-inserted, reloaded): find the key again, then
+		 * sign with a fresh recovery of its own. */
+		if ((r = key_find(h, key->id, key->alg, &fresh)) < 0)
 			return r;
 		atomic_store(&key->priv, atomic_load(&fresh.priv));
 	}
 	if (r < 0)
 		return r;
-	if (jws_ecdsa_sig_len(key->alg) && slen != jws_ecdsa_sig_len(key->alg))
+	if (jws_ecdsa_sig_len(key->alg) && g.slen != jws_ecdsa_sig_len(key->alg))
 		return hsm_fail_text(-EIO, "C_Sign returned %lu bytes, not an R||S signature",
-		                     (unsigned long)slen);
-	*ret_len = slen;
+		                     (unsigned long)g.slen);
+	*ret_len = g.slen;
 	return 0;
 }

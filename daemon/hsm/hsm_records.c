@@ -96,21 +96,45 @@ static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record 
 	return CKR_OK;
 }
 
+/* A read of every record, and its result. */
+struct records_read {
+	struct hsm_record **ret;
+	size_t *ret_n;
+};
+
+static CK_RV list_records_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct records_read *l = ctx;
+	CK_RV rv = hsm_require_login(h, s);
+
+	if (rv != CKR_OK)
+		return rv;
+	return read_records(h, s->handle, l->ret, l->ret_n);
+}
+
 int hsm_list_records(struct hsm *h, struct hsm_record **ret, size_t *ret_n)
 {
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_RV rv;
-	int r;
+	struct records_read l = {ret, ret_n};
 
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = read_records(h, s->handle, ret, ret_n);
-	} while ((r = hsm_recover(h, s, rv, "reading records", &rc)) > 0);
-	return r;
+	hsm_error_clear();
+	return hsm_with_session(h, "reading records", list_records_op, &l);
+}
+
+/* A new record object. */
+struct record_store {
+	CK_ATTRIBUTE *tmpl;
+	CK_ULONG n_tmpl;
+	CK_OBJECT_HANDLE obj;
+};
+
+static CK_RV store_record_op(struct hsm *h, struct hsm_session *s, void *ctx)
+{
+	struct record_store *c = ctx;
+	CK_RV rv = hsm_require_login(h, s);
+
+	if (rv != CKR_OK)
+		return rv;
+	return h->f->C_CreateObject(s->handle, c->tmpl, c->n_tmpl, &c->obj);
 }
 
 int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t len,
@@ -125,22 +149,13 @@ int hsm_store_record(struct hsm *h, const char *label, const char *value, size_t
 	    {CKA_LABEL, (void *)label, strlen(label)},
 	    {CKA_VALUE, (void *)value, len},
 	};
-	CK_OBJECT_HANDLE obj;
-	struct hsm_session *s;
-	struct recovery rc = {0};
-	CK_RV rv;
+	struct record_store c = {tmpl, sizeof(tmpl) / sizeof(tmpl[0]), 0};
 	int r;
 
+	hsm_error_clear();
 	hsm_note_write(h);
-	do {
-		if ((r = hsm_session_get(h, &s)) < 0)
-			return r;
-		rv = hsm_require_login(h, s);
-		if (rv == CKR_OK)
-			rv = h->f->C_CreateObject(s->handle, tmpl, sizeof(tmpl) / sizeof(tmpl[0]),
-			                          &obj);
-	} while ((r = hsm_recover(h, s, rv, "C_CreateObject", &rc)) > 0);
+	r = hsm_with_session(h, "C_CreateObject", store_record_op, &c);
 	if (r == 0 && ret_handle)
-		*ret_handle = obj;
+		*ret_handle = c.obj;
 	return r;
 }

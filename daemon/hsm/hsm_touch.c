@@ -62,6 +62,7 @@ int hsm_touch_token(const char *module, const char *token)
 	CK_SESSION_HANDLE s;
 	int r;
 
+	hsm_error_clear();
 	/* A public object in a read/write session: no login, no PIN in this process. */
 	if ((r = hsm_module_load(&h, module)) == 0 && (r = hsm_token_find(&h, token)) == 0 &&
 	    (r = hsm_check("C_OpenSession",
@@ -122,6 +123,7 @@ int hsm_resync(struct hsm *h)
 	unsigned long writes = atomic_load(&h->writes);
 	int r = 0;
 
+	hsm_error_clear();
 	if (!h->incoherent_store)
 		return 0;
 	pthread_mutex_lock(&h->resync_lock);
