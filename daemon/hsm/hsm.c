@@ -270,6 +270,8 @@ int hsm_session_get(struct hsm *h, struct hsm_session **ret)
 /* What hsm_with_session() has repaired so far in one call: each repair is tried once. */
 struct recovery {
 	bool reopened, relogged;
+	const char *first_what; /* the first failure repaired, and its code */
+	CK_RV first_rv;
 };
 
 /* After rv: 0 done, 1 try again (session reopened or logged in again), or a negative errno
@@ -279,6 +281,13 @@ static int recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *w
 {
 	if (rv == CKR_OK)
 		return 0;
+	if (!rc->first_what &&
+	    (((rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) && !rc->reopened) ||
+	     (rv == CKR_USER_NOT_LOGGED_IN && !rc->relogged))) {
+		/* What was repaired: named too if the repair does not help. */
+		rc->first_what = what;
+		rc->first_rv = rv;
+	}
 	if ((rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) && !rc->reopened) {
 		rc->reopened = true;
 		/* The session's objects, its key copies among them, went with it. */
@@ -299,6 +308,12 @@ static int recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *w
 		pthread_mutex_unlock(&h->lock);
 		return r < 0 ? r : 1;
 	}
+	if (rc->first_what)
+		/* A failure after a repair is often its consequence (a new session is not logged
+		 * in, a key handle went stale with the old one): both are named. */
+		return hsm_fail_text(hsm_ckr_errno(rv), "%s: %s (0x%lx), after %s: %s was repaired",
+		                     what, hsm_ckr_name(rv), (unsigned long)rv, rc->first_what,
+		                     hsm_ckr_name(rc->first_rv));
 	return hsm_fail(what, rv, hsm_ckr_errno(rv));
 }
 
