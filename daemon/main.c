@@ -24,6 +24,7 @@
 #include "ratelimit.h"
 #include "reload.h"
 #include "runtime.h"
+#include "clock.h"
 #include "scheduler.h"
 #include "sign_api.h"
 
@@ -85,7 +86,7 @@ static int keys_migrate(struct hsmc *hsm)
 bool daemon_ready(struct daemon *d, const char **why)
 {
 	struct runtime *rt = runtime_acquire(d);
-	int64_t now = scheduler_now();
+	int64_t now = clock_now();
 	bool ok = true;
 
 	*why = NULL;
@@ -114,7 +115,7 @@ bool daemon_ready(struct daemon *d, const char **why)
 static void notify_status(struct daemon *d, const char *prefix)
 {
 	struct runtime *rt = runtime_acquire(d);
-	int64_t now = scheduler_now();
+	int64_t now = clock_now();
 	char status[512];
 	size_t used;
 	int w;

@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "rotation.h"
+#include "clock.h"
 #include "scheduler.h"
 
 struct runtime *runtime_acquire(struct daemon *d)
@@ -66,7 +67,7 @@ static int algorithms_prepare(struct hsmc *hsm, const struct conf *conf)
  * key at all is an error; later trouble is the scheduler's. */
 static int keys_load(struct runtime *rt)
 {
-	int64_t now = scheduler_now(), next;
+	int64_t now = clock_now(), next;
 	int r;
 
 	sd_notify(0, "STATUS=Loading keys from the token");

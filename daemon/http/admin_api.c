@@ -11,12 +11,12 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "clock.h"
 #include "http.h"
 #include "log.h"
 #include "log_limit.h"
 #include "orphans.h"
 #include "rotation.h"
-#include "scheduler.h"
 
 #define ADMIN_MAX_BODY  4096
 #define ADMIN_TOO_LARGE "the body is over 4 KiB"
@@ -131,7 +131,7 @@ static enum MHD_Result reply_keys(struct runtime *rt, struct MHD_Connection *c)
 {
 	const char *only = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "issuer");
 	const struct issuer_conf *ic = only ? conf_find_issuer(rt->conf, only, strlen(only)) : NULL;
-	int64_t now = scheduler_now();
+	int64_t now = clock_now();
 	json_t *keys = json_array();
 
 	bool orphaned = false;
@@ -223,7 +223,7 @@ static json_t *orphans_status(const struct token_view *v)
 
 static enum MHD_Result reply_status(struct runtime *rt, struct MHD_Connection *c)
 {
-	int64_t now = scheduler_now();
+	int64_t now = clock_now();
 	bool token_ok = hsmc_probe_ready(rt->hsm) == 0, stale = keyring_token_lost(rt->keyring);
 	const struct token_view *v = &rt->keyring->view;
 	enum level level = token_ok ? LEVEL_OK : LEVEL_CRITICAL;

@@ -15,6 +15,7 @@
 #include <openssl/rand.h>
 
 #include "audit.h"
+#include "clock.h"
 #include "http.h"
 #include "jws.h"
 #include "jws_verify.h"
@@ -22,7 +23,6 @@
 #include "log_limit.h"
 #include "peer.h"
 #include "policy.h"
-#include "scheduler.h"
 
 struct sign_api {
 	struct daemon *d;
@@ -444,7 +444,7 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 		              "no randomness for jti", NULL);
 	for (int attempt = 0;; attempt++) {
 		bool again = false;
-		char *iss = signer_iss(rq->rt, rq->ic, scheduler_now());
+		char *iss = signer_iss(rq->rt, rq->ic, clock_now());
 		struct issuer_conf as = *rq->ic;
 
 		if (!iss)
@@ -452,8 +452,8 @@ static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *
 		/* A key signs only for the iss it was made for: after an iss change, the old key
 		 * signs with its own until its successor takes over (docs/design.md). */
 		as.iss = iss;
-		r = policy_apply(&as, rq->body.data ? rq->body.data : "", rq->body.len,
-		                 scheduler_now(), jti, &sr, &perr);
+		r = policy_apply(&as, rq->body.data ? rq->body.data : "", rq->body.len, clock_now(),
+		                 jti, &sr, &perr);
 		if (r == -EINVAL) {
 			struct audit_signature seen = {
 			    .jti = perr.jti, .aud = perr.aud, .aud_cut = perr.aud_cut};

@@ -125,11 +125,6 @@ bool keyring_key_current(const struct issuer_conf *ic, const struct key *k)
 	return k->iss && strcmp(k->iss, ic->iss) == 0 && k->hk.alg == ic->alg;
 }
 
-void keyring_key_label(const char *issuer, char buf[RECORD_LABEL_SIZE])
-{
-	snprintf(buf, RECORD_LABEL_SIZE, "%s%s", RECORD_LABEL_PREFIX, issuer);
-}
-
 /* ---- building a keyset ---- */
 
 /* Published keys, each with its own algorithm: after an algorithm change the old keys stay in

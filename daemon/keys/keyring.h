@@ -149,8 +149,5 @@ struct schedule_timing keyring_timing(const struct issuer_conf *ic);
 /* Formats a key's record (the JSON kept in the token), with issuer's name. Caller frees. */
 char *keyring_record_format(const char *issuer, const struct key *k);
 
-/* The label of an issuer's key pairs, "tokensign:ISSUER". */
-void keyring_key_label(const char *issuer, char buf[RECORD_LABEL_SIZE]);
-
 /* Whether k may sign for ic's current configuration (its iss and algorithm are the issuer's). */
 bool keyring_key_current(const struct issuer_conf *ic, const struct key *k);

@@ -11,9 +11,9 @@
 #include <time.h>
 
 #include "audit.h"
+#include "clock.h"
 #include "custody.h"
 #include "log.h"
-#include "scheduler.h"
 
 #define RETRY_MAX 60 /* seconds between attempts to generate a key, at most */
 
@@ -78,7 +78,7 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	int r;
 
 	memset(ret, 0, sizeof(*ret));
-	keyring_key_label(ic->name, label);
+	custody_key_label(ic->name, label);
 	ret->iss = strdup(ic->iss);
 	if (!ret->iss)
 		return -ENOMEM;
@@ -94,7 +94,7 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	 * within the next second. Counting prepublish from the whole second after that keeps a
 	 * late key from signing a fraction of a second early. */
 	/* A key active at once is recorded as made when it starts: the pass's own clock. */
-	ret->created_at = at_once ? activates_at : scheduler_now() + 1;
+	ret->created_at = at_once ? activates_at : clock_now() + 1;
 	if (!at_once && activates_at < schedule_add(ret->created_at, (int64_t)ic->prepublish))
 		activates_at = schedule_add(ret->created_at, (int64_t)ic->prepublish);
 	ret->activates_at = activates_at;
@@ -150,10 +150,10 @@ static int key_destroy(struct keyring *kr, const struct issuer_conf *ic, const s
 	char label[RECORD_LABEL_SIZE];
 	int r = 0;
 
-	keyring_key_label(ic->name, label);
+	custody_key_label(ic->name, label);
 	if (!k->usable)
 		r = hsm_fail_text(-EPERM, "the key is quarantined");
-	else if (expiry && (k->st.state != KEY_EXPIRED || k->st.destroy_after > scheduler_now()))
+	else if (expiry && (k->st.state != KEY_EXPIRED || k->st.destroy_after > clock_now()))
 		r = hsm_fail_text(-EPERM, "it may still verify a live token");
 	if (r == 0)
 		r = hsmc_destroy_record(kr->hsm, &k->rec);
@@ -326,7 +326,7 @@ static void sweep_halfmade(struct keyring *kr, int64_t now)
 		char label[RECORD_LABEL_SIZE];
 		int64_t first = halfmade_since(kr, hm->hk.id, now);
 
-		keyring_key_label(kr->issuers[hm->issuer].conf->name, label);
+		custody_key_label(kr->issuers[hm->issuer].conf->name, label);
 		if (v->halfmade_ok && now - first >= HALFMADE_AGE &&
 		    hsmc_destroy_key(kr->hsm, &hm->hk, label) == 0) {
 			log_notice("issuer %s: destroyed a half-made key pair without a record",
@@ -367,7 +367,7 @@ static void sweep_damaged(struct keyring *kr, bool *changed)
 				memcpy(seen[n_seen++], d->hk.id, HSM_ID_LEN);
 			continue;
 		}
-		keyring_key_label(name, label);
+		custody_key_label(name, label);
 		if (hsmc_destroy_record(kr->hsm, &d->rec) < 0 ||
 		    hsmc_destroy_key(kr->hsm, &d->hk, label) < 0) {
 			log_error("issuer %s: cannot remove pending key %s, whose key pair is "
@@ -575,7 +575,7 @@ static int rotate_locked(struct keyring *kr, size_t i, bool now_flag, int64_t no
 int rotation_rotate(struct keyring *kr, size_t i, bool now_flag, int64_t operator_uid,
                     struct rotate_result *ret)
 {
-	int64_t now = scheduler_now(), next;
+	int64_t now = clock_now(), next;
 	int r;
 
 	pthread_mutex_lock(&kr->mutate);
@@ -647,7 +647,7 @@ static void current_kids(struct keyring *kr, size_t i, struct revoke_result *ret
 int rotation_revoke(struct keyring *kr, size_t i, const char *kid, int64_t operator_uid,
                     struct revoke_result *ret)
 {
-	int64_t now = scheduler_now(), next;
+	int64_t now = clock_now(), next;
 	int r;
 
 	pthread_mutex_lock(&kr->mutate);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "rotation.h"
 
@@ -28,14 +29,6 @@ int64_t scheduler_rescan_interval(const struct conf *conf)
 		if ((int64_t)conf->issuers[i].prepublish / 2 < r)
 			r = (int64_t)conf->issuers[i].prepublish / 2;
 	return r < 1 ? 1 : r;
-}
-
-int64_t scheduler_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec;
 }
 
 static int64_t now_ms(clockid_t clock)
@@ -77,7 +70,7 @@ static void *run(void *arg)
 	unsigned failures = 0;
 
 	while (!stopping(s)) {
-		int64_t now = scheduler_now(), next = INT64_MAX;
+		int64_t now = clock_now(), next = INT64_MAX;
 		int r = rotation_maintain(s->kr, now, &next);
 
 		if (r < 0) {
