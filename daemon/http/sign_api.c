@@ -16,6 +16,7 @@
 
 #include "audit.h"
 #include "clock.h"
+#include "health.h"
 #include "http.h"
 #include "jws.h"
 #include "jws_verify.h"
@@ -56,7 +57,7 @@ static enum MHD_Result reply_simple(struct sign_api *api, struct MHD_Connection 
 		return http_reply_method(c, "GET, HEAD");
 	if (strcmp(url, "/healthz") == 0)
 		return http_reply_json(c, MHD_HTTP_OK, "{\"status\":\"ok\"}");
-	if (daemon_ready(api->d, &why))
+	if (health_ready(api->d, &why))
 		return http_reply_json(c, MHD_HTTP_OK, "{\"status\":\"ready\"}");
 	json_t *obj = json_pack("{s:s, s:s}", "status", "not_ready", "reason", why);
 	char *body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
