@@ -77,13 +77,13 @@ int rotation_purge(struct keyring *kr, const char *issuer, int64_t operator_uid,
 	for (size_t i = 0; i < kr->n; i++)
 		if (strcmp(kr->issuers[i].conf->name, issuer) == 0)
 			return -EBUSY;
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	r = keyring_refresh(kr, now);
 	if (r == 0)
 		r = purge_locked(kr, issuer, operator_uid, ret);
 	if (r == 0)
 		r = keyring_refresh(kr, now);
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 	return r;
 }
 

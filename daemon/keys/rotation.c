@@ -476,19 +476,19 @@ int rotation_maintain(struct keyring *kr, int64_t now, int64_t *ret_next)
 {
 	int r;
 
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	/* Under the lock, so that no write of ours comes between the touch and the reading. */
 	resync_locked(kr);
 	r = maintain_locked(kr, now, ret_next);
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 	return r;
 }
 
 void rotation_resync(struct keyring *kr)
 {
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	resync_locked(kr);
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 }
 
 /* ---- operator actions ---- */
@@ -578,7 +578,7 @@ int rotation_rotate(struct keyring *kr, size_t i, bool now_flag, int64_t operato
 	int64_t now = clock_now(), next;
 	int r;
 
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	r = keyring_refresh(kr, now);
 	if (r == 0)
 		r = rotate_locked(kr, i, now_flag, now, ret);
@@ -587,7 +587,7 @@ int rotation_rotate(struct keyring *kr, size_t i, bool now_flag, int64_t operato
 		          operator_uid);
 		r = maintain_locked(kr, now, &next);
 	}
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 	return r;
 }
 
@@ -650,7 +650,7 @@ int rotation_revoke(struct keyring *kr, size_t i, const char *kid, int64_t opera
 	int64_t now = clock_now(), next;
 	int r;
 
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	r = keyring_refresh(kr, now);
 	if (r == 0)
 		r = revoke_locked(kr, i, kid, now, ret);
@@ -659,6 +659,6 @@ int rotation_revoke(struct keyring *kr, size_t i, const char *kid, int64_t opera
 		r = maintain_locked(kr, now, &next);
 		current_kids(kr, i, ret);
 	}
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 	return r;
 }

@@ -1,5 +1,5 @@
 /* Changes to the token that move keys through their lifecycle: generate, reschedule, destroy.
- * Every function here takes the keyring's mutate lock, so the scheduler and operators never
+ * Every function here takes the keyring (keyring_lock()), so the scheduler and operators never
  * change the token at the same time (other instances may; see docs/design.md). */
 #pragma once
 #include <stdbool.h>
