@@ -386,21 +386,26 @@ static void sweep_damaged(struct keyring *kr, bool *changed)
 	kr->n_suspects = seen ? n_seen : 0;
 }
 
-static int64_t issuer_next(const struct issuer_keys *ik, const struct keyset *set)
+/* When the issuer's keys next change (schedule_next_change()); in a second when out of memory. */
+static int64_t issuer_next(const struct issuer_keys *ik, const struct keyset *set, int64_t now)
 {
-	int64_t next = INT64_MAX;
+	struct schedule_key *sk = calloc(set->n ? set->n : 1, sizeof(*sk));
+	struct schedule_state *st = calloc(set->n ? set->n : 1, sizeof(*st));
+	int64_t next = now + 1;
 
-	for (size_t j = 0; j < set->n; j++) {
-		const struct key *k = &set->keys[j];
-		if (k->st.state == KEY_PENDING)
-			next = min64(next, k->activates_at);
-		else if (k->st.state == KEY_RETIRED)
-			next = min64(next, k->st.destroy_after);
+	if (sk && st) {
+		for (size_t j = 0; j < set->n; j++) {
+			const struct key *k = &set->keys[j];
+			sk[j] = (struct schedule_key){k->kid, k->activates_at, k->retires_at,
+			                              k->max_token_ttl};
+			st[j] = k->st;
+		}
+		next = schedule_next_change(sk, st, set->n,
+		                            set->active ? set->active_until : INT64_MAX,
+		                            ik->problem[0] ? ik->retry_at : INT64_MAX);
 	}
-	if (set->active)
-		next = min64(next, set->active_until);
-	if (ik->problem[0])
-		next = min64(next, ik->retry_at);
+	free(sk);
+	free(st);
 	return next;
 }
 
@@ -453,7 +458,7 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 	for (size_t i = 0; i < kr->n; i++) {
 		struct keyset *set = keyring_acquire(kr, i);
 		if (set)
-			next = min64(next, issuer_next(&kr->issuers[i], set));
+			next = min64(next, issuer_next(&kr->issuers[i], set, now));
 		keyset_release(set);
 	}
 	*ret_next = next;
