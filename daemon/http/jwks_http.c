@@ -63,8 +63,7 @@ static bool not_modified(struct MHD_Connection *c, const char *etag)
 	return inm && etag_none_match(inm, etag);
 }
 
-/* Serves the keyset's body as rendered at the last key change: no JSON work per request. */
-static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c, size_t index)
+enum MHD_Result jwks_http_reply(struct runtime *rt, struct MHD_Connection *c, size_t index)
 {
 	struct keyset *set = keyring_acquire(rt->keyring, index);
 	struct MHD_Response *resp;
@@ -190,7 +189,7 @@ static enum MHD_Result answer(struct runtime *rt, struct MHD_Connection *c, cons
 	if (!ic)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	if (is_jwks)
-		return reply_jwks(rt, c, keyring_index(rt->keyring, ic));
+		return jwks_http_reply(rt, c, keyring_index(rt->keyring, ic));
 	return reply_discovery(rt, c, ic);
 }
 

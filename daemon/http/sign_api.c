@@ -13,6 +13,7 @@
 #include "health.h"
 #include "http.h"
 #include "issue.h"
+#include "jwks_http.h"
 #include "log.h"
 #include "log_limit.h"
 #include "peer.h"
@@ -81,35 +82,6 @@ static bool parse_issuer_path(const char *url, enum route *route, const char **n
 	return true;
 }
 
-static void keyset_free_cb(void *cls)
-{
-	keyset_release(cls);
-}
-
-/* Queues the issuer's rendered JWKS without copying it; the response holds the keyset. */
-static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c,
-                                  const struct issuer_conf *ic)
-{
-	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
-	struct MHD_Response *resp;
-	enum MHD_Result r;
-
-	if (!set)
-		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
-		                        "no keys loaded");
-	resp = MHD_create_response_from_buffer_with_free_callback_cls(set->jwks_len, set->jwks,
-	                                                              keyset_free_cb, set);
-	if (!resp) {
-		keyset_release(set);
-		return MHD_NO;
-	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, set->etag);
-	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return r;
-}
-
 /* The caller as its audit record names it. */
 static void audit_caller(struct MHD_Connection *c, struct audit_signature *a)
 {
@@ -169,7 +141,7 @@ static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct M
 	if (!ic)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	if (route == ROUTE_JWKS)
-		return reply_jwks(rt, c, ic);
+		return jwks_http_reply(rt, c, keyring_index(rt->keyring, ic));
 	if (!conn || conn->err < 0) {
 		log_limited(LOG_KIND_REFUSED_CALLER, LOG_ERR,
 		            "issuer %s: cannot read the caller's credentials: %s", ic->name,
