@@ -1,4 +1,4 @@
-/* The configuration file (SPEC §3): INI -> typed, validated configuration. */
+/* The configuration file (tokensignd.conf(5)): INI -> typed, validated configuration. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>

@@ -90,9 +90,10 @@ enum MHD_Result jwks_http_reply(struct runtime *rt, struct MHD_Connection *c, si
 	return r;
 }
 
-/* The base of jwks_uri: [jwks] public-url, or else (SPEC §3) the scheme and host of the
- * issuer's iss. Never the request's Host header: the document is cacheable, and a cache in
- * front would hand every relying party the jwks_uri one client made up. NULL: neither. */
+/* The base of jwks_uri: [jwks] public-url, or else (docs/api.md, "The public JWKS") the scheme
+ * and host of the issuer's iss. Never the request's Host header: the document is cacheable, and
+ * a cache in front would hand every relying party the jwks_uri one client made up. NULL:
+ * neither. */
 static char *jwks_base(struct runtime *rt, const struct issuer_conf *ic)
 {
 	size_t n;

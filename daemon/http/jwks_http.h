@@ -1,4 +1,5 @@
-/* The public JWKS and discovery documents of SPEC §5 on every [jwks] listen address. */
+/* The public JWKS and discovery documents (docs/api.md, "The public JWKS") on every [jwks]
+ * listen address. */
 #pragma once
 #include <microhttpd.h>
 

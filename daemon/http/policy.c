@@ -1,4 +1,5 @@
-/* The claim rules of SPEC §4, applied to a request body before anything is signed. */
+/* The claim rules of docs/api.md ("The rules, in the order they are checked"), applied to a
+ * request body before anything is signed. */
 #include "policy.h"
 
 #include <errno.h>

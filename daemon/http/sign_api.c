@@ -118,7 +118,8 @@ static enum MHD_Result refuse(struct MHD_Connection *c, const struct issuer_conf
 	return reply_outcome(c, &out);
 }
 
-/* The checks that need only the headers, in SPEC order: 404 path, 405, 404 issuer, 403, 413. */
+/* The checks that need only the headers, in the order of docs/api.md ("The rules, in the order
+ * they are checked"): 404 path, 405, 404 issuer, 403, 413. */
 static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct MHD_Connection *c,
                               const char *url, const char *method, void **req_cls)
 {

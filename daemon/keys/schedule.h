@@ -1,4 +1,5 @@
-/* The key lifecycle of SPEC §6 as pure arithmetic on times: states, handovers, next instants. */
+/* The key lifecycle of docs/design.md ("The lifecycle") as pure arithmetic on times: states,
+ * handovers, next instants. */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

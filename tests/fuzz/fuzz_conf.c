@@ -1,5 +1,5 @@
 /* libFuzzer harness for lib/conf.c: any file content loads or is refused with reasons, never
- * crashes or leaks, and what loads keeps the invariants of SPEC §3. */
+ * crashes or leaks, and what loads keeps the invariants of tokensignd.conf(5). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,4 +1,5 @@
-/* Unit tests of daemon/schedule.c: the lifecycle arithmetic of SPEC §6. */
+/* Unit tests of daemon/keys/schedule.c: the lifecycle arithmetic of docs/design.md ("The
+ * lifecycle"). */
 #include <stdbool.h>
 
 #include "schedule.h"
