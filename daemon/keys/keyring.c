@@ -541,6 +541,11 @@ int keyring_refresh(struct keyring *kr, int64_t now)
 	}
 	if (r == 0)
 		custody_note_objects(kr, &s, now);
+	else /* the token's own failures were logged in token_read() */
+		log_error(
+		    "cannot rebuild the keys' views from the token: %s; the last good ones stay "
+		    "published",
+		    strerror(-r));
 	custody_sorting_free(&s);
 	hsm_records_free(recs, n_recs);
 	return r;

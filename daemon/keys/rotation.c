@@ -103,14 +103,15 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	if (r == 0)
 		r = record_store(kr, ic->name, ret);
 	if (r < 0) {
+		/* Not logged here: the caller decides (the scheduler retries and logs the issuer's
+		 * problem, an operator's request answers with it), and this text is the reason. */
 		char why[192];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
 		hsmc_destroy_key(kr->hsm, &ret->hk, label);
-		log_error("issuer %s: a new key could not be recorded and was destroyed: %s",
-		          ic->name, why);
 		free(ret->iss);
 		custody_rec_clear(&ret->rec);
-		return r;
+		return hsm_fail_text(r, "a new key could not be recorded and was destroyed: %s",
+		                     why);
 	}
 	audit_key(AUDIT_GENERATED, ic->name, ret->kid, -1);
 	free(ret->iss);

@@ -5,11 +5,9 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
 #include "clock.h"
-#include "log.h"
 #include "rotation.h"
 
 struct scheduler {
@@ -83,9 +81,8 @@ static void *run(void *arg)
 		}
 		if (next > now + s->rescan)
 			next = now + s->rescan;
-		if (r < 0)
-			log_error("key maintenance failed (%s); retrying in %llds", strerror(-r),
-			          (long long)(next - now));
+		/* Not logged here: the keyring logged the failure, once per episode, and a line
+		 * at every retry would repeat it every few seconds while the token is away. */
 		sleep_until(s, next);
 	}
 	return NULL;
