@@ -16,12 +16,13 @@ enum audit_event {
 /* operator_uid < 0: the daemon itself acted (schedule), not a person. */
 void audit_key(enum audit_event event, const char *issuer, const char *kid, int64_t operator_uid);
 
-/* One record per signing decision (SPEC §4): a token issued (audit_signed) or a request refused
- * (audit_refused). Who asked (uid, pid, and under the journal the caller's systemd unit), for
- * which issuer and audience, with which key, its jti and exp; for a refusal, the error code.
- * Never a claim value beyond these, never the token. aud is the compact JSON of the aud claim,
- * or a cut piece of it (aud_cut). A refusal names what was known when it was decided: kid, jti,
- * aud NULL or "" and exp 0 when not known, no_caller when the credentials were unreadable. */
+/* One record per signing decision (docs/operations.md, "Audit records"): a token issued
+ * (audit_signed) or a request refused (audit_refused). Who asked (uid, pid, and under the journal
+ * the caller's systemd unit), for which issuer and audience, with which key, its jti and exp; for a
+ * refusal, the error code. Never a claim value beyond these, never the token. aud is the compact
+ * JSON of the aud claim, or a cut piece of it (aud_cut). A refusal names what was known when it was
+ * decided: kid, jti, aud NULL or "" and exp 0 when not known, no_caller when the credentials were
+ * unreadable. */
 struct audit_signature {
 	const char *issuer, *kid, *jti, *aud;
 	int64_t exp;

@@ -45,7 +45,3 @@ void runtime_release(struct runtime *rt);
 
 /* Wakes the scheduler now (an operator changed the schedule); safe during a reload. */
 void daemon_poke_scheduler(struct daemon *d);
-
-/* Ready means the token answers and every issuer has a key that may sign now and no trouble
- * making the next one. On false, *why names the first problem (static, or an issuer name). */
-bool daemon_ready(struct daemon *d, const char **why);

@@ -17,6 +17,7 @@
 #include "budget.h"
 #include "confine.h"
 #include "daemon.h"
+#include "health.h"
 #include "http_linger.h"
 #include "jwks_http.h"
 #include "log.h"
@@ -82,68 +83,6 @@ static int keys_migrate(struct hsmc *hsm)
 	return r;
 }
 
-bool daemon_ready(struct daemon *d, const char **why)
-{
-	struct runtime *rt = runtime_acquire(d);
-	int64_t now = scheduler_now();
-	bool ok = true;
-
-	*why = NULL;
-	if (hsmc_probe_ready(d->hsm) < 0) {
-		*why = "token unreachable";
-		ok = false;
-	} else if (keyring_token_lost(rt->keyring)) {
-		/* It answers again: the views, kept from before, are re-read now, not at the
-		 * scheduler's next retry. */
-		daemon_poke_scheduler(d);
-	}
-	/* Ready means "can sign now": a failed generation of the next key is a warning (status),
-	 * not a reason to drain an instance that holds a good active key. */
-	for (size_t i = 0; ok && i < rt->keyring->n; i++) {
-		struct keyset *set = keyring_acquire(rt->keyring, i);
-		ok = keyset_signer(set, now) != NULL;
-		keyset_release(set);
-		if (!ok)
-			*why = rt->keyring->issuers[i].conf->name;
-	}
-	runtime_release(rt);
-	return ok;
-}
-
-/* "STATUS=signing: main=Qx7a1b2c billing=3yXpUYjw", with prefix (e.g. READY=1) before it. */
-static void notify_status(struct daemon *d, const char *prefix)
-{
-	struct runtime *rt = runtime_acquire(d);
-	int64_t now = scheduler_now();
-	char status[512];
-	size_t used;
-	int w;
-
-	w = snprintf(status, sizeof(status), "%sSTATUS=signing:", prefix);
-	used = w > 0 ? (size_t)w : 0;
-	for (size_t i = 0; i < rt->keyring->n && used < sizeof(status); i++) {
-		struct keyset *set = keyring_acquire(rt->keyring, i);
-		struct key *k = keyset_signer(set, now);
-		w = snprintf(status + used, sizeof(status) - used, " %s=%.8s",
-		             rt->keyring->issuers[i].conf->name, k ? k->kid : "NONE");
-		used += w > 0 ? (size_t)w : 0;
-		keyset_release(set);
-	}
-	runtime_release(rt);
-	sd_notify(0, status);
-}
-
-/* Under a systemd watchdog: a heartbeat only while the token answers. */
-static void watchdog_beat(struct daemon *d)
-{
-	if (hsmc_probe_ready(d->hsm) == 0)
-		sd_notify(0, "WATCHDOG=1");
-	else
-		log_error("the token does not answer (%s); withholding the watchdog heartbeat",
-		          hsm_last_error());
-	notify_status(d, "");
-}
-
 /* The main loop: signals; under a systemd watchdog a heartbeat that is only sent while the
  * token answers, so that a hung HSM gets the service restarted; and at each tick the counts of
  * rate-limited log lines, so the end of a flood is reported without waiting for its next line. */
@@ -167,7 +106,7 @@ static int main_loop(struct daemon *d)
 		if (sig < 0 && errno == EAGAIN) {
 			log_limit_flush();
 			if (watchdog)
-				watchdog_beat(d);
+				health_watchdog_beat(d);
 			continue;
 		}
 		if (sig < 0)
@@ -175,7 +114,7 @@ static int main_loop(struct daemon *d)
 		if (sig == SIGHUP) {
 			sd_notify(0, "RELOADING=1\nSTATUS=Reloading the configuration");
 			daemon_reload(d);
-			notify_status(d, "READY=1\n");
+			health_notify_status(d, "READY=1\n");
 			continue;
 		}
 		log_notice("signal %d: shutting down", sig);
@@ -301,7 +240,7 @@ static int run(const char *config_path)
 		}
 	}
 	log_notice("ready: %zu issuer(s)", d.rt->conf->n_issuers);
-	notify_status(&d, "READY=1\n");
+	health_notify_status(&d, "READY=1\n");
 	r = main_loop(&d);
 out:
 	admin_api_stop(d.admin);

@@ -10,6 +10,7 @@
 
 #include "log.h"
 #include "rotation.h"
+#include "clock.h"
 #include "scheduler.h"
 
 struct runtime *runtime_acquire(struct daemon *d)
@@ -66,7 +67,7 @@ static int algorithms_prepare(struct hsmc *hsm, const struct conf *conf)
  * key at all is an error; later trouble is the scheduler's. */
 static int keys_load(struct runtime *rt)
 {
-	int64_t now = scheduler_now(), next;
+	int64_t now = clock_now(), next;
 	int r;
 
 	sd_notify(0, "STATUS=Loading keys from the token");
@@ -76,9 +77,11 @@ static int keys_load(struct runtime *rt)
 	for (size_t i = 0; r == 0 && i < rt->keyring->n; i++) {
 		struct issuer_keys *ik = &rt->keyring->issuers[i];
 		struct keyset *set = keyring_acquire(rt->keyring, i);
+		/* Why none could be made was logged as the issuer's problem (rotation.c). */
 		if (set && set->n == 0 && ik->problem[0]) {
-			log_error("issuer %s has no key and none could be made: %s", ik->conf->name,
-			          ik->problem);
+			log_error("issuer %s has no key and none could be made (above): it cannot "
+			          "be served",
+			          ik->conf->name);
 			r = -EIO;
 		}
 		keyset_release(set);

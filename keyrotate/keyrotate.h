@@ -6,7 +6,7 @@
 
 #include <jansson.h>
 
-/* SPEC §2: what a script can rely on. */
+/* keyrotate(8), EXIT STATUS: what a script can rely on. */
 enum {
 	EXIT_DONE = 0,
 	EXIT_FAILED = 1, /* refused or failed; the reason is on stderr */
@@ -14,8 +14,9 @@ enum {
 	EXIT_UNREACHABLE = 3, /* no socket, connection refused, or no permission to connect */
 };
 
-/* keyrotate status exits with the monitoring-plugin convention instead (SPEC §2): the daemon's
- * level, or LEVEL_UNKNOWN when there is none to tell (daemon unreachable, usage error, ...). */
+/* keyrotate status exits with the monitoring-plugin convention instead (keyrotate(8), EXIT
+ * STATUS): the daemon's level, or LEVEL_UNKNOWN when there is none to tell (daemon unreachable,
+ * usage error, ...). */
 enum level {
 	LEVEL_OK = 0,
 	LEVEL_WARNING = 1,
@@ -47,8 +48,9 @@ int purge_issuer(int argc, char **argv, const struct opts *o);
 extern const char list_help[], status_help[], rotate_help[], revoke_help[], purge_help[];
 
 /* The keys of issuer (NULL: of every issuer) as `list --json` prints them: a JSON array of
- * objects with exactly the members of SPEC §2, and "orphan": true for a key of an issuer that
- * is no longer configured. Returns 0 and *ret, or a negative errno having said why. */
+ * objects with exactly the members keyrotate(8) names under list, and "orphan": true for a key
+ * of an issuer that is no longer configured. Returns 0 and *ret, or a negative errno having said
+ * why. */
 int keys_fetch(const struct opts *o, const char *issuer, json_t **ret);
 
 /* The first key in keys whose string member equals value, or NULL. */

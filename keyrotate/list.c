@@ -21,7 +21,8 @@ const char list_help[] =
     "created_at, activates_at, retires_at and destroy_after (NumericDate seconds, UTC), and\n"
     "\"orphan\": true for an orphan.\n";
 
-/* SPEC §2, in the order the table and --json show them; the first N_TEXT are strings. */
+/* keyrotate(8), list: the members, in the order the table and --json show them; the first
+ * N_TEXT are strings. */
 static const char *const members[] = {"issuer",     "kid",          "alg",        "state",
                                       "created_at", "activates_at", "retires_at", "destroy_after"};
 static const char *const heads[] = {"ISSUER",  "KID",       "ALG",     "STATE",

@@ -68,7 +68,8 @@ static int issuer_level(const json_t *is)
 	return worst(level, LEVEL_OK);
 }
 
-/* The level of a daemon that does not say it (older than the custody changes), by SPEC §2. */
+/* The level of a daemon that does not say it (older than the custody changes), as
+ * docs/admin-api.md ("GET /v1/status") derives it. */
 static int level_derive(const json_t *status)
 {
 	const json_t *orphans = json_object_get(status, "orphans"), *is;

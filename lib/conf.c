@@ -125,12 +125,12 @@ const struct issuer_conf *conf_find_issuer(const struct conf *conf, const char *
 	return NULL;
 }
 
-bool issuer_typ_allowed(const struct issuer_conf *ic, const char *typ)
+const char *issuer_typ_find(const struct issuer_conf *ic, const char *typ)
 {
 	for (size_t i = 0; i < ic->n_token_types; i++)
 		if (strcmp(ic->token_types[i], typ) == 0)
-			return true;
-	return false;
+			return ic->token_types[i];
+	return NULL;
 }
 
 bool issuer_aud_allowed(const struct issuer_conf *ic, const char *aud)

@@ -1,4 +1,4 @@
-/* The configuration file (SPEC §3): INI -> typed, validated configuration. */
+/* The configuration file (tokensignd.conf(5)): INI -> typed, validated configuration. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -92,8 +92,9 @@ void conf_errors_clear(struct conf_errors *errs);
 /* The issuer called name (len bytes, not NUL-terminated), or NULL. */
 const struct issuer_conf *conf_find_issuer(const struct conf *conf, const char *name, size_t len);
 
-/* True when typ is one of the issuer's token-types. */
-bool issuer_typ_allowed(const struct issuer_conf *ic, const char *typ);
+/* The issuer's own copy of typ when it is one of its token-types (exactly, case and all), else
+ * NULL. The copy lives as long as the configuration: a signing request keeps it. */
+const char *issuer_typ_find(const struct issuer_conf *ic, const char *typ);
 
 /* True when aud is in the issuer's audiences (always true without an allow-list). */
 bool issuer_aud_allowed(const struct issuer_conf *ic, const char *aud);

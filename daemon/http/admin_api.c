@@ -11,12 +11,12 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "clock.h"
 #include "http.h"
 #include "log.h"
 #include "log_limit.h"
 #include "orphans.h"
 #include "rotation.h"
-#include "scheduler.h"
 
 #define ADMIN_MAX_BODY  4096
 #define ADMIN_TOO_LARGE "the body is over 4 KiB"
@@ -108,12 +108,10 @@ static int list_issuer(struct runtime *rt, size_t i, int64_t now, json_t *out)
 
 /* Keys of issuers no longer configured: kept until keyrotate purge. Their state is what their
  * own records say (no prepublish grace is known for them any more). */
-static void list_orphans(struct runtime *rt, const char *only, json_t *out)
+static void list_orphans(const struct keyring_report *rep, const char *only, json_t *out)
 {
-	const struct token_view *v = &rt->keyring->view;
-
-	for (size_t j = 0; j < v->n_orphans; j++) {
-		const struct orphan_key *o = &v->orphans[j];
+	for (size_t j = 0; rep && j < rep->n_orphans; j++) {
+		const struct orphan_key *o = &rep->orphans[j];
 		int64_t destroy =
 		    schedule_add(schedule_add(o->retires_at, o->max_token_ttl), SCHEDULE_SKEW);
 		json_t *row;
@@ -127,29 +125,34 @@ static void list_orphans(struct runtime *rt, const char *only, json_t *out)
 	}
 }
 
+static bool orphaned(const struct keyring_report *rep, const char *issuer)
+{
+	for (size_t j = 0; rep && j < rep->n_orphans; j++)
+		if (strcmp(rep->orphans[j].issuer, issuer) == 0)
+			return true;
+	return false;
+}
+
+/* From the keysets and the keyring's report: never waits for a key generation. */
 static enum MHD_Result reply_keys(struct runtime *rt, struct MHD_Connection *c)
 {
 	const char *only = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "issuer");
 	const struct issuer_conf *ic = only ? conf_find_issuer(rt->conf, only, strlen(only)) : NULL;
-	int64_t now = scheduler_now();
-	json_t *keys = json_array();
+	struct keyring_report *rep = keyring_report_acquire(rt->keyring);
+	int64_t now = clock_now();
+	json_t *keys;
 
-	bool orphaned = false;
-
-	pthread_mutex_lock(&rt->keyring->mutate);
-	for (size_t j = 0; only && j < rt->keyring->view.n_orphans; j++)
-		orphaned = orphaned || strcmp(rt->keyring->view.orphans[j].issuer, only) == 0;
-	if (only && !ic && !orphaned) {
-		pthread_mutex_unlock(&rt->keyring->mutate);
-		json_decref(keys);
+	if (only && !ic && !orphaned(rep, only)) {
+		keyring_report_release(rep);
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	}
+	keys = json_array();
 	for (size_t i = 0; keys && i < rt->keyring->n; i++)
 		if (!only || rt->keyring->issuers[i].conf == ic)
 			list_issuer(rt, i, now, keys);
 	if (keys)
-		list_orphans(rt, only, keys);
-	pthread_mutex_unlock(&rt->keyring->mutate);
+		list_orphans(rep, only, keys);
+	keyring_report_release(rep);
 	return reply_obj(c, MHD_HTTP_OK, json_pack("{s:o}", "keys", keys));
 }
 
@@ -163,8 +166,8 @@ static enum level worse(enum level a, enum level b)
 
 /* Per issuer: critical when it cannot sign now; warning when it can but something needs an
  * operator (no next key while one is due, a failed generation, a quarantined key). */
-static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now, bool token_ok,
-                             enum level *level)
+static json_t *issuer_status(struct runtime *rt, const struct keyring_report *rep, size_t i,
+                             int64_t now, bool token_ok, enum level *level)
 {
 	struct issuer_keys *ik = &rt->keyring->issuers[i];
 	struct keyset *set = keyring_acquire(rt->keyring, i);
@@ -183,9 +186,9 @@ static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now, bool tok
 		quarantined = quarantined || !set->keys[j].usable;
 	/* The token problem is the last refresh's; a token answering now has none. */
 	problem = set && set->blocked[0] ? set->blocked
-	          : ik->problem[0]       ? ik->problem
+	          : rep->problems[i][0]  ? rep->problems[i]
 	          : token_ok             ? ""
-	                                 : rt->keyring->token_problem;
+	                                 : rep->token_problem;
 	if (!signer || !token_ok)
 		l = LEVEL_CRITICAL;
 	else if (problem[0] || !next || quarantined)
@@ -202,7 +205,7 @@ static json_t *issuer_status(struct runtime *rt, size_t i, int64_t now, bool tok
 }
 
 /* Issuers no longer configured whose keys are still in the token, with how many each. */
-static json_t *orphans_status(const struct token_view *v)
+static json_t *orphans_status(const struct keyring_report *v)
 {
 	json_t *out = json_array();
 
@@ -221,27 +224,33 @@ static json_t *orphans_status(const struct token_view *v)
 	return out;
 }
 
+/* From the keysets, the keyring's report and a probe that skips a busy management helper:
+ * never waits for a key generation, which holds the keyring for seconds. */
 static enum MHD_Result reply_status(struct runtime *rt, struct MHD_Connection *c)
 {
-	int64_t now = scheduler_now();
+	int64_t now = clock_now();
 	bool token_ok = hsmc_probe_ready(rt->hsm) == 0, stale = keyring_token_lost(rt->keyring);
-	const struct token_view *v = &rt->keyring->view;
+	struct keyring_report *rep = keyring_report_acquire(rt->keyring);
 	enum level level = token_ok ? LEVEL_OK : LEVEL_CRITICAL;
 	json_t *issuers = json_array(), *obj;
 
-	pthread_mutex_lock(&rt->keyring->mutate);
+	if (!rep) {
+		json_decref(issuers);
+		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+		                        "the keys are not loaded yet");
+	}
 	for (size_t i = 0; issuers && i < rt->keyring->n; i++)
-		json_array_append_new(issuers, issuer_status(rt, i, now, token_ok, &level));
-	if (v->n_foreign || v->n_quarantined || v->n_orphans)
+		json_array_append_new(issuers, issuer_status(rt, rep, i, now, token_ok, &level));
+	if (rep->n_foreign || rep->n_quarantined || rep->n_orphans)
 		level = worse(level, LEVEL_WARNING);
 	if (stale)
 		level = worse(level, LEVEL_WARNING);
 	obj = json_pack("{s:s, s:b, s:s, s:I, s:I, s:o, s:o}", "token",
 	                token_ok ? "ok" : "unreachable", "keys_stale", stale, "level",
-	                level_names[level], "foreign", (json_int_t)v->n_foreign, "quarantined",
-	                (json_int_t)v->n_quarantined, "orphans", orphans_status(v), "issuers",
+	                level_names[level], "foreign", (json_int_t)rep->n_foreign, "quarantined",
+	                (json_int_t)rep->n_quarantined, "orphans", orphans_status(rep), "issuers",
 	                issuers);
-	pthread_mutex_unlock(&rt->keyring->mutate);
+	keyring_report_release(rep);
 	return reply_obj(c, MHD_HTTP_OK, obj);
 }
 

@@ -63,8 +63,7 @@ static bool not_modified(struct MHD_Connection *c, const char *etag)
 	return inm && etag_none_match(inm, etag);
 }
 
-/* Serves the keyset's body as rendered at the last key change: no JSON work per request. */
-static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c, size_t index)
+enum MHD_Result jwks_http_reply(struct runtime *rt, struct MHD_Connection *c, size_t index)
 {
 	struct keyset *set = keyring_acquire(rt->keyring, index);
 	struct MHD_Response *resp;
@@ -91,9 +90,10 @@ static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c, 
 	return r;
 }
 
-/* The base of jwks_uri: [jwks] public-url, or else (SPEC §3) the scheme and host of the
- * issuer's iss. Never the request's Host header: the document is cacheable, and a cache in
- * front would hand every relying party the jwks_uri one client made up. NULL: neither. */
+/* The base of jwks_uri: [jwks] public-url, or else (docs/api.md, "The public JWKS") the scheme
+ * and host of the issuer's iss. Never the request's Host header: the document is cacheable, and
+ * a cache in front would hand every relying party the jwks_uri one client made up. NULL:
+ * neither. */
 static char *jwks_base(struct runtime *rt, const struct issuer_conf *ic)
 {
 	size_t n;
@@ -190,7 +190,7 @@ static enum MHD_Result answer(struct runtime *rt, struct MHD_Connection *c, cons
 	if (!ic)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	if (is_jwks)
-		return reply_jwks(rt, c, keyring_index(rt->keyring, ic));
+		return jwks_http_reply(rt, c, keyring_index(rt->keyring, ic));
 	return reply_discovery(rt, c, ic);
 }
 

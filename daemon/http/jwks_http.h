@@ -1,6 +1,14 @@
-/* The public JWKS and discovery documents of SPEC §5 on every [jwks] listen address. */
+/* The public JWKS and discovery documents (docs/api.md, "The public JWKS") on every [jwks]
+ * listen address. */
 #pragma once
+#include <microhttpd.h>
+
 #include "daemon.h"
+
+/* Queues issuer index's JWKS of rt, as rendered at its last key change (no JSON work per request,
+ * no copy: the response holds the keyset), with its ETag and Cache-Control; 304 to a matching
+ * If-None-Match. The public endpoint's answer, and the sign socket's GET /v1/issuers/NAME/jwks. */
+enum MHD_Result jwks_http_reply(struct runtime *rt, struct MHD_Connection *c, size_t index);
 
 /* Serves on the n passed sockets when systemd passed any (n > 0), else binds every [jwks]
  * listen address. */

@@ -1,4 +1,5 @@
-/* The claim rules of SPEC §4, applied to a request body before anything is signed. */
+/* The claim rules of docs/api.md ("The rules, in the order they are checked"), applied to a
+ * request body before anything is signed. */
 #include "policy.h"
 
 #include <errno.h>
@@ -118,12 +119,9 @@ static int pick_typ(const struct issuer_conf *ic, json_t *root, const char **ret
 	}
 	if (!json_is_string(typ))
 		return refuse(err, "typ_invalid", "'typ' must be a string");
-	for (size_t i = 0; i < ic->n_token_types; i++) {
-		if (strcmp(ic->token_types[i], json_string_value(typ)) == 0) {
-			*ret = ic->token_types[i];
-			return 0;
-		}
-	}
+	*ret = issuer_typ_find(ic, json_string_value(typ));
+	if (*ret)
+		return 0;
 	return refuse(err, "typ_not_allowed", "typ '%.40s' is not allowed for issuer %s",
 	              json_string_value(typ), ic->name);
 }

@@ -1,4 +1,5 @@
-/* The claim policy of SPEC §4: from a request body to the exact payload the daemon will sign. */
+/* The claim policy of docs/api.md ("POST /v1/issuers/NAME/sign"): from a request body to the
+ * exact payload the daemon will sign. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,28 +1,23 @@
-/* HTTP on the sign socket: route, caller check, body, then policy -> jws -> hsm -> token. */
+/* HTTP on the sign socket: route, caller check, body, then token_issue() (issue.c). */
 #include "sign_api.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
-#include <openssl/rand.h>
 
 #include "audit.h"
+#include "health.h"
 #include "http.h"
-#include "jws.h"
-#include "jws_verify.h"
+#include "issue.h"
+#include "jwks_http.h"
 #include "log.h"
 #include "log_limit.h"
 #include "peer.h"
 #include "policy.h"
-#include "scheduler.h"
 
 struct sign_api {
 	struct daemon *d;
@@ -56,7 +51,7 @@ static enum MHD_Result reply_simple(struct sign_api *api, struct MHD_Connection 
 		return http_reply_method(c, "GET, HEAD");
 	if (strcmp(url, "/healthz") == 0)
 		return http_reply_json(c, MHD_HTTP_OK, "{\"status\":\"ok\"}");
-	if (daemon_ready(api->d, &why))
+	if (health_ready(api->d, &why))
 		return http_reply_json(c, MHD_HTTP_OK, "{\"status\":\"ready\"}");
 	json_t *obj = json_pack("{s:s, s:s}", "status", "not_ready", "reason", why);
 	char *body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
@@ -87,35 +82,6 @@ static bool parse_issuer_path(const char *url, enum route *route, const char **n
 	return true;
 }
 
-static void keyset_free_cb(void *cls)
-{
-	keyset_release(cls);
-}
-
-/* Queues the issuer's rendered JWKS without copying it; the response holds the keyset. */
-static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c,
-                                  const struct issuer_conf *ic)
-{
-	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
-	struct MHD_Response *resp;
-	enum MHD_Result r;
-
-	if (!set)
-		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
-		                        "no keys loaded");
-	resp = MHD_create_response_from_buffer_with_free_callback_cls(set->jwks_len, set->jwks,
-	                                                              keyset_free_cb, set);
-	if (!resp) {
-		keyset_release(set);
-		return MHD_NO;
-	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, set->etag);
-	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return r;
-}
-
 /* The caller as its audit record names it. */
 static void audit_caller(struct MHD_Connection *c, struct audit_signature *a)
 {
@@ -126,23 +92,34 @@ static void audit_caller(struct MHD_Connection *c, struct audit_signature *a)
 	a->pid = a->no_caller ? 0 : (int32_t)hp->peer.pid;
 }
 
-/* Refuses a signing request for ic: its audit record, then the error answer. The record is
- * never a reason to withhold a refusal ([sign] audit applies to tokens). seen: what the request
- * named so far (jti, aud, kid, exp), or NULL. */
-static enum MHD_Result refuse(struct MHD_Connection *c, const struct issuer_conf *ic,
-                              unsigned status, const char *code, const char *message,
-                              const struct audit_signature *seen)
+/* The answer to an issuance, a token or a refusal. */
+static enum MHD_Result reply_outcome(struct MHD_Connection *c, struct issue_outcome *out)
 {
-	struct audit_signature a = seen ? *seen : (struct audit_signature){0};
+	enum MHD_Result r;
 
-	a.issuer = ic->name;
-	a.reason = code;
-	audit_caller(c, &a);
-	audit_refused(&a);
-	return http_reply_error(c, status, code, message);
+	if (out->status != MHD_HTTP_OK)
+		return http_reply_error(c, out->status, out->code, out->message);
+	r = http_reply_json(c, MHD_HTTP_OK, out->answer);
+	free(out->answer);
+	out->answer = NULL;
+	return r;
 }
 
-/* The checks that need only the headers, in SPEC order: 404 path, 405, 404 issuer, 403, 413. */
+/* Refuses a signing request for ic on what the HTTP layer saw (caller, size, media type): its
+ * audit record, then the error answer. */
+static enum MHD_Result refuse(struct MHD_Connection *c, const struct issuer_conf *ic,
+                              unsigned status, const char *code, const char *message)
+{
+	struct audit_signature caller = {0};
+	struct issue_outcome out;
+
+	audit_caller(c, &caller);
+	issue_refuse(ic, &caller, status, code, message, NULL, &out);
+	return reply_outcome(c, &out);
+}
+
+/* The checks that need only the headers, in the order of docs/api.md ("The rules, in the order
+ * they are checked"): 404 path, 405, 404 issuer, 403, 413. */
 static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct MHD_Connection *c,
                               const char *url, const char *method, void **req_cls)
 {
@@ -165,25 +142,25 @@ static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct M
 	if (!ic)
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
 	if (route == ROUTE_JWKS)
-		return reply_jwks(rt, c, ic);
+		return jwks_http_reply(rt, c, keyring_index(rt->keyring, ic));
 	if (!conn || conn->err < 0) {
 		log_limited(LOG_KIND_REFUSED_CALLER, LOG_ERR,
 		            "issuer %s: cannot read the caller's credentials: %s", ic->name,
 		            strerror(conn ? -conn->err : ENOMEM));
 		return refuse(c, ic, MHD_HTTP_FORBIDDEN, "forbidden",
-		              "caller credentials unavailable", NULL);
+		              "caller credentials unavailable");
 	}
 	if (!peer_allowed(&conn->peer, ic->allow, ic->n_allow)) {
 		log_limited(LOG_KIND_REFUSED_CALLER, LOG_WARNING,
 		            "issuer %s: refused caller uid %u pid %d (not in allow)", ic->name,
 		            (unsigned)conn->peer.uid, (int)conn->peer.pid);
 		return refuse(c, ic, MHD_HTTP_FORBIDDEN, "forbidden",
-		              "this caller may not sign for this issuer", NULL);
+		              "this caller may not sign for this issuer");
 	}
 	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (cl && strtoull(cl, NULL, 10) > POLICY_MAX_BODY)
 		return refuse(c, ic, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
-		              "the body is over 64 KiB", NULL);
+		              "the body is over 64 KiB");
 	rq = calloc(1, sizeof(*rq));
 	if (!rq)
 		return MHD_NO;
@@ -208,273 +185,23 @@ static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c
 	return r;
 }
 
-static char *answer_format(const char *token, const struct key *k, enum jws_alg alg,
-                           const struct signing_request *sr)
+static enum MHD_Result on_complete(struct MHD_Connection *c, struct request *rq)
 {
-	/* token and kid are base64url, alg a fixed name: nothing here needs JSON escaping. Built
-	 * with copies rather than asprintf, which cost ~10k instructions per token. */
-	char tail[64];
-	int tail_len = snprintf(tail, sizeof(tail), "\",\"iat\":%lld,\"exp\":%lld}",
-	                        (long long)sr->iat, (long long)sr->exp);
-	const char *parts[] = {"{\"token\":\"",   token, "\",\"kid\":\"", k->kid, "\",\"alg\":\"",
-	                       jws_alg_name(alg), tail};
-	size_t len = 0;
-	char *s, *p;
-
-	if (tail_len < 0 || (size_t)tail_len >= sizeof(tail))
-		return NULL;
-	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
-		len += strlen(parts[i]);
-	s = p = malloc(len + 1);
-	if (!s)
-		return NULL;
-	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
-		p = stpcpy(p, parts[i]);
-	return s;
-}
-
-/* 128 random bits for a generated jti, taken from a per-thread pool refilled 64 at a time:
- * one RAND_bytes call per request cost ~20k instructions. A jti is public; the pool only
- * spares the DRBG's per-call overhead, and no bytes are ever handed out twice. */
-#define JTI_POOL (POLICY_JTI_BYTES * 64)
-static __thread uint8_t jti_pool[JTI_POOL];
-static __thread size_t jti_pool_used = JTI_POOL;
-
-static int jti_random(uint8_t out[POLICY_JTI_BYTES])
-{
-	if (jti_pool_used + POLICY_JTI_BYTES > JTI_POOL) {
-		if (RAND_bytes(jti_pool, JTI_POOL) != 1)
-			return -EIO;
-		jti_pool_used = 0;
-	}
-	memcpy(out, jti_pool + jti_pool_used, POLICY_JTI_BYTES);
-	memset(jti_pool + jti_pool_used, 0, POLICY_JTI_BYTES);
-	jti_pool_used += POLICY_JTI_BYTES;
-	return 0;
-}
-
-/* The token's signature, checked against the key's public half before anything leaves: a
- * faulty signature (the RSA-CRT fault attack leaks the key through one) is never answered. */
-static int sign_checked(struct sign_api *api, const struct issuer_conf *ic, struct key *k,
-                        const char *input, size_t input_len, uint8_t *sig, size_t *sig_len,
-                        const char **code)
-{
-	int r = hsmc_sign(api->d->hsm, &k->hk, input, input_len, sig, HSM_MAX_SIG, sig_len);
-
-	*code = "hsm_unavailable";
-	if (r < 0) {
-		log_error("issuer %s: key %s: signing failed: %s", ic->name, k->kid,
-		          hsm_last_error());
-		return r;
-	}
-	/* An RSA signature is exactly as long as the modulus, even without the self-check. */
-	if (k->jwk.kty == JWK_KTY_RSA && *sig_len != k->jwk.n_len) {
-		log_error(
-		    "issuer %s: key %s: the token returned %zu signature bytes for a %zu-byte "
-		    "modulus; no token was issued",
-		    ic->name, k->kid, *sig_len, k->jwk.n_len);
-		return -EIO;
-	}
-	if (!ic->self_check)
-		return 0;
-	r = jws_verify(k->hk.alg, k->evp, input, input_len, sig, *sig_len);
-	if (r < 0) {
-		*code = "signature_check_failed";
-		log_msg(LOG_CRIT,
-		        "issuer %s: key %s: the token returned a signature that does not verify "
-		        "(%s); no token was issued. A faulty HSM can leak its key this way: "
-		        "investigate before trusting this token again",
-		        ic->name, k->kid, r == -EBADMSG ? "bad signature" : "check failed");
-	}
-	return r;
-}
-
-/* What the audit record names of a request the policy accepted; k may be NULL (no key). */
-static struct audit_signature audit_of(const struct issuer_conf *ic, const struct key *k,
-                                       const struct signing_request *sr)
-{
-	return (struct audit_signature){
-	    .issuer = ic->name,
-	    .kid = k ? k->kid : NULL,
-	    .jti = sr->jti,
-	    .aud = sr->aud,
-	    .exp = sr->exp,
-	    .aud_cut = sr->aud_cut,
-	};
-}
-
-/* The token's audit record is written before the token is answered: with [sign] audit =
- * required, a token whose record could not be written is never handed out. */
-static enum MHD_Result reply_token(struct runtime *rt, struct MHD_Connection *c,
-                                   const struct issuer_conf *ic, const struct key *k,
-                                   const struct signing_request *sr, const char *answer)
-{
-	struct audit_signature a = audit_of(ic, k, sr);
-
-	audit_caller(c, &a);
-	if (audit_signed(&a) < 0 && rt->conf->audit == CONF_AUDIT_REQUIRED)
-		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "audit_unavailable",
-		                        "the audit record could not be written, so no token was "
-		                        "issued ([sign] audit = required); see the daemon's log");
-	return http_reply_json(c, MHD_HTTP_OK, answer);
-}
-
-/* One attempt with the issuer's current signer: 0 and *ret_answer, or a negative errno with
- * *code set. -ENOENT: the key went away under us (revoked between our view and the token).
- * -EAGAIN: the signer now is bound to another iss than the payload's (a handover after an iss
- * change happened since the payload was made): the payload must be made again. */
-static int sign_once(struct sign_api *api, struct runtime *rt, const struct issuer_conf *ic,
-                     const struct signing_request *sr, const char *iss, struct key **ret_key,
-                     char **ret_answer, const char **code, struct keyset **ret_set)
-{
-	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
-	struct key *k = keyset_signer(set, sr->iat);
-	uint8_t sig[HSM_MAX_SIG];
-	size_t sig_len = 0, input_len = 0;
-	char *input = NULL, *token = NULL;
-	int r;
-
-	*ret_set = set;
-	*ret_key = k;
-	if (!k) {
-		*code = "no_active_key";
-		return -ENOKEY;
-	}
-	if (strcmp(k->iss, iss) != 0)
-		return -EAGAIN;
-	/* The key's own algorithm: after an algorithm change the old key signs as what it is
-	 * until its successor takes over. */
-	r = jws_signing_input(k->hk.alg, k->kid, sr->typ, sr->payload, sr->payload_len, &input,
-	                      &input_len);
-	if (r == 0)
-		r = sign_checked(api, ic, k, input, input_len, sig, &sig_len, code);
-	if (r == 0 && (r = jws_compact(input, input_len, sig, sig_len, &token)) == 0 &&
-	    !(*ret_answer = answer_format(token, k, k->hk.alg, sr)))
-		r = -ENOMEM;
-	free(input);
-	free(token);
-	return r;
-}
-
-static bool signer_changed(struct runtime *rt, const struct issuer_conf *ic, const struct key *was,
-                           int64_t now)
-{
-	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
-	struct key *k = keyset_signer(set, now);
-	bool changed = k && was && strcmp(k->kid, was->kid) != 0;
-
-	keyset_release(set);
-	return changed;
-}
-
-/* The iss the issuer's signer at now is bound to (the configured one when there is none:
- * the request is then refused all the same). Caller frees. */
-static char *signer_iss(struct runtime *rt, const struct issuer_conf *ic, int64_t now)
-{
-	struct keyset *set = keyring_acquire(rt->keyring, keyring_index(rt->keyring, ic));
-	struct key *k = keyset_signer(set, now);
-	char *iss = strdup(k ? k->iss : ic->iss);
-
-	keyset_release(set);
-	return iss;
-}
-
-/* Signs sr (whose payload carries iss) with the issuer's active key; on failure queues the
- * error answer itself. *ret_again: nothing was queued, the payload must be made again for the
- * signer's iss (sign_once()). */
-static enum MHD_Result sign_and_reply(struct sign_api *api, struct runtime *rt,
-                                      struct MHD_Connection *c, const struct issuer_conf *ic,
-                                      const struct signing_request *sr, const char *iss,
-                                      bool *ret_again)
-{
-	const char *code = "hsm_unavailable";
-	struct keyset *set = NULL;
-	struct key *k = NULL;
-	char *answer = NULL;
-	enum MHD_Result ret;
-	int r;
-
-	r = sign_once(api, rt, ic, sr, iss, &k, &answer, &code, &set);
-	/* Revoked while we signed (the token no longer has the key, or fails on it as it goes):
-	 * if the view has moved on to another key since, one more try with that one. */
-	if (r < 0 && r != -ENOKEY && r != -EAGAIN && strcmp(code, "signature_check_failed") != 0 &&
-	    signer_changed(rt, ic, k, sr->iat)) {
-		keyset_release(set);
-		r = sign_once(api, rt, ic, sr, iss, &k, &answer, &code, &set);
-	}
-	*ret_again = r == -EAGAIN;
-	if (r == -EAGAIN) {
-		keyset_release(set);
-		return MHD_YES;
-	}
-	struct audit_signature seen = audit_of(ic, k, sr);
-	if (r == -ENOKEY) {
-		log_error("issuer %s: no active key; refusing to sign", ic->name);
-		ret = refuse(c, ic, MHD_HTTP_SERVICE_UNAVAILABLE, "no_active_key",
-		             "the issuer has no key that may sign now", &seen);
-	} else if (r < 0) {
-		ret = refuse(c, ic, MHD_HTTP_SERVICE_UNAVAILABLE, code,
-		             "the token did not sign; see the daemon's log", &seen);
-	} else {
-		ret = reply_token(rt, c, ic, k, sr, answer);
-	}
-	keyset_release(set);
-	free(answer);
-	return ret;
-}
-
-static enum MHD_Result on_complete(struct sign_api *api, struct MHD_Connection *c,
-                                   struct request *rq)
-{
-	struct signing_request sr = {0};
-	struct policy_error perr = {0};
-	uint8_t jti[POLICY_JTI_BYTES];
-	enum MHD_Result ret;
-	int r;
+	struct audit_signature caller = {0};
+	struct issue_outcome out;
 
 	if (rq->body.too_large)
 		return refuse(c, rq->ic, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
-		              "the body is over 64 KiB", NULL);
+		              "the body is over 64 KiB");
 	if (!policy_content_type_ok(
 	        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
 		return refuse(c, rq->ic, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
-		              "Content-Type must be application/json", NULL);
-	if (jti_random(jti) < 0)
-		return refuse(c, rq->ic, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
-		              "no randomness for jti", NULL);
-	for (int attempt = 0;; attempt++) {
-		bool again = false;
-		char *iss = signer_iss(rq->rt, rq->ic, scheduler_now());
-		struct issuer_conf as = *rq->ic;
-
-		if (!iss)
-			return MHD_NO;
-		/* A key signs only for the iss it was made for: after an iss change, the old key
-		 * signs with its own until its successor takes over (docs/design.md). */
-		as.iss = iss;
-		r = policy_apply(&as, rq->body.data ? rq->body.data : "", rq->body.len,
-		                 scheduler_now(), jti, &sr, &perr);
-		if (r == -EINVAL) {
-			struct audit_signature seen = {
-			    .jti = perr.jti, .aud = perr.aud, .aud_cut = perr.aud_cut};
-			ret = refuse(c, rq->ic, (unsigned)perr.status, perr.code, perr.message,
-			             &seen);
-		} else if (r < 0) {
-			log_error("issuer %s: cannot build the payload: %s", rq->ic->name,
-			          strerror(-r));
-			ret = refuse(c, rq->ic, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
-			             "the daemon could not build the token; see its log", NULL);
-		} else
-			ret = sign_and_reply(api, rq->rt, c, rq->ic, &sr, iss, &again);
-		free(sr.payload);
-		free(iss);
-		memset(&sr, 0, sizeof(sr));
-		if (!again || attempt == 1)
-			return again ? refuse(c, rq->ic, MHD_HTTP_SERVICE_UNAVAILABLE,
-			                      "no_active_key",
-			                      "the issuer's key changed; try again", NULL)
-			             : ret;
-	}
+		              "Content-Type must be application/json");
+	audit_caller(c, &caller);
+	if (token_issue(rq->rt, rq->ic, rq->body.data ? rq->body.data : "", rq->body.len, &caller,
+	                &out) < 0)
+		return MHD_NO;
+	return reply_outcome(c, &out);
 }
 
 static bool bodyless(const char *method)
@@ -519,7 +246,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			return http_refuse_upload(c, "the body is over 64 KiB");
 		return MHD_YES;
 	}
-	return on_complete(api, c, rq);
+	return on_complete(c, rq);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,

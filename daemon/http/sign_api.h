@@ -1,4 +1,4 @@
-/* The signing API of SPEC §4 on the [sign] Unix socket. */
+/* The signing API of docs/api.md on the [sign] Unix socket. */
 #pragma once
 #include "daemon.h"
 

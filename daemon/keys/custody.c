@@ -12,6 +12,11 @@
 #include "jws_verify.h"
 #include "log.h"
 
+void custody_key_label(const char *issuer, char buf[RECORD_LABEL_SIZE])
+{
+	snprintf(buf, RECORD_LABEL_SIZE, "%s%s", RECORD_LABEL_PREFIX, issuer);
+}
+
 void custody_rec_clear(struct hsm_record *r)
 {
 	if (!r)
@@ -542,7 +547,7 @@ int custody_key_load(struct keyring *kr, struct sorting *s, const struct issuer_
 
 	if (r < 0)
 		return r;
-	keyring_key_label(ic->name, label);
+	custody_key_label(ic->name, label);
 	ret->usable = true;
 	if (known) {
 		/* Published once, published until the lifecycle ends it (C7): a doubt that comes

@@ -35,6 +35,9 @@ struct sorting {
 	bool *claimed; /* parallel to ix: the object is a half of one of our keys */
 };
 
+/* The label of an issuer's key pairs, "tokensign:ISSUER": part of what makes a pair ours. */
+void custody_key_label(const char *issuer, char buf[RECORD_LABEL_SIZE]);
+
 void custody_rec_clear(struct hsm_record *r);
 int custody_rec_copy(struct hsm_record *dst, const struct hsm_record *src);
 void token_view_clear(struct token_view *v);

@@ -29,10 +29,13 @@ int keyring_new(struct hsmc *hsm, const struct conf *conf, struct keyring **ret)
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&kr->mutate, NULL);
+	pthread_mutex_init(&kr->report_lock, NULL);
 	for (size_t i = 0; i < kr->n; i++) {
 		kr->issuers[i].conf = &conf->issuers[i];
 		pthread_mutex_init(&kr->issuers[i].lock, NULL);
 	}
+	keyring_lock(kr);
+	keyring_unlock(kr); /* the first, empty report */
 	*ret = kr;
 	return 0;
 }
@@ -64,6 +67,8 @@ void keyring_free(struct keyring *kr)
 		pthread_mutex_destroy(&kr->issuers[i].lock);
 	}
 	pthread_mutex_destroy(&kr->mutate);
+	keyring_report_release(kr->report);
+	pthread_mutex_destroy(&kr->report_lock);
 	token_view_clear(&kr->view);
 	free(kr->halfmade_seen);
 	free(kr->suspects);
@@ -83,6 +88,78 @@ size_t keyring_index(const struct keyring *kr, const struct issuer_conf *ic)
 bool keyring_token_lost(struct keyring *kr)
 {
 	return atomic_load(&kr->token_lost);
+}
+
+/* ---- the report: what status reads without waiting for a writer ---- */
+
+void keyring_report_release(struct keyring_report *rep)
+{
+	if (!rep || atomic_fetch_sub(&rep->refs, 1) != 1)
+		return;
+	free(rep->orphans);
+	free(rep->problems);
+	free(rep);
+}
+
+/* A copy of what the writer (the caller, under the lock) left; NULL when out of memory. */
+static struct keyring_report *report_make(const struct keyring *kr)
+{
+	const struct token_view *v = &kr->view;
+	struct keyring_report *rep = calloc(1, sizeof(*rep));
+
+	if (!rep)
+		return NULL;
+	atomic_init(&rep->refs, 1);
+	rep->orphans = calloc(v->n_orphans ? v->n_orphans : 1, sizeof(*rep->orphans));
+	rep->problems = calloc(kr->n ? kr->n : 1, sizeof(*rep->problems));
+	if (!rep->orphans || !rep->problems) {
+		keyring_report_release(rep);
+		return NULL;
+	}
+	rep->n_foreign = v->n_foreign;
+	rep->n_quarantined = v->n_quarantined;
+	for (size_t j = 0; j < v->n_orphans; j++) {
+		rep->orphans[j] = v->orphans[j];
+		memset(&rep->orphans[j].rec, 0, sizeof(rep->orphans[j].rec));
+	}
+	rep->n_orphans = v->n_orphans;
+	memcpy(rep->token_problem, kr->token_problem, sizeof(rep->token_problem));
+	for (size_t i = 0; i < kr->n; i++)
+		memcpy(rep->problems[i], kr->issuers[i].problem, sizeof(rep->problems[i]));
+	return rep;
+}
+
+void keyring_lock(struct keyring *kr)
+{
+	pthread_mutex_lock(&kr->mutate);
+}
+
+void keyring_unlock(struct keyring *kr)
+{
+	struct keyring_report *rep = report_make(kr), *old = NULL;
+
+	/* Out of memory, the last report stays: status is then a little behind, never wrong
+	 * about a key, which it reads from the keysets. */
+	if (rep) {
+		pthread_mutex_lock(&kr->report_lock);
+		old = kr->report;
+		kr->report = rep;
+		pthread_mutex_unlock(&kr->report_lock);
+	}
+	keyring_report_release(old);
+	pthread_mutex_unlock(&kr->mutate);
+}
+
+struct keyring_report *keyring_report_acquire(struct keyring *kr)
+{
+	struct keyring_report *rep;
+
+	pthread_mutex_lock(&kr->report_lock);
+	rep = kr->report;
+	if (rep)
+		atomic_fetch_add(&rep->refs, 1);
+	pthread_mutex_unlock(&kr->report_lock);
+	return rep;
 }
 
 struct keyset *keyring_acquire(struct keyring *kr, size_t i)
@@ -123,11 +200,6 @@ struct schedule_timing keyring_timing(const struct issuer_conf *ic)
 bool keyring_key_current(const struct issuer_conf *ic, const struct key *k)
 {
 	return k->iss && strcmp(k->iss, ic->iss) == 0 && k->hk.alg == ic->alg;
-}
-
-void keyring_key_label(const char *issuer, char buf[RECORD_LABEL_SIZE])
-{
-	snprintf(buf, RECORD_LABEL_SIZE, "%s%s", RECORD_LABEL_PREFIX, issuer);
 }
 
 /* ---- building a keyset ---- */
@@ -469,6 +541,11 @@ int keyring_refresh(struct keyring *kr, int64_t now)
 	}
 	if (r == 0)
 		custody_note_objects(kr, &s, now);
+	else /* the token's own failures were logged in token_read() */
+		log_error(
+		    "cannot rebuild the keys' views from the token: %s; the last good ones stay "
+		    "published",
+		    strerror(-r));
 	custody_sorting_free(&s);
 	hsm_records_free(recs, n_recs);
 	return r;

@@ -14,6 +14,9 @@
 #include "record.h"
 #include "schedule.h"
 
+/* The size of a problem's text, with its NUL. */
+#define KEYRING_PROBLEM_SIZE 192
+
 struct key {
 	char kid[JWK_KID_LEN + 1];
 	struct hsm_key hk; /* hk.alg: the key's own algorithm, from its record */
@@ -59,9 +62,9 @@ struct issuer_keys {
 	const struct issuer_conf *conf;
 	pthread_mutex_t lock; /* guards the set pointer, not its contents */
 	struct keyset *set;
-	/* Written only under the keyring's mutate lock; read for status. */
-	char problem[192]; /* empty: none */
-	int64_t retry_at;  /* when a failed generation is tried again */
+	/* Written only under the keyring's lock; status reads them in the report. */
+	char problem[KEYRING_PROBLEM_SIZE]; /* empty: none */
+	int64_t retry_at;                   /* when a failed generation is tried again */
 	unsigned failures;
 };
 
@@ -105,9 +108,14 @@ struct keyring {
 	struct hsmc *hsm;
 	struct issuer_keys *issuers; /* parallel to conf->issuers */
 	size_t n;
-	pthread_mutex_t mutate;  /* one writer of the token at a time: scheduler or admin */
-	char token_problem[192]; /* the last refresh could not read the token; "" */
-	atomic_bool token_lost;  /* the same, for readers that must not wait for the lock */
+	/* One writer of the token at a time: scheduler or admin. Taken with keyring_lock(); held
+	 * for seconds by an RSA key generation, so nothing that answers a probe or a status
+	 * request may wait for it: those read the keysets and the report. */
+	pthread_mutex_t mutate;
+	char token_problem[KEYRING_PROBLEM_SIZE]; /* the last refresh could not read the token */
+	atomic_bool token_lost;      /* the same, for readers that must not wait for the lock */
+	pthread_mutex_t report_lock; /* guards the report pointer, not its contents */
+	struct keyring_report *report;
 	struct token_view view;
 	struct seen {
 		uint8_t id[HSM_ID_LEN];
@@ -120,13 +128,35 @@ struct keyring {
 	size_t n_warned;
 };
 
+/* What status and the key listing show beside the keysets, as the last writer left it: counts,
+ * orphans and problems. Immutable, replaced whole each time a writer lets go of the keyring, so
+ * that readers never wait for a writer. */
+struct keyring_report {
+	atomic_int refs;
+	size_t n_foreign, n_quarantined;
+	struct orphan_key *orphans; /* copies without their records (rec is empty) */
+	size_t n_orphans;
+	char token_problem[KEYRING_PROBLEM_SIZE]; /* "" when none */
+	char (*problems)[KEYRING_PROBLEM_SIZE];   /* each issuer's, parallel to kr->issuers */
+};
+
 int keyring_new(struct hsmc *hsm, const struct conf *conf, struct keyring **ret);
 void keyring_free(struct keyring *kr);
+
+/* Takes the keyring for a change of the token (waits for the writer before, if any). */
+void keyring_lock(struct keyring *kr);
+/* Publishes the report of what the change left (keyring_report_acquire()), then lets go. */
+void keyring_unlock(struct keyring *kr);
+
+/* A reference to the last published report (never waits for a writer), or NULL when none could
+ * be made yet; release it with keyring_report_release(). */
+struct keyring_report *keyring_report_acquire(struct keyring *kr);
+void keyring_report_release(struct keyring_report *rep);
 
 /* Rebuilds every issuer's view from the records and keys in the token (keys already known are
  * reused, not read again). Objects that are not exactly ours are reported and left out, never
  * used. A read that fails, or that the token's state makes doubtful, changes nothing: the last
- * good views stay published. The caller holds kr->mutate. */
+ * good views stay published. The caller holds the keyring (keyring_lock()). */
 int keyring_refresh(struct keyring *kr, int64_t now);
 
 /* Whether the last refresh could not read the token (the views are then the last good ones);
@@ -148,9 +178,6 @@ struct schedule_timing keyring_timing(const struct issuer_conf *ic);
 
 /* Formats a key's record (the JSON kept in the token), with issuer's name. Caller frees. */
 char *keyring_record_format(const char *issuer, const struct key *k);
-
-/* The label of an issuer's key pairs, "tokensign:ISSUER". */
-void keyring_key_label(const char *issuer, char buf[RECORD_LABEL_SIZE]);
 
 /* Whether k may sign for ic's current configuration (its iss and algorithm are the issuer's). */
 bool keyring_key_current(const struct issuer_conf *ic, const struct key *k);

@@ -8,8 +8,9 @@
 #include <string.h>
 
 #include "audit.h"
+#include "clock.h"
+#include "custody.h"
 #include "log.h"
-#include "scheduler.h"
 
 static int purge_add(struct purge_result *ret, const char *kid)
 {
@@ -31,7 +32,7 @@ static int purge_one(struct keyring *kr, const struct hsm_key_index *ix, const s
 	struct hsm_key hk = {0};
 	int r;
 
-	keyring_key_label(o->issuer, label);
+	custody_key_label(o->issuer, label);
 	r = hsmc_key_index_find(kr->hsm, ix, o->id, label, o->alg, &hk);
 	if (r < 0 && r != -ENOENT) {
 		log_warning("purge %s: key %s is kept: %s", o->issuer, o->kid, hsm_last_error());
@@ -69,20 +70,20 @@ static int purge_locked(struct keyring *kr, const char *issuer, int64_t operator
 int rotation_purge(struct keyring *kr, const char *issuer, int64_t operator_uid,
                    struct purge_result *ret)
 {
-	int64_t now = scheduler_now();
+	int64_t now = clock_now();
 	int r = 0;
 
 	memset(ret, 0, sizeof(*ret));
 	for (size_t i = 0; i < kr->n; i++)
 		if (strcmp(kr->issuers[i].conf->name, issuer) == 0)
 			return -EBUSY;
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	r = keyring_refresh(kr, now);
 	if (r == 0)
 		r = purge_locked(kr, issuer, operator_uid, ret);
 	if (r == 0)
 		r = keyring_refresh(kr, now);
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 	return r;
 }
 

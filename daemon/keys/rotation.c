@@ -11,9 +11,9 @@
 #include <time.h>
 
 #include "audit.h"
+#include "clock.h"
 #include "custody.h"
 #include "log.h"
-#include "scheduler.h"
 
 #define RETRY_MAX 60 /* seconds between attempts to generate a key, at most */
 
@@ -78,7 +78,7 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	int r;
 
 	memset(ret, 0, sizeof(*ret));
-	keyring_key_label(ic->name, label);
+	custody_key_label(ic->name, label);
 	ret->iss = strdup(ic->iss);
 	if (!ret->iss)
 		return -ENOMEM;
@@ -94,7 +94,7 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	 * within the next second. Counting prepublish from the whole second after that keeps a
 	 * late key from signing a fraction of a second early. */
 	/* A key active at once is recorded as made when it starts: the pass's own clock. */
-	ret->created_at = at_once ? activates_at : scheduler_now() + 1;
+	ret->created_at = at_once ? activates_at : clock_now() + 1;
 	if (!at_once && activates_at < schedule_add(ret->created_at, (int64_t)ic->prepublish))
 		activates_at = schedule_add(ret->created_at, (int64_t)ic->prepublish);
 	ret->activates_at = activates_at;
@@ -103,14 +103,15 @@ static int key_create(struct keyring *kr, const struct issuer_conf *ic, int64_t 
 	if (r == 0)
 		r = record_store(kr, ic->name, ret);
 	if (r < 0) {
+		/* Not logged here: the caller decides (the scheduler retries and logs the issuer's
+		 * problem, an operator's request answers with it), and this text is the reason. */
 		char why[192];
 		snprintf(why, sizeof(why), "%s", hsm_last_error());
 		hsmc_destroy_key(kr->hsm, &ret->hk, label);
-		log_error("issuer %s: a new key could not be recorded and was destroyed: %s",
-		          ic->name, why);
 		free(ret->iss);
 		custody_rec_clear(&ret->rec);
-		return r;
+		return hsm_fail_text(r, "a new key could not be recorded and was destroyed: %s",
+		                     why);
 	}
 	audit_key(AUDIT_GENERATED, ic->name, ret->kid, -1);
 	free(ret->iss);
@@ -150,10 +151,10 @@ static int key_destroy(struct keyring *kr, const struct issuer_conf *ic, const s
 	char label[RECORD_LABEL_SIZE];
 	int r = 0;
 
-	keyring_key_label(ic->name, label);
+	custody_key_label(ic->name, label);
 	if (!k->usable)
 		r = hsm_fail_text(-EPERM, "the key is quarantined");
-	else if (expiry && (k->st.state != KEY_EXPIRED || k->st.destroy_after > scheduler_now()))
+	else if (expiry && (k->st.state != KEY_EXPIRED || k->st.destroy_after > clock_now()))
 		r = hsm_fail_text(-EPERM, "it may still verify a live token");
 	if (r == 0)
 		r = hsmc_destroy_record(kr->hsm, &k->rec);
@@ -326,7 +327,7 @@ static void sweep_halfmade(struct keyring *kr, int64_t now)
 		char label[RECORD_LABEL_SIZE];
 		int64_t first = halfmade_since(kr, hm->hk.id, now);
 
-		keyring_key_label(kr->issuers[hm->issuer].conf->name, label);
+		custody_key_label(kr->issuers[hm->issuer].conf->name, label);
 		if (v->halfmade_ok && now - first >= HALFMADE_AGE &&
 		    hsmc_destroy_key(kr->hsm, &hm->hk, label) == 0) {
 			log_notice("issuer %s: destroyed a half-made key pair without a record",
@@ -367,7 +368,7 @@ static void sweep_damaged(struct keyring *kr, bool *changed)
 				memcpy(seen[n_seen++], d->hk.id, HSM_ID_LEN);
 			continue;
 		}
-		keyring_key_label(name, label);
+		custody_key_label(name, label);
 		if (hsmc_destroy_record(kr->hsm, &d->rec) < 0 ||
 		    hsmc_destroy_key(kr->hsm, &d->hk, label) < 0) {
 			log_error("issuer %s: cannot remove pending key %s, whose key pair is "
@@ -386,21 +387,26 @@ static void sweep_damaged(struct keyring *kr, bool *changed)
 	kr->n_suspects = seen ? n_seen : 0;
 }
 
-static int64_t issuer_next(const struct issuer_keys *ik, const struct keyset *set)
+/* When the issuer's keys next change (schedule_next_change()); in a second when out of memory. */
+static int64_t issuer_next(const struct issuer_keys *ik, const struct keyset *set, int64_t now)
 {
-	int64_t next = INT64_MAX;
+	struct schedule_key *sk = calloc(set->n ? set->n : 1, sizeof(*sk));
+	struct schedule_state *st = calloc(set->n ? set->n : 1, sizeof(*st));
+	int64_t next = now + 1;
 
-	for (size_t j = 0; j < set->n; j++) {
-		const struct key *k = &set->keys[j];
-		if (k->st.state == KEY_PENDING)
-			next = min64(next, k->activates_at);
-		else if (k->st.state == KEY_RETIRED)
-			next = min64(next, k->st.destroy_after);
+	if (sk && st) {
+		for (size_t j = 0; j < set->n; j++) {
+			const struct key *k = &set->keys[j];
+			sk[j] = (struct schedule_key){k->kid, k->activates_at, k->retires_at,
+			                              k->max_token_ttl};
+			st[j] = k->st;
+		}
+		next = schedule_next_change(sk, st, set->n,
+		                            set->active ? set->active_until : INT64_MAX,
+		                            ik->problem[0] ? ik->retry_at : INT64_MAX);
 	}
-	if (set->active)
-		next = min64(next, set->active_until);
-	if (ik->problem[0])
-		next = min64(next, ik->retry_at);
+	free(sk);
+	free(st);
 	return next;
 }
 
@@ -453,7 +459,7 @@ static int maintain_locked(struct keyring *kr, int64_t now, int64_t *ret_next)
 	for (size_t i = 0; i < kr->n; i++) {
 		struct keyset *set = keyring_acquire(kr, i);
 		if (set)
-			next = min64(next, issuer_next(&kr->issuers[i], set));
+			next = min64(next, issuer_next(&kr->issuers[i], set, now));
 		keyset_release(set);
 	}
 	*ret_next = next;
@@ -476,19 +482,19 @@ int rotation_maintain(struct keyring *kr, int64_t now, int64_t *ret_next)
 {
 	int r;
 
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	/* Under the lock, so that no write of ours comes between the touch and the reading. */
 	resync_locked(kr);
 	r = maintain_locked(kr, now, ret_next);
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 	return r;
 }
 
 void rotation_resync(struct keyring *kr)
 {
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	resync_locked(kr);
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 }
 
 /* ---- operator actions ---- */
@@ -575,10 +581,10 @@ static int rotate_locked(struct keyring *kr, size_t i, bool now_flag, int64_t no
 int rotation_rotate(struct keyring *kr, size_t i, bool now_flag, int64_t operator_uid,
                     struct rotate_result *ret)
 {
-	int64_t now = scheduler_now(), next;
+	int64_t now = clock_now(), next;
 	int r;
 
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	r = keyring_refresh(kr, now);
 	if (r == 0)
 		r = rotate_locked(kr, i, now_flag, now, ret);
@@ -587,7 +593,7 @@ int rotation_rotate(struct keyring *kr, size_t i, bool now_flag, int64_t operato
 		          operator_uid);
 		r = maintain_locked(kr, now, &next);
 	}
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 	return r;
 }
 
@@ -647,10 +653,10 @@ static void current_kids(struct keyring *kr, size_t i, struct revoke_result *ret
 int rotation_revoke(struct keyring *kr, size_t i, const char *kid, int64_t operator_uid,
                     struct revoke_result *ret)
 {
-	int64_t now = scheduler_now(), next;
+	int64_t now = clock_now(), next;
 	int r;
 
-	pthread_mutex_lock(&kr->mutate);
+	keyring_lock(kr);
 	r = keyring_refresh(kr, now);
 	if (r == 0)
 		r = revoke_locked(kr, i, kid, now, ret);
@@ -659,6 +665,6 @@ int rotation_revoke(struct keyring *kr, size_t i, const char *kid, int64_t opera
 		r = maintain_locked(kr, now, &next);
 		current_kids(kr, i, ret);
 	}
-	pthread_mutex_unlock(&kr->mutate);
+	keyring_unlock(kr);
 	return r;
 }

@@ -1,5 +1,5 @@
 /* Changes to the token that move keys through their lifecycle: generate, reschedule, destroy.
- * Every function here takes the keyring's mutate lock, so the scheduler and operators never
+ * Every function here takes the keyring (keyring_lock()), so the scheduler and operators never
  * change the token at the same time (other instances may; see docs/design.md). */
 #pragma once
 #include <stdbool.h>
@@ -7,10 +7,10 @@
 
 #include "keyring.h"
 
-/* Reads the token, then brings every issuer to the shape SPEC §6 demands: expired keys
- * destroyed, exactly one pending key (generated when missing; at first start the first key is
- * active at once), stale records and abandoned half-made keys removed. *ret_next is the next
- * instant at which something changes. */
+/* Reads the token, then brings every issuer to the shape docs/design.md ("The lifecycle")
+ * demands: expired keys destroyed, exactly one pending key (generated when missing; at first
+ * start the first key is active at once), stale records and abandoned half-made keys removed.
+ * *ret_next is the next instant at which something changes. */
 int rotation_maintain(struct keyring *kr, int64_t now, int64_t *ret_next);
 
 /* hsmc_resync() under the lock, as rotation_maintain() does first: at the end of a start or a

@@ -89,17 +89,15 @@ int schedule_derive(const struct schedule_timing *t, const struct schedule_key *
 	return active;
 }
 
-int64_t schedule_next_change(const struct schedule_timing *t, const struct schedule_key *keys,
-                             size_t n, const struct schedule_state *st, int64_t now)
+int64_t schedule_next_change(const struct schedule_key *keys, const struct schedule_state *st,
+                             size_t n, int64_t active_until, int64_t retry_at)
 {
-	int64_t next = INT64_MAX;
+	int64_t next = min64(active_until, retry_at);
 
 	for (size_t i = 0; i < n; i++) {
 		if (st[i].state == KEY_PENDING)
 			next = min64(next, keys[i].activates_at);
-		if (st[i].state == KEY_ACTIVE)
-			next = min64(next, schedule_add(keys[i].retires_at, t->prepublish));
-		if (st[i].state != KEY_EXPIRED && st[i].destroy_after > now)
+		else if (st[i].state == KEY_RETIRED)
 			next = min64(next, st[i].destroy_after);
 	}
 	return next;

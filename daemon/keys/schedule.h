@@ -1,4 +1,5 @@
-/* The key lifecycle of SPEC §6 as pure arithmetic on times: states, handovers, next instants. */
+/* The key lifecycle of docs/design.md ("The lifecycle") as pure arithmetic on times: states,
+ * handovers, next instants. */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -38,9 +39,13 @@ struct schedule_state {
 int schedule_derive(const struct schedule_timing *t, const struct schedule_key *keys, size_t n,
                     int64_t now, struct schedule_state *out);
 
-/* The first instant after now at which schedule_derive() gives another answer, or INT64_MAX. */
-int64_t schedule_next_change(const struct schedule_timing *t, const struct schedule_key *keys,
-                             size_t n, const struct schedule_state *st, int64_t now);
+/* The next instant at which an issuer's keys change by themselves, when the scheduler wakes: a
+ * pending key starts, a retired key may be destroyed, the active key's time is up (active_until,
+ * which a pending key's start cuts short; INT64_MAX without an active key), a failed generation
+ * is retried (retry_at; INT64_MAX when none failed). keys and st: every key, withdrawn ones too,
+ * with its derived state. INT64_MAX: never. */
+int64_t schedule_next_change(const struct schedule_key *keys, const struct schedule_state *st,
+                             size_t n, int64_t active_until, int64_t retry_at);
 
 /* When a pending key made now should start signing: at the active key's scheduled retirement,
  * but never before it has been published for prepublish. active_retires_at < 0: no active key. */

@@ -5,10 +5,9 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
-#include "log.h"
+#include "clock.h"
 #include "rotation.h"
 
 struct scheduler {
@@ -28,14 +27,6 @@ int64_t scheduler_rescan_interval(const struct conf *conf)
 		if ((int64_t)conf->issuers[i].prepublish / 2 < r)
 			r = (int64_t)conf->issuers[i].prepublish / 2;
 	return r < 1 ? 1 : r;
-}
-
-int64_t scheduler_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec;
 }
 
 static int64_t now_ms(clockid_t clock)
@@ -77,7 +68,7 @@ static void *run(void *arg)
 	unsigned failures = 0;
 
 	while (!stopping(s)) {
-		int64_t now = scheduler_now(), next = INT64_MAX;
+		int64_t now = clock_now(), next = INT64_MAX;
 		int r = rotation_maintain(s->kr, now, &next);
 
 		if (r < 0) {
@@ -90,9 +81,8 @@ static void *run(void *arg)
 		}
 		if (next > now + s->rescan)
 			next = now + s->rescan;
-		if (r < 0)
-			log_error("key maintenance failed (%s); retrying in %llds", strerror(-r),
-			          (long long)(next - now));
+		/* Not logged here: the keyring logged the failure, once per episode, and a line
+		 * at every retry would repeat it every few seconds while the token is away. */
 		sleep_until(s, next);
 	}
 	return NULL;

@@ -16,10 +16,5 @@ void scheduler_poke(struct scheduler *s);
 
 void scheduler_stop(struct scheduler *s);
 
-/* The current wall-clock second, read from the precise clock. time() reads the kernel's coarse
- * clock, which a few milliseconds into a second may still say the one before: a scheduler woken
- * for second S would then see S - 1, and an operator's "now" could land a second in the past. */
-int64_t scheduler_now(void);
-
 /* The rescan interval for a configuration: half the shortest prepublish, within 1 to 30 s. */
 int64_t scheduler_rescan_interval(const struct conf *conf);

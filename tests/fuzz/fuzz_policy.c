@@ -1,5 +1,5 @@
 /* libFuzzer harness for daemon/policy.c: any request body is refused with a documented 400 code
- * or becomes a payload that keeps every rule of SPEC §4. Never crashes or leaks. */
+ * or becomes a payload that keeps every rule of docs/api.md. Never crashes or leaks. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,31 +16,31 @@ static char *types[] = {(char *)"JWT", (char *)"at+jwt"};
 static char *auds[] = {(char *)"api://orders", (char *)"api://billing"};
 static struct allow_rule anyone = {ALLOW_ANY, 0};
 static const struct issuer_conf ic = {
-	.name = (char *)"main",
-	.iss = (char *)"https://login.example.com/main",
-	.alg = JWS_ES256,
-	.rotation_period = 30 * 86400,
-	.prepublish = 86400,
-	.token_ttl = 900,
-	.max_token_ttl = 3600,
-	.audiences = auds,
-	.n_audiences = 2,
-	.token_types = types,
-	.n_token_types = 2,
-	.allow = &anyone,
-	.n_allow = 1,
+    .name = (char *)"main",
+    .iss = (char *)"https://login.example.com/main",
+    .alg = JWS_ES256,
+    .rotation_period = 30 * 86400,
+    .prepublish = 86400,
+    .token_ttl = 900,
+    .max_token_ttl = 3600,
+    .audiences = auds,
+    .n_audiences = 2,
+    .token_types = types,
+    .n_token_types = 2,
+    .allow = &anyone,
+    .n_allow = 1,
 };
-static const uint8_t jti_random[POLICY_JTI_BYTES] = {1, 2, 3, 4, 5, 6, 7, 8,
-						     9, 10, 11, 12, 13, 14, 15, 16};
+static const uint8_t jti_random[POLICY_JTI_BYTES] = {1, 2,  3,  4,  5,  6,  7,  8,
+                                                     9, 10, 11, 12, 13, 14, 15, 16};
 
 /* The 400 codes of docs/api.md. */
 static const char *const codes[] = {
-	"invalid_utf8",   "duplicate_member", "too_deep",       "invalid_json",
-	"body_not_object", "header_parameter", "unknown_member", "claims_missing",
-	"claims_not_object", "typ_invalid",    "typ_not_allowed", "iss_mismatch",
-	"iat_forbidden",  "aud_missing",      "aud_invalid",    "aud_not_allowed",
-	"exp_invalid",    "exp_in_past",      "exp_too_far",    "nbf_invalid",
-	"nbf_after_exp",  "jti_invalid",
+    "invalid_utf8",      "duplicate_member", "too_deep",        "invalid_json",
+    "body_not_object",   "header_parameter", "unknown_member",  "claims_missing",
+    "claims_not_object", "typ_invalid",      "typ_not_allowed", "iss_mismatch",
+    "iat_forbidden",     "aud_missing",      "aud_invalid",     "aud_not_allowed",
+    "exp_invalid",       "exp_in_past",      "exp_too_far",     "nbf_invalid",
+    "nbf_after_exp",     "jti_invalid",
 };
 
 static void check_refusal(const struct policy_error *err)
@@ -64,8 +64,9 @@ static bool aud_allowed(json_t *aud)
 		return issuer_aud_allowed(&ic, json_string_value(aud));
 	if (!json_is_array(aud) || json_array_size(aud) == 0)
 		return false;
-	json_array_foreach(aud, i, v) if (!json_is_string(v) ||
-					  !issuer_aud_allowed(&ic, json_string_value(v))) return false;
+	json_array_foreach(aud, i,
+	                   v) if (!json_is_string(v) ||
+	                          !issuer_aud_allowed(&ic, json_string_value(v))) return false;
 	return true;
 }
 

@@ -17,7 +17,8 @@
  * LOGOUT (log the token out for real, then return CKR_USER_NOT_LOGGED_IN); or CORRUPT (call the
  * real function, then flip one bit of its output); or HIDE (the token seems not to have the
  * mechanism: C_GetMechanismList leaves it out, C_GetMechanismInfo answers
- * CKR_MECHANISM_INVALID). COUNT is how many calls to hit, or '*' for all of them; a finite count
+ * CKR_MECHANISM_INVALID); or SLEEP=MS (wait MS milliseconds, at most 60000, then make the real
+ * call: a slow token). COUNT is how many calls to hit, or '*' for all of them; a finite count
  * is decremented and the file rewritten atomically (temp file + rename), under an flock() of
  * FAULTS.lock, so that processes sharing the file share its counts exactly. The first line of
  * FUNCTION with a count left wins. See README.md. */
@@ -32,6 +33,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
@@ -244,7 +246,10 @@ static void log_call(const char *fn, CK_RV rv)
 
 /* ---- the fault file ---- */
 
-enum action { ACT_NONE, ACT_RV, ACT_LOGOUT, ACT_CORRUPT, ACT_HIDE };
+enum action { ACT_NONE, ACT_RV, ACT_LOGOUT, ACT_CORRUPT, ACT_HIDE, ACT_SLEEP };
+
+/* SLEEP=MS: at most a minute, so that a mistyped line cannot hang a test for good. */
+#define SLEEP_MAX_MS 60000L
 
 /* Which lines a call can match: FUNCTION alone, FUNCTION:MECHANISM of the call's mechanism. */
 enum match {
@@ -266,6 +271,7 @@ struct call {
 struct fault {
 	enum action action;
 	CK_RV rv;
+	long sleep_ms; /* ACT_SLEEP */
 };
 
 static char *slurp(const char *path, size_t *ret_len)
@@ -379,6 +385,21 @@ static size_t word(const char *p, const char *end, const char **ret)
 	return (size_t)(p - s);
 }
 
+/* The MS of "SLEEP=MS": 0 to SLEEP_MAX_MS, or -1. */
+static long sleep_parse(const char *w, size_t len)
+{
+	long ms = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		if (w[i] < '0' || w[i] > '9')
+			return -1;
+		ms = ms * 10 + (w[i] - '0');
+		if (ms > SLEEP_MAX_MS)
+			return -1;
+	}
+	return ms;
+}
+
 /* One reading of the fault file for this call. A CORRUPT line is skipped, not consumed, for a
  * call that has no output to flip (a length query); so is a HIDE line for a call it means nothing
  * to. With rewrite, a finite count that applies is used up (unless c->peek); without, such a
@@ -388,7 +409,7 @@ static size_t word(const char *p, const char *end, const char **ret)
 static struct fault fault_scan(const struct call *c, const char *path, bool rewrite_counts,
                                bool *ret_rewrite)
 {
-	struct fault f = {ACT_NONE, CKR_OK};
+	struct fault f = {ACT_NONE, CKR_OK, 0};
 	char *text, *p, *end;
 	size_t len = 0, fnlen = strlen(c->fn);
 	int lineno = 0;
@@ -401,7 +422,7 @@ static struct fault fault_scan(const struct call *c, const char *path, bool rewr
 		char *eol = memchr(p, '\n', (size_t)(end - p));
 		const char *w1, *w2, *w3, *w4, *q, *colon;
 		size_t l1, l2, l3, l4, name_len;
-		struct fault cand = {ACT_NONE, CKR_OK};
+		struct fault cand = {ACT_NONE, CKR_OK, 0};
 		long count = -1;
 		bool forever = false;
 
@@ -441,6 +462,9 @@ static struct fault fault_scan(const struct call *c, const char *path, bool rewr
 			cand.action = ACT_CORRUPT;
 		else if (l2 == 4 && memcmp(w2, "HIDE", 4) == 0)
 			cand.action = ACT_HIDE;
+		else if (l2 > 6 && memcmp(w2, "SLEEP=", 6) == 0 &&
+		         (cand.sleep_ms = sleep_parse(w2 + 6, l2 - 6)) >= 0)
+			cand.action = ACT_SLEEP;
 		else if (rv_parse(w2, l2, &cand.rv))
 			cand.action = ACT_RV;
 		else {
@@ -501,7 +525,7 @@ static struct fault fault_scan(const struct call *c, const char *path, bool rewr
 /* The fault for this call, consuming one count (unless c->peek). */
 static struct fault fault_take_call(const struct call *c)
 {
-	struct fault f = {ACT_NONE, CKR_OK};
+	struct fault f = {ACT_NONE, CKR_OK, 0};
 	const char *path = getenv("P11SHIM_FAULTS");
 	bool rewrite = false;
 
@@ -597,6 +621,11 @@ static bool pre(const struct fault *f, CK_SESSION_HANDLE s, bool has_session, CK
 	case ACT_HIDE: /* C_GetMechanismInfo; C_GetMechanismList handles HIDE itself */
 		*rv = CKR_MECHANISM_INVALID;
 		return true;
+	case ACT_SLEEP: /* a slow token: the call is made, late (outside the fault file's lock) */
+		nanosleep(&(struct timespec){.tv_sec = f->sleep_ms / 1000,
+		                             .tv_nsec = f->sleep_ms % 1000 * 1000000L},
+		          NULL);
+		break;
 	case ACT_CORRUPT:
 	case ACT_NONE:
 		break;

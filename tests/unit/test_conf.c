@@ -1,5 +1,5 @@
-/* Unit tests of lib/conf.c (SPEC §3): typed values and defaults of a valid file, then one case per
- * configuration error, each named by file, line and reason. */
+/* Unit tests of lib/conf.c (tokensignd.conf(5)): typed values and defaults of a valid file, then
+ * one case per configuration error, each named by file, line and reason. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -317,13 +317,14 @@ static void test_full(void)
 	CHECK(conf_find_issuer(c, "MAIN", 4) == NULL);
 	CHECK(conf_find_issuer(c, "", 0) == NULL);
 
-	CHECK(issuer_typ_allowed(m, "JWT"));
-	CHECK(!issuer_typ_allowed(m, "at+jwt"));
-	CHECK(!issuer_typ_allowed(m, "jwt"));
-	CHECK(issuer_typ_allowed(s, "at+jwt"));
-	CHECK(issuer_typ_allowed(s, "JWT"));
-	CHECK(!issuer_typ_allowed(s, "AT+JWT"));
-	CHECK(!issuer_typ_allowed(s, ""));
+	/* The issuer's own copy, which a signing request keeps (policy.c). */
+	CHECK(issuer_typ_find(m, "JWT") == m->token_types[0]);
+	CHECK(issuer_typ_find(m, "at+jwt") == NULL);
+	CHECK(issuer_typ_find(m, "jwt") == NULL);
+	CHECK(issuer_typ_find(s, "at+jwt") == s->token_types[0]);
+	CHECK(issuer_typ_find(s, "JWT") == s->token_types[1]);
+	CHECK(issuer_typ_find(s, "AT+JWT") == NULL);
+	CHECK(issuer_typ_find(s, "") == NULL);
 
 	CHECK(issuer_aud_allowed(m, "anything"));
 	CHECK(issuer_aud_allowed(s, "api://orders"));
@@ -336,7 +337,6 @@ out:
 	conf_free(c);
 }
 
-/* The example of SPEC §3, with its comments, using names that exist on any system. */
 static void test_connection_caps(void)
 {
 	char *text = base_with(L_SIGN_FREE, "max-connections = 300");
@@ -365,6 +365,8 @@ static void test_connection_caps(void)
 	free(text);
 }
 
+/* A commented configuration in the shape of tokensignd.conf(5), EXAMPLE, and
+ * config/tokensignd.conf (a comment after each value), using names that exist on any system. */
 static void test_spec_example(void)
 {
 	static const char spec[] =
@@ -670,8 +672,8 @@ static void test_errors_values(void)
 	EXPECT(L_END, "algorithm = es256", L_END, "algorithm", 1);
 	EXPECT(L_END, "algorithm = none", L_END, "algorithm", 1);
 	{
-		/* Every JOSE algorithm of SPEC §3; RSA gets 2048 bits and the self-check by
-		 * default. */
+		/* Every JOSE algorithm of tokensignd.conf(5) (algorithm); RSA gets 2048 bits and
+		 * the self-check by default. */
 		static const struct {
 			const char *name;
 			enum jws_alg alg;

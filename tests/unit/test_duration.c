@@ -1,4 +1,5 @@
-/* Unit tests of lib/duration.c: the units of SPEC §3, strict rejection, the 10-year cap, format. */
+/* Unit tests of lib/duration.c: the units of tokensignd.conf(5) (SYNTAX), strict rejection, the
+ * 10-year cap, format. */
 #include <errno.h>
 
 #include "duration.h"
@@ -46,9 +47,9 @@ static void test_parse(void)
 static void test_rejects(void)
 {
 	static const char *const bad[] = {
-		"",   "10",  "m",   "10x",  "-5m", "0s",  " 5m", "5 m", "1.5h", "5m ",  "+5m",
-		"5M", "5S",  "1hm", "h1",   "5ms", "5mi", "5mins", "1y", "0m0s", "5m-", "0x10s",
-		"1h 30m", "\t5m", "5\xc2\xb5s",
+	    "",    "10",   "m",   "10x",   "-5m",    "0s",   " 5m",        "5 m", "1.5h",
+	    "5m ", "+5m",  "5M",  "5S",    "1hm",    "h1",   "5ms",        "5mi", "5mins",
+	    "1y",  "0m0s", "5m-", "0x10s", "1h 30m", "\t5m", "5\xc2\xb5s",
 	};
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
@@ -68,7 +69,7 @@ static void test_range(void)
 	check_fails("316224001s", -ERANGE);
 	check_fails("3661d", -ERANGE);
 	check_fails("523w", -ERANGE);
-	check_fails("3660d1s", -ERANGE); /* the sum counts, not each term */
+	check_fails("3660d1s", -ERANGE);                   /* the sum counts, not each term */
 	check_fails("100000000000000000000000s", -ERANGE); /* would overflow uint64 */
 	check_fails("18446744073709551617s", -ERANGE);
 	check_fails("999999999999w", -ERANGE);

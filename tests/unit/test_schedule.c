@@ -1,4 +1,7 @@
-/* Unit tests of daemon/schedule.c: the lifecycle arithmetic of SPEC §6. */
+/* Unit tests of daemon/keys/schedule.c: the lifecycle arithmetic of docs/design.md ("The
+ * lifecycle"). */
+#include <stdbool.h>
+
 #include "schedule.h"
 #include "unit.h"
 
@@ -89,18 +92,67 @@ static void test_ttl_kept_from_record(void)
 	CHECK_INT(st[1].destroy_after, 1200 + 5 + SCHEDULE_SKEW);
 }
 
+/* The scheduler's next instant as rotation.c asks for it: active_until as the keyset has it (the
+ * active key's period and grace, cut short by the first pending key's start). */
+static int64_t next_change(const struct schedule_timing *t, const struct schedule_key *k, size_t n,
+                           const struct schedule_state *st, int64_t retry_at)
+{
+	int64_t active_until = INT64_MAX;
+	bool active = false;
+
+	for (size_t i = 0; i < n; i++)
+		if (st[i].state == KEY_ACTIVE) {
+			active_until = schedule_add(k[i].retires_at, t->prepublish);
+			active = true;
+		}
+	for (size_t i = 0; active && i < n; i++)
+		if (st[i].state == KEY_PENDING) {
+			if (k[i].activates_at < active_until)
+				active_until = k[i].activates_at;
+			break;
+		}
+	return schedule_next_change(k, st, n, active_until, retry_at);
+}
+
 static void test_next_change(void)
 {
 	struct schedule_key k[] = {{"a", 1000, 1100, 5}, {"b", 1100, 1200, 5}};
 	struct schedule_state st[2];
 
+	/* The pending key's start. */
 	derive(k, 2, 1050, st);
-	CHECK_INT(schedule_next_change(&T, k, 2, st, 1050), 1100);
+	CHECK_INT(next_change(&T, k, 2, st, INT64_MAX), 1100);
+	CHECK_INT(schedule_next_change(k, st, 2, INT64_MAX, INT64_MAX), 1100);
+	/* The retired key's destruction, before the active key's time is up. */
 	derive(k, 2, 1100, st);
-	CHECK_INT(schedule_next_change(&T, k, 2, st, 1100), 1100 + 5 + SCHEDULE_SKEW);
-	derive(k, 1, 1100, st); /* a alone, past its period: its grace ends next */
-	CHECK_INT(schedule_next_change(&T, k, 1, st, 1100), 1110);
-	CHECK(schedule_next_change(&T, k, 0, st, 1100) == INT64_MAX);
+	CHECK_INT(next_change(&T, k, 2, st, INT64_MAX), 1100 + 5 + SCHEDULE_SKEW);
+	/* a alone, past its period: its grace ends next. */
+	derive(k, 1, 1100, st);
+	CHECK_INT(next_change(&T, k, 1, st, INT64_MAX), 1110);
+	CHECK_INT(schedule_next_change(k, st, 1, 1110, INT64_MAX), 1110);
+	/* The active key's own destroy_after is no reason to wake: its time ends first. */
+	CHECK(schedule_next_change(k, st, 1, INT64_MAX, INT64_MAX) == INT64_MAX);
+	/* A failed generation's retry comes first when it is sooner, and only then. */
+	CHECK_INT(schedule_next_change(k, st, 1, 1110, 1103), 1103);
+	CHECK_INT(schedule_next_change(k, st, 1, 1110, 1200), 1110);
+	CHECK(schedule_next_change(k, st, 0, INT64_MAX, INT64_MAX) == INT64_MAX);
+	CHECK_INT(schedule_next_change(k, st, 0, INT64_MAX, 1103), 1103);
+	/* Expired keys are gone already: nothing to wait for. */
+	derive(k, 2, 5000, st);
+	CHECK_INT(st[0].state, KEY_EXPIRED);
+	CHECK_INT(st[1].state, KEY_EXPIRED);
+	CHECK(next_change(&T, k, 2, st, INT64_MAX) == INT64_MAX);
+}
+
+/* A withdrawn key (a pending key set aside by a configuration change) is retired outside the
+ * handovers: its destruction is a wake-up too, and it never starts. */
+static void test_next_change_withdrawn(void)
+{
+	struct schedule_key k[] = {{"a", 1000, 1100, 5}, {"w", 1100, 1200, 5}};
+	struct schedule_state st[2] = {{KEY_ACTIVE, 1100, 1165}, {KEY_RETIRED, 1050, 1115}};
+
+	CHECK_INT(schedule_next_change(k, st, 2, 1110, INT64_MAX), 1110);
+	CHECK_INT(schedule_next_change(k, st, 2, INT64_MAX, INT64_MAX), 1115);
 }
 
 static void test_pending_start(void)
@@ -149,17 +201,17 @@ static void test_extreme_retirement(void)
 	CHECK_INT(derive(k, 1, 1000, st), 0);
 	CHECK(st[0].retired_at == INT64_MAX);
 	CHECK(st[0].destroy_after == INT64_MAX);
-	CHECK(schedule_next_change(&T, k, 1, st, 1000) == INT64_MAX);
+	CHECK(next_change(&T, k, 1, st, INT64_MAX) == INT64_MAX);
 	CHECK_INT(derive(k, 1, INT64_MAX - 1, st), 0);
-	CHECK(schedule_next_change(&T, k, 1, st, INT64_MAX - 1) == INT64_MAX);
+	CHECK(next_change(&T, k, 1, st, INT64_MAX) == INT64_MAX);
 	/* Retired near the end of time: its destruction is saturated to "never". */
 	CHECK_INT(derive(late, 1, INT64_MAX - 11, st), 0);
-	CHECK(schedule_next_change(&T, late, 1, st, INT64_MAX - 11) == INT64_MAX - 10);
+	CHECK(next_change(&T, late, 1, st, INT64_MAX) == INT64_MAX - 10);
 	CHECK_INT(derive(late, 1, INT64_MAX - 5, st), -1);
 	CHECK_INT(st[0].state, KEY_RETIRED);
 	CHECK(st[0].retired_at == INT64_MAX - 10);
 	CHECK(st[0].destroy_after == INT64_MAX);
-	CHECK(schedule_next_change(&T, late, 1, st, INT64_MAX - 5) == INT64_MAX);
+	CHECK(next_change(&T, late, 1, st, INT64_MAX) == INT64_MAX);
 	/* The last instant itself: nothing signs. */
 	CHECK_INT(derive(k, 1, INT64_MAX, st), -1);
 }
@@ -176,15 +228,15 @@ static void test_extreme_activation(void)
 	CHECK_INT(st[1].state, KEY_PENDING);
 	CHECK(st[1].retired_at == INT64_MAX);
 	CHECK(st[1].destroy_after == INT64_MAX);
-	CHECK_INT(schedule_next_change(&T, k, 2, st, 1050), 1110);
+	CHECK_INT(next_change(&T, k, 2, st, INT64_MAX), 1110);
 	CHECK_INT(derive(k, 2, 1110, st), -1);
 	CHECK_INT(st[0].retired_at, 1110);
 	CHECK_INT(st[1].state, KEY_PENDING);
-	CHECK_INT(schedule_next_change(&T, k, 2, st, 1110), 1110 + 5 + SCHEDULE_SKEW);
+	CHECK_INT(next_change(&T, k, 2, st, INT64_MAX), 1110 + 5 + SCHEDULE_SKEW);
 	CHECK_INT(derive(k, 2, INT64_MAX - 1, st), -1);
 	CHECK_INT(st[0].state, KEY_EXPIRED);
 	CHECK_INT(st[1].state, KEY_PENDING);
-	CHECK(schedule_next_change(&T, k, 2, st, INT64_MAX - 1) == INT64_MAX);
+	CHECK(next_change(&T, k, 2, st, INT64_MAX) == INT64_MAX);
 	CHECK_INT(derive(k, 2, INT64_MAX, st), -1); /* no time left to sign in */
 
 	/* Everything at INT64_MIN: long over, destroyable; the tie's loser never signed. */
@@ -194,10 +246,10 @@ static void test_extreme_activation(void)
 	CHECK(st[0].destroy_after == INT64_MIN + 10 + 5 + SCHEDULE_SKEW);
 	CHECK_INT(st[1].state, KEY_EXPIRED);
 	CHECK(st[1].retired_at == INT64_MIN);
-	CHECK(schedule_next_change(&T, neg, 2, st, 0) == INT64_MAX);
+	CHECK(next_change(&T, neg, 2, st, INT64_MAX) == INT64_MAX);
 	CHECK_INT(derive(neg, 2, INT64_MIN, st), 0);
 	CHECK_INT(st[1].state, KEY_RETIRED);
-	CHECK(schedule_next_change(&T, neg, 2, st, INT64_MIN) == INT64_MIN + 10);
+	CHECK(next_change(&T, neg, 2, st, INT64_MAX) == INT64_MIN + 10);
 }
 
 /* Negative times before the epoch are arithmetic like any other. */
@@ -207,7 +259,7 @@ static void test_negative_times(void)
 	struct schedule_state st[2];
 
 	CHECK_INT(derive(k, 2, -950, st), 0);
-	CHECK_INT(schedule_next_change(&T, k, 2, st, -950), -900);
+	CHECK_INT(next_change(&T, k, 2, st, INT64_MAX), -900);
 	CHECK_INT(derive(k, 2, -900, st), 1);
 	CHECK_INT(st[0].retired_at, -900);
 	CHECK_INT(st[0].destroy_after, -900 + 5 + SCHEDULE_SKEW);
@@ -229,7 +281,7 @@ static void test_extreme_ttl(void)
 	CHECK_INT(st[0].retired_at, 1100);
 	CHECK(st[0].destroy_after == INT64_MAX);
 	CHECK(st[1].destroy_after == INT64_MAX);
-	CHECK(schedule_next_change(&T, k, 2, st, INT64_MAX - 1) == INT64_MAX);
+	CHECK(next_change(&T, k, 2, st, INT64_MAX) == INT64_MAX);
 }
 
 /* Timing at the ends of int64 as well: the handover never wraps into the past. */
@@ -242,7 +294,7 @@ static void test_extreme_timing(void)
 	CHECK_INT(schedule_derive(&big, k, 1, 1000000, st), 0);
 	CHECK(st[0].retired_at == 1100);
 	CHECK(st[0].destroy_after == INT64_MAX);
-	CHECK(schedule_next_change(&big, k, 1, st, 1000000) == INT64_MAX);
+	CHECK(next_change(&big, k, 1, st, INT64_MAX) == INT64_MAX);
 	CHECK(schedule_pending_start(&big, -1, 1000) == INT64_MAX);
 	CHECK(schedule_pending_start(&T, INT64_MAX, 1000) == INT64_MAX);
 	CHECK(schedule_pending_start(&T, -1, INT64_MAX - 5) == INT64_MAX);
@@ -258,6 +310,7 @@ int main(void)
 	test_tie();
 	test_ttl_kept_from_record();
 	test_next_change();
+	test_next_change_withdrawn();
 	test_pending_start();
 	test_order();
 	test_add();
