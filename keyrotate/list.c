@@ -65,8 +65,7 @@ static int keys_pick(const json_t *answer, json_t **ret)
 		fprintf(stderr, "keyrotate: the daemon's answer has no \"keys\" array\n");
 		return -EBADMSG;
 	}
-	json_array_foreach(keys, i, key)
-	{
+	json_array_foreach (keys, i, key) {
 		if (json_array_append_new(out, key_pick(key)) < 0) {
 			fprintf(stderr,
 			        "keyrotate: key %zu of the daemon's answer lacks a member\n", i);
@@ -105,8 +104,7 @@ const json_t *keys_find(const json_t *keys, const char *member, const char *valu
 	const json_t *key;
 	size_t i;
 
-	json_array_foreach(keys, i, key)
-	{
+	json_array_foreach (keys, i, key) {
 		const char *s = json_string_value(json_object_get(key, member));
 		if (s && strcmp(s, value) == 0)
 			return key;
@@ -151,16 +149,14 @@ static void table_print(const json_t *keys)
 
 	for (i = 0; i < N_MEMBERS; i++)
 		widths[i] = (int)strlen(heads[i]);
-	json_array_foreach(keys, i, key)
-	{
+	json_array_foreach (keys, i, key) {
 		row_cells(key, cells, texts);
 		for (size_t c = 0; c < N_MEMBERS; c++)
 			if ((int)strlen(cells[c]) > widths[c])
 				widths[c] = (int)strlen(cells[c]);
 	}
 	row_print(heads, widths);
-	json_array_foreach(keys, i, key)
-	{
+	json_array_foreach (keys, i, key) {
 		row_cells(key, cells, texts);
 		row_print(cells, widths);
 	}

@@ -45,8 +45,7 @@ static int purge_warn(const struct opts *o, const char *issuer)
 
 	if ((r = keys_fetch(o, NULL, &keys)) < 0)
 		return r;
-	json_array_foreach(keys, i, key)
-	{
+	json_array_foreach (keys, i, key) {
 		if (strcmp(json_string_value(json_object_get(key, "issuer")), issuer) != 0)
 			continue;
 		if (json_is_true(json_object_get(key, "orphan")))
@@ -62,8 +61,7 @@ static int purge_warn(const struct opts *o, const char *issuer)
 	        "keyrotate: purge %s, which is no longer configured: its %zu orphaned key%s %s "
 	        "destroyed in the token now. This cannot be undone.\n",
 	        issuer, orphans, orphans == 1 ? "" : "s", orphans == 1 ? "is" : "are");
-	json_array_foreach(keys, i, key)
-	{
+	json_array_foreach (keys, i, key) {
 		if (strcmp(json_string_value(json_object_get(key, "issuer")), issuer) == 0)
 			fprintf(stderr, "  %s  %s (%s)\n",
 			        json_string_value(json_object_get(key, "kid")),
@@ -88,8 +86,7 @@ static int outcome_print(json_t *answer)
 	}
 	if (json_array_size(destroyed) == 0)
 		printf("%s: nothing destroyed\n", issuer);
-	json_array_foreach(destroyed, i, kid)
-	{
+	json_array_foreach (destroyed, i, kid) {
 		printf("%s: destroyed %s\n", issuer,
 		       json_is_string(kid) ? json_string_value(kid) : "(a key without a kid)");
 	}

@@ -82,8 +82,7 @@ static int level_derive(const json_t *status)
 	if (count_of(status, "foreign") > 0 || count_of(status, "quarantined") > 0 ||
 	    json_array_size(orphans) > 0)
 		level = worst(level, LEVEL_WARNING);
-	json_array_foreach(json_object_get(status, "issuers"), i, is)
-	{
+	json_array_foreach (json_object_get(status, "issuers"), i, is) {
 		level = worst(level, issuer_level(is));
 	}
 	return level;
@@ -117,8 +116,7 @@ static int name_width(const json_t *issuers)
 	size_t i;
 	int w = 0;
 
-	json_array_foreach(issuers, i, is)
-	{
+	json_array_foreach (issuers, i, is) {
 		const char *name = json_string_value(json_object_get(is, "issuer"));
 		if (name && (int)strlen(name) > w)
 			w = (int)strlen(name);
@@ -193,8 +191,7 @@ static void degraded_print(const json_t *status)
 		printf("quarantined: %lld set aside (a key claimed twice, a record that cannot be "
 		       "read): kept, never used, never destroyed (the daemon's log names each)\n",
 		       (long long)quarantined);
-	json_array_foreach(json_object_get(status, "orphans"), i, orphan)
-	{
+	json_array_foreach (json_object_get(status, "orphans"), i, orphan) {
 		const char *name = json_string_value(json_object_get(orphan, "issuer"));
 		json_int_t keys = count_of(orphan, "keys");
 
@@ -212,16 +209,14 @@ static int status_print(json_t *status, int level)
 	int width, r;
 
 	/* All checked first: a status cut short after its first line would mislead. */
-	json_array_foreach(issuers, i, is)
-	{
+	json_array_foreach (issuers, i, is) {
 		if ((r = issuer_unpack(is, &row)) < 0)
 			return r;
 	}
 	printf("status: %s\n", level_heads[level]);
 	printf("token: %s\n", json_string_value(json_object_get(status, "token")));
 	width = name_width(issuers);
-	json_array_foreach(issuers, i, is)
-	{
+	json_array_foreach (issuers, i, is) {
 		issuer_unpack(is, &row);
 		issuer_print(&row, width);
 	}

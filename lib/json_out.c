@@ -121,8 +121,7 @@ static void put_value(struct out *o, const json_t *v, int depth)
 		size_t i = 0;
 		put(o, "{", 1);
 		/* Insertion order, as json_dumps without JSON_SORT_KEYS. */
-		json_object_foreach((json_t *)v, key, member)
-		{
+		json_object_foreach ((json_t *)v, key, member) {
 			if (i++)
 				put(o, ",", 1);
 			put_string(o, key, strlen(key));

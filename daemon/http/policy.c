@@ -68,10 +68,13 @@ static bool too_deep(json_t *v, int level, int limit)
 	if (level > limit)
 		return true;
 	if (json_is_object(v)) {
-		json_object_foreach(v, key,
-		                    child) if (too_deep(child, level + 1, limit)) return true;
+		json_object_foreach (v, key, child)
+			if (too_deep(child, level + 1, limit))
+				return true;
 	} else {
-		json_array_foreach(v, i, child) if (too_deep(child, level + 1, limit)) return true;
+		json_array_foreach (v, i, child)
+			if (too_deep(child, level + 1, limit))
+				return true;
 	}
 	return false;
 }
@@ -90,16 +93,14 @@ static int check_members(json_t *root, struct policy_error *err)
 	json_t *v;
 
 	/* Two passes: an attempt to set a header parameter is named as such wherever it stands. */
-	json_object_foreach(root, key, v)
-	{
+	json_object_foreach (root, key, v) {
 		if (is_header_parameter(key))
 			return refuse(err, "header_parameter",
 			              "'%.40s' is a JOSE header parameter; the header is built by "
 			              "the daemon alone",
 			              key);
 	}
-	json_object_foreach(root, key, v)
-	{
+	json_object_foreach (root, key, v) {
 		if (strcmp(key, "claims") != 0 && strcmp(key, "typ") != 0)
 			return refuse(
 			    err, "unknown_member",
@@ -158,14 +159,12 @@ static int check_aud(const struct issuer_conf *ic, json_t *claims, struct policy
 	}
 	if (json_array_size(aud) == 0)
 		return refuse(err, "aud_invalid", "'aud' must not be an empty array");
-	json_array_foreach(aud, i, v)
-	{
+	json_array_foreach (aud, i, v) {
 		if (!aud_value_valid(v))
 			return refuse(err, "aud_invalid",
 			              "every 'aud' value must be a non-empty string");
 	}
-	json_array_foreach(aud, i, v)
-	{
+	json_array_foreach (aud, i, v) {
 		if ((r = check_aud_allowed(ic, v, err)) < 0)
 			return r;
 	}

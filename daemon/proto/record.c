@@ -179,8 +179,7 @@ static int check_members(json_t *doc, const char **why)
 	const char *name;
 	json_t *value;
 
-	json_object_foreach(doc, name, value)
-	{
+	json_object_foreach (doc, name, value) {
 		if (!member_known(name))
 			return refuse(why, "unknown member");
 	}

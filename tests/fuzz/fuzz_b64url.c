@@ -31,8 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (!dec)
 		abort();
-	/* 1. Decoding arbitrary text: either refused, or canonical: re-encoding gives the input back
-	 *    (the decoder refuses padding, other alphabets and non-zero trailing bits). */
+	/* 1. Decoding arbitrary text: either refused, or canonical: re-encoding gives the input
+	 * back (the decoder refuses padding, other alphabets and non-zero trailing bits). */
 	r = b64url_decode(text, size, dec, cap, &got);
 	if (r == 0) {
 		if (got > cap)
@@ -47,7 +47,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			size_t g2 = 4242;
 			if (!small)
 				abort();
-			if (b64url_decode(text, size, small, got - 1, &g2) != -ENOBUFS || g2 != 4242)
+			if (b64url_decode(text, size, small, got - 1, &g2) != -ENOBUFS ||
+			    g2 != 4242)
 				abort();
 			free(small);
 		}

@@ -64,9 +64,9 @@ static bool aud_allowed(json_t *aud)
 		return issuer_aud_allowed(&ic, json_string_value(aud));
 	if (!json_is_array(aud) || json_array_size(aud) == 0)
 		return false;
-	json_array_foreach(aud, i,
-	                   v) if (!json_is_string(v) ||
-	                          !issuer_aud_allowed(&ic, json_string_value(v))) return false;
+	json_array_foreach (aud, i, v)
+		if (!json_is_string(v) || !issuer_aud_allowed(&ic, json_string_value(v)))
+			return false;
 	return true;
 }
 

@@ -20,8 +20,9 @@ static int encode_checked(const uint8_t *in, size_t n, char *out, size_t out_siz
 	b64url_encode(in, n, out);
 	for (size_t i = need; i < need + 8; i++) {
 		if ((uint8_t)out[i] != CANARY) {
-			fprintf(stderr, "    b64url_encode(n=%zu) wrote byte %zu of a %zu-byte buffer\n",
-				n, i, need);
+			fprintf(stderr,
+			        "    b64url_encode(n=%zu) wrote byte %zu of a %zu-byte buffer\n", n,
+			        i, need);
 			return 0;
 		}
 	}
@@ -33,8 +34,8 @@ static void test_rfc4648_vectors(void)
 	static const struct {
 		const char *in, *out;
 	} v[] = {
-		{"", ""},         {"f", "Zg"},         {"fo", "Zm8"},       {"foo", "Zm9v"},
-		{"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"}, {"foobar", "Zm9vYmFy"},
+	    {"", ""},           {"f", "Zg"},          {"fo", "Zm8"},          {"foo", "Zm9v"},
+	    {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"}, {"foobar", "Zm9vYmFy"},
 	};
 	char buf[64];
 
@@ -162,19 +163,19 @@ static void check_rejects(const char *in, int expected)
 
 static void test_decode_rejects(void)
 {
-	check_rejects("Zg==", -EINVAL);    /* padding */
-	check_rejects("Zm8=", -EINVAL);    /* padding */
+	check_rejects("Zg==", -EINVAL); /* padding */
+	check_rejects("Zm8=", -EINVAL); /* padding */
 	check_rejects("Zg=", -EINVAL);
-	check_rejects("++++", -EINVAL);    /* standard alphabet */
+	check_rejects("++++", -EINVAL); /* standard alphabet */
 	check_rejects("////", -EINVAL);
 	check_rejects("Zm9v+w", -EINVAL);
 	check_rejects("Zm9v/w", -EINVAL);
-	check_rejects("Z", -EINVAL);       /* length % 4 == 1 */
+	check_rejects("Z", -EINVAL); /* length % 4 == 1 */
 	check_rejects("Zm9vY", -EINVAL);
-	check_rejects("Zh", -EINVAL);      /* "f" is Zg: Zh has non-zero trailing bits */
-	check_rejects("Zm9", -EINVAL);     /* "fo" is Zm8 */
-	check_rejects("-_9", -EINVAL);     /* 0xfb 0xff is -_8 */
-	check_rejects("Zm 9", -EINVAL);    /* whitespace */
+	check_rejects("Zh", -EINVAL);   /* "f" is Zg: Zh has non-zero trailing bits */
+	check_rejects("Zm9", -EINVAL);  /* "fo" is Zm8 */
+	check_rejects("-_9", -EINVAL);  /* 0xfb 0xff is -_8 */
+	check_rejects("Zm 9", -EINVAL); /* whitespace */
 	check_rejects("Zm9v\n", -EINVAL);
 	check_rejects("Zm9v.", -EINVAL);
 	check_rejects("\xc3\xa9\xc3\xa9", -EINVAL);

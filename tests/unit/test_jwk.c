@@ -11,10 +11,10 @@
 
 /* RFC 7638 §3.1: the RSA key of the example and its thumbprint. */
 static const char rfc7638_n[] =
-	"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJE"
-	"CPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2"
-	"QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh"
-	"6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+    "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJE"
+    "CPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2"
+    "QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh"
+    "6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
 static const char rfc7638_e[] = "AQAB";
 static const char rfc7638_kid[] = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
 
@@ -26,11 +26,11 @@ static const char a3_kid[] = "oKIywvGUpTVTyxMQ3bwIIeQUudfr_CkLMjCE19ECD-U";
 
 /* The generator of P-256 (SEC 2 §2.4.2), a point known to be on the curve. */
 static const uint8_t p256_g[65] = {
-	0x04, 0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63,
-	0xa4, 0x40, 0xf2, 0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39,
-	0x45, 0xd8, 0x98, 0xc2, 0x96, 0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e,
-	0xe7, 0xeb, 0x4a, 0x7c, 0x0f, 0x9e, 0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31, 0x5e,
-	0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5,
+    0x04, 0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5,
+    0x63, 0xa4, 0x40, 0xf2, 0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4,
+    0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2, 0x96, 0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a,
+    0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a, 0x7c, 0x0f, 0x9e, 0x16, 0x2b, 0xce, 0x33,
+    0x57, 0x6b, 0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5,
 };
 
 /* base64url written independently of lib/b64url.c. */
@@ -49,8 +49,8 @@ static void ref_thumbprint_ec(const char *crv, const char *x, const char *y, cha
 {
 	char json[512];
 	uint8_t digest[32];
-	int n = snprintf(json, sizeof(json), "{\"crv\":\"%s\",\"kty\":\"EC\",\"x\":\"%s\",\"y\":\"%s\"}",
-			 crv, x, y);
+	int n = snprintf(json, sizeof(json),
+	                 "{\"crv\":\"%s\",\"kty\":\"EC\",\"x\":\"%s\",\"y\":\"%s\"}", crv, x, y);
 
 	CHECK(EVP_Digest(json, (size_t)n, digest, NULL, EVP_sha256(), NULL) == 1);
 	ref_b64url(digest, sizeof(digest), kid);
@@ -101,9 +101,10 @@ static void test_rfc7638_rsa(void)
 	if (s) {
 		char expected[1024];
 		snprintf(expected, sizeof(expected),
-			 "{\"kid\":\"%s\",\"kty\":\"RSA\",\"alg\":\"RS256\",\"use\":\"sig\",\"n\":\"%s\","
-			 "\"e\":\"AQAB\"}",
-			 rfc7638_kid, rfc7638_n);
+		         "{\"kid\":\"%s\",\"kty\":\"RSA\",\"alg\":\"RS256\",\"use\":\"sig\",\"n\":"
+		         "\"%s\","
+		         "\"e\":\"AQAB\"}",
+		         rfc7638_kid, rfc7638_n);
 		CHECK_STR(s, expected);
 	}
 	free(s);
@@ -173,9 +174,10 @@ static void check_ec_key(const char *crv, const uint8_t *point, size_t len, size
 		char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
 		char expected[512];
 		snprintf(expected, sizeof(expected),
-			 "{\"kid\":\"%s\",\"kty\":\"EC\",\"alg\":\"ES256\",\"use\":\"sig\",\"crv\":\"%s\","
-			 "\"x\":\"%s\",\"y\":\"%s\"}",
-			 ref_kid, crv, x, y);
+		         "{\"kid\":\"%s\",\"kty\":\"EC\",\"alg\":\"ES256\",\"use\":\"sig\",\"crv\":"
+		         "\"%s\","
+		         "\"x\":\"%s\",\"y\":\"%s\"}",
+		         ref_kid, crv, x, y);
 		CHECK(s != NULL);
 		CHECK_STR(s, expected);
 		free(s);
@@ -191,7 +193,7 @@ static EVP_PKEY *gen_ec(const char *curve, uint8_t *point, size_t size, size_t *
 	if (!pkey)
 		return NULL;
 	CHECK(EVP_PKEY_get_octet_string_param(pkey, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, size,
-					      len) == 1);
+	                                      len) == 1);
 	return pkey;
 }
 

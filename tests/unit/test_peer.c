@@ -87,8 +87,8 @@ static void test_gid(void)
 
 static void test_lists(void)
 {
-	static const struct allow_rule r[] = {{ALLOW_UID, 1}, {ALLOW_GID, 2}, {ALLOW_UID, 3},
-					      {ALLOW_ANY, 0}};
+	static const struct allow_rule r[] = {
+	    {ALLOW_UID, 1}, {ALLOW_GID, 2}, {ALLOW_UID, 3}, {ALLOW_ANY, 0}};
 	struct peer p;
 
 	/* Empty rules admit nobody, root included. */

@@ -28,7 +28,7 @@ static inline void unit_fail(const char *file, int line, const char *what)
 		unit_checks++;                                                                     \
 		if (unit_a_ != unit_b_) {                                                          \
 			unit_fail(__FILE__, __LINE__, #a " == " #b);                               \
-			fprintf(stderr, "    left:  %lld\n    right: %lld\n", unit_a_, unit_b_);     \
+			fprintf(stderr, "    left:  %lld\n    right: %lld\n", unit_a_, unit_b_);   \
 		}                                                                                  \
 	} while (0)
 
@@ -38,8 +38,8 @@ static inline void unit_fail(const char *file, int line, const char *what)
 		unit_checks++;                                                                     \
 		if (unit_a_ != unit_b_) {                                                          \
 			unit_fail(__FILE__, __LINE__, #a " == " #b);                               \
-			fprintf(stderr, "    left:  %" PRIu64 "\n    right: %" PRIu64 "\n", unit_a_, \
-				unit_b_);                                                          \
+			fprintf(stderr, "    left:  %" PRIu64 "\n    right: %" PRIu64 "\n",        \
+			        unit_a_, unit_b_);                                                 \
 		}                                                                                  \
 	} while (0)
 
@@ -50,8 +50,8 @@ static inline void unit_fail(const char *file, int line, const char *what)
 		unit_checks++;                                                                     \
 		if (!unit_a_ || !unit_b_ ? unit_a_ != unit_b_ : strcmp(unit_a_, unit_b_) != 0) {   \
 			unit_fail(__FILE__, __LINE__, #a " == " #b);                               \
-			fprintf(stderr, "    left:  \"%s\"\n    right: \"%s\"\n",                     \
-				unit_a_ ? unit_a_ : "(null)", unit_b_ ? unit_b_ : "(null)");       \
+			fprintf(stderr, "    left:  \"%s\"\n    right: \"%s\"\n",                  \
+			        unit_a_ ? unit_a_ : "(null)", unit_b_ ? unit_b_ : "(null)");       \
 		}                                                                                  \
 	} while (0)
 
