@@ -10,8 +10,14 @@ import sys
 
 KEYS = ["alg", "raw_cpu_us_per_sign", "daemon_cpu_us_per_sign", "cpu_ratio", "raw_signs_per_s",
         "daemon_signs_per_s", "throughput_ratio", "p99_ms_at_half_load", "jwks_cpu_us_per_req",
-        "daemon_keys", "floor"]
-NUMBERS = KEYS[1:9]
+        "daemon_keys", "floor", "helper_cpu_us_per_sign", "own_us_per_sign",
+        "baseline_cpu_us_per_sign", "baseline_signs_per_s", "cpu_vs_baseline",
+        "throughput_vs_baseline"]
+NUMBERS = KEYS[1:9] + ["helper_cpu_us_per_sign"]
+# Daemon and helpers minus raw: negative in a 0.05 s run is noise, but it is a number.
+SIGNED = ["own_us_per_sign"]
+# Only with --baseline-daemon, which the smoke pass does not give.
+NULLS = KEYS[13:]
 
 
 def main():
@@ -37,11 +43,15 @@ def main():
         if result.get("daemon_keys") != "session-copy" or result.get("floor") != "token":
             problems.append("daemon_keys %r, floor %r: want session-copy and token"
                             % (result.get("daemon_keys"), result.get("floor")))
-        for k in NUMBERS:
+        for k in NUMBERS + SIGNED:
             v = result.get(k)
             # Zero is possible: 0.05 s of daemon work can be less than one clock tick.
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or \
+                    (v < 0 and k not in SIGNED):
                 problems.append("%s is %r, not a number" % (k, v))
+        for k in NULLS:
+            if result.get(k) is not None:
+                problems.append("%s is %r without --baseline-daemon" % (k, result.get(k)))
     if not any(line.startswith("median") for line in out):
         problems.append("no table (no 'median' row)")
     if problems:
