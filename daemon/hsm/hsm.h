@@ -62,11 +62,11 @@ int hsm_prepare_alg(struct hsm *hsm, enum jws_alg alg, unsigned key_bits);
 /* How alg is signed on this token, for the log ("CKM_ECDSA over a SHA-256 digest"). */
 const char *hsm_alg_plan(struct hsm *hsm, enum jws_alg alg);
 
-/* Generates a key pair for alg (RSA: key_bits, e = 65537) inside the token with the SPEC §6
- * template, a fresh random CKA_ID and CKA_LABEL label, then checks its attributes read back and
- * that a search by its CKA_ID finds it. A pair that fails the check is destroyed and the answer
- * is -EAGAIN: on SoftHSM's file store another process writing at that moment can spoil a fresh
- * object, and another generation may succeed. */
+/* Generates a key pair for alg (RSA: key_bits, e = 65537) inside the token with the template of
+ * docs/design.md ("State lives in the token") template, a fresh random CKA_ID and CKA_LABEL label,
+ * then checks its attributes read back and that a search by its CKA_ID finds it. A pair that fails
+ * the check is destroyed and the answer is -EAGAIN: on SoftHSM's file store another process writing
+ * at that moment can spoil a fresh object, and another generation may succeed. */
 int hsm_generate_key(struct hsm *hsm, enum jws_alg alg, unsigned key_bits, const char *label,
                      struct hsm_key *ret);
 

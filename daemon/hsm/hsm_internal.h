@@ -210,9 +210,9 @@ int hsm_sign_data(const struct hsm_plan *plan, const uint8_t *input, size_t len,
 
 /* ---- hsm_keys.c: keys ---- */
 
-/* Reads the private key obj's type and the attributes SPEC §6 demands. Returns the token's
- * error (the call named in s->call), or CKR_OK with *err 0 when the key may sign and -EPERM when
- * it must never be used, the reason recorded as the thread's error when record. */
+/* Reads the private key obj's type and the attributes docs/design.md demands of it. Returns the
+ * token's error (the call named in s->call), or CKR_OK with *err 0 when the key may sign and -EPERM
+ * when it must never be used, the reason recorded as the thread's error when record. */
 CK_RV hsm_check_private(struct hsm *h, struct hsm_session *s, CK_OBJECT_HANDLE obj,
                         const struct alg_info *ai, bool record, int *err);
 

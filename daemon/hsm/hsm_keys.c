@@ -41,7 +41,8 @@ static CK_RV find_by_id(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
 	return rv;
 }
 
-/* The attributes SPEC §6 demands of a private key that may sign. */
+/* The attributes a private key that may sign must have (docs/design.md, "State lives in the
+ * token"). */
 static const struct private_rule {
 	CK_ATTRIBUTE_TYPE type;
 	const char *name;
