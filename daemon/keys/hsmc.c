@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdatomic.h>
@@ -71,6 +72,8 @@ struct hsmc {
 	void *on_refused_data;
 	atomic_ulong restarts;
 	atomic_uint next_pick;
+	int cpus[CPU_SETSIZE]; /* those this process may run on, in order */
+	unsigned n_cpus;
 	pthread_mutex_t plan_lock;
 	char *plans[_JWS_ALG_MAX];
 };
@@ -240,6 +243,24 @@ static void slot_drop(struct hsmc *c, struct slot *s, bool kill_it, const char *
 	atomic_fetch_add(&c->restarts, 1);
 }
 
+/* The CPU of signing slot k: the k-th of those this process may run on. */
+static int slot_cpu(const struct hsmc *c, unsigned k)
+{
+	return c->n_cpus ? c->cpus[k % c->n_cpus] : -1;
+}
+
+static void pin(pid_t pid, int cpu)
+{
+	cpu_set_t set;
+
+	if (cpu < 0)
+		return;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	/* Best effort: a CPU set narrowed under us leaves the scheduler to decide. */
+	(void)sched_setaffinity(pid, sizeof(set), &set);
+}
+
 /* Starts s's helper and waits for its login. */
 static int slot_start(struct hsmc *c, struct slot *s)
 {
@@ -264,6 +285,10 @@ static int slot_start(struct hsmc *c, struct slot *s)
 		s->retry_at_ms = now + BACKOFF_MIN_MS;
 		return r;
 	}
+	/* A signing helper shares its CPU with the worker that prefers it: the hand-over between
+	 * them stays on one CPU, warm, and without a cross-CPU wake-up. */
+	if (!s->manage)
+		pin(s->pid, slot_cpu(c, (unsigned)(s - c->sign)));
 	s->fd = fd_high(s->fd);
 	s->started_ms = now;
 	s->timeout_ms = -1;
@@ -366,6 +391,13 @@ int hsmc_open(const struct hsmc_opts *o, struct hsmc **ret)
 		return -ENOMEM;
 	c->keeper_fd = -1;
 	c->n_sign = o->n_sign ? o->n_sign : 1;
+	{
+		cpu_set_t set;
+		if (sched_getaffinity(0, sizeof(set), &set) == 0)
+			for (int i = 0; i < CPU_SETSIZE; i++)
+				if (CPU_ISSET(i, &set))
+					c->cpus[c->n_cpus++] = i;
+	}
 	c->sign_timeout_ms = (int)(o->sign_timeout_s ? o->sign_timeout_s : 10) * 1000;
 	pthread_mutex_init(&c->keeper_lock, NULL);
 	pthread_mutex_init(&c->plan_lock, NULL);
@@ -810,16 +842,28 @@ static bool slot_waiting(const struct slot *s)
 	return s->fd < 0 && now_ms() < s->retry_at_ms;
 }
 
+/* Which slot the calling signing thread prefers: one per thread, in the order threads first
+ * sign, and the thread runs on its slot's CPU from then on (docs/design.md, "Privilege
+ * separation"). Threads that only probe take no slot of their own (UINT_MAX). */
+static __thread unsigned my_slot = UINT_MAX;
+
+static unsigned signing_thread_slot(struct hsmc *c)
+{
+	if (my_slot == UINT_MAX) {
+		my_slot = atomic_fetch_add(&c->next_pick, 1) % c->n_sign;
+		pin(0, slot_cpu(c, my_slot));
+	}
+	return my_slot;
+}
+
 /* The calling thread's own helper when it is free, else any free one that runs or may be
  * started, else its own after the one ahead; on a retry, another than the one just lost. The
  * slot comes back locked. */
 static struct slot *sign_slot(struct hsmc *c, const struct slot *avoid)
 {
-	static __thread unsigned mine = UINT_MAX;
+	unsigned mine = my_slot == UINT_MAX ? 0 : my_slot;
 	struct slot *s;
 
-	if (mine == UINT_MAX)
-		mine = atomic_fetch_add(&c->next_pick, 1);
 	for (unsigned i = 0; i < c->n_sign; i++) {
 		s = &c->sign[(mine + i) % c->n_sign];
 		if (s == avoid || pthread_mutex_trylock(&s->lock) != 0)
@@ -843,6 +887,7 @@ int hsmc_sign(struct hsmc *c, const struct hsm_key *key, const char *input, size
 
 	if (len > PROTO_MAX_INPUT)
 		return hsm_fail_text(-E2BIG, "a signing input of %zu bytes", len);
+	signing_thread_slot(c);
 	/* A helper lost under this request: the signature is asked once more of another. */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		struct slot *s = sign_slot(c, lost);
