@@ -14,6 +14,7 @@
 struct sign_api;
 struct jwks_http;
 struct admin_api;
+struct metrics_http;
 struct scheduler;
 
 /* One configuration and the keys it implies. Requests hold a reference from their first to
@@ -37,6 +38,7 @@ struct daemon {
 	struct sign_api *sign;
 	struct jwks_http *jwks;
 	struct admin_api *admin;
+	struct metrics_http *metrics; /* NULL: no [metrics] listen */
 };
 
 /* A reference to the current runtime; give it back with runtime_release(). */

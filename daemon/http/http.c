@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "counters.h"
 #include "http_strict.h"
 #include "log.h"
 #include "log_limit.h"
@@ -405,6 +406,8 @@ static bool accept_all(struct http_unix_server *srv)
 			log_notice("http: accepting connections again");
 		srv->accept_failing = false;
 		if (at_cap(srv)) {
+			metrics_add(metrics_series(&counters.connections_refused, srv->what, NULL),
+			            1);
 			close(
 			    cfd); /* cheaper than a queue that fills: the client sees EOF at once */
 			continue;
