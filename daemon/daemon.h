@@ -39,6 +39,7 @@ struct daemon {
 	struct jwks_http *jwks;
 	struct admin_api *admin;
 	struct metrics_http *metrics; /* NULL: no [metrics] listen */
+	int64_t started_at;           /* unix seconds: tokensign_up_since_timestamp_seconds */
 };
 
 /* A reference to the current runtime; give it back with runtime_release(). */

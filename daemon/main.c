@@ -183,7 +183,7 @@ static int plan_budget(struct daemon *d, const struct conf *conf)
 
 static int run(const char *config_path)
 {
-	struct daemon d = {.config_path = config_path};
+	struct daemon d = {.config_path = config_path, .started_at = (int64_t)time(NULL)};
 	struct conf *conf = NULL;
 	int r;
 

@@ -23,7 +23,6 @@ struct metrics_http {
 	size_t n;
 	struct MHD_Daemon **mhd;
 	int *fds;
-	int64_t started_at; /* tokensign_up_since_timestamp_seconds */
 	struct http_linger linger;
 	struct http_deadline deadline;
 	struct http_guards guards;
@@ -207,7 +206,7 @@ static void render_process(FILE *out, struct metrics_http *mh)
 	metrics_gauge(out, "tokensign_build_info", "version", TOKENSIGN_VERSION, 1);
 	metrics_gauge_head(out, "tokensign_up_since_timestamp_seconds", "Process start.");
 	metrics_gauge(out, "tokensign_up_since_timestamp_seconds", NULL, NULL,
-	              (double)mh->started_at);
+	              (double)mh->d->started_at);
 	metrics_gauge_head(out, "tokensign_ready", "/readyz would answer 200.");
 	metrics_gauge(out, "tokensign_ready", NULL, NULL, health_ready(mh->d, &why));
 	metrics_gauge_head(out, "tokensign_token_reachable", "The token answers.");
@@ -384,7 +383,6 @@ int metrics_http_start(struct daemon *d, struct metrics_http **ret)
 	if (!mh)
 		return -ENOMEM;
 	mh->d = d;
-	mh->started_at = (int64_t)time(NULL);
 	mh->guards = (struct http_guards){&mh->linger, &mh->deadline};
 	r = http_linger_start(&mh->linger);
 	if (r == 0)

@@ -6,6 +6,8 @@ answers only GET /metrics, and the metrics may never share the JWKS port."""
 
 import os
 import re
+import subprocess
+import time
 
 import harness
 
@@ -102,6 +104,7 @@ class MetricsTest(harness.TestCase):
         cls.port = harness.free_port()
         cls.d = harness.Daemon(extra_conf="[metrics]\nlisten = 127.0.0.1:%d\n" % cls.port)
         harness.add_admin_socket(cls.d)
+        cls.started = time.time()
         harness.start_or_close(cls.d)
 
     @classmethod
@@ -151,6 +154,8 @@ class MetricsTest(harness.TestCase):
         self.assertEqual(self.value(samples, "tokensign_issuer_can_sign", issuer="main"), 1)
         self.assertEqual(self.value(samples, "tokensign_build_info", version=self.version()),
                          1)
+        up = self.value(samples, "tokensign_up_since_timestamp_seconds")
+        self.assertLessEqual(abs(up - self.started), 5)
         # rate() needs the series from the start
         self.assertIn(("tokensign_sign_requests_total",
                        (("issuer", "main"), ("result", "error"))), samples)
@@ -158,7 +163,6 @@ class MetricsTest(harness.TestCase):
                        (("issuer", "main"), ("result", "granted"))), samples)
 
     def version(self):
-        import subprocess
         out = subprocess.run([harness.tokensignd_path(), "--version"], capture_output=True,
                              text=True).stdout
         return out.split()[1]
@@ -222,7 +226,6 @@ class MetricsTest(harness.TestCase):
                          1 if pending else 0)
         age = self.value(samples, "tokensign_current_key_age_seconds", issuer="main")
         self.assertGreaterEqual(age, 0)
-        import time
         self.assertLessEqual(abs(time.time() - active["activates_at"] - age), 5)
 
     def test_only_get_metrics(self):
