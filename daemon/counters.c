@@ -41,6 +41,8 @@ struct counters counters = {
     .key_generation_failures =
         FAMILY("tokensign_key_generation_failures_total", "Failed attempts to make the next key.",
                METRIC_COUNTER, "issuer", NULL, 128),
+    .connections_open = FAMILY("tokensign_connections_open", "Connections open.", METRIC_GAUGE,
+                               "listener", NULL, 8),
 };
 
 const char *counters_ckr(int r, const char *text, char *buf, size_t size)

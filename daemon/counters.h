@@ -13,6 +13,7 @@ struct counters {
 	struct metric_family connections_refused; /* listener */
 	struct metric_family audit_records, audit_dropped;
 	struct metric_family key_generation_failures; /* issuer */
+	struct metric_family connections_open;        /* listener; a gauge */
 };
 
 extern struct counters counters;
@@ -28,3 +29,10 @@ const char *counters_ckr(int r, const char *text, char *buf, size_t size);
  * could be answered); us: request received -> answer of a granted one (0: not timed). No
  * allocation once the issuer's series exist (the scrape makes them for every issuer). */
 void counters_sign(const char *issuer, const char *result, uint64_t us);
+
+/* A gauge of counters (connections_open) moved by delta; s may be NULL. */
+static inline void counters_gauge_add(struct metric_series *s, int delta)
+{
+	/* Unsigned arithmetic wraps: adding -1 as 2^64 - 1 takes one away. */
+	metrics_add(s, (uint64_t)(int64_t)delta);
+}

@@ -304,7 +304,8 @@ int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http
 	if (!jh)
 		return -ENOMEM;
 	jh->d = d;
-	jh->guards = (struct http_guards){&jh->linger, &jh->deadline};
+	jh->guards = (struct http_guards){&jh->linger, &jh->deadline,
+	                                  metrics_series(&counters.connections_open, "jwks", NULL)};
 	r = http_linger_start(&jh->linger);
 	if (r == 0)
 		r = http_deadline_start(&jh->deadline, conf->jwks.request_timeout);

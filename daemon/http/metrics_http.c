@@ -254,9 +254,10 @@ static void touch_issuer_series(const struct conf *conf)
 static void render_counters(FILE *out)
 {
 	struct metric_family *fams[] = {
-	    &counters.sign_requests, &counters.sign_duration, &counters.hsm_operations,
-	    &counters.hsm_errors,    &counters.jwks_requests, &counters.connections_refused,
-	    &counters.audit_records, &counters.audit_dropped, &counters.key_generation_failures,
+	    &counters.sign_requests,    &counters.sign_duration, &counters.hsm_operations,
+	    &counters.hsm_errors,       &counters.jwks_requests, &counters.connections_refused,
+	    &counters.audit_records,    &counters.audit_dropped, &counters.key_generation_failures,
+	    &counters.connections_open,
 	};
 
 	for (size_t i = 0; i < sizeof(fams) / sizeof(fams[0]); i++)
@@ -383,7 +384,9 @@ int metrics_http_start(struct daemon *d, struct metrics_http **ret)
 	if (!mh)
 		return -ENOMEM;
 	mh->d = d;
-	mh->guards = (struct http_guards){&mh->linger, &mh->deadline};
+	mh->guards =
+	    (struct http_guards){&mh->linger, &mh->deadline,
+	                         metrics_series(&counters.connections_open, "metrics", NULL)};
 	r = http_linger_start(&mh->linger);
 	if (r == 0)
 		r = http_deadline_start(&mh->deadline, conf->jwks.request_timeout);
