@@ -81,3 +81,11 @@ void counters_sign(const char *issuer, const char *result, uint64_t us)
 		metrics_observe(&counters.sign_duration,
 		                metrics_series(&counters.sign_duration, issuer, NULL), us);
 }
+
+void counters_issuer_series(const char *issuer, struct issuer_series *ret)
+{
+	ret->granted = metrics_series(&counters.sign_requests, issuer, "granted");
+	ret->duration = metrics_series(&counters.sign_duration, issuer, NULL);
+	metrics_series(&counters.sign_requests, issuer, "error");
+	metrics_series(&counters.key_generation_failures, issuer, NULL);
+}

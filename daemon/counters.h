@@ -30,6 +30,16 @@ const char *counters_ckr(int r, const char *text, char *buf, size_t size);
  * allocation once the issuer's series exist (the scrape makes them for every issuer). */
 void counters_sign(const char *issuer, const char *result, uint64_t us);
 
+/* An issuer's series of the signing hot path, looked up once per runtime (runtime.c): a
+ * granted request then costs two atomic additions and no lookup. */
+struct issuer_series {
+	struct metric_series *granted, *duration;
+};
+
+/* Finds (or makes, at 0: rate() needs the series from the start) the issuer's granted, error,
+ * duration and key generation failure series. Pointers may be NULL when out of memory. */
+void counters_issuer_series(const char *issuer, struct issuer_series *ret);
+
 /* A gauge of counters (connections_open) moved by delta; s may be NULL. */
 static inline void counters_gauge_add(struct metric_series *s, int delta)
 {

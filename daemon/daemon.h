@@ -8,6 +8,7 @@
 #include "activation.h"
 #include "budget.h"
 #include "conf.h"
+#include "counters.h"
 #include "hsmc.h"
 #include "keyring.h"
 
@@ -23,8 +24,9 @@ struct runtime {
 	atomic_int refs;
 	struct conf *conf;
 	struct keyring *keyring;
-	struct hsmc *hsm;       /* the daemon's; the same in every runtime */
-	char cache_control[48]; /* "public, max-age=N" of the JWKS answers */
+	struct hsmc *hsm;             /* the daemon's; the same in every runtime */
+	char cache_control[48];       /* "public, max-age=N" of the JWKS answers */
+	struct issuer_series *series; /* parallel to conf->issuers (counters.h); NULL: no memory */
 };
 
 struct daemon {

@@ -103,16 +103,33 @@ static void audit_caller(struct MHD_Connection *c, struct audit_signature *a)
 	a->pid = a->no_caller ? 0 : (int32_t)hp->peer.pid;
 }
 
+/* Counts a decision of ic: a granted one through rt's cached series when there is rt. */
+static void count_outcome(struct runtime *rt, const struct issuer_conf *ic, uint64_t start_us,
+                          const struct issue_outcome *out)
+{
+	if (out->status != MHD_HTTP_OK) {
+		counters_sign(ic->name, out->code, 0);
+		return;
+	}
+	if (rt && rt->series) {
+		const struct issuer_series *s = &rt->series[ic - rt->conf->issuers];
+		metrics_add(s->granted, 1);
+		metrics_observe(&counters.sign_duration, s->duration, monotonic_us() - start_us);
+		return;
+	}
+	counters_sign(ic->name, "granted", monotonic_us() - start_us);
+}
+
 /* The answer to an issuance, a token or a refusal, counted: every audited decision ends
- * here. start_us: when the request's headers were in (0: refused on them, not timed). */
-static enum MHD_Result reply_outcome(struct MHD_Connection *c, const struct issuer_conf *ic,
-                                     uint64_t start_us, struct issue_outcome *out)
+ * here. rt: the request's runtime, or NULL; start_us: when its headers were in (refusals on
+ * the headers alone are not timed). */
+static enum MHD_Result reply_outcome(struct MHD_Connection *c, struct runtime *rt,
+                                     const struct issuer_conf *ic, uint64_t start_us,
+                                     struct issue_outcome *out)
 {
 	enum MHD_Result r;
 
-	counters_sign(ic->name, out->status == MHD_HTTP_OK ? "granted" : out->code,
-	              out->status == MHD_HTTP_OK && start_us ? monotonic_us() - start_us : 0);
-
+	count_outcome(rt, ic, start_us, out);
 	if (out->status != MHD_HTTP_OK)
 		return http_reply_error(c, out->status, out->code, out->message);
 	r = http_reply_json(c, MHD_HTTP_OK, out->answer);
@@ -131,7 +148,7 @@ static enum MHD_Result refuse(struct MHD_Connection *c, const struct issuer_conf
 
 	audit_caller(c, &caller);
 	issue_refuse(ic, &caller, status, code, message, NULL, &out);
-	return reply_outcome(c, ic, 0, &out);
+	return reply_outcome(c, NULL, ic, 0, &out);
 }
 
 /* The checks that need only the headers, in the order of docs/api.md ("The rules, in the order
@@ -220,7 +237,7 @@ static enum MHD_Result on_complete(struct MHD_Connection *c, struct request *rq)
 		counters_sign(rq->ic->name, "error", 0);
 		return MHD_NO;
 	}
-	return reply_outcome(c, rq->ic, rq->start_us, &out);
+	return reply_outcome(c, rq->rt, rq->ic, rq->start_us, &out);
 }
 
 static bool bodyless(const char *method)

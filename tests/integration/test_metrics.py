@@ -271,5 +271,45 @@ class MetricsTest(harness.TestCase):
         self.assertIn("listen: 'nowhere' is not a numeric host:port", err, err)
 
 
+class TwoIssuersTest(harness.TestCase):
+    """Each issuer's decisions land in its own series (the runtime caches them by index)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.spec = spec_types()
+        cls.port = harness.free_port()
+        second = dict(harness.DEFAULT_ISSUER, iss="https://login.example.test/second")
+        cls.d = harness.Daemon(issuers={"main": dict(harness.DEFAULT_ISSUER), "second": second},
+                               extra_conf="[metrics]\nlisten = 127.0.0.1:%d\n" % cls.port)
+        harness.start_or_close(cls.d)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.close()
+
+    def scrape(self):
+        r = harness.tcp_http("127.0.0.1", self.port, "GET", "/metrics")
+        self.assertEqual(r.status, 200, r)
+        return parse(r.body, self.spec)[1]
+
+    def count(self, samples, issuer, result="granted"):
+        return samples.get(("tokensign_sign_requests_total",
+                            (("issuer", issuer), ("result", result))))
+
+    def test_per_issuer(self):
+        before = self.scrape()
+        self.assertEqual(self.count(before, "second"), 0)
+        self.assertEqual(self.count(before, "second", "error"), 0)
+        for _ in range(2):
+            self.assertSigned(self.d.sign("second", harness.VALID_CLAIMS))
+        self.assertSigned(self.d.sign("main", harness.VALID_CLAIMS))
+        after = self.scrape()
+        self.assertEqual(self.count(after, "second") - self.count(before, "second"), 2)
+        self.assertEqual(self.count(after, "main") - self.count(before, "main"), 1)
+        h = "tokensign_sign_duration_seconds_count"
+        self.assertEqual(after[(h, (("issuer", "second"),))] -
+                         before[(h, (("issuer", "second"),))], 2)
+
+
 if __name__ == "__main__":
     harness.main()
