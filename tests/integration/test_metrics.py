@@ -229,6 +229,44 @@ class MetricsTest(harness.TestCase):
         self.assertGreaterEqual(age, 0)
         self.assertLessEqual(abs(time.time() - active["activates_at"] - age), 5)
 
+    def test_z_rotation_gauges(self):
+        """Last (z): a rotation now leaves a retired key, which the gauges must show as
+        /v1/keys does."""
+        r = harness.unix_http(self.d.admin_sock, "POST", "/v1/issuers/main/rotate",
+                              {"now": True})
+        self.assertEqual(r.status, 200, r)
+        # the successor takes over a moment after the rotation, not at once
+        end = time.time() + 15
+        while True:
+            keys = harness.unix_http(self.d.admin_sock, "GET", "/v1/keys").json()["keys"]
+            if any(k["state"] == "retired" for k in keys) or time.time() > end:
+                break
+            time.sleep(0.2)
+        samples = self.scrape()
+        now = time.time()
+        by_state = {}
+        for k in keys:
+            by_state.setdefault(k["state"], []).append(k)
+        for state in ("pending", "active", "retired"):
+            self.assertEqual(self.value(samples, "tokensign_keys", issuer="main", state=state),
+                             len(by_state.get(state, [])), (state, keys))
+        retired = by_state["retired"]
+        oldest = min(k["destroy_after"] for k in retired)
+        self.assertLessEqual(
+            abs(self.value(samples, "tokensign_oldest_retired_key_destroyable_in_seconds",
+                           issuer="main") - max(0, oldest - now)), 5)
+        active = by_state["active"][0]
+        self.assertLessEqual(
+            abs(self.value(samples, "tokensign_current_key_age_seconds", issuer="main") -
+                (now - active["activates_at"])), 5)
+        nxt = self.value(samples, "tokensign_next_rotation_timestamp_seconds", issuer="main")
+        self.assertGreater(nxt, now)
+        # a pending key is there: the handover is at the active key's scheduled retirement
+        self.assertEqual(len(by_state["pending"]), 1, keys)
+        self.assertEqual(nxt, active["retires_at"], keys)
+        self.assertEqual(self.value(samples, "tokensign_next_key_published", issuer="main"), 1)
+        self.assertEqual(self.value(samples, "tokensign_issuer_can_sign", issuer="main"), 1)
+
     def test_connections_open(self):
         s = socket.create_connection(("127.0.0.1", self.d.jwks_port))
         try:
