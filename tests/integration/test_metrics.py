@@ -6,6 +6,7 @@ answers only GET /metrics, and the metrics may never share the JWKS port."""
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -307,6 +308,28 @@ class MetricsTest(harness.TestCase):
         rc, err = harness.check_config(base + "\n[metrics]\nlisten = nowhere\n")
         self.assertNotEqual(rc, 0)
         self.assertIn("listen: 'nowhere' is not a numeric host:port", err, err)
+
+
+class ReloadTest(harness.TestCase):
+    """[metrics] listen is read at start only: a reload that changes it says so and keeps
+    serving on the old address (docs/operations.md, reload table)."""
+
+    def test_listen_change_needs_restart(self):
+        old, new = harness.free_port(), harness.free_port()
+        with harness.Daemon(extra_conf="[metrics]\nlisten = 127.0.0.1:%d\n" % old) as d:
+            d.extra_conf = "[metrics]\nlisten = 127.0.0.1:%d\n" % new
+            d.write_config()
+            before = d.log().count("reload: done")
+            d.proc.send_signal(signal.SIGHUP)
+            end = time.time() + 10
+            while d.log().count("reload: done") == before:
+                self.assertLess(time.time(), end, "no 'reload: done':\n" + d.log()[-2000:])
+                time.sleep(0.1)
+            self.assertIn("reload: [metrics] listen changed; the metrics stay where they were "
+                          "until the service is restarted", d.log())
+            self.assertEqual(harness.tcp_http("127.0.0.1", old, "GET", "/metrics").status, 200)
+            with self.assertRaises(OSError):
+                harness.tcp_http("127.0.0.1", new, "GET", "/metrics")
 
 
 class TwoIssuersTest(harness.TestCase):
