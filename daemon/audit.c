@@ -13,6 +13,7 @@
 #include <systemd/sd-journal.h>
 #include <systemd/sd-login.h>
 
+#include "counters.h"
 #include "json_out.h"
 #include "log.h"
 
@@ -66,6 +67,9 @@ static atomic_bool failing;
 
 static int note_result(int r)
 {
+	metrics_add(
+	    metrics_series(r < 0 ? &counters.audit_dropped : &counters.audit_records, NULL, NULL),
+	    1);
 	if (r < 0 && !atomic_exchange(&failing, true))
 		log_error(
 		    "audit: cannot write an audit record: %s (logged once until one is written)",

@@ -8,12 +8,14 @@
 #include "activation.h"
 #include "budget.h"
 #include "conf.h"
+#include "counters.h"
 #include "hsmc.h"
 #include "keyring.h"
 
 struct sign_api;
 struct jwks_http;
 struct admin_api;
+struct metrics_http;
 struct scheduler;
 
 /* One configuration and the keys it implies. Requests hold a reference from their first to
@@ -22,8 +24,9 @@ struct runtime {
 	atomic_int refs;
 	struct conf *conf;
 	struct keyring *keyring;
-	struct hsmc *hsm;       /* the daemon's; the same in every runtime */
-	char cache_control[48]; /* "public, max-age=N" of the JWKS answers */
+	struct hsmc *hsm;             /* the daemon's; the same in every runtime */
+	char cache_control[48];       /* "public, max-age=N" of the JWKS answers */
+	struct issuer_series *series; /* parallel to conf->issuers (counters.h); NULL: no memory */
 };
 
 struct daemon {
@@ -37,6 +40,8 @@ struct daemon {
 	struct sign_api *sign;
 	struct jwks_http *jwks;
 	struct admin_api *admin;
+	struct metrics_http *metrics; /* NULL: no [metrics] listen */
+	int64_t started_at;           /* unix seconds: tokensign_up_since_timestamp_seconds */
 };
 
 /* A reference to the current runtime; give it back with runtime_release(). */

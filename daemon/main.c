@@ -20,6 +20,7 @@
 #include "health.h"
 #include "http_linger.h"
 #include "jwks_http.h"
+#include "metrics_http.h"
 #include "log.h"
 #include "log_limit.h"
 #include "ratelimit.h"
@@ -182,7 +183,7 @@ static int plan_budget(struct daemon *d, const struct conf *conf)
 
 static int run(const char *config_path)
 {
-	struct daemon d = {.config_path = config_path};
+	struct daemon d = {.config_path = config_path, .started_at = (int64_t)time(NULL)};
 	struct conf *conf = NULL;
 	int r;
 
@@ -228,7 +229,8 @@ static int run(const char *config_path)
 	sd_notify(0, "STATUS=Opening sockets");
 	if ((r = sign_api_start(&d, d.act.sign, &d.sign)) < 0 ||
 	    (r = jwks_http_start(&d, d.act.jwks, d.act.n_jwks, &d.jwks)) < 0 ||
-	    (r = admin_api_start(&d, d.act.admin, &d.admin)) < 0)
+	    (r = admin_api_start(&d, d.act.admin, &d.admin)) < 0 ||
+	    (r = metrics_http_start(&d, &d.metrics)) < 0)
 		goto out;
 	/* Start-up is over: from here on this process runs nothing and traces nothing
 	 * (docs/confinement.md). */
@@ -243,6 +245,7 @@ static int run(const char *config_path)
 	health_notify_status(&d, "READY=1\n");
 	r = main_loop(&d);
 out:
+	metrics_http_stop(d.metrics);
 	admin_api_stop(d.admin);
 	jwks_http_stop(d.jwks);
 	sign_api_stop(d.sign);

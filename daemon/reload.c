@@ -38,14 +38,20 @@ static bool hsm_changed(const struct conf *a, const struct conf *b)
 	       a->hsm.module_network != b->hsm.module_network;
 }
 
-static bool listen_changed(const struct conf *a, const struct conf *b)
+static bool listens_differ(const struct listen_conf *a, size_t na, const struct listen_conf *b,
+                           size_t nb)
 {
-	if (a->jwks.n_listen != b->jwks.n_listen)
+	if (na != nb)
 		return true;
-	for (size_t i = 0; i < a->jwks.n_listen; i++)
-		if (strcmp(a->jwks.listen[i].text, b->jwks.listen[i].text) != 0)
+	for (size_t i = 0; i < na; i++)
+		if (strcmp(a[i].text, b[i].text) != 0)
 			return true;
 	return false;
+}
+
+static bool listen_changed(const struct conf *a, const struct conf *b)
+{
+	return listens_differ(a->jwks.listen, a->jwks.n_listen, b->jwks.listen, b->jwks.n_listen);
 }
 
 /* Mode and group of a socket we made: applied to the existing file, no connection is lost.
@@ -90,6 +96,11 @@ static void sockets_apply(struct daemon *d, const struct conf *old, const struct
 		log_notice("reload: [admin] is configured now, but the passed admin socket was "
 		           "closed at start; restart the service to serve it");
 	}
+	/* The metrics listeners are bound once, at start (docs/operations.md, "Reload"). */
+	if (listens_differ(old->metrics.listen, old->metrics.n_listen, now->metrics.listen,
+	                   now->metrics.n_listen))
+		log_warning("reload: [metrics] listen changed; the metrics stay where they were "
+		            "until the service is restarted");
 	/* New listeners first (SO_REUSEPORT lets them share a port with the old ones); if one
 	 * cannot be bound, the old ones stay. Clients of the old ones reconnect. */
 	if (d->act.n_jwks == 0 && listen_changed(old, now)) {

@@ -37,6 +37,7 @@ void runtime_release(struct runtime *rt)
 		return;
 	keyring_free(rt->keyring);
 	conf_free(rt->conf);
+	free(rt->series);
 	free(rt);
 }
 
@@ -105,6 +106,10 @@ int runtime_new(struct hsmc *hsm, struct conf *conf, struct runtime **ret)
 	rt->hsm = hsm;
 	snprintf(rt->cache_control, sizeof(rt->cache_control), "public, max-age=%llu",
 	         (unsigned long long)conf->jwks.max_age);
+	/* Without it, signing counts all the same, by lookup (sign_api.c). */
+	rt->series = calloc(conf->n_issuers, sizeof(*rt->series));
+	for (size_t i = 0; rt->series && i < conf->n_issuers; i++)
+		counters_issuer_series(conf->issuers[i].name, &rt->series[i]);
 	r = algorithms_prepare(hsm, conf);
 	if (r == 0)
 		r = keys_load(rt);

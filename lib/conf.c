@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <ini.h>
 
@@ -35,7 +37,7 @@ struct parser {
 	bool section_known;    /* false: keys below it are not reported again */
 	struct seen_key *seen; /* every name set so far, to refuse repetitions */
 	size_t n_seen;
-	unsigned hsm_line, sign_line, jwks_line, admin_line;
+	unsigned hsm_line, sign_line, jwks_line, admin_line, metrics_line;
 	bool max_age_set;
 };
 
@@ -109,6 +111,9 @@ void conf_free(struct conf *conf)
 		free(conf->jwks.listen[i].text);
 	free(conf->jwks.listen);
 	free(conf->jwks.public_url);
+	for (size_t i = 0; i < conf->metrics.n_listen; i++)
+		free(conf->metrics.listen[i].text);
+	free(conf->metrics.listen);
 	for (size_t i = 0; i < conf->n_issuers; i++)
 		issuer_conf_clear(&conf->issuers[i]);
 	free(conf->issuers);
@@ -316,7 +321,8 @@ static int set_hsm_key(struct parser *p, const char *name, const char *value)
 	return -EINVAL;
 }
 
-static int add_listen(struct parser *p, const char *value)
+static int add_listen(struct parser *p, struct listen_conf **list, size_t *n_list,
+                      const char *value)
 {
 	struct listen_conf lc, *n;
 
@@ -326,13 +332,21 @@ static int add_listen(struct parser *p, const char *value)
 		           value);
 		return -EINVAL;
 	}
-	n = realloc(p->conf->jwks.listen, (p->conf->jwks.n_listen + 1) * sizeof(*n));
+	n = realloc(*list, (*n_list + 1) * sizeof(*n));
 	if (!n)
 		return -ENOMEM;
-	p->conf->jwks.listen = n;
+	*list = n;
 	lc.text = strdup(value);
-	n[p->conf->jwks.n_listen++] = lc;
+	n[(*n_list)++] = lc;
 	return 0;
+}
+
+static int set_metrics_key(struct parser *p, const char *name, const char *value)
+{
+	if (strcmp(name, "listen") == 0)
+		return add_listen(p, &p->conf->metrics.listen, &p->conf->metrics.n_listen, value);
+	conf_error(p, p->line, "unknown key '%s' in [metrics]", name);
+	return -EINVAL;
 }
 
 static int set_jwks_key(struct parser *p, const char *name, const char *value)
@@ -340,7 +354,7 @@ static int set_jwks_key(struct parser *p, const char *name, const char *value)
 	struct conf *c = p->conf;
 
 	if (strcmp(name, "listen") == 0)
-		return add_listen(p, value);
+		return add_listen(p, &c->jwks.listen, &c->jwks.n_listen, value);
 	if (strcmp(name, "max-age") == 0) {
 		p->max_age_set = true;
 		return set_duration(p, &c->jwks.max_age, name, value);
@@ -477,6 +491,8 @@ static int on_value(void *user, const char *section, const char *name, const cha
 		set_socket_key(p, &p->conf->admin, name, value);
 	else if (strcmp(section, "jwks") == 0)
 		set_jwks_key(p, name, value);
+	else if (strcmp(section, "metrics") == 0)
+		set_metrics_key(p, name, value);
 	else if ((ic = issuer_by_section(p, section)))
 		set_issuer_key(p, ic, name, value);
 	return 1;
@@ -516,6 +532,8 @@ static unsigned *fixed_section_line(struct parser *p, const char *name)
 		return &p->admin_line;
 	if (strcmp(name, "jwks") == 0)
 		return &p->jwks_line;
+	if (strcmp(name, "metrics") == 0)
+		return &p->metrics_line;
 	return NULL;
 }
 
@@ -665,6 +683,41 @@ static void validate_issuer(struct parser *p, struct issuer_conf *ic)
 	}
 }
 
+/* The same port on the same address, or on a wildcard address of the same family: with
+ * SO_REUSEPORT both binds would succeed and the kernel would spread relying parties over the
+ * metrics listener too. */
+static bool listen_overlaps(const struct listen_conf *a, const struct listen_conf *b)
+{
+	if (a->addr.ss_family != b->addr.ss_family)
+		return false;
+	if (a->addr.ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)&a->addr, *y = (const void *)&b->addr;
+		return x->sin_port == y->sin_port && (x->sin_addr.s_addr == y->sin_addr.s_addr ||
+		                                      x->sin_addr.s_addr == htonl(INADDR_ANY) ||
+		                                      y->sin_addr.s_addr == htonl(INADDR_ANY));
+	}
+	const struct sockaddr_in6 *x = (const void *)&a->addr, *y = (const void *)&b->addr;
+	return x->sin6_port == y->sin6_port &&
+	       (IN6_ARE_ADDR_EQUAL(&x->sin6_addr, &y->sin6_addr) ||
+	        IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr));
+}
+
+/* [metrics] listen never shares a port with [jwks] listen: the metrics are not public. */
+static void validate_metrics(struct parser *p)
+{
+	const struct conf *c = p->conf;
+
+	if (p->metrics_line && c->metrics.n_listen == 0)
+		conf_error(p, p->metrics_line, "[metrics]: at least one 'listen' is required");
+	for (size_t i = 0; i < c->metrics.n_listen; i++)
+		for (size_t j = 0; j < c->jwks.n_listen; j++)
+			if (listen_overlaps(&c->metrics.listen[i], &c->jwks.listen[j]))
+				conf_error(p, p->metrics_line,
+				           "[metrics]: listen %s is the port of [jwks] listen %s: "
+				           "the metrics must have a port of their own",
+				           c->metrics.listen[i].text, c->jwks.listen[j].text);
+}
+
 static void validate(struct parser *p)
 {
 	struct conf *c = p->conf;
@@ -694,6 +747,7 @@ static void validate(struct parser *p)
 		conf_error(p, p->jwks_line, "[jwks]: at least one 'listen' is required");
 	if (!p->max_age_set)
 		c->jwks.max_age = 300;
+	validate_metrics(p);
 	if (c->n_issuers == 0)
 		conf_error(p, 0, "no [issuer:NAME] section: nothing to sign for");
 	for (size_t i = 0; i < c->n_issuers; i++)

@@ -72,6 +72,11 @@ struct conf {
 		unsigned max_per_address; /* per listener and client address; 0: the default */
 		uint64_t request_timeout; /* seconds */
 	} jwks;
+	/* [metrics] listen: Prometheus metrics (docs/operations.md, "Monitoring"); none: off. */
+	struct {
+		struct listen_conf *listen;
+		size_t n_listen;
+	} metrics;
 	struct issuer_conf *issuers; /* in file order */
 	size_t n_issuers;
 };

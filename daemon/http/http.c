@@ -142,8 +142,10 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	struct http_peer *conn;
 
 	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
-		if (w)
+		if (w) {
 			atomic_fetch_sub(&w->open, 1);
+			counters_gauge_add(w->open_gauge, -1);
+		}
 		linger_if_refused(c, *socket_ctx, w ? w->linger : NULL);
 		if (*socket_ctx && w)
 			http_deadline_untrack(w->deadline,
@@ -158,6 +160,8 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 	 * its server. */
 	if (w && !atomic_exchange(&w->named, true))
 		pthread_setname_np(pthread_self(), w->name);
+	if (w)
+		counters_gauge_add(w->open_gauge, 1);
 	conn = calloc(1, sizeof(*conn));
 	if (!conn)
 		return;
@@ -175,6 +179,7 @@ void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_c
 	struct http_peer *conn;
 
 	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		counters_gauge_add(g->open_gauge, -1);
 		linger_if_refused(c, *socket_ctx, g->linger);
 		if (*socket_ctx)
 			http_deadline_untrack(g->deadline,
@@ -183,6 +188,7 @@ void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_c
 		*socket_ctx = NULL;
 		return;
 	}
+	counters_gauge_add(g->open_gauge, 1);
 	conn = calloc(1, sizeof(*conn));
 	if (conn) {
 		conn->err = -ENOTSUP;
@@ -405,6 +411,8 @@ static bool accept_all(struct http_unix_server *srv)
 			log_notice("http: accepting connections again");
 		srv->accept_failing = false;
 		if (at_cap(srv)) {
+			metrics_add(metrics_series(&counters.connections_refused, srv->what, NULL),
+			            1);
 			close(
 			    cfd); /* cheaper than a queue that fills: the client sees EOF at once */
 			continue;
@@ -499,6 +507,7 @@ int http_unix_serve(struct http_unix_server *srv, const struct sock_conf *sc, in
 		snprintf(srv->workers[i].name, sizeof(srv->workers[i].name), "%.8s-worker", what);
 		srv->workers[i].linger = &srv->linger;
 		srv->workers[i].deadline = &srv->deadline;
+		srv->workers[i].open_gauge = metrics_series(&counters.connections_open, what, NULL);
 		srv->workers[i].mhd =
 		    worker_start(&srv->workers[i], max_connections, handler, completed, cls);
 		if (!srv->workers[i].mhd) {

@@ -8,6 +8,7 @@
 #include <microhttpd.h>
 
 #include "conf.h"
+#include "counters.h"
 #include "http_deadline.h"
 #include "http_linger.h"
 #include "peer.h"
@@ -38,7 +39,8 @@ struct http_worker {
 	char name[16];              /* thread name, "sign-worker": for top -H and the benchmark */
 	atomic_bool named;          /* the thread carries it */
 	struct http_linger *linger; /* the server's */
-	struct http_deadline *deadline; /* the server's */
+	struct http_deadline *deadline;   /* the server's */
+	struct metric_series *open_gauge; /* tokensign_connections_open{listener=what} */
 };
 
 /* An HTTP server on a Unix socket: passed by systemd, or made here from a [sign]/[admin]
@@ -92,6 +94,7 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 struct http_guards {
 	struct http_linger *linger;
 	struct http_deadline *deadline;
+	struct metric_series *open_gauge; /* tokensign_connections_open of the listener */
 };
 void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                             enum MHD_ConnectionNotificationCode code);

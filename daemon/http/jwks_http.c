@@ -13,6 +13,7 @@
 #include <microhttpd.h>
 
 #include "conf_values.h"
+#include "counters.h"
 #include "etag.h"
 #include "http.h"
 #include "log.h"
@@ -41,6 +42,12 @@ static void add_cache_headers(struct runtime *rt, struct MHD_Response *resp, con
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
 }
 
+/* tokensign_jwks_requests_total: one per JWKS or discovery answer, by status. */
+static void count(const char *status)
+{
+	metrics_add(metrics_series(&counters.jwks_requests, status, NULL), 1);
+}
+
 static enum MHD_Result reply_not_modified(struct runtime *rt, struct MHD_Connection *c,
                                           const char *etag)
 {
@@ -50,6 +57,7 @@ static enum MHD_Result reply_not_modified(struct runtime *rt, struct MHD_Connect
 
 	if (!resp)
 		return MHD_NO;
+	count("304");
 	add_cache_headers(rt, resp, etag);
 	r = MHD_queue_response(c, MHD_HTTP_NOT_MODIFIED, resp);
 	MHD_destroy_response(resp);
@@ -83,6 +91,7 @@ enum MHD_Result jwks_http_reply(struct runtime *rt, struct MHD_Connection *c, si
 		keyset_release(set);
 		return MHD_NO;
 	}
+	count("200");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	add_cache_headers(rt, resp, set->etag);
 	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
@@ -131,10 +140,12 @@ static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection
 	char etag[ETAG_SIZE];
 	enum MHD_Result r;
 
-	if (!base)
+	if (!base) {
+		count("404");
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "no_jwks_uri",
 		                        "the issuer's iss is not an http(s) URL and [jwks] "
 		                        "public-url is not set");
+	}
 	body = discovery_render(ic, base);
 	free(base);
 	if (!body || etag_of(body, strlen(body), etag) < 0) {
@@ -150,6 +161,7 @@ static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection
 		free(body);
 		return MHD_NO;
 	}
+	count("200");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	add_cache_headers(rt, resp, etag);
 	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
@@ -183,12 +195,16 @@ static enum MHD_Result answer(struct runtime *rt, struct MHD_Connection *c, cons
 	bool is_jwks = false, is_path;
 
 	ic = route(rt, url, &is_jwks, &is_path);
-	if (!is_path)
+	if (!is_path) {
+		count("404");
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
+	}
 	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
 		return http_reply_method(c, "GET, HEAD");
-	if (!ic)
+	if (!ic) {
+		count("404");
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
+	}
 	if (is_jwks)
 		return jwks_http_reply(rt, c, keyring_index(rt->keyring, ic));
 	return reply_discovery(rt, c, ic);
@@ -225,7 +241,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
  * are logged at start instead. */
 static void jwks_log(void *cls, const char *fmt, va_list ap)
 {
-	if (strncmp(fmt, "Server reached connection limit", 31) != 0)
+	if (strncmp(fmt, "Server reached connection limit", 31) == 0)
+		metrics_add(metrics_series(&counters.connections_refused, "jwks", NULL), 1);
+	else
 		http_log(cls, fmt, ap);
 }
 
@@ -235,7 +253,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 	http_request_done(c);
 }
 
-static int listen_socket(const struct listen_conf *lc, int *ret)
+int jwks_http_listen(const struct listen_conf *lc, int *ret)
 {
 	int fd, one = 1, r;
 
@@ -286,7 +304,8 @@ int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http
 	if (!jh)
 		return -ENOMEM;
 	jh->d = d;
-	jh->guards = (struct http_guards){&jh->linger, &jh->deadline};
+	jh->guards = (struct http_guards){&jh->linger, &jh->deadline,
+	                                  metrics_series(&counters.connections_open, "jwks", NULL)};
 	r = http_linger_start(&jh->linger);
 	if (r == 0)
 		r = http_deadline_start(&jh->deadline, conf->jwks.request_timeout);
@@ -304,7 +323,7 @@ int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http
 	for (size_t i = 0; i < total && r == 0; i++) {
 		jh->n = i + 1;
 		jh->fds[i] = n > 0 ? fds[i] : -1;
-		if (n == 0 && (r = listen_socket(&conf->jwks.listen[i], &jh->fds[i])) < 0) {
+		if (n == 0 && (r = jwks_http_listen(&conf->jwks.listen[i], &jh->fds[i])) < 0) {
 			log_error("cannot listen on %s: %s", conf->jwks.listen[i].text,
 			          strerror(-r));
 			break;

@@ -14,3 +14,7 @@ enum MHD_Result jwks_http_reply(struct runtime *rt, struct MHD_Connection *c, si
  * listen address. */
 int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http **ret);
 void jwks_http_stop(struct jwks_http *jh);
+
+/* A listening TCP socket on lc (non-blocking, SO_REUSEPORT for reloads, IPv6 only on [::]);
+ * the metrics listener's too. */
+int jwks_http_listen(const struct listen_conf *lc, int *ret);

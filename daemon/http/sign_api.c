@@ -5,11 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
 
 #include "audit.h"
+#include "counters.h"
 #include "health.h"
 #include "http.h"
 #include "issue.h"
@@ -40,7 +42,16 @@ struct request {
 	struct runtime *rt; /* held until the request completes: ic lives in it */
 	const struct issuer_conf *ic;
 	struct http_body body;
+	uint64_t start_us; /* its headers were in, monotonic: tokensign_sign_duration_seconds */
 };
+
+static uint64_t monotonic_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static enum MHD_Result reply_simple(struct sign_api *api, struct MHD_Connection *c, const char *url,
                                     const char *method)
@@ -92,11 +103,33 @@ static void audit_caller(struct MHD_Connection *c, struct audit_signature *a)
 	a->pid = a->no_caller ? 0 : (int32_t)hp->peer.pid;
 }
 
-/* The answer to an issuance, a token or a refusal. */
-static enum MHD_Result reply_outcome(struct MHD_Connection *c, struct issue_outcome *out)
+/* Counts a decision of ic: a granted one through rt's cached series when there is rt. */
+static void count_outcome(struct runtime *rt, const struct issuer_conf *ic, uint64_t start_us,
+                          const struct issue_outcome *out)
+{
+	if (out->status != MHD_HTTP_OK) {
+		counters_sign(ic->name, out->code, 0);
+		return;
+	}
+	if (rt && rt->series) {
+		const struct issuer_series *s = &rt->series[ic - rt->conf->issuers];
+		metrics_add(s->granted, 1);
+		metrics_observe(&counters.sign_duration, s->duration, monotonic_us() - start_us);
+		return;
+	}
+	counters_sign(ic->name, "granted", monotonic_us() - start_us);
+}
+
+/* The answer to an issuance, a token or a refusal, counted: every audited decision ends
+ * here. rt: the request's runtime, or NULL; start_us: when its headers were in (refusals on
+ * the headers alone are not timed). */
+static enum MHD_Result reply_outcome(struct MHD_Connection *c, struct runtime *rt,
+                                     const struct issuer_conf *ic, uint64_t start_us,
+                                     struct issue_outcome *out)
 {
 	enum MHD_Result r;
 
+	count_outcome(rt, ic, start_us, out);
 	if (out->status != MHD_HTTP_OK)
 		return http_reply_error(c, out->status, out->code, out->message);
 	r = http_reply_json(c, MHD_HTTP_OK, out->answer);
@@ -115,7 +148,7 @@ static enum MHD_Result refuse(struct MHD_Connection *c, const struct issuer_conf
 
 	audit_caller(c, &caller);
 	issue_refuse(ic, &caller, status, code, message, NULL, &out);
-	return reply_outcome(c, &out);
+	return reply_outcome(c, NULL, ic, 0, &out);
 }
 
 /* The checks that need only the headers, in the order of docs/api.md ("The rules, in the order
@@ -166,6 +199,7 @@ static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct M
 		return MHD_NO;
 	rq->route = route;
 	rq->ic = ic;
+	rq->start_us = monotonic_us();
 	*req_cls = rq;
 	return MHD_YES;
 }
@@ -199,9 +233,11 @@ static enum MHD_Result on_complete(struct MHD_Connection *c, struct request *rq)
 		              "Content-Type must be application/json");
 	audit_caller(c, &caller);
 	if (token_issue(rq->rt, rq->ic, rq->body.data ? rq->body.data : "", rq->body.len, &caller,
-	                &out) < 0)
+	                &out) < 0) {
+		counters_sign(rq->ic->name, "error", 0);
 		return MHD_NO;
-	return reply_outcome(c, &out);
+	}
+	return reply_outcome(c, rq->rt, rq->ic, rq->start_us, &out);
 }
 
 static bool bodyless(const char *method)

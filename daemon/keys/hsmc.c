@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "counters.h"
 #include "log.h"
 #include "pinfile.h"
 #include "proto.h"
@@ -319,8 +320,8 @@ static int slot_start(struct hsmc *c, struct slot *s)
 
 /* Sends the request in s->out and reads the answer to op into in. Returns the helper's result
  * (its text as this thread's error), or -ECONNABORTED when the helper was lost. */
-static int call(struct hsmc *c, struct slot *s, enum proto_op op, int timeout_ms,
-                struct proto_in *in)
+static int call_once(struct hsmc *c, struct slot *s, enum proto_op op, int timeout_ms,
+                     struct proto_in *in)
 {
 	char err[PROTO_MAX_ERROR];
 	int result = 0, r;
@@ -355,6 +356,16 @@ static int call(struct hsmc *c, struct slot *s, enum proto_op op, int timeout_ms
 		return result;
 	}
 	return 0;
+}
+
+/* call_once, counted (tokensign_hsm_operations_total, tokensign_hsm_errors_total). */
+static int call(struct hsmc *c, struct slot *s, enum proto_op op, int timeout_ms,
+                struct proto_in *in)
+{
+	int r = call_once(c, s, op, timeout_ms, in);
+
+	counters_hsm_call(proto_op_name(op), r, r < 0 ? hsm_last_error() : NULL);
+	return r;
 }
 
 /* After a successful call: the answer's fields decoded exactly, else the helper is lost. */

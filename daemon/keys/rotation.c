@@ -12,6 +12,7 @@
 
 #include "audit.h"
 #include "clock.h"
+#include "counters.h"
 #include "custody.h"
 #include "log.h"
 
@@ -176,6 +177,7 @@ static void issuer_problem(struct issuer_keys *ik, int64_t now, int r)
 	int64_t wait = min64((int64_t)1 << shift, RETRY_MAX);
 
 	ik->failures++;
+	metrics_add(metrics_series(&counters.key_generation_failures, ik->conf->name, NULL), 1);
 	ik->retry_at = now + wait;
 	snprintf(ik->problem, sizeof(ik->problem),
 	         "cannot generate the next key (%s); retrying in %llds", hsm_last_error(),

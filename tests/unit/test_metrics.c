@@ -1,8 +1,10 @@
 /* Unit tests of daemon/metrics.c: series by label values, the cardinality bound, histogram
  * buckets, and the text exposition format. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "counters.h"
 #include "metrics.h"
 #include "unit.h"
 
@@ -109,8 +111,49 @@ static void test_gauges(void)
 	free(text);
 }
 
+/* The ckr label of a failed helper call (counters.c): a CKR_* name from the helper's text,
+ * helper_lost, or other; never the rest of the text (it may name a kid). */
+static void test_ckr(void)
+{
+	char buf[64];
+
+	CHECK_STR(counters_ckr(-EIO, "C_Sign: CKR_DEVICE_ERROR (key 3f2a)", buf, sizeof(buf)),
+	          "CKR_DEVICE_ERROR");
+	CHECK_STR(counters_ckr(-EIO, "CKR_PIN_INCORRECT", buf, sizeof(buf)), "CKR_PIN_INCORRECT");
+	CHECK_STR(
+	    counters_ckr(-ECONNABORTED, "the token helper was lost (CKR_X)", buf, sizeof(buf)),
+	    "helper_lost");
+	CHECK_STR(counters_ckr(-EIO, "no such key", buf, sizeof(buf)), "other");
+	CHECK_STR(counters_ckr(-EIO, NULL, buf, sizeof(buf)), "other");
+	CHECK_STR(counters_ckr(-EIO, "CKR_", buf, sizeof(buf)), "other");
+	CHECK_STR(counters_ckr(-EIO, "ckr_device_error", buf, sizeof(buf)), "other");
+	CHECK_STR(counters_ckr(-EIO, "CKR_A\"} 1\nevil", buf, sizeof(buf)), "CKR_A");
+	CHECK_STR(counters_ckr(-EIO, "CKR_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", buf, 8), "CKR_AAA");
+}
+
+/* counters_sign: one decision, one increment; a granted one timed. */
+static void test_sign(void)
+{
+	struct metric_series *g, *h;
+
+	counters_sign("t-issuer", "granted", 700);
+	counters_sign("t-issuer", "aud_missing", 0);
+	counters_sign("t-issuer", "granted", 3000000);
+	g = metrics_series(&counters.sign_requests, "t-issuer", "granted");
+	h = metrics_series(&counters.sign_duration, "t-issuer", NULL);
+	CHECK_U64(atomic_load(&g->value), 2);
+	CHECK_U64(
+	    atomic_load(&metrics_series(&counters.sign_requests, "t-issuer", "aud_missing")->value),
+	    1);
+	CHECK_U64(atomic_load(&h->value), 2);
+	CHECK_U64(atomic_load(&h->buckets[1]), 1); /* 0.0007 <= .001 */
+	CHECK_U64(atomic_load(&h->sum_us), 3000700);
+}
+
 int main(void)
 {
+	test_ckr();
+	test_sign();
 	test_counter_series();
 	test_label_escaping();
 	test_histogram();
