@@ -22,6 +22,7 @@
 #include "jwks_http.h"
 #include "metrics_http.h"
 #include "log.h"
+#include "pinfile.h"
 #include "log_limit.h"
 #include "ratelimit.h"
 #include "reload.h"
@@ -69,6 +70,35 @@ static int config_check(const char *path, struct conf **ret)
 
 /* Public-key halves made by releases before 0.2 are public objects; ours are private now
  * (docs/design.md, "Custody"). Done once, after login and before any key is read. */
+/* Only the keeper holds the PIN file from here on. A systemd credential is in a directory of its
+ * own, so this process can be denied reading it again, by its path, at no cost to anything else
+ * it reads (docs/confinement.md, "The PIN file"): before any thread starts, so that all of them
+ * are bound. A PIN file elsewhere shares its directories with files this process may need to
+ * read later, and is left readable. */
+static int pin_hide(const char *pin_file)
+{
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	size_t n = creds ? strlen(creds) : 0;
+	char why[256];
+	int r;
+
+	if (!n || strncmp(pin_file, creds, n) != 0 || pin_file[n] != '/') {
+		log_info("the PIN file is not a systemd credential: this process stays able to "
+		         "open it by its path (docs/confinement.md, \"The PIN file\")");
+		return 0;
+	}
+	r = pinfile_hide(pin_file, why, sizeof(why));
+	if (r < 0) {
+		log_error("cannot hide the PIN file from this process: %s", why);
+		return r;
+	}
+	if (r == 0)
+		log_notice("the PIN file stays readable by this process: %s", why);
+	else
+		log_info("the PIN file is hidden from this process (Landlock)");
+	return 0;
+}
+
 static int keys_migrate(struct hsmc *hsm)
 {
 	size_t n = 0;
@@ -218,7 +248,7 @@ static int run(const char *config_path)
 		goto out;
 	}
 	hsmc_on_pin_refused(d.hsm, pin_refused, NULL);
-	if ((r = keys_migrate(d.hsm)) < 0) {
+	if ((r = keys_migrate(d.hsm)) < 0 || (r = pin_hide(conf->hsm.pin_file)) < 0) {
 		conf_free(conf);
 		goto out;
 	}

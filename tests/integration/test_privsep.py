@@ -280,3 +280,46 @@ class PrivsepTest(harness.TestCase):
 
 if __name__ == "__main__":
     harness.main()
+
+
+class CredentialDaemon(harness.Daemon):
+    """The PIN as the packaged unit passes it: a systemd credential, $CREDENTIALS_DIRECTORY/hsm-pin,
+    and no pin-file in the configuration."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        creds = os.path.join(self.workdir, "credentials")
+        os.makedirs(creds, mode=0o700, exist_ok=True)
+        self.pin_file = os.path.join(creds, "hsm-pin")
+        self.env["CREDENTIALS_DIRECTORY"] = creds
+
+    def config_text(self):
+        return "\n".join(line for line in super().config_text().split("\n")
+                         if not line.startswith("pin-file"))
+
+
+class PinCredentialTest(harness.TestCase):
+    def test_the_credential_is_hidden_from_the_front(self):
+        d = CredentialDaemon()
+        self.addCleanup(d.close)
+        harness.start_or_close(d)
+        self.assertIn("the PIN file is hidden from this process (Landlock)", d.log())
+        self.assertSigned(d.sign("main", {"aud": "api://orders"}))
+        # The front reads what it needs after that: a reload re-reads the configuration.
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while "reload" not in d.log().lower() and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertNotIn("cannot read", d.log())
+        self.assertSigned(d.sign("main", {"aud": "api://orders"}))
+        # A helper started after the front hid the file still logs in: the keeper holds it.
+        os.kill(d.helpers()["sign"][0], signal.SIGKILL)
+        for _ in range(4):
+            self.assertSigned(d.sign("main", {"aud": "api://orders"}))
+        self.assertNoSanitizerReport(d)
+
+    def test_a_pin_file_elsewhere_is_left_readable_and_said_so(self):
+        d = harness.Daemon()
+        self.addCleanup(d.close)
+        harness.start_or_close(d)
+        self.assertIn("the PIN file is not a systemd credential", d.log())
