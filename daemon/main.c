@@ -232,6 +232,7 @@ static int run(const char *config_path)
 	                                  .pin_file = conf->hsm.pin_file,
 	                                  .session_copies = conf->hsm.session_copies,
 	                                  .module_network = conf->hsm.module_network,
+	                                  .pin_cpus = conf->hsm.pin_cpus,
 	                                  .n_sign = sign_api_workers(),
 	                                  .sign_timeout_s = (unsigned)conf->sign.request_timeout},
 	              &d.hsm);

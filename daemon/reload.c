@@ -35,7 +35,7 @@ static bool hsm_changed(const struct conf *a, const struct conf *b)
 	return !same_str(a->hsm.module, b->hsm.module) || !same_str(a->hsm.token, b->hsm.token) ||
 	       !same_str(a->hsm.pin_file, b->hsm.pin_file) ||
 	       a->hsm.session_copies != b->hsm.session_copies ||
-	       a->hsm.module_network != b->hsm.module_network;
+	       a->hsm.module_network != b->hsm.module_network || a->hsm.pin_cpus != b->hsm.pin_cpus;
 }
 
 static bool listens_differ(const struct listen_conf *a, size_t na, const struct listen_conf *b,

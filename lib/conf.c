@@ -307,9 +307,11 @@ static int set_hsm_key(struct parser *p, const char *name, const char *value)
 		return set_string(p, &p->conf->hsm.token, name, value);
 	if (strcmp(name, "pin-file") == 0)
 		return set_string(p, &p->conf->hsm.pin_file, name, value);
-	if (strcmp(name, "session-copies") == 0 || strcmp(name, "module-network") == 0) {
-		bool *flag =
-		    name[0] == 's' ? &p->conf->hsm.session_copies : &p->conf->hsm.module_network;
+	if (strcmp(name, "session-copies") == 0 || strcmp(name, "module-network") == 0 ||
+	    strcmp(name, "pin-cpus") == 0) {
+		bool *flag = name[0] == 's'   ? &p->conf->hsm.session_copies
+		             : name[0] == 'm' ? &p->conf->hsm.module_network
+		                              : &p->conf->hsm.pin_cpus;
 		if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
 			conf_error(p, p->line, "%s: '%s' must be yes or no", name, value);
 			return -EINVAL;

@@ -58,6 +58,7 @@ struct conf {
 		char *pin_file;
 		bool session_copies; /* sign with session copies of the keys (daemon/hsm/hsm.h) */
 		bool module_network; /* the helpers may open sockets (a network HSM's module) */
+		bool pin_cpus;       /* each signing worker and its helper on one CPU */
 	} hsm;
 	struct sock_conf sign, admin;
 	/* [sign] audit: best-effort signs even when a token's audit record cannot be written;

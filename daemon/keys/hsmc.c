@@ -402,7 +402,7 @@ int hsmc_open(const struct hsmc_opts *o, struct hsmc **ret)
 		return -ENOMEM;
 	c->keeper_fd = -1;
 	c->n_sign = o->n_sign ? o->n_sign : 1;
-	{
+	if (o->pin_cpus) {
 		cpu_set_t set;
 		if (sched_getaffinity(0, sizeof(set), &set) == 0)
 			for (int i = 0; i < CPU_SETSIZE; i++)

@@ -23,6 +23,7 @@ struct hsmc_opts {
 	const char *module, *token, *pin_file;
 	bool session_copies;
 	bool module_network;     /* [hsm] module-network: helpers may open sockets */
+	bool pin_cpus;           /* [hsm] pin-cpus: a signing worker and its helper on one CPU */
 	unsigned n_sign;         /* signing helpers: one per signing worker */
 	unsigned sign_timeout_s; /* a signature that takes longer kills its helper */
 };

@@ -278,9 +278,6 @@ class PrivsepTest(harness.TestCase):
         self.assertEqual(read_answer(s, OP_PROBE)[0], 0)
 
 
-if __name__ == "__main__":
-    harness.main()
-
 
 class CredentialDaemon(harness.Daemon):
     """The PIN as the packaged unit passes it: a systemd credential, $CREDENTIALS_DIRECTORY/hsm-pin,
@@ -323,3 +320,52 @@ class PinCredentialTest(harness.TestCase):
         self.addCleanup(d.close)
         harness.start_or_close(d)
         self.assertIn("the PIN file is not a systemd credential", d.log())
+
+
+class PinnedDaemon(harness.Daemon):
+    def config_text(self):
+        return self.__class__.__bases__[0].config_text(self).replace(
+            "[hsm]\n", "[hsm]\npin-cpus = yes\n", 1)
+
+
+class PinCpusTest(harness.TestCase):
+    def cpus_allowed(self, pid, tid=None):
+        path = "/proc/%d/status" % pid if tid is None else "/proc/%d/task/%d/status" % (pid, tid)
+        with open(path) as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    return line.split(":", 1)[1].strip()
+        return None
+
+    def test_each_signing_helper_on_a_cpu_of_its_own_with_its_worker(self):
+        if len(os.sched_getaffinity(0)) < 2:
+            self.skipTest("one CPU: nothing to pin apart")
+        d = PinnedDaemon()
+        self.addCleanup(d.close)
+        harness.start_or_close(d)
+        for _ in range(20):
+            self.assertSigned(d.sign("main", {"aud": "api://orders"}))
+        helpers = d.helpers()
+        cpus = [self.cpus_allowed(p) for p in helpers["sign"]]
+        self.assertTrue(all(c and c.isdigit() for c in cpus), cpus)
+        self.assertEqual(len(set(cpus)), min(len(cpus), len(os.sched_getaffinity(0))), cpus)
+        # The workers that signed run on their helpers' CPUs; nothing else of the front is pinned.
+        workers = []
+        for tid in map(int, os.listdir("/proc/%d/task" % d.proc.pid)):
+            with open("/proc/%d/task/%d/comm" % (d.proc.pid, tid)) as f:
+                if f.read().strip() == "sign-worker":
+                    workers.append(self.cpus_allowed(d.proc.pid, tid))
+        self.assertTrue(set(w for w in workers if w.isdigit()) <= set(cpus), (workers, cpus))
+        self.assertFalse(self.cpus_allowed(d.proc.pid).isdigit())
+
+    def test_not_pinned_by_default(self):
+        d = harness.Daemon()
+        self.addCleanup(d.close)
+        harness.start_or_close(d)
+        self.assertSigned(d.sign("main", {"aud": "api://orders"}))
+        for pid in d.helpers()["sign"]:
+            self.assertEqual(self.cpus_allowed(pid), self.cpus_allowed(d.proc.pid))
+
+
+if __name__ == "__main__":
+    harness.main()
