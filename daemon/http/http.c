@@ -30,6 +30,10 @@ enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const
 		return MHD_NO;
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	/* Every 503 says when to come back (RFC 9110, 10.2.3): a lost helper is replaced, a late
+	 * key made, a token that hiccuped retried within about a second. */
+	if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, HTTP_RETRY_AFTER);
 	r = MHD_queue_response(c, status, resp);
 	MHD_destroy_response(resp);
 	return r;

@@ -14,6 +14,9 @@
 #include "peer.h"
 
 /* Queues a JSON body (copied) with status. */
+/* Seconds in the Retry-After header of every 503 answer. */
+#define HTTP_RETRY_AFTER "1"
+
 enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body);
 
 /* Queues {"error": code, "message": message}. */
