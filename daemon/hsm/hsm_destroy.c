@@ -27,8 +27,9 @@ static int attr_equals(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 }
 
 /* What a handle must still be before it is destroyed: an object of class cls, private, with
- * this CKA_ID (when id) and CKA_LABEL (when label). 1 when it is gone already, 0 when it is as
- * expected, -EPERM (nothing to destroy: it is something else now) or the token's error. */
+ * this CKA_ID (when id) and CKA_LABEL (when label). 1 when it is gone already (or the handle
+ * names an object with another id now), 0 when it is as expected, -EPERM (something else claims
+ * our id at that handle: never destroyed) or the token's error. */
 static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_OBJECT_CLASS cls,
                      const uint8_t *id, const char *label)
 {
@@ -42,10 +43,12 @@ static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, C
 		return 1;
 	if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
 		return hsm_fail("C_GetAttributeValue", rv, hsm_ckr_errno(rv));
+	/* Another id at the handle: our object left it (another instance destroyed it, and this
+	 * module gave its handle to a new object), so there is nothing of ours to destroy there. */
+	if (id && (r = attr_equals(h, s, obj, CKA_ID, id, HSM_ID_LEN)) != 0)
+		return r == -EPERM ? 1 : r;
 	if (rv != CKR_OK || c != cls || priv != CK_TRUE)
 		r = -EPERM;
-	if (r == 0 && id)
-		r = attr_equals(h, s, obj, CKA_ID, id, HSM_ID_LEN);
 	if (r == 0 && label)
 		r = attr_equals(h, s, obj, CKA_LABEL, label, strlen(label));
 	if (r == -EPERM)

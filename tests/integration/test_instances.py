@@ -119,9 +119,17 @@ class InstancesTest(harness.TestCase):
 
     def wait_quiet(self, length):
         """Sleeps until no scheduled activation falls within the next `length` seconds."""
+        deadline = time.time() + 30
         while True:
             st = tokencheck.admin_json(self.d1, "GET", "/v1/status")["issuers"]
-            nxt = min(r["next_rotation"] for r in st if r["next_rotation"])
+            times = [r["next_rotation"] for r in st if r["next_rotation"]]
+            if not times:
+                # No pending key yet (just started, or one just revoked, on a loaded machine):
+                # its generation sets the next activation; wait for it.
+                self.assertLess(time.time(), deadline, "no pending key appeared: %r" % st)
+                time.sleep(0.1)
+                continue
+            nxt = min(times)
             if nxt - time.time() > length:
                 return
             sleep_until(nxt + 0.1)
