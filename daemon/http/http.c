@@ -559,3 +559,39 @@ void http_unix_close(struct http_unix_server *srv)
 	free(srv->path);
 	*srv = (struct http_unix_server){.fd = -1, .stop_fd = -1};
 }
+
+int http_tcp_set_init(struct http_tcp_set *set, size_t total, uint64_t request_timeout,
+                      struct metric_series *open_gauge, const char *what)
+{
+	int r;
+
+	set->guards = (struct http_guards){&set->linger, &set->deadline, open_gauge};
+	r = http_linger_start(&set->linger);
+	if (r == 0)
+		r = http_deadline_start(&set->deadline, request_timeout);
+	if (r < 0) {
+		log_error("cannot start the %s guard threads: %s", what, strerror(-r));
+		return r;
+	}
+	set->mhd = calloc(total, sizeof(*set->mhd));
+	set->fds = calloc(total, sizeof(*set->fds));
+	return set->mhd && set->fds ? 0 : -ENOMEM;
+}
+
+void http_tcp_set_stop(struct http_tcp_set *set)
+{
+	for (size_t i = 0; i < set->n; i++) {
+		/* libmicrohttpd closes the listen socket it was given. */
+		if (set->mhd && set->mhd[i])
+			MHD_stop_daemon(set->mhd[i]);
+		else if (set->fds && set->fds[i] >= 0)
+			close(set->fds[i]);
+	}
+	http_linger_stop(&set->linger);
+	http_deadline_stop(&set->deadline);
+	free(set->mhd);
+	free(set->fds);
+	set->mhd = NULL;
+	set->fds = NULL;
+	set->n = 0;
+}

@@ -99,6 +99,25 @@ struct http_guards {
 	struct http_deadline *deadline;
 	struct metric_series *open_gauge; /* tokensign_connections_open of the listener */
 };
+
+/* A set of TCP listeners (the JWKS, the metrics): one libmicrohttpd daemon per socket, and the
+ * guard threads they share. */
+struct http_tcp_set {
+	size_t n; /* listeners set up so far */
+	struct MHD_Daemon **mhd;
+	int *fds; /* -1: none (yet) */
+	struct http_linger linger;
+	struct http_deadline deadline;
+	struct http_guards guards; /* both, for http_on_tcp_connection */
+};
+
+/* Starts the guard threads of a set of total listeners (request_timeout: seconds a request may
+ * take) and makes room for them; what names the set in the log. On failure, stop it. */
+int http_tcp_set_init(struct http_tcp_set *set, size_t total, uint64_t request_timeout,
+                      struct metric_series *open_gauge, const char *what);
+/* Stops every daemon (which closes its socket), closes the sockets that have none, stops the
+ * guards and frees the arrays. */
+void http_tcp_set_stop(struct http_tcp_set *set);
 void http_on_tcp_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                             enum MHD_ConnectionNotificationCode code);
 const struct http_peer *http_peer_of(struct MHD_Connection *c);

@@ -20,12 +20,7 @@
 
 struct jwks_http {
 	struct daemon *d;
-	size_t n;
-	struct MHD_Daemon **mhd;
-	int *fds;
-	struct http_linger linger;     /* for every listener */
-	struct http_deadline deadline; /* for every listener */
-	struct http_guards guards;     /* both, for http_on_tcp_connection */
+	struct http_tcp_set tcp;
 };
 
 static const char jwks_suffix[] = "/.well-known/jwks.json";
@@ -277,17 +272,17 @@ int jwks_http_listen(const struct listen_conf *lc, int *ret)
 
 static int serve(struct jwks_http *jh, size_t i, const char *what)
 {
-	jh->mhd[i] = MHD_start_daemon(
+	jh->tcp.mhd[i] = MHD_start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
 	    on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, jwks_log, jh, MHD_OPTION_LISTEN_SOCKET,
-	    jh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+	    jh->tcp.fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
 	    MHD_OPTION_CONNECTION_LIMIT, jh->d->budget.jwks, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
 	    jh->d->budget.jwks_per_address, MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS,
-	    MHD_OPTION_NOTIFY_CONNECTION, http_on_tcp_connection, &jh->guards,
+	    MHD_OPTION_NOTIFY_CONNECTION, http_on_tcp_connection, &jh->tcp.guards,
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_URI_LOG_CALLBACK,
 	    http_on_target, NULL, MHD_OPTION_END);
-	if (!jh->mhd[i]) {
+	if (!jh->tcp.mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
 		return -EIO;
 	}
@@ -304,26 +299,16 @@ int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http
 	if (!jh)
 		return -ENOMEM;
 	jh->d = d;
-	jh->guards = (struct http_guards){&jh->linger, &jh->deadline,
-	                                  metrics_series(&counters.connections_open, "jwks", NULL)};
-	r = http_linger_start(&jh->linger);
-	if (r == 0)
-		r = http_deadline_start(&jh->deadline, conf->jwks.request_timeout);
+	r = http_tcp_set_init(&jh->tcp, total, conf->jwks.request_timeout,
+	                      metrics_series(&counters.connections_open, "jwks", NULL), "JWKS");
 	if (r < 0) {
-		log_error("cannot start the JWKS guard threads: %s", strerror(-r));
 		jwks_http_stop(jh);
 		return r;
 	}
-	jh->mhd = calloc(total, sizeof(*jh->mhd));
-	jh->fds = calloc(total, sizeof(*jh->fds));
-	if (!jh->mhd || !jh->fds) {
-		jwks_http_stop(jh);
-		return -ENOMEM;
-	}
 	for (size_t i = 0; i < total && r == 0; i++) {
-		jh->n = i + 1;
-		jh->fds[i] = n > 0 ? fds[i] : -1;
-		if (n == 0 && (r = jwks_http_listen(&conf->jwks.listen[i], &jh->fds[i])) < 0) {
+		jh->tcp.n = i + 1;
+		jh->tcp.fds[i] = n > 0 ? fds[i] : -1;
+		if (n == 0 && (r = jwks_http_listen(&conf->jwks.listen[i], &jh->tcp.fds[i])) < 0) {
 			log_error("cannot listen on %s: %s", conf->jwks.listen[i].text,
 			          strerror(-r));
 			break;
@@ -342,16 +327,6 @@ void jwks_http_stop(struct jwks_http *jh)
 {
 	if (!jh)
 		return;
-	for (size_t i = 0; i < jh->n; i++) {
-		/* libmicrohttpd closes the listen socket it was given. */
-		if (jh->mhd && jh->mhd[i])
-			MHD_stop_daemon(jh->mhd[i]);
-		else if (jh->fds && jh->fds[i] >= 0)
-			close(jh->fds[i]);
-	}
-	http_linger_stop(&jh->linger);
-	http_deadline_stop(&jh->deadline);
-	free(jh->mhd);
-	free(jh->fds);
+	http_tcp_set_stop(&jh->tcp);
 	free(jh);
 }

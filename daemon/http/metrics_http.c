@@ -20,12 +20,7 @@
 
 struct metrics_http {
 	struct daemon *d;
-	size_t n;
-	struct MHD_Daemon **mhd;
-	int *fds;
-	struct http_linger linger;
-	struct http_deadline deadline;
-	struct http_guards guards;
+	struct http_tcp_set tcp;
 };
 
 static const char content_type[] = "text/plain; version=0.0.4; charset=utf-8";
@@ -357,16 +352,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 
 static int serve(struct metrics_http *mh, size_t i, const char *what)
 {
-	mh->mhd[i] = MHD_start_daemon(
+	mh->tcp.mhd[i] = MHD_start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
 	    on_request, mh, MHD_OPTION_EXTERNAL_LOGGER, metrics_log, mh, MHD_OPTION_LISTEN_SOCKET,
-	    mh->fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+	    mh->tcp.fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_HTTP_MAX_CONNECTIONS,
 	    MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS, MHD_OPTION_NOTIFY_CONNECTION,
-	    http_on_tcp_connection, &mh->guards, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-	    MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_END);
-	if (!mh->mhd[i]) {
+	    http_on_tcp_connection, &mh->tcp.guards, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+	    NULL, MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_END);
+	if (!mh->tcp.mhd[i]) {
 		log_error("cannot start the metrics server on %s", what);
 		return -EIO;
 	}
@@ -387,27 +382,17 @@ int metrics_http_start(struct daemon *d, struct metrics_http **ret)
 	if (!mh)
 		return -ENOMEM;
 	mh->d = d;
-	mh->guards =
-	    (struct http_guards){&mh->linger, &mh->deadline,
-	                         metrics_series(&counters.connections_open, "metrics", NULL)};
-	r = http_linger_start(&mh->linger);
-	if (r == 0)
-		r = http_deadline_start(&mh->deadline, conf->jwks.request_timeout);
+	r = http_tcp_set_init(&mh->tcp, total, conf->jwks.request_timeout,
+	                      metrics_series(&counters.connections_open, "metrics", NULL),
+	                      "metrics");
 	if (r < 0) {
-		log_error("cannot start the metrics guard threads: %s", strerror(-r));
 		metrics_http_stop(mh);
 		return r;
 	}
-	mh->mhd = calloc(total, sizeof(*mh->mhd));
-	mh->fds = calloc(total, sizeof(*mh->fds));
-	if (!mh->mhd || !mh->fds) {
-		metrics_http_stop(mh);
-		return -ENOMEM;
-	}
 	for (size_t i = 0; i < total && r == 0; i++) {
-		mh->n = i + 1;
-		mh->fds[i] = -1;
-		r = jwks_http_listen(&conf->metrics.listen[i], &mh->fds[i]);
+		mh->tcp.n = i + 1;
+		mh->tcp.fds[i] = -1;
+		r = jwks_http_listen(&conf->metrics.listen[i], &mh->tcp.fds[i]);
 		if (r < 0) {
 			log_error("cannot listen on %s ([metrics]): %s",
 			          conf->metrics.listen[i].text, strerror(-r));
@@ -427,15 +412,6 @@ void metrics_http_stop(struct metrics_http *mh)
 {
 	if (!mh)
 		return;
-	for (size_t i = 0; i < mh->n; i++) {
-		if (mh->mhd && mh->mhd[i])
-			MHD_stop_daemon(mh->mhd[i]);
-		else if (mh->fds && mh->fds[i] >= 0)
-			close(mh->fds[i]);
-	}
-	http_linger_stop(&mh->linger);
-	http_deadline_stop(&mh->deadline);
-	free(mh->mhd);
-	free(mh->fds);
+	http_tcp_set_stop(&mh->tcp);
 	free(mh);
 }
