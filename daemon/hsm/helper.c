@@ -161,10 +161,11 @@ static int keeper(const struct args *a)
 			return EX_PROTOCOL;
 		}
 		argv[role_at] = req == 'M' ? "--manage" : NULL;
-		if (spawn(PROTO_FD_SOCKET, argv) < 0) {
-			/* The daemon sees no answer to this request: it fails that start. */
+		int r = spawn(PROTO_FD_SOCKET, argv);
+		if (r < 0) {
+			/* The answer carries no socket and pid -1: the daemon fails that start. */
 			fprintf(stderr, "tokensign-hsm --keeper: cannot start a helper: %s\n",
-			        strerror(errno));
+			        strerror(-r));
 			int32_t none = -1;
 			if (send(PROTO_FD_SOCKET, &none, sizeof(none), MSG_NOSIGNAL) < 0)
 				return EX_OSERR;

@@ -219,6 +219,19 @@ static void refused(struct hsmc *c)
 		c->on_refused(c->on_refused_data);
 }
 
+/* When s's next helper may start: at once after one that lived long, else after a backoff
+ * that doubles from BACKOFF_MIN_MS to BACKOFF_MAX_MS while helpers die young. */
+static void backoff(struct slot *s, int64_t now, bool lived_long)
+{
+	if (lived_long)
+		s->backoff_ms = 0;
+	else
+		s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : BACKOFF_MIN_MS;
+	if (s->backoff_ms > BACKOFF_MAX_MS)
+		s->backoff_ms = BACKOFF_MAX_MS;
+	s->retry_at_ms = now + s->backoff_ms;
+}
+
 /* Replaces a helper that was lost: killed when it might still run (it did not answer in time or
  * spoke outside the protocol), then started again after a backoff that grows while helpers die
  * young. */
@@ -234,13 +247,7 @@ static void slot_drop(struct hsmc *c, struct slot *s, bool kill_it, const char *
 		kill(s->pid, SIGKILL);
 	close(s->fd);
 	s->fd = -1;
-	if (now - s->started_ms >= LIVED_LONG_MS)
-		s->backoff_ms = 0;
-	else
-		s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : BACKOFF_MIN_MS;
-	if (s->backoff_ms > BACKOFF_MAX_MS)
-		s->backoff_ms = BACKOFF_MAX_MS;
-	s->retry_at_ms = now + s->backoff_ms;
+	backoff(s, now, now - s->started_ms >= LIVED_LONG_MS);
 	atomic_fetch_add(&c->restarts, 1);
 }
 
@@ -307,10 +314,7 @@ static int slot_start(struct hsmc *c, struct slot *s)
 		hsm_fail_text(result, "%s", err);
 		close(s->fd);
 		s->fd = -1;
-		s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : BACKOFF_MIN_MS;
-		if (s->backoff_ms > BACKOFF_MAX_MS)
-			s->backoff_ms = BACKOFF_MAX_MS;
-		s->retry_at_ms = now_ms() + s->backoff_ms;
+		backoff(s, now_ms(), false);
 		if (result == -EKEYREJECTED)
 			refused(c);
 		return result;
