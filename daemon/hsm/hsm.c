@@ -290,6 +290,7 @@ static int recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *w
 	}
 	if ((rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED) && !rc->reopened) {
 		rc->reopened = true;
+		atomic_fetch_add_explicit(&h->repairs, 1, memory_order_relaxed);
 		/* The session's objects, its key copies among them, went with it. */
 		hsm_session_forget_copies(s);
 		h->f->C_CloseSession(s->handle);
@@ -301,6 +302,7 @@ static int recover(struct hsm *h, struct hsm_session *s, CK_RV rv, const char *w
 	if (rv == CKR_USER_NOT_LOGGED_IN && !rc->relogged) {
 		int r;
 		rc->relogged = true;
+		atomic_fetch_add_explicit(&h->repairs, 1, memory_order_relaxed);
 		pthread_mutex_lock(&h->lock);
 		/* The logout destroyed every private session object: all key copies are gone. */
 		atomic_fetch_add(&h->copies_lost, 1);
@@ -331,6 +333,11 @@ int hsm_with_session(struct hsm *h, const char *what, hsm_op *op, void *ctx)
 		rv = op(h, s, ctx);
 	} while ((r = recover(h, s, rv, s->call ? s->call : what, &rc)) > 0);
 	return r;
+}
+
+unsigned long hsm_repairs(struct hsm *h)
+{
+	return atomic_load_explicit(&h->repairs, memory_order_relaxed);
 }
 
 CK_RV hsm_require_login(struct hsm *h, struct hsm_session *s)

@@ -53,6 +53,10 @@ int hsm_touch_token(const char *module, const char *token);
 /* Cheap liveness check: this thread's session answers and so does the token (C_GetTokenInfo). */
 int hsm_probe(struct hsm *hsm);
 
+/* How many times this process has reopened a session or logged in again to repair a call, in
+ * all (tokensign_hsm_session_recoveries_total, through each answer's repairs). */
+unsigned long hsm_repairs(struct hsm *hsm);
+
 /* Checks that the token can generate keys for alg (RSA: of key_bits) and sign with them, and
  * picks the mechanism: a combined one (CKM_SHA256_RSA_PKCS) when the token has it, else the
  * raw one with the digest made here. Must succeed before keys of alg are made or used.

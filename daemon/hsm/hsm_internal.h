@@ -99,6 +99,8 @@ struct hsm {
 	 * so each session forgets its copies without touching their handles (a token may give a
 	 * stale handle to a new object). */
 	atomic_ulong copies_lost;
+	/* Sessions reopened and logins repeated by hsm_with_session() (hsm_repairs()). */
+	atomic_ulong repairs;
 	struct hsm_plan plans[_JWS_ALG_MAX];
 	/* For hsm_resync(): how to name the token to another process, whether its store needs
 	 * it (SoftHSM's file store), the calls that may have written token objects, and their

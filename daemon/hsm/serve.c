@@ -372,6 +372,7 @@ int serve(struct hsm *h, int fd, enum serve_role role)
 
 	for (;;) {
 		struct proto_req rq;
+		unsigned long repairs;
 		r = proto_recv(fd, PROTO_MAX_REQUEST, &buf, &cap, &body, &len);
 		if (r == -EPIPE) {
 			r = 0; /* the daemon is gone */
@@ -383,7 +384,9 @@ int serve(struct hsm *h, int fd, enum serve_role role)
 			r = -EPROTO;
 			break;
 		}
+		repairs = hsm_repairs(h);
 		dispatch(&sv, &rq);
+		proto_answer_set_repairs(&sv.out, hsm_repairs(h) - repairs);
 		proto_req_clear(&rq);
 		if ((r = proto_send(fd, &sv.out)) < 0)
 			break;

@@ -214,6 +214,12 @@ static void render_process(FILE *out, struct metrics_http *mh)
 	        "# TYPE tokensign_helper_restarts_total counter\n"
 	        "tokensign_helper_restarts_total %lu\n",
 	        hsmc_restarts(mh->d->hsm));
+	fprintf(out,
+	        "# HELP tokensign_hsm_session_recoveries_total Token sessions reopened and logins "
+	        "repeated by the helpers.\n"
+	        "# TYPE tokensign_hsm_session_recoveries_total counter\n"
+	        "tokensign_hsm_session_recoveries_total %lu\n",
+	        hsmc_session_recoveries(mh->d->hsm));
 }
 
 static void render_token_objects(FILE *out, struct keyring *kr)

@@ -72,6 +72,7 @@ struct hsmc {
 	void (*on_refused)(void *data);
 	void *on_refused_data;
 	atomic_ulong restarts;
+	atomic_ulong repairs; /* the helpers' session repairs, as their answers tell them */
 	atomic_uint next_pick;
 	int cpus[CPU_SETSIZE]; /* those this process may run on, in order */
 	unsigned n_cpus;
@@ -274,6 +275,7 @@ static int slot_start(struct hsmc *c, struct slot *s)
 {
 	struct proto_in in;
 	char err[PROTO_MAX_ERROR];
+	unsigned repairs = 0;
 	int result = 0, r;
 	int64_t now = now_ms();
 
@@ -304,7 +306,7 @@ static int slot_start(struct hsmc *c, struct slot *s)
 	if (r == 0)
 		r = proto_recv(s->fd, PROTO_MAX_ANSWER, &s->rx, &s->rx_cap, &s->body, &s->rx_len);
 	if (r == 0)
-		r = proto_open_answer(&in, s->body, s->rx_len, PROTO_READY, &result, err,
+		r = proto_open_answer(&in, s->body, s->rx_len, PROTO_READY, &result, &repairs, err,
 		                      sizeof(err));
 	if (r < 0 || !proto_done(&in)) {
 		slot_drop(c, s, true, "did not report its login");
@@ -328,6 +330,7 @@ static int call_once(struct hsmc *c, struct slot *s, enum proto_op op, int timeo
                      struct proto_in *in)
 {
 	char err[PROTO_MAX_ERROR];
+	unsigned repairs = 0;
 	int result = 0, r;
 
 	if (s->out.oom)
@@ -344,7 +347,8 @@ static int call_once(struct hsmc *c, struct slot *s, enum proto_op op, int timeo
 	if (r == 0)
 		r = proto_recv(s->fd, PROTO_MAX_ANSWER, &s->rx, &s->rx_cap, &s->body, &s->rx_len);
 	if (r == 0)
-		r = proto_open_answer(in, s->body, s->rx_len, op, &result, err, sizeof(err));
+		r = proto_open_answer(in, s->body, s->rx_len, op, &result, &repairs, err,
+		                      sizeof(err));
 	if (r < 0) {
 		slot_drop(c, s, r != -EPIPE,
 		          r == -ETIMEDOUT ? "did not answer in time"
@@ -353,6 +357,8 @@ static int call_once(struct hsmc *c, struct slot *s, enum proto_op op, int timeo
 		return hsm_fail_text(-ECONNABORTED, "the token helper was lost (%s)",
 		                     proto_op_name(op));
 	}
+	/* A repair helped or not: either way the session was repaired. */
+	atomic_fetch_add(&c->repairs, repairs);
 	if (result < 0) {
 		hsm_fail_text(result, "%s", err);
 		if (result == -EKEYREJECTED)
@@ -483,6 +489,11 @@ bool hsmc_pin_refused(struct hsmc *c)
 unsigned long hsmc_restarts(struct hsmc *c)
 {
 	return atomic_load(&c->restarts);
+}
+
+unsigned long hsmc_session_recoveries(struct hsmc *c)
+{
+	return atomic_load(&c->repairs);
 }
 
 /* ---- management operations: one at a time, on the management helper ---- */

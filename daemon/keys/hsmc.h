@@ -42,6 +42,9 @@ bool hsmc_pin_refused(struct hsmc *c);
 /* Helpers started again after one was lost (for status and metrics). */
 unsigned long hsmc_restarts(struct hsmc *c);
 
+/* Sessions the helpers reopened and logins they repeated to repair a call (for metrics). */
+unsigned long hsmc_session_recoveries(struct hsmc *c);
+
 /* The management helper's session and the token answer (its view of the token is what the keys
  * are read through). */
 int hsmc_probe(struct hsmc *c);

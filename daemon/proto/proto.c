@@ -165,9 +165,19 @@ void proto_answer(struct proto_out *o, enum proto_op op, int result, const char 
 	proto_put_u8(o, PROTO_VERSION);
 	proto_put_u8(o, (uint8_t)op);
 	proto_put_u32(o, (uint32_t)result);
+	proto_put_u8(o, 0); /* proto_answer_set_repairs() */
 	if (result == 0 || !error)
 		error = "";
 	proto_put_bytes(o, error, strnlen(error, PROTO_MAX_ERROR - 1));
+}
+
+/* The repairs byte: after the frame's length (4), version, op and result. */
+#define ANSWER_REPAIRS_AT (4 + 1 + 1 + 4)
+
+void proto_answer_set_repairs(struct proto_out *o, unsigned long repairs)
+{
+	if (!o->oom && o->len > ANSWER_REPAIRS_AT)
+		o->p[ANSWER_REPAIRS_AT] = (uint8_t)(repairs > 255 ? 255 : repairs);
 }
 
 /* ---- reading ---- */
@@ -383,21 +393,23 @@ int proto_open_request(struct proto_in *in, const uint8_t *body, size_t len, enu
 }
 
 int proto_open_answer(struct proto_in *in, const uint8_t *body, size_t len, enum proto_op op,
-                      int *result, char *error, size_t size)
+                      int *result, unsigned *repairs, char *error, size_t size)
 {
-	uint8_t v, o;
+	uint8_t v, o, rep;
 	int32_t res;
 
 	*in = (struct proto_in){.p = body, .len = len};
 	v = proto_get_u8(in);
 	o = proto_get_u8(in);
 	res = (int32_t)proto_get_u32(in);
+	rep = proto_get_u8(in);
 	proto_get_str(in, error, size < PROTO_MAX_ERROR ? size : PROTO_MAX_ERROR);
 	/* A result is 0 or a negative errno; the error text comes with failures only. */
 	if (in->bad || v != PROTO_VERSION || o != op || res > 0 || res < -4095 ||
 	    (res == 0) != (error[0] == '\0'))
 		return -EPROTO;
 	*result = res;
+	*repairs = rep;
 	return 0;
 }
 

@@ -2,11 +2,13 @@
  * separation"): small, binary, versioned, every length capped.
  *
  * A frame is a 4-byte little-endian length, then that many bytes of body. A request's body is
- * [u8 version][u8 op][fields]; an answer's is [u8 version][u8 op][i32 result][str error][fields],
- * the fields only when result is 0. Integers are little-endian; bytes and str are a u32 length
- * then the data (str: no NUL inside). Each side drops the connection on any frame it cannot
- * decode exactly: the helper exits, the daemon kills and replaces it. No general PKCS#11
- * passthrough: each op is one thing the daemon needs. */
+ * [u8 version][u8 op][fields]; an answer's is [u8 version][u8 op][i32 result][u8 repairs][str
+ * error] [fields], the fields only when result is 0; repairs: how many times the helper reopened
+ * its session or logged in again while serving the request (counted by the daemon's metrics).
+ * Integers are little-endian; bytes and str are a u32 length then the data (str: no NUL inside).
+ * Each side drops the connection on any frame it cannot decode exactly: the helper exits, the
+ * daemon kills and replaces it. No general PKCS#11 passthrough: each op is one thing the daemon
+ * needs. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,7 +17,7 @@
 #include "hsm_types.h"
 #include "jwk.h"
 
-#define PROTO_VERSION 1
+#define PROTO_VERSION 2
 
 #define PROTO_MAX_REQUEST (128u * 1024)      /* a signing input, a record */
 #define PROTO_MAX_ANSWER  (8u * 1024 * 1024) /* the key index or records of a large token */
@@ -81,6 +83,8 @@ void proto_put_object(struct proto_out *o, const struct hsm_key_object *e);
 /* Starts a request or an answer. */
 void proto_request(struct proto_out *o, enum proto_op op);
 void proto_answer(struct proto_out *o, enum proto_op op, int result, const char *error);
+/* Sets the repairs of the answer that proto_answer() began in o (at most 255 are told). */
+void proto_answer_set_repairs(struct proto_out *o, unsigned long repairs);
 
 /* A frame being read. bad: a field did not decode (every later read yields zero/NULL). */
 struct proto_in {
@@ -108,10 +112,10 @@ bool proto_done(const struct proto_in *in);
 
 /* A request's header: version and op. -EPROTO when the version is not ours or op unknown. */
 int proto_open_request(struct proto_in *in, const uint8_t *body, size_t len, enum proto_op *op);
-/* An answer's header, which must answer op: *result and the error text (into error, size
- * bytes). -EPROTO on anything else. */
+/* An answer's header, which must answer op: *result, the helper's session repairs and the error
+ * text (into error, size bytes). -EPROTO on anything else. */
 int proto_open_answer(struct proto_in *in, const uint8_t *body, size_t len, enum proto_op op,
-                      int *result, char *error, size_t size);
+                      int *result, unsigned *repairs, char *error, size_t size);
 
 /* Writes the frame whole (MSG_NOSIGNAL on a socket). 0, -EPIPE or another negative errno. */
 int proto_send(int fd, struct proto_out *o);

@@ -77,6 +77,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct proto_in in;
 	char error[PROTO_MAX_ERROR];
 	int result;
+	unsigned repairs;
 
 	if (size < 1)
 		return 0;
@@ -87,8 +88,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	}
 	for (int op = 1; op < _PROTO_OP_MAX; op++) {
-		if (proto_open_answer(&in, data + 1, size - 1, (enum proto_op)op, &result, error,
-		                      sizeof(error)) < 0)
+		if (proto_open_answer(&in, data + 1, size - 1, (enum proto_op)op, &result, &repairs,
+		                      error, sizeof(error)) < 0)
 			continue;
 		if (result > 0 || result < -4095 || strlen(error) >= sizeof(error))
 			abort();

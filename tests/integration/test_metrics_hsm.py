@@ -2,7 +2,8 @@
 """Helper calls in the metrics (docs/operations.md, "Monitoring"), through the p11shim: a
 C_Sign that fails with CKR_DEVICE_ERROR is one tokensign_hsm_errors_total{op="sign",
 ckr="CKR_DEVICE_ERROR"} and one tokensign_sign_requests_total{result="hsm_unavailable"}; a
-helper killed is a helper restart."""
+session the helper reopens or a login it repeats is a tokensign_hsm_session_recoveries_total;
+a helper killed is a helper restart."""
 
 import os
 import signal
@@ -59,6 +60,25 @@ class MetricsHsmTest(harness.TestCase):
             self.assertTrue(ckr in ("helper_lost", "other") or
                             (ckr.startswith("CKR_") and ckr.replace("_", "").isalnum()),
                             errors)
+
+    def test_session_recoveries_counted(self):
+        self.assertSigned(self.d.sign("main", harness.VALID_CLAIMS))
+        name = "tokensign_hsm_session_recoveries_total"
+        before = self.value(self.scrape(), name)
+        # a dropped session: the shim really closes it, and it was the signing helper's only
+        # one, so the token logged the helper out with it: reopened, then logged in again
+        # (two repairs), and the signature made on the new session
+        harness.write_faults(self.d, "C_Sign CKR_SESSION_HANDLE_INVALID 1")
+        self.assertSigned(self.d.sign("main", harness.VALID_CLAIMS))
+        self.assertEqual(self.value(self.scrape(), name) - before, 2)
+        # a lost login: logged in again once
+        harness.write_faults(self.d, "C_Sign LOGOUT 1")
+        self.assertSigned(self.d.sign("main", harness.VALID_CLAIMS))
+        self.assertEqual(self.value(self.scrape(), name) - before, 3)
+        # a signature that needed no repair moves nothing
+        harness.write_faults(self.d)
+        self.assertSigned(self.d.sign("main", harness.VALID_CLAIMS))
+        self.assertEqual(self.value(self.scrape(), name) - before, 3)
 
     def test_helper_restart_counted(self):
         before = self.value(self.scrape(), "tokensign_helper_restarts_total")

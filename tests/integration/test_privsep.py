@@ -17,7 +17,7 @@ import time
 import harness
 
 # daemon/proto/proto.h
-VERSION = 1
+VERSION = 2
 OP_READY, OP_PROBE, OP_GENERATE, OP_SIGN, OP_PROVE = 1, 2, 4, 13, 14
 ES256 = 0
 EX_PROTOCOL = 76  # sysexits.h: what a helper exits with on a request outside the protocol
@@ -50,9 +50,9 @@ def read_answer(sock, op):
     """(result, error text, rest of the body) of one answer to op."""
     (n,) = struct.unpack("<I", recv_exact(sock, 4))
     body = recv_exact(sock, n)
-    ver, got, result, elen = struct.unpack("<BBiI", body[:10])
+    ver, got, result, _repairs, elen = struct.unpack("<BBiBI", body[:11])
     assert (ver, got) == (VERSION, op), (ver, got)
-    return result, body[10:10 + elen].decode(), body[10 + elen:]
+    return result, body[11:11 + elen].decode(), body[11 + elen:]
 
 
 def signing_input(header, claims):
