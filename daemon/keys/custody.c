@@ -526,12 +526,39 @@ static int incomplete_or_foreign(struct keyring *kr, const struct sorting *s, co
 	return -ENOENT; /* the thread's error still says which half is missing */
 }
 
+/* SoftHSM's file store can show another process's fresh object without its attributes for good
+ * (docs/design.md, "SoftHSM's file store is not coherent"): a pair that looks incomplete for
+ * the first time makes the refresh read the token again with a new module instance, and is
+ * believed only then. True when this one is such a doubt (noted in kr). */
+static bool reread_wanted(struct keyring *kr, const uint8_t *id)
+{
+	uint8_t(*grown)[HSM_ID_LEN];
+
+	if (kr->reread_state == REREAD_OFF)
+		return false;
+	for (size_t i = 0; i < kr->n_reread; i++)
+		if (memcmp(kr->reread[i], id, HSM_ID_LEN) == 0)
+			return false;
+	if (kr->n_reread == KEYRING_REREAD_MAX) {
+		memmove(kr->reread, kr->reread + 1, (KEYRING_REREAD_MAX - 1) * sizeof(*kr->reread));
+		kr->n_reread--;
+	}
+	grown = realloc(kr->reread, (kr->n_reread + 1) * sizeof(*grown));
+	if (!grown)
+		return false;
+	kr->reread = grown;
+	memcpy(kr->reread[kr->n_reread++], id, HSM_ID_LEN);
+	kr->reread_state = REREAD_WANTED;
+	return true;
+}
+
 static void key_quarantined(struct keyring *kr, const struct issuer_conf *ic, struct key *k, int r)
 {
 	k->usable = false;
 	k->incomplete = r == -ENOENT;
 	kr->view.n_quarantined++;
-	if (warn_once(kr, k->rec.handle))
+	/* Said when believed: after the second reading, if it still shows the same. */
+	if (kr->reread_state != REREAD_WANTED && warn_once(kr, k->rec.handle))
 		log_error(
 		    "issuer %s: key %s is kept in quarantine (it never signs, and stays in the "
 		    "JWKS only if it was there): %s",
@@ -573,6 +600,8 @@ int custody_key_load(struct keyring *kr, struct sorting *s, const struct issuer_
 	/* Objects of a pair that is not ours stay unclaimed: each is reported on its own. */
 	if (r != -EPERM && r != -EINVAL)
 		claim(kr, s, p->rec.id, label, r == -ENOENT ? &ret->hk : NULL);
+	if (r == -ENOENT)
+		reread_wanted(kr, p->rec.id);
 	if (r == -EEXIST || r == -ENOENT || r == -EOPNOTSUPP) {
 		key_quarantined(kr, ic, ret, r);
 		return 0;

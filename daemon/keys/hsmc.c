@@ -568,6 +568,21 @@ int hsmc_probe_ready(struct hsmc *c)
 	return r;
 }
 
+void hsmc_manage_renew(struct hsmc *c)
+{
+	struct slot *s = &c->manage;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->fd >= 0) {
+		/* Idle (its lock is ours): it reads the end of the stream, finalizes the module and
+		 * exits; the next call starts another, at once. */
+		close(s->fd);
+		s->fd = -1;
+		s->retry_at_ms = 0;
+	}
+	pthread_mutex_unlock(&s->lock);
+}
+
 int hsmc_resync(struct hsmc *c)
 {
 	return manage_simple(c, PROTO_RESYNC, MANAGE_TIMEOUT_MS);

@@ -74,6 +74,10 @@ int hsmc_store_record(struct hsmc *c, const char *label, const char *value, size
 int hsmc_destroy_record(struct hsmc *c, const struct hsm_record *rec);
 int hsmc_resync(struct hsmc *c);
 
+/* Ends the management helper, so that the next management call starts a new one, whose module
+ * instance reads every token object afresh (keyring_refresh()). Not counted as a restart. */
+void hsmc_manage_renew(struct hsmc *c);
+
 /* Signs a JWS signing input with key (found by its id) on a signing helper, which refuses one
  * that does not name the key or leaves its issuer's policy (-EPERM). */
 int hsmc_sign(struct hsmc *c, const struct hsm_key *key, const char *input, size_t len,

@@ -72,6 +72,7 @@ void keyring_free(struct keyring *kr)
 	token_view_clear(&kr->view);
 	free(kr->halfmade_seen);
 	free(kr->suspects);
+	free(kr->reread);
 	free(kr->warned);
 	free(kr->issuers);
 	free(kr);
@@ -509,11 +510,17 @@ static int token_read(struct keyring *kr, struct hsm_record **recs, size_t *n_re
 	return r;
 }
 
-int keyring_refresh(struct keyring *kr, int64_t now)
+/* One reading of the token into new keysets, published unless the reading wants to be done
+ * again (-EAGAIN: kr->reread_state, custody.c's reread_wanted()). */
+static int refresh_pass(struct keyring *kr, int64_t now)
 {
 	struct hsm_record *recs = NULL;
 	struct hsm_key_index *ix = NULL;
 	struct sorting s = {0};
+	struct collected {
+		struct key *keys;
+		size_t n;
+	} *got = NULL;
 	size_t n_recs = 0;
 	int r = token_read(kr, &recs, &n_recs, &ix);
 
@@ -526,18 +533,31 @@ int keyring_refresh(struct keyring *kr, int64_t now)
 		log_notice("the token can be read again");
 	kr->token_problem[0] = '\0';
 	r = custody_sort(kr, recs, n_recs, ix, &s);
+	if (r == 0 && !(got = calloc(kr->n ? kr->n : 1, sizeof(*got))))
+		r = -ENOMEM;
+	for (size_t i = 0; i < kr->n && r == 0; i++)
+		r = issuer_collect(kr, i, &s, now, &got[i].keys, &got[i].n);
+	if (r == 0 && kr->reread_state == REREAD_WANTED)
+		r = -EAGAIN;
 	for (size_t i = 0; i < kr->n && r == 0; i++) {
 		struct keyset *set;
-		struct key *keys;
 		char blocked[160];
-		size_t n;
 
 		custody_issuer_blocked(&s, kr->issuers[i].conf->name, blocked, sizeof(blocked));
-		r = issuer_collect(kr, i, &s, now, &keys, &n);
-		if (r == 0)
-			r = keyset_build(kr->issuers[i].conf, keys, n, now, blocked, &set);
+		/* keyset_build() takes the keys, also when it fails. */
+		r = keyset_build(kr->issuers[i].conf, got[i].keys, got[i].n, now, blocked, &set);
+		got[i].keys = NULL;
+		got[i].n = 0;
 		if (r == 0)
 			keyring_publish(kr, i, set, now);
+	}
+	for (size_t i = 0; got && i < kr->n; i++)
+		keys_free(got[i].keys, got[i].n);
+	free(got);
+	if (r == -EAGAIN) {
+		custody_sorting_free(&s);
+		hsm_records_free(recs, n_recs);
+		return r;
 	}
 	if (r == 0)
 		custody_note_objects(kr, &s, now);
@@ -548,5 +568,30 @@ int keyring_refresh(struct keyring *kr, int64_t now)
 		    strerror(-r));
 	custody_sorting_free(&s);
 	hsm_records_free(recs, n_recs);
+	return r;
+}
+
+int keyring_refresh(struct keyring *kr, int64_t now)
+{
+	unsigned long restarts = hsmc_restarts(kr->hsm);
+	int r;
+
+	kr->reread_state = REREAD_CHECK;
+	r = refresh_pass(kr, now);
+	if (r < 0 && r != -EAGAIN && hsmc_restarts(kr->hsm) != restarts) {
+		/* A helper that lost the token was replaced during the reading (hsmc.c,
+		 * probe_or_replace()): the new one has a module instance of its own, which can
+		 * read the token. Seen at a first start beside another instance's. */
+		r = refresh_pass(kr, now);
+	}
+	if (r == -EAGAIN) {
+		/* A new helper is a new module instance, which reads every object afresh. */
+		log_info("a key pair looks incomplete: reading the token again with a new "
+		         "management helper before believing it");
+		hsmc_manage_renew(kr->hsm);
+		kr->reread_state = REREAD_OFF;
+		r = refresh_pass(kr, now);
+	}
+	kr->reread_state = REREAD_OFF;
 	return r;
 }

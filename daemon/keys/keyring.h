@@ -126,7 +126,18 @@ struct keyring {
 	size_t n_suspects;
 	unsigned long *warned; /* objects already reported in the log, by handle */
 	size_t n_warned;
+	/* A pair found incomplete is read again once by a new management helper before it is
+	 * believed (keyring_refresh()): its ids, the last KEYRING_REREAD_MAX of them. */
+	uint8_t (*reread)[HSM_ID_LEN];
+	size_t n_reread;
+	enum {
+		REREAD_OFF,   /* believe what the token shows */
+		REREAD_CHECK, /* a first pass: an incomplete pair not read again yet is a doubt */
+		REREAD_WANTED /* such a pair was found: read the token again, afresh */
+	} reread_state;
 };
+
+#define KEYRING_REREAD_MAX 64
 
 /* What status and the key listing show beside the keysets, as the last writer left it: counts,
  * orphans and problems. Immutable, replaced whole each time a writer lets go of the keyring, so

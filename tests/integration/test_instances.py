@@ -281,8 +281,11 @@ class InstancesTest(harness.TestCase):
 
     def test_simultaneous_first_start(self):
         """Both instances find an empty token and make first keys at the same instant."""
+        # Whether both instances make keys is the scheduler's choice: on an idle machine one
+        # sometimes finishes before the other looks (seen: 3 attempts in a row).
+        ATTEMPTS = 6
         raced = 0
-        for attempt in range(3):
+        for attempt in range(ATTEMPTS):
             d1, d2 = self.pair(start=False)   # d2's constructor provisioned the shared token
             t_spawn = time.time()
             d1.spawn()
@@ -311,7 +314,8 @@ class InstancesTest(harness.TestCase):
             d2.close()
             if raced:
                 break
-        self.assertTrue(raced, "in 3 attempts the two instances never both made first keys")
+        self.assertTrue(raced, "in %d attempts the two instances never both made first keys"
+                        % ATTEMPTS)
 
     def test_pending_revoked_on_both_at_once(self):
         # Long periods: no scheduled activation (itself a race, see quiet_window) during the

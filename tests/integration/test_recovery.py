@@ -15,6 +15,9 @@ fault-injecting module (tests/shim/README.md), and each test makes chosen PKCS#1
 - At first start a key that cannot be generated or recorded stops the daemon and leaves nothing
   in the token. A new pair that reads back wrong is destroyed and made again (three tries).
 - A failing `tokensign-hsm --touch-token` child is logged once per episode; signing goes on.
+- A key pair that looks incomplete (SoftHSM's store can show a process another's fresh private
+  key without its attributes, for good) is read again by a new management helper before it is
+  quarantined.
 
 Environment (tests/shim/meson.build): TOKENSIGND, P11PROBE, SOFTHSM_MODULE and P11SHIM (the
 built shim module)."""
@@ -716,6 +719,72 @@ class TouchFailure(RecoveryCase):
         self.assertSignsAndVerifies(self.sign(), "after")
         self.assertEqual(self.d.helpers(), helpers, "a failing touch restarted a helper")
 
+
+class FreshViewTest(harness.TestCase):
+    """docs/design.md, "SoftHSM's file store is not coherent between writing processes": a
+    module instance can keep showing another process's fresh private key without its
+    attributes, so a pair that looks incomplete for the first time is read again, by a new
+    management helper (a new module instance), before it is believed. The shim's
+    `C_FindObjectsInit:3 EMPTY 1` makes one search for private keys (CKO_PRIVATE_KEY = 3) find
+    none: every pair looks incomplete to that reading."""
+
+    REREAD = "reading the token again with a new management helper"
+
+    def setUp(self):
+        # A short prepublish: a rescan every 2 s (tokencheck.rescan_interval)
+        issuer = dict(harness.DEFAULT_ISSUER, **{"rotation-period": "1h", "prepublish": "4s"})
+        self.d = harness.shim_daemon(issuers={"main": issuer}, admin=True, jwks_max_age="2s")
+        self.addCleanup(self.d.close)
+
+    def status(self):
+        r = harness.unix_http(self.d.admin_sock, "GET", "/v1/status")
+        self.assertEqual(r.status, 200, r)
+        return r.json()
+
+    def test_incomplete_pair_is_read_again_before_quarantine(self):
+        d = self.d
+        d.start()
+        kid = self.assertSigned(d.sign("main", harness.VALID_CLAIMS))["kid"]
+        d.stop()
+        # A new start reads every key afresh (none is known yet). Its first two searches for
+        # private keys find none: the migration of public halves' index read
+        # (daemon/hsm/hsm_migrate.c), then the first refresh's.
+        harness.write_faults(d, "C_FindObjectsInit:3 EMPTY 2")
+        d.start()
+        with open(d.faults) as f:
+            self.assertIn("EMPTY 0", f.read(), "the fault was not injected")
+        status = self.status()
+        self.assertEqual(status["quarantined"], 0, status)
+        self.assertEqual(status["level"], "ok", status)
+        self.assertEqual(self.assertSigned(d.sign("main", harness.VALID_CLAIMS))["kid"], kid,
+                         "the active key was replaced instead of read again")
+        log = d.log()
+        self.assertEqual(log.count(self.REREAD), 1, log[-3000:])
+        self.assertNotIn("kept in quarantine", log)
+
+    def test_pair_still_incomplete_after_the_second_reading_is_quarantined_once(self):
+        d = self.d
+        d.start()
+        kid = self.assertSigned(d.sign("main", harness.VALID_CLAIMS))["kid"]
+        d.stop()
+        # The migration's reading and both of the first refresh find no private key: the
+        # second reading is believed, the keys are quarantined, and a key is made. The refresh
+        # after that generation sees the pairs whole (the faults are used up) and takes them
+        # back; neither it nor the rescans after it read again for the same keys.
+        harness.write_faults(d, "C_FindObjectsInit:3 EMPTY 3")
+        d.start()
+        with open(d.faults) as f:
+            self.assertIn("EMPTY 0", f.read(), "the faults were not injected")
+        manage = d.helpers()["manage"]
+        time.sleep(2.5 * 2)  # two rescans
+        self.assertEqual(d.helpers()["manage"], manage, "the management helper was renewed "
+                         "again for keys already read twice")
+        log = d.log()
+        self.assertEqual(log.count(self.REREAD), 1, log[-3000:])
+        self.assertIn("kept in quarantine", log)
+        status = self.status()
+        self.assertEqual(status["quarantined"], 0, status)
+        self.assertEqual(self.assertSigned(d.sign("main", harness.VALID_CLAIMS))["kid"], kid)
 
 if __name__ == "__main__":
     harness.main()

@@ -507,7 +507,10 @@ def read_raw(module, label, pin_file, env=None, live_since=None):
         try:
             objs = harness.p11probe(module, label, pin_file, env)
         except harness.HarnessError as e:
-            if attempt == PROBE_ATTEMPTS - 1 or "0x00000013" not in str(e):
+            # SoftHSM reading files another process is writing: an object it cannot parse
+            # (0x13), or the token itself not found (its token.object caught mid-write)
+            transient = "0x00000013" in str(e) or "no token labelled" in str(e)
+            if attempt == PROBE_ATTEMPTS - 1 or not transient:
                 raise harness.HarnessError("%s\n(attempt %d; live_since %s) %s"
                                            % (e, attempt + 1, live_since, _tokendir_listing(env)))
             read_raw.retried += 1

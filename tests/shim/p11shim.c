@@ -246,7 +246,7 @@ static void log_call(const char *fn, CK_RV rv)
 
 /* ---- the fault file ---- */
 
-enum action { ACT_NONE, ACT_RV, ACT_LOGOUT, ACT_CORRUPT, ACT_HIDE, ACT_SLEEP };
+enum action { ACT_NONE, ACT_RV, ACT_LOGOUT, ACT_CORRUPT, ACT_HIDE, ACT_SLEEP, ACT_EMPTY };
 
 /* SLEEP=MS: at most a minute, so that a mistyped line cannot hang a test for good. */
 #define SLEEP_MAX_MS 60000L
@@ -462,6 +462,8 @@ static struct fault fault_scan(const struct call *c, const char *path, bool rewr
 			cand.action = ACT_CORRUPT;
 		else if (l2 == 4 && memcmp(w2, "HIDE", 4) == 0)
 			cand.action = ACT_HIDE;
+		else if (l2 == 5 && memcmp(w2, "EMPTY", 5) == 0)
+			cand.action = ACT_EMPTY;
 		else if (l2 > 6 && memcmp(w2, "SLEEP=", 6) == 0 &&
 		         (cand.sleep_ms = sleep_parse(w2 + 6, l2 - 6)) >= 0)
 			cand.action = ACT_SLEEP;
@@ -491,6 +493,12 @@ static struct fault fault_scan(const struct call *c, const char *path, bool rewr
 		}
 		if ((!forever && count == 0) || (cand.action == ACT_CORRUPT && !c->can_corrupt))
 			goto next;
+		if (cand.action == ACT_EMPTY && strcmp(c->fn, "C_FindObjectsInit") != 0) {
+			if (!quiet)
+				warn("%s:%d: EMPTY applies to C_FindObjectsInit only", path,
+				     lineno);
+			goto next;
+		}
 		if (cand.action == ACT_HIDE && !c->can_hide) {
 			if (!quiet)
 				warn("%s:%d: HIDE applies to C_GetMechanismList and "
@@ -627,6 +635,7 @@ static bool pre(const struct fault *f, CK_SESSION_HANDLE s, bool has_session, CK
 		          NULL);
 		break;
 	case ACT_CORRUPT:
+	case ACT_EMPTY: /* C_FindObjectsInit, after the real call */
 	case ACT_NONE:
 		break;
 	}
@@ -783,13 +792,54 @@ static CK_RV shim_C_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 	return rv;
 }
 
+/* Sessions whose current search EMPTY made find nothing (until C_FindObjectsFinal). */
+static CK_SESSION_HANDLE empty_searches[64];
+static pthread_mutex_t empty_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool empty_search(CK_SESSION_HANDLE s, int set)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&empty_lock);
+	for (size_t i = 0; i < 64 && !found; i++)
+		if (empty_searches[i] == s && s != CK_INVALID_HANDLE) {
+			found = true;
+			if (set == 0)
+				empty_searches[i] = CK_INVALID_HANDLE;
+		}
+	for (size_t i = 0; i < 64 && set == 1 && !found; i++)
+		if (empty_searches[i] == CK_INVALID_HANDLE) {
+			empty_searches[i] = s;
+			found = true;
+		}
+	pthread_mutex_unlock(&empty_lock);
+	return found;
+}
+
+/* The CKA_CLASS a search template asks for: its qualifier ("C_FindObjectsInit:3" is a search
+ * for private keys); -1 (matches no qualified line) when it names none. */
+static CK_ULONG template_class(CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
+{
+	for (CK_ULONG i = 0; tmpl && i < n; i++)
+		if (tmpl[i].type == CKA_CLASS && tmpl[i].pValue &&
+		    tmpl[i].ulValueLen == sizeof(CK_OBJECT_CLASS))
+			return *(CK_OBJECT_CLASS *)tmpl[i].pValue;
+	return (CK_ULONG)-1;
+}
+
 static CK_RV shim_C_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n)
 {
-	struct fault f = fault_take("C_FindObjectsInit", false);
+	struct call c = {
+	    "C_FindObjectsInit", MATCH_MECH, template_class(tmpl, n), false, false, false};
+	struct fault f = fault_take_call(&c);
 	CK_RV rv;
 
 	if (!pre(&f, s, true, &rv))
 		rv = real->C_FindObjectsInit(s, tmpl, n);
+	/* EMPTY: the search runs, but finds nothing, as a process whose view of the token lost
+	 * the objects would (docs/design.md, "SoftHSM's file store is not coherent"). */
+	if (rv == CKR_OK && f.action == ACT_EMPTY)
+		empty_search(s, 1);
 	log_call("C_FindObjectsInit", rv);
 	return rv;
 }
@@ -802,6 +852,8 @@ static CK_RV shim_C_FindObjects(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE_PTR ret, C
 
 	if (!pre(&f, s, true, &rv))
 		rv = real->C_FindObjects(s, ret, max, ret_n);
+	if (rv == CKR_OK && ret_n && empty_search(s, -1))
+		*ret_n = 0;
 	log_call("C_FindObjects", rv);
 	return rv;
 }
@@ -813,6 +865,7 @@ static CK_RV shim_C_FindObjectsFinal(CK_SESSION_HANDLE s)
 
 	if (!pre(&f, s, true, &rv))
 		rv = real->C_FindObjectsFinal(s);
+	empty_search(s, 0);
 	log_call("C_FindObjectsFinal", rv);
 	return rv;
 }
