@@ -14,12 +14,14 @@ JWKS listener"; SPEC §3 [jwks] cors-origins, health).
 - cors-origins = *: "*" on every answer, no Vary; absent: no CORS header, OPTIONS 405;
 - health = yes: /healthz and /readyz as on the sign socket, 503 with Retry-After while the token
   does not answer (staged with p11shim: this test runs in tests/shim/meson.build); health = no:
-  404.
+  404;
+- both apply to the answers after a reload.
 Never Access-Control-Allow-Credentials."""
 
 import http.client
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -431,6 +433,42 @@ class HealthTest(CorsCase):
         # alive all the same, and the last good JWKS is still served
         self.assertEqual(self.get("/healthz").status, 200)
         self.assertEqual(self.get().status, 200)
+
+
+class ReloadTest(CorsCase):
+    """cors-origins and health apply to the answers after a reload (docs/operations.md, reload
+    table), both ways."""
+
+    def setUp(self):
+        self.d = JwksDaemon()
+        self.addCleanup(self.d.close)
+        self.d.start()
+
+    def reload(self, jwks_lines):
+        self.d.jwks_lines = jwks_lines
+        self.d.write_config()
+        before = self.d.log().count("reload: done")
+        self.d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while self.d.log().count("reload: done") == before:
+            self.assertLess(time.time(), deadline, "no 'reload: done':\n" + self.d.log()[-3000:])
+            time.sleep(0.05)
+
+    def test_turned_on_and_off(self):
+        self.assertNoCors(self.get(Origin=APP))
+        self.assertEqual(self.get("/readyz").status, 404)
+        self.reload("cors-origins = %s\nhealth = yes\n" % APP)
+        self.assertAllowed(self.get(Origin=APP), APP)
+        self.assertEqual(self.get("/readyz").status, 200)
+        self.reload("cors-origins = %s\n" % DEV)
+        self.assertNoCors(self.get(Origin=APP))
+        self.assertAllowed(self.get(Origin=DEV), DEV)
+        self.assertEqual(self.get("/readyz").status, 404)
+        self.reload("")
+        r = self.get(Origin=DEV)
+        self.assertNoCors(r)
+        self.assertNotIn("vary", r.headers)
+        self.assertStillSigns(self.d)
 
 
 class ConfigTest(harness.TestCase):
