@@ -15,6 +15,7 @@
 
 #include <ini.h>
 
+#include "conf_cors.h"
 #include "conf_values.h"
 #include "duration.h"
 
@@ -111,6 +112,7 @@ void conf_free(struct conf *conf)
 		free(conf->jwks.listen[i].text);
 	free(conf->jwks.listen);
 	free(conf->jwks.public_url);
+	conf_free_strv(conf->jwks.cors_origins, conf->jwks.n_cors_origins);
 	for (size_t i = 0; i < conf->metrics.n_listen; i++)
 		free(conf->metrics.listen[i].text);
 	free(conf->metrics.listen);
@@ -351,6 +353,51 @@ static int set_metrics_key(struct parser *p, const char *name, const char *value
 	return -EINVAL;
 }
 
+/* h14-cors: [jwks] cors-origins ("*" or a list of exact origins) and health. */
+static int set_cors_origins(struct parser *p, const char *value)
+{
+	struct conf *c = p->conf;
+	const char *why;
+
+	c->jwks.cors_line = p->line;
+	if (strcmp(value, "*") == 0) {
+		c->jwks.cors_any = true;
+		return 0;
+	}
+	if (conf_split_list(value, &c->jwks.cors_origins, &c->jwks.n_cors_origins) < 0) {
+		conf_error(p, p->line, "cors-origins: empty item in list");
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < c->jwks.n_cors_origins; i++) {
+		const char *o = c->jwks.cors_origins[i];
+		if (strcmp(o, "*") == 0)
+			why = "'*' (any origin) must stand alone";
+		else if (!conf_text_printable(o))
+			why = "not printable text";
+		else
+			why = conf_origin_invalid(o);
+		for (size_t j = 0; !why && j < i; j++)
+			if (strcmp(o, c->jwks.cors_origins[j]) == 0)
+				why = "listed twice";
+		if (why) {
+			conf_error(p, p->line, "cors-origins: '%s': %s",
+			           conf_text_printable(o) ? o : "?", why);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int set_jwks_health(struct parser *p, const char *value)
+{
+	if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
+		conf_error(p, p->line, "health: '%s' must be yes or no", value);
+		return -EINVAL;
+	}
+	p->conf->jwks.health = strcmp(value, "yes") == 0;
+	return 0;
+}
+
 static int set_jwks_key(struct parser *p, const char *name, const char *value)
 {
 	struct conf *c = p->conf;
@@ -382,6 +429,10 @@ static int set_jwks_key(struct parser *p, const char *name, const char *value)
 		return set_timeout(p, &c->jwks.request_timeout, name, value);
 	if (strcmp(name, "max-connections-per-address") == 0)
 		return set_count(p, &c->jwks.max_per_address, name, value);
+	if (strcmp(name, "cors-origins") == 0) /* h14-cors */
+		return set_cors_origins(p, value);
+	if (strcmp(name, "health") == 0) /* h14-cors */
+		return set_jwks_health(p, value);
 	conf_error(p, p->line, "unknown key '%s' in [jwks]", name);
 	return -EINVAL;
 }

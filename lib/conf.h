@@ -72,6 +72,13 @@ struct conf {
 		unsigned max_connections; /* per listener; 0: derived from RLIMIT_NOFILE */
 		unsigned max_per_address; /* per listener and client address; 0: the default */
 		uint64_t request_timeout; /* seconds */
+		/* h14-cors: cors-origins (daemon/http/cors.h) and health on the public listener.
+		 * CORS is off when cors_any is false and n_cors_origins is 0. */
+		bool cors_any;       /* cors-origins = * */
+		char **cors_origins; /* exact origins, "scheme://host[:port]", each once */
+		size_t n_cors_origins;
+		unsigned cors_line; /* where cors-origins was set, for messages */
+		bool health;        /* also GET /healthz and /readyz (daemon/http/health_http.h) */
 	} jwks;
 	/* [metrics] listen: Prometheus metrics (docs/operations.md, "Monitoring"); none: off. */
 	struct {

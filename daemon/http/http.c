@@ -20,64 +20,86 @@
 #include "log_limit.h"
 #include "sockfile.h"
 
-enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body)
+struct MHD_Response *http_json_response(unsigned status, const char *body)
 {
 	struct MHD_Response *resp =
 	    MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
-	enum MHD_Result r;
 
 	if (!resp)
-		return MHD_NO;
+		return NULL;
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	/* Every 503 says when to come back (RFC 9110, 10.2.3): a lost helper is replaced, a late
 	 * key made, a token that hiccuped retried within about a second. */
 	if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, HTTP_RETRY_AFTER);
+	return resp;
+}
+
+/* Queues resp with status and drops our reference to it; NULL (out of memory): MHD_NO. */
+static enum MHD_Result queue_owned(struct MHD_Connection *c, unsigned status,
+                                   struct MHD_Response *resp)
+{
+	enum MHD_Result r;
+
+	if (!resp)
+		return MHD_NO;
 	r = MHD_queue_response(c, status, resp);
 	MHD_destroy_response(resp);
 	return r;
 }
 
-enum MHD_Result http_reply_error(struct MHD_Connection *c, unsigned status, const char *code,
-                                 const char *message)
+enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body)
+{
+	return queue_owned(c, status, http_json_response(status, body));
+}
+
+struct MHD_Response *http_error_response(unsigned status, const char *code, const char *message)
 {
 	json_t *obj = json_pack("{s:s, s:s}", "error", code, "message", message);
 	char *body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
-	enum MHD_Result r;
+	struct MHD_Response *resp;
 
 	json_decref(obj);
 	if (!body)
-		return MHD_NO;
-	r = http_reply_json(c, status, body);
+		return NULL;
+	resp = http_json_response(status, body);
 	free(body);
-	return r;
+	return resp;
 }
 
-enum MHD_Result http_reply_method(struct MHD_Connection *c, const char *allow)
+enum MHD_Result http_reply_error(struct MHD_Connection *c, unsigned status, const char *code,
+                                 const char *message)
+{
+	return queue_owned(c, status, http_error_response(status, code, message));
+}
+
+struct MHD_Response *http_method_response(const char *allow)
 {
 	char msg[64];
 	json_t *obj;
 	char *body;
 	struct MHD_Response *resp;
-	enum MHD_Result r;
 
 	snprintf(msg, sizeof(msg), "allowed: %s", allow);
 	obj = json_pack("{s:s, s:s}", "error", "method_not_allowed", "message", msg);
 	body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
 	json_decref(obj);
 	if (!body)
-		return MHD_NO;
+		return NULL;
 	resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
 	if (!resp) {
 		free(body);
-		return MHD_NO;
+		return NULL;
 	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-	r = MHD_queue_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return resp;
+}
+
+enum MHD_Result http_reply_method(struct MHD_Connection *c, const char *allow)
+{
+	return queue_owned(c, MHD_HTTP_METHOD_NOT_ALLOWED, http_method_response(allow));
 }
 
 /* libmicrohttpd 0.9.75 cannot be told that a connection given to MHD_add_connection() is a

@@ -26,6 +26,12 @@ enum MHD_Result http_reply_error(struct MHD_Connection *c, unsigned status, cons
 /* Queues a 405 with an Allow header. */
 enum MHD_Result http_reply_method(struct MHD_Connection *c, const char *allow);
 
+/* The answers of the three above, made but not queued, for a front end that adds headers of its
+ * own (CORS on the JWKS listener); the caller queues and destroys them. NULL: out of memory. */
+struct MHD_Response *http_json_response(unsigned status, const char *body);
+struct MHD_Response *http_error_response(unsigned status, const char *code, const char *message);
+struct MHD_Response *http_method_response(const char *allow);
+
 /* Logs libmicrohttpd's own messages on the public (JWKS) listeners through our log,
  * rate-limited (log_limit.h). */
 void http_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));

@@ -13,8 +13,10 @@
 #include <microhttpd.h>
 
 #include "conf_values.h"
+#include "cors.h"
 #include "counters.h"
 #include "etag.h"
+#include "health_http.h"
 #include "http.h"
 #include "log.h"
 
@@ -43,20 +45,34 @@ static void count(const char *status)
 	metrics_add(metrics_series(&counters.jwks_requests, status, NULL), 1);
 }
 
+/* h14-cors: queues resp (made by the caller, NULL when out of memory) and drops our reference;
+ * with cors, an answer of the public listener, with the CORS headers of cors.h. The sign
+ * socket's copy of the JWKS has none: no browser reaches a Unix socket. */
+static enum MHD_Result queue(struct runtime *rt, struct MHD_Connection *c, unsigned status,
+                             struct MHD_Response *resp, bool cors)
+{
+	enum MHD_Result r;
+
+	if (!resp)
+		return MHD_NO;
+	if (cors)
+		cors_add_headers(rt->conf, c, resp);
+	r = MHD_queue_response(c, status, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
 static enum MHD_Result reply_not_modified(struct runtime *rt, struct MHD_Connection *c,
-                                          const char *etag)
+                                          const char *etag, bool cors)
 {
 	struct MHD_Response *resp =
 	    MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-	enum MHD_Result r;
 
 	if (!resp)
 		return MHD_NO;
 	count("304");
 	add_cache_headers(rt, resp, etag);
-	r = MHD_queue_response(c, MHD_HTTP_NOT_MODIFIED, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return queue(rt, c, MHD_HTTP_NOT_MODIFIED, resp, cors);
 }
 
 static bool not_modified(struct MHD_Connection *c, const char *etag)
@@ -66,17 +82,20 @@ static bool not_modified(struct MHD_Connection *c, const char *etag)
 	return inm && etag_none_match(inm, etag);
 }
 
-enum MHD_Result jwks_http_reply(struct runtime *rt, struct MHD_Connection *c, size_t index)
+static enum MHD_Result reply_jwks(struct runtime *rt, struct MHD_Connection *c, size_t index,
+                                  bool cors)
 {
 	struct keyset *set = keyring_acquire(rt->keyring, index);
 	struct MHD_Response *resp;
 	enum MHD_Result r;
 
 	if (!set)
-		return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable",
-		                        "keys not loaded yet");
+		return queue(rt, c, MHD_HTTP_SERVICE_UNAVAILABLE,
+		             http_error_response(MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable",
+		                                 "keys not loaded yet"),
+		             cors);
 	if (not_modified(c, set->etag)) {
-		r = reply_not_modified(rt, c, set->etag);
+		r = reply_not_modified(rt, c, set->etag, cors);
 		keyset_release(set);
 		return r;
 	}
@@ -89,9 +108,12 @@ enum MHD_Result jwks_http_reply(struct runtime *rt, struct MHD_Connection *c, si
 	count("200");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	add_cache_headers(rt, resp, set->etag);
-	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return queue(rt, c, MHD_HTTP_OK, resp, cors);
+}
+
+enum MHD_Result jwks_http_reply(struct runtime *rt, struct MHD_Connection *c, size_t index)
+{
+	return reply_jwks(rt, c, index, false);
 }
 
 /* The base of jwks_uri: [jwks] public-url, or else (docs/api.md, "The public JWKS") the scheme
@@ -125,21 +147,23 @@ static char *discovery_render(const struct issuer_conf *ic, const char *base)
 	return s;
 }
 
-/* Built from the configuration alone, so it varies with no request header (no Vary); a
- * matching If-None-Match gets 304. */
+/* Built from the configuration alone, so it varies with no request header (no Vary but
+ * CORS's: cors.h); a matching If-None-Match gets 304. */
 static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection *c,
                                        const struct issuer_conf *ic)
 {
 	char *base = jwks_base(rt, ic), *body;
 	struct MHD_Response *resp;
 	char etag[ETAG_SIZE];
-	enum MHD_Result r;
 
 	if (!base) {
 		count("404");
-		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "no_jwks_uri",
+		return queue(
+		    rt, c, MHD_HTTP_NOT_FOUND,
+		    http_error_response(MHD_HTTP_NOT_FOUND, "no_jwks_uri",
 		                        "the issuer's iss is not an http(s) URL and [jwks] "
-		                        "public-url is not set");
+		                        "public-url is not set"),
+		    true);
 	}
 	body = discovery_render(ic, base);
 	free(base);
@@ -149,7 +173,7 @@ static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection
 	}
 	if (not_modified(c, etag)) {
 		free(body);
-		return reply_not_modified(rt, c, etag);
+		return reply_not_modified(rt, c, etag, true);
 	}
 	resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
 	if (!resp) {
@@ -159,9 +183,7 @@ static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection
 	count("200");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	add_cache_headers(rt, resp, etag);
-	r = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return queue(rt, c, MHD_HTTP_OK, resp, true);
 }
 
 /* "/NAME/.well-known/..." -> the issuer and which document; NULL when no such issuer. */
@@ -188,20 +210,34 @@ static enum MHD_Result answer(struct runtime *rt, struct MHD_Connection *c, cons
 {
 	const struct issuer_conf *ic;
 	bool is_jwks = false, is_path;
+	const char *status;
+	enum MHD_Result r;
 
 	ic = route(rt, url, &is_jwks, &is_path);
 	if (!is_path) {
 		count("404");
-		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
+		return queue(rt, c, MHD_HTTP_NOT_FOUND,
+		             http_error_response(MHD_HTTP_NOT_FOUND, "not_found", "no such path"),
+		             true);
+	}
+	/* h14-cors: a browser's preflight, when [jwks] cors-origins is set. */
+	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 &&
+	    cors_reply_preflight(rt->conf, c, &r, &status)) {
+		count(status);
+		return r;
 	}
 	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-		return http_reply_method(c, "GET, HEAD");
+		return queue(rt, c, MHD_HTTP_METHOD_NOT_ALLOWED, http_method_response("GET, HEAD"),
+		             true);
 	if (!ic) {
 		count("404");
-		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer");
+		return queue(
+		    rt, c, MHD_HTTP_NOT_FOUND,
+		    http_error_response(MHD_HTTP_NOT_FOUND, "unknown_issuer", "no such issuer"),
+		    true);
 	}
 	if (is_jwks)
-		return jwks_http_reply(rt, c, keyring_index(rt->keyring, ic));
+		return reply_jwks(rt, c, keyring_index(rt->keyring, ic), true);
 	return reply_discovery(rt, c, ic);
 }
 
@@ -227,7 +263,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		return MHD_YES;
 	}
 	rt = runtime_acquire(jh->d);
-	r = answer(rt, c, url, method);
+	if (rt->conf->jwks.health && health_http_path(url)) /* h14-cors: [jwks] health = yes */
+		r = health_http_reply(jh->d, c, url, method);
+	else
+		r = answer(rt, c, url, method);
 	runtime_release(rt);
 	return r;
 }

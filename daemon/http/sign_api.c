@@ -12,7 +12,7 @@
 
 #include "audit.h"
 #include "counters.h"
-#include "health.h"
+#include "health_http.h"
 #include "http.h"
 #include "issue.h"
 #include "jwks_http.h"
@@ -51,25 +51,6 @@ static uint64_t monotonic_us(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static enum MHD_Result reply_simple(struct sign_api *api, struct MHD_Connection *c, const char *url,
-                                    const char *method)
-{
-	const char *why = NULL;
-
-	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-		return http_reply_method(c, "GET, HEAD");
-	if (strcmp(url, "/healthz") == 0)
-		return http_reply_json(c, MHD_HTTP_OK, "{\"status\":\"ok\"}");
-	if (health_ready(api->d, &why))
-		return http_reply_json(c, MHD_HTTP_OK, "{\"status\":\"ready\"}");
-	json_t *obj = json_pack("{s:s, s:s}", "status", "not_ready", "reason", why);
-	char *body = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
-	enum MHD_Result r = body ? http_reply_json(c, MHD_HTTP_SERVICE_UNAVAILABLE, body) : MHD_NO;
-	json_decref(obj);
-	free(body);
-	return r;
 }
 
 /* "/v1/issuers/NAME/sign" -> route and NAME; false for any other shape. */
@@ -162,8 +143,8 @@ static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct M
 	enum route route;
 	size_t len;
 
-	if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0)
-		return reply_simple(api, c, url, method);
+	if (health_http_path(url))
+		return health_http_reply(api->d, c, url, method);
 	if (!parse_issuer_path(url, &route, &name, &len))
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
 	if (route == ROUTE_SIGN && strcmp(method, MHD_HTTP_METHOD_POST) != 0)

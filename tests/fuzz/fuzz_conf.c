@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "conf_cors.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -35,6 +36,16 @@ static void check_loaded(const struct conf *c)
 		abort();
 	if (c->sign.path[0] != '/' || c->sign.mode > 0777 || c->admin.mode > 0777)
 		abort();
+	/* h14-cors: a list of well-formed, distinct origins, or *, never both. */
+	if (c->jwks.cors_any && c->jwks.n_cors_origins)
+		abort();
+	for (size_t i = 0; i < c->jwks.n_cors_origins; i++) {
+		if (conf_origin_invalid(c->jwks.cors_origins[i]))
+			abort();
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(c->jwks.cors_origins[i], c->jwks.cors_origins[j]) == 0)
+				abort();
+	}
 	for (size_t i = 0; i < c->n_issuers; i++) {
 		const struct issuer_conf *ic = &c->issuers[i];
 		if (!ic->name || !ic->iss || ic->n_allow == 0 || ic->n_token_types == 0)

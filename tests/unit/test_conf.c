@@ -395,6 +395,10 @@ static void test_spec_example(void)
 	    "responses\n"
 	    "public-url = https://keys.example.com        ; optional base of jwks_uri; default: "
 	    "from the request's Host\n"
+	    "cors-origins = https://app.example.com       ; optional: list, or *; default: no "
+	    "CORS headers\n"
+	    "health     = no                              ; yes: also serve /healthz and /readyz "
+	    "here (for load balancers)\n"
 	    "\n"
 	    "[issuer:main]                                ; one section per issuer; NAME is "
 	    "[a-z0-9-]{1,32}\n"
@@ -420,6 +424,10 @@ static void test_spec_example(void)
 	CHECK_INT(c->sign.mode, 0660);
 	CHECK_U64(c->jwks.max_age, 300);
 	CHECK_STR(c->jwks.public_url, "https://keys.example.com");
+	CHECK_INT(c->jwks.n_cors_origins, 1);
+	if (c->jwks.n_cors_origins == 1)
+		CHECK_STR(c->jwks.cors_origins[0], "https://app.example.com");
+	CHECK(!c->jwks.health);
 	CHECK_INT(c->n_issuers, 1);
 	if (c->n_issuers == 1) {
 		CHECK_STR(c->issuers[0].iss, "https://login.example.com/main");
@@ -885,6 +893,125 @@ static void test_nul_and_missing_file(void)
 	EXPECT_TEXT("", 0, "module", 6);
 }
 
+/* h14-cors: [jwks] cors-origins and health. Each refusal names the line and the origin. */
+static struct conf *load_jwks_line(const char *line)
+{
+	char *t = base_with(L_JWKS_FREE, line);
+	struct conf *c = load_ok(t);
+
+	free(t);
+	return c;
+}
+
+static void test_cors_origins(void)
+{
+	struct conf *c =
+	    load_jwks_line("cors-origins = https://app.example.com, "
+	                   "http://localhost:3000,https://[::1]:8443, http://10.0.0.1");
+	if (c) {
+		CHECK(!c->jwks.cors_any);
+		CHECK_INT(c->jwks.n_cors_origins, 4);
+		if (c->jwks.n_cors_origins == 4) {
+			CHECK_STR(c->jwks.cors_origins[0], "https://app.example.com");
+			CHECK_STR(c->jwks.cors_origins[1], "http://localhost:3000");
+			CHECK_STR(c->jwks.cors_origins[2], "https://[::1]:8443");
+			CHECK_STR(c->jwks.cors_origins[3], "http://10.0.0.1");
+		}
+		CHECK(!c->jwks.health); /* default */
+	}
+	conf_free(c);
+	c = load_jwks_line("cors-origins = *");
+	CHECK(c && c->jwks.cors_any && c->jwks.n_cors_origins == 0);
+	conf_free(c);
+	/* Absent: off. Other schemes (an extension's page) are origins too. */
+	c = load_jwks_line("");
+	CHECK(c && !c->jwks.cors_any && c->jwks.n_cors_origins == 0);
+	conf_free(c);
+	c = load_jwks_line("cors-origins = chrome-extension://abcdefghijklmnop");
+	CHECK(c && c->jwks.n_cors_origins == 1);
+	conf_free(c);
+
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com/", L_JWKS_FREE,
+	       "'https://app.example.com/': an origin has no path, not even a trailing slash", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com/login", L_JWKS_FREE, "no path",
+	       1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com:8443/", L_JWKS_FREE, "no path",
+	       1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com?x=1", L_JWKS_FREE, "no query",
+	       1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://App.example.com", L_JWKS_FREE,
+	       "host must be lowercase", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = HTTPS://app.example.com", L_JWKS_FREE,
+	       "scheme must be lowercase", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = hTTps://app.example.com", L_JWKS_FREE,
+	       "scheme must be lowercase", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://[::ABCD]:8443", L_JWKS_FREE,
+	       "host must be lowercase", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://a.example.com, https://a.example.com",
+	       L_JWKS_FREE, "'https://a.example.com': listed twice", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://a.example.com, *", L_JWKS_FREE, "stand alone",
+	       1);
+	EXPECT(L_JWKS_FREE, "cors-origins = *, *", L_JWKS_FREE, "stand alone", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://*.example.com", L_JWKS_FREE, "wildcard", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = null", L_JWKS_FREE, "'null'", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = app.example.com", L_JWKS_FREE,
+	       "not scheme://host[:port]", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https:/app.example.com", L_JWKS_FREE,
+	       "not scheme://host[:port]", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://", L_JWKS_FREE, "no host", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://:8443", L_JWKS_FREE, "no host", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://user@app.example.com", L_JWKS_FREE,
+	       "no user info", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com:443", L_JWKS_FREE,
+	       "default port", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = http://app.example.com:80", L_JWKS_FREE, "default port",
+	       1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com:0", L_JWKS_FREE, "port", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com:08443", L_JWKS_FREE, "port", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com:65536", L_JWKS_FREE, "port", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com:99999999999", L_JWKS_FREE,
+	       "port", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com:", L_JWKS_FREE, "port", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com.", L_JWKS_FREE, "dot", 1);
+	EXPECT(L_JWKS_FREE,
+	       "cors-origins = https://b\xc3\xbc"
+	       "cher.example",
+	       L_JWKS_FREE, "punycode", 1);
+	EXPECT(L_JWKS_FREE,
+	       "cors-origins = https://b\xfc"
+	       "cher.example",
+	       L_JWKS_FREE, "'?': not printable", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://[]", L_JWKS_FREE, "IPv6", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://[::1", L_JWKS_FREE, "IPv6", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app.example.com,", L_JWKS_FREE, "empty item",
+	       1);
+	EXPECT(L_JWKS_FREE, "cors-origins =", L_JWKS_FREE, "empty item", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://app example.com", L_JWKS_FREE, "character", 1);
+	EXPECT(L_JWKS_FREE, "cors-origins = https://a.example.com\ncors-origins = *",
+	       L_JWKS_FREE + 1, "set twice", 1);
+	{
+		/* Far longer than any host: refused, not truncated. */
+		char line[700] = "cors-origins = https://";
+		memset(line + strlen(line), 'a', 600);
+		line[sizeof(line) - 1] = '\0';
+		EXPECT(L_JWKS_FREE, line, L_JWKS_FREE, "longer than any origin", 1);
+	}
+}
+
+static void test_jwks_health(void)
+{
+	struct conf *c = load_jwks_line("health = yes");
+
+	CHECK(c && c->jwks.health);
+	conf_free(c);
+	c = load_jwks_line("health = no");
+	CHECK(c && !c->jwks.health);
+	conf_free(c);
+	EXPECT(L_JWKS_FREE, "health = on", L_JWKS_FREE, "health: 'on' must be yes or no", 1);
+	EXPECT(L_JWKS_FREE, "health = YES", L_JWKS_FREE, "must be yes or no", 1);
+	EXPECT(L_JWKS_FREE, "health =", L_JWKS_FREE, "must be yes or no", 1);
+}
+
 static void test_free_null(void)
 {
 	struct conf_errors e = {0};
@@ -909,6 +1036,8 @@ int main(void)
 	test_errors_cross();
 	test_errors_all_reported();
 	test_nul_and_missing_file();
+	test_cors_origins();
+	test_jwks_health();
 	test_free_null();
 	return unit_finish("conf");
 }
