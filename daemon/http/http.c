@@ -34,9 +34,22 @@ enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const
 	 * key made, a token that hiccuped retried within about a second. */
 	if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, HTTP_RETRY_AFTER);
-	r = MHD_queue_response(c, status, resp);
+	r = http_queue_response(c, status, resp);
 	MHD_destroy_response(resp);
 	return r;
+}
+
+/* h14-tls: HSTS (RFC 6797) only over HTTPS, where a browser takes it: once a site was reached
+ * over TLS, later plain-HTTP links to it are upgraded for a year. */
+enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status,
+                                    struct MHD_Response *resp)
+{
+	const struct http_peer *conn = http_peer_of(c);
+
+	if (conn && conn->hsts)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_STRICT_TRANSPORT_SECURITY,
+		                        "max-age=31536000");
+	return MHD_queue_response(c, status, resp);
 }
 
 enum MHD_Result http_reply_error(struct MHD_Connection *c, unsigned status, const char *code,
@@ -75,7 +88,7 @@ enum MHD_Result http_reply_method(struct MHD_Connection *c, const char *allow)
 	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-	r = MHD_queue_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+	r = http_queue_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
 	MHD_destroy_response(resp);
 	return r;
 }
