@@ -318,6 +318,48 @@ class TestReload(unittest.TestCase):
                          "server-one")
 
 
+class CredentialTlsDaemon(TlsDaemon):
+    """The PIN as the packaged unit passes it (a credential, which the front hides from itself
+    with Landlock, test_privsep.py): the TLS files must stay readable at reload."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.creds = os.path.join(self.workdir, "credentials")
+        os.makedirs(self.creds, mode=0o700, exist_ok=True)
+        self.pin_file = os.path.join(self.creds, "hsm-pin")
+        self.env["CREDENTIALS_DIRECTORY"] = self.creds
+
+    def config_text(self):
+        return "\n".join(line for line in super().config_text().split("\n")
+                         if not line.startswith("pin-file"))
+
+
+class TestReloadConfined(unittest.TestCase):
+    def test_reload_reads_cert_under_landlock_and_seccomp(self):
+        pki = Pki()
+        self.addCleanup(pki.close)
+        ca = pki.ca("ca")
+        cert, key = pki.leaf("srv", "server-one")
+        d = CredentialTlsDaemon()
+        self.addCleanup(d.close)
+        # The key as a credential, beside the PIN; the certificate in a directory of its own.
+        cred_key = os.path.join(d.creds, "jwks.key")
+        shutil.copy(key, cred_key)
+        d.jwks_lines = ["tls-cert = %s" % cert, "tls-key = %s" % cred_key]
+        d.write_config()
+        d.start()
+        self.assertIn("the PIN file is hidden from this process (Landlock)", d.log())
+        ctx = client_context(ca)
+        self.assertEqual(https_get(d.jwks_port, "/main/.well-known/jwks.json", ctx)[3],
+                         "server-one")
+        # A new certificate for the same key, written after the front confined itself.
+        pki.leaf("srv", "server-two", key=key)
+        d.reload("TLS certificate and key read again")
+        self.assertEqual(https_get(d.jwks_port, "/main/.well-known/jwks.json", ctx)[3],
+                         "server-two")
+        self.assertNotIn("Permission denied", d.log())
+
+
 class TestMetricsClientCa(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
