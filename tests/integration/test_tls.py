@@ -287,6 +287,21 @@ class TestReload(unittest.TestCase):
         old.close()
         self.assertIsNone(self.d.proc.poll())
 
+    def test_connection_accepted_before_reload_keeps_its_credentials(self):
+        # Accepted (and its credentials pinned) before the reload, handshake after it: the
+        # credentials it pinned must still be alive (a sanitizer build reports a use after
+        # free otherwise), and they are the old ones.
+        ctx = client_context(self.ca)
+        raw = socket.create_connection(("127.0.0.1", self.d.jwks_port))
+        self.addCleanup(raw.close)
+        time.sleep(0.3)
+        self.pki.leaf("srv", "server-two")
+        self.d.reload("TLS certificate and key read again")
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as t:
+            self.assertEqual(peer_cn(t), "server-one")
+        self.assertEqual(https_get(self.d.jwks_port, "/main/.well-known/jwks.json", ctx)[3],
+                         "server-two")
+
     def test_broken_key_keeps_old_cert(self):
         ctx = client_context(self.ca)
         def garbage():
@@ -360,6 +375,30 @@ class TestReloadConfined(unittest.TestCase):
         self.assertNotIn("Permission denied", d.log())
 
 
+class TestReloadTurnsTlsOn(unittest.TestCase):
+    def test_plain_to_https_and_metrics_says_restart(self):
+        pki = Pki()
+        self.addCleanup(pki.close)
+        ca = pki.ca("ca")
+        cert, key = pki.leaf("srv", "server-one")
+        port = harness.free_port()
+        d = TlsDaemon(extra_conf="[metrics]\nlisten = 127.0.0.1:%d\n" % port)
+        self.addCleanup(d.close)
+        d.start()
+        self.assertEqual(d.http("GET", "/main/.well-known/jwks.json").status, 200)
+        d.jwks_lines = ["tls-cert = %s" % cert, "tls-key = %s" % key]
+        d.extra_conf += "tls-cert = %s\ntls-key = %s\n" % (cert, key)
+        d.write_config()
+        d.reload()
+        status, headers, _, cn = https_get(d.jwks_port, "/main/.well-known/jwks.json",
+                                           client_context(ca))
+        self.assertEqual((status, cn), (200, "server-one"))
+        self.assertIn("Strict-Transport-Security", headers)
+        self.assertIn("[metrics] tls-cert was added; the metrics keep speaking plain HTTP",
+                      d.log())
+        self.assertEqual(harness.tcp_http("127.0.0.1", port, "GET", "/metrics").status, 200)
+
+
 class TestMetricsClientCa(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -367,6 +406,7 @@ class TestMetricsClientCa(unittest.TestCase):
         cls.ca = cls.pki.ca("ca")
         cls.other_ca = cls.pki.ca("other")
         cls.cert, cls.key = cls.pki.leaf("srv", "metrics-server")
+        shutil.copy(cls.ca, cls.pki.path("ca.crt.server"))
         cls.client = cls.pki.leaf("client", "scraper", usage="clientAuth")
         cls.stranger = cls.pki.leaf("stranger", "scraper", ca="other", usage="clientAuth")
         cls.port = harness.free_port()
@@ -406,6 +446,22 @@ class TestMetricsClientCa(unittest.TestCase):
 
     def test_other_ca_refused(self):
         self.assertRefused(client_context(self.ca, *self.stranger))
+
+    def test_zz_client_ca_reloaded(self):
+        # Runs last in this class (it changes the CA file): after a reload with the other CA,
+        # the formerly good client is refused and the stranger served.
+        shutil.copy(self.other_ca, self.ca + ".new")
+        os.rename(self.ca + ".new", self.ca)
+        before = self.d.log().count("read again, and client-ca")
+        self.d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while self.d.log().count("read again, and client-ca") == before:
+            self.assertLess(time.monotonic(), deadline, self.d.log())
+            time.sleep(0.05)
+        # The server's certificate is still from the first CA: clients trust that one.
+        server_ca = self.pki.path("ca.crt.server")
+        self.assertEqual(self.scrape(client_context(server_ca, *self.stranger))[0], 200)
+        self.assertRefused(client_context(server_ca, *self.client))
 
     def test_refused_on_tls12_too(self):
         ctx = client_context(self.ca, *self.stranger)
