@@ -447,3 +447,24 @@ void tls_server_options(struct tls_server *ts, struct http_guards *guards,
 	}
 	opts[i] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 }
+
+int tls_check(const struct conf *conf, const char *config_path)
+{
+	const struct {
+		const struct tls_conf *tc;
+		const char *section;
+	} sets[] = {{&conf->jwks.tls, "jwks"}, {&conf->metrics.tls, "metrics"}};
+	int r = 0;
+
+	for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++) {
+		struct tls_where w = {config_path, sets[i].section, sets[i].tc};
+		struct tls_creds *cr = NULL;
+		if (!tls_conf_on(sets[i].tc))
+			continue;
+		if (creds_load(&w, &cr) < 0)
+			r = -EINVAL;
+		else
+			creds_release(cr);
+	}
+	return r;
+}

@@ -36,6 +36,10 @@ int tls_server_reload(struct tls_server *ts, const struct tls_conf *tc, const ch
  * Accepts NULL. */
 void tls_server_free(struct tls_server *ts);
 
+/* For --check-config: reads every TLS file of conf as a start would, says what is wrong with
+ * each (-EINVAL), and keeps nothing. */
+int tls_check(const struct conf *conf, const char *config_path);
+
 /* MHD_USE_TLS with ts, else 0. */
 unsigned tls_server_flags(const struct tls_server *ts);
 

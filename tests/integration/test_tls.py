@@ -518,6 +518,24 @@ class TestConfigErrors(unittest.TestCase):
         self.refused(["tls-cert = %s" % self.key, "tls-key = %s" % self.key],
                      "[jwks] tls-cert %s:" % self.key)
 
+    def test_check_config_reads_the_files(self):
+        other = self.pki.key("other.key")
+        d = TlsDaemon(jwks_lines=["tls-cert = %s" % self.cert, "tls-key = %s" % other])
+        try:
+            r = subprocess.run([harness.tokensignd_path(), "--check-config", "-c", d.conf_path],
+                               env=d.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, timeout=30)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("does not match the certificate", r.stderr)
+            d.jwks_lines[1] = "tls-key = %s" % self.key
+            d.write_config()
+            r = subprocess.run([harness.tokensignd_path(), "--check-config", "-c", d.conf_path],
+                               env=d.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, timeout=30)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        finally:
+            d.close()
+
     def test_client_ca_in_jwks(self):
         self.refused(["tls-cert = %s" % self.cert, "tls-key = %s" % self.key,
                       "client-ca = %s" % self.ca], "only [metrics] may require client")
