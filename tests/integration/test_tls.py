@@ -236,6 +236,53 @@ class TestJwksTls(unittest.TestCase):
             self.assertLess(time.monotonic() - start, 8)
 
 
+def metric(port, name, **labels):
+    """A sample of the plain metrics listener on port (None: no such series)."""
+    body = harness.tcp_http("127.0.0.1", port, "GET", "/metrics").body.decode()
+    want = name + ("{" + ",".join('%s="%s"' % kv for kv in sorted(labels.items())) + "}"
+                   if labels else "")
+    for line in body.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[1])
+    return None
+
+
+class TestLimitsOnTls(unittest.TestCase):
+    def test_per_address_cap_and_counts(self):
+        pki = Pki()
+        self.addCleanup(pki.close)
+        ca = pki.ca("ca")
+        cert, key = pki.leaf("srv", "server-one")
+        mport = harness.free_port()
+        d = TlsDaemon(jwks_lines=["tls-cert = %s" % cert, "tls-key = %s" % key,
+                                  "max-connections-per-address = 2"],
+                      extra_conf="[metrics]\nlisten = 127.0.0.1:%d\n" % mport)
+        self.addCleanup(d.close)
+        d.start()
+        ctx = client_context(ca)
+        held = []
+        for _ in range(2):
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", d.jwks_port)),
+                                server_hostname="127.0.0.1")
+            held.append(s)
+            self.addCleanup(s.close)
+        self.assertEqual(metric(mport, "tokensign_connections_open", listener="jwks"), 2)
+        refused = metric(mport, "tokensign_connections_refused_total", listener="jwks") or 0
+        # The third from the same address is closed before any handshake, and counted.
+        with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", d.jwks_port)),
+                                 server_hostname="127.0.0.1"):
+                pass
+        deadline = time.monotonic() + 5
+        while metric(mport, "tokensign_connections_refused_total", listener="jwks") != \
+                refused + 1:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.05)
+        # The held ones still work.
+        held[0].sendall(b"GET /main/.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(held[0].recv(64).startswith(b"HTTP/1.1 200"))
+
+
 class TestJwksPlain(unittest.TestCase):
     def test_no_hsts_on_plain_http(self):
         with harness.Daemon() as d:
