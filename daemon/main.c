@@ -21,6 +21,7 @@
 #include "http_linger.h"
 #include "jwks_http.h"
 #include "metrics_http.h"
+#include "tls.h"
 #include "log.h"
 #include "pinfile.h"
 #include "log_limit.h"
@@ -65,6 +66,12 @@ static int config_check(const char *path, struct conf **ret)
 	for (size_t i = 0; i < errs.n; i++)
 		fprintf(stderr, "%s\n", errs.msgs[i]);
 	conf_errors_clear(&errs);
+	/* h14-tls: the certificate and key files too, as a start would read them. */
+	if (r == 0 && tls_check(*ret, path) < 0) {
+		conf_free(*ret);
+		*ret = NULL;
+		r = -EINVAL;
+	}
 	return r;
 }
 

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "jwks_http.h"
+#include "metrics_http.h"
+#include "tls.h"
 #include "admin_api.h"
 #include "log.h"
 #include "runtime.h"
@@ -68,6 +70,35 @@ static void socket_attrs(const struct sock_conf *sc)
 		          sockfile_strerror(r));
 }
 
+/* h14-tls: HTTPS on or off is fixed when a listener starts: switching needs new listeners. */
+static bool jwks_tls_toggled(struct daemon *d, const struct conf *now)
+{
+	return tls_conf_on(&now->jwks.tls) != jwks_http_tls_on(d->jwks);
+}
+
+/* h14-tls: new TLS certificates, keys and client-ca for the listeners that stay: connections
+ * that start from now on use them, open ones keep theirs. Unusable files keep the old ones
+ * (tls.c says why). */
+static void tls_apply(struct daemon *d, const struct conf *now)
+{
+	if (!jwks_tls_toggled(d, now))
+		jwks_http_reload_tls(d->jwks, now, d->config_path);
+	else if (d->act.n_jwks > 0)
+		log_warning("reload: [jwks] tls-cert was %s; the sockets systemd passed keep "
+		            "speaking %s until the service is restarted",
+		            tls_conf_on(&now->jwks.tls) ? "added" : "removed",
+		            jwks_http_tls_on(d->jwks) ? "HTTPS" : "plain HTTP");
+	if (!d->metrics)
+		return;
+	if (tls_conf_on(&now->metrics.tls) == metrics_http_tls_on(d->metrics))
+		metrics_http_reload_tls(d->metrics, now, d->config_path);
+	else
+		log_warning("reload: [metrics] tls-cert was %s; the metrics keep speaking %s until "
+		            "the service is restarted",
+		            tls_conf_on(&now->metrics.tls) ? "added" : "removed",
+		            metrics_http_tls_on(d->metrics) ? "HTTPS" : "plain HTTP");
+}
+
 /* Sockets systemd passed stay as they are: the units own them. */
 static void sockets_apply(struct daemon *d, const struct conf *old, const struct conf *now)
 {
@@ -101,14 +132,15 @@ static void sockets_apply(struct daemon *d, const struct conf *old, const struct
 	                   now->metrics.n_listen))
 		log_warning("reload: [metrics] listen changed; the metrics stay where they were "
 		            "until the service is restarted");
+	tls_apply(d, now);
 	/* New listeners first (SO_REUSEPORT lets them share a port with the old ones); if one
 	 * cannot be bound, the old ones stay. Clients of the old ones reconnect. */
-	if (d->act.n_jwks == 0 && listen_changed(old, now)) {
+	if (d->act.n_jwks == 0 && (listen_changed(old, now) || jwks_tls_toggled(d, now))) {
 		struct jwks_http *fresh = NULL;
 		if (jwks_http_start(d, NULL, 0, &fresh) < 0) {
 			log_error(
-			    "reload: the new [jwks] listen addresses cannot be used; the JWKS "
-			    "stays on the old ones until a reload with addresses that work");
+			    "reload: the new [jwks] listeners cannot be started (above); the JWKS "
+			    "stays on the old ones until a reload with settings that work");
 		} else {
 			jwks_http_stop(d->jwks);
 			d->jwks = fresh;

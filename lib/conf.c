@@ -99,6 +99,14 @@ static void issuer_conf_clear(struct issuer_conf *ic)
 	free(ic->allow);
 }
 
+/* h14-tls */
+static void tls_conf_clear(struct tls_conf *tc)
+{
+	free(tc->cert);
+	free(tc->key);
+	free(tc->client_ca);
+}
+
 void conf_free(struct conf *conf)
 {
 	if (!conf)
@@ -116,6 +124,9 @@ void conf_free(struct conf *conf)
 	for (size_t i = 0; i < conf->metrics.n_listen; i++)
 		free(conf->metrics.listen[i].text);
 	free(conf->metrics.listen);
+	/* h14-tls */
+	tls_conf_clear(&conf->jwks.tls);
+	tls_conf_clear(&conf->metrics.tls);
 	for (size_t i = 0; i < conf->n_issuers; i++)
 		issuer_conf_clear(&conf->issuers[i]);
 	free(conf->issuers);
@@ -345,10 +356,73 @@ static int add_listen(struct parser *p, struct listen_conf **list, size_t *n_lis
 	return 0;
 }
 
+/* ---- h14-tls: tls-cert, tls-key, client-ca ---- */
+
+/* A file the daemon reads at start and at each reload: an absolute path, so that it does not
+ * depend on the directory the daemon was started in. */
+static int set_tls_path(struct parser *p, char **dst, const char *name, const char *value)
+{
+	if (value[0] != '/') {
+		conf_error(p, p->line, "%s: '%s' is not an absolute path", name, value);
+		return -EINVAL;
+	}
+	return set_string(p, dst, name, value);
+}
+
+/* 1: name is a TLS key of the section (set, or reported); 0: it is not. client-ca only where
+ * client certificates make sense: the metrics, not the public JWKS. */
+static int set_tls_key(struct parser *p, struct tls_conf *tc, const char *section, const char *name,
+                       const char *value)
+{
+	if (strcmp(name, "tls-cert") == 0) {
+		tc->cert_line = p->line;
+		set_tls_path(p, &tc->cert, name, value);
+		return 1;
+	}
+	if (strcmp(name, "tls-key") == 0) {
+		tc->key_line = p->line;
+		set_tls_path(p, &tc->key, name, value);
+		return 1;
+	}
+	if (strcmp(name, "client-ca") == 0) {
+		if (strcmp(section, "metrics") != 0)
+			conf_error(p, p->line,
+			           "client-ca: only [metrics] may require client certificates; the "
+			           "JWKS is public");
+		else
+			set_tls_path(p, &tc->client_ca, name, value);
+		tc->ca_line = p->line;
+		return 1;
+	}
+	return 0;
+}
+
+/* Both or neither; client-ca only over TLS. */
+static void validate_tls(struct parser *p, const struct tls_conf *tc, const char *section,
+                         unsigned section_line)
+{
+	/* By the lines: a value reported as bad already is not reported again as missing. */
+	if (tc->cert_line && !tc->key_line)
+		conf_error(p, tc->cert_line,
+		           "[%s]: tls-cert is set but tls-key is not: both or neither", section);
+	else if (tc->key_line && !tc->cert_line)
+		conf_error(p, tc->key_line,
+		           "[%s]: tls-key is set but tls-cert is not: both or neither", section);
+	if (tc->client_ca && !tc->cert_line && !tc->key_line)
+		conf_error(p, tc->ca_line ? tc->ca_line : section_line,
+		           "[%s]: client-ca needs tls-cert and tls-key (client certificates are "
+		           "a TLS feature)",
+		           section);
+}
+
+/* ---- end h14-tls ---- */
+
 static int set_metrics_key(struct parser *p, const char *name, const char *value)
 {
 	if (strcmp(name, "listen") == 0)
 		return add_listen(p, &p->conf->metrics.listen, &p->conf->metrics.n_listen, value);
+	if (set_tls_key(p, &p->conf->metrics.tls, "metrics", name, value)) /* h14-tls */
+		return 0;
 	conf_error(p, p->line, "unknown key '%s' in [metrics]", name);
 	return -EINVAL;
 }
@@ -433,6 +507,8 @@ static int set_jwks_key(struct parser *p, const char *name, const char *value)
 		return set_cors_origins(p, value);
 	if (strcmp(name, "health") == 0) /* h14-cors */
 		return set_jwks_health(p, value);
+	if (set_tls_key(p, &c->jwks.tls, "jwks", name, value)) /* h14-tls */
+		return 0;
 	conf_error(p, p->line, "unknown key '%s' in [jwks]", name);
 	return -EINVAL;
 }
@@ -801,6 +877,9 @@ static void validate(struct parser *p)
 	if (!p->max_age_set)
 		c->jwks.max_age = 300;
 	validate_metrics(p);
+	/* h14-tls */
+	validate_tls(p, &c->jwks.tls, "jwks", p->jwks_line);
+	validate_tls(p, &c->metrics.tls, "metrics", p->metrics_line);
 	if (c->n_issuers == 0)
 		conf_error(p, 0, "no [issuer:NAME] section: nothing to sign for");
 	for (size_t i = 0; i < c->n_issuers; i++)

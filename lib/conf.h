@@ -51,6 +51,16 @@ struct listen_conf {
 	socklen_t addr_len;
 };
 
+/* h14-tls: tls-cert, tls-key (and client-ca in [metrics]) of a TCP listener section; all NULL:
+ * plain HTTP. Only the combination is checked here; the daemon reads the files (daemon/http/tls.h),
+ * at start and at every reload. */
+struct tls_conf {
+	char *cert;      /* PEM: the certificate, then its chain */
+	char *key;       /* PEM: its private key */
+	char *client_ca; /* PEM: client certificates must chain to one of these; NULL: none asked */
+	unsigned cert_line, key_line, ca_line; /* where each was given (even badly); 0: not */
+};
+
 struct conf {
 	struct {
 		char *module;
@@ -77,13 +87,15 @@ struct conf {
 		bool cors_any;       /* cors-origins = * */
 		char **cors_origins; /* exact origins, "scheme://host[:port]", each once */
 		size_t n_cors_origins;
-		unsigned cors_line; /* where cors-origins was set, for messages */
-		bool health;        /* also GET /healthz and /readyz (daemon/http/health_http.h) */
+		unsigned cors_line;  /* where cors-origins was set, for messages */
+		bool health;         /* also GET /healthz and /readyz (daemon/http/health_http.h) */
+		struct tls_conf tls; /* h14-tls */
 	} jwks;
 	/* [metrics] listen: Prometheus metrics (docs/operations.md, "Monitoring"); none: off. */
 	struct {
 		struct listen_conf *listen;
 		size_t n_listen;
+		struct tls_conf tls; /* h14-tls */
 	} metrics;
 	struct issuer_conf *issuers; /* in file order */
 	size_t n_issuers;

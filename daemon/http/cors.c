@@ -150,7 +150,7 @@ static enum MHD_Result reply_allowed(const struct conf *conf, struct MHD_Connect
 	MHD_add_response_header(resp, "Access-Control-Allow-Methods", CORS_ALLOW_METHODS);
 	MHD_add_response_header(resp, "Access-Control-Allow-Headers", CORS_ALLOW_HEADERS);
 	MHD_add_response_header(resp, "Access-Control-Max-Age", CORS_MAX_AGE);
-	r = MHD_queue_response(c, MHD_HTTP_NO_CONTENT, resp);
+	r = http_queue_response(c, MHD_HTTP_NO_CONTENT, resp);
 	MHD_destroy_response(resp);
 	return r;
 }
@@ -178,7 +178,7 @@ bool cors_reply_preflight(const struct conf *conf, struct MHD_Connection *c, enu
 	*ret = MHD_NO;
 	if (resp) {
 		add_vary(conf, resp);
-		*ret = MHD_queue_response(c, MHD_HTTP_FORBIDDEN, resp);
+		*ret = http_queue_response(c, MHD_HTTP_FORBIDDEN, resp);
 		MHD_destroy_response(resp);
 	}
 	return true;

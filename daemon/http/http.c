@@ -36,6 +36,19 @@ struct MHD_Response *http_json_response(unsigned status, const char *body)
 	return resp;
 }
 
+/* h14-tls: HSTS (RFC 6797) only over HTTPS, where a browser takes it: once a site was reached
+ * over TLS, later plain-HTTP links to it are upgraded for a year. */
+enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status,
+                                    struct MHD_Response *resp)
+{
+	const struct http_peer *conn = http_peer_of(c);
+
+	if (conn && conn->hsts)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_STRICT_TRANSPORT_SECURITY,
+		                        "max-age=31536000");
+	return MHD_queue_response(c, status, resp);
+}
+
 /* Queues resp with status and drops our reference to it; NULL (out of memory): MHD_NO. */
 static enum MHD_Result queue_owned(struct MHD_Connection *c, unsigned status,
                                    struct MHD_Response *resp)
@@ -44,7 +57,7 @@ static enum MHD_Result queue_owned(struct MHD_Connection *c, unsigned status,
 
 	if (!resp)
 		return MHD_NO;
-	r = MHD_queue_response(c, status, resp);
+	r = http_queue_response(c, status, resp);
 	MHD_destroy_response(resp);
 	return r;
 }

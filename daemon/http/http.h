@@ -13,11 +13,18 @@
 #include "http_linger.h"
 #include "peer.h"
 
+struct tls_creds;
+
 /* Queues a JSON body (copied) with status. */
 /* Seconds in the Retry-After header of every 503 answer. */
 #define HTTP_RETRY_AFTER "1"
 
 enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body);
+
+/* h14-tls: MHD_queue_response() with the headers every answer of the connection carries
+ * (Strict-Transport-Security on the JWKS over HTTPS). */
+enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status,
+                                    struct MHD_Response *resp);
 
 /* Queues {"error": code, "message": message}. */
 enum MHD_Result http_reply_error(struct MHD_Connection *c, unsigned status, const char *code,
@@ -95,6 +102,10 @@ struct http_peer {
 	int target_fault;        /* enum http_strict_fault */
 	bool linger;             /* refused before its body was read: close in stages */
 	struct http_clock clock; /* the whole-request deadline's */
+	/* h14-tls: the credentials the connection's handshake uses (tls.c owns the reference),
+	 * and whether its answers carry Strict-Transport-Security. */
+	struct tls_creds *tls;
+	bool hsts;
 };
 void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
                         enum MHD_ConnectionNotificationCode code);

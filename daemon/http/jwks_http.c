@@ -19,10 +19,12 @@
 #include "health_http.h"
 #include "http.h"
 #include "log.h"
+#include "tls.h"
 
 struct jwks_http {
 	struct daemon *d;
 	struct http_tcp_set tcp;
+	struct tls_server *tls; /* h14-tls: NULL: plain HTTP */
 };
 
 static const char jwks_suffix[] = "/.well-known/jwks.json";
@@ -57,7 +59,7 @@ static enum MHD_Result queue(struct runtime *rt, struct MHD_Connection *c, unsig
 		return MHD_NO;
 	if (cors)
 		cors_add_headers(rt->conf, c, resp);
-	r = MHD_queue_response(c, status, resp);
+	r = http_queue_response(c, status, resp);
 	MHD_destroy_response(resp);
 	return r;
 }
@@ -311,16 +313,19 @@ int jwks_http_listen(const struct listen_conf *lc, int *ret)
 
 static int serve(struct jwks_http *jh, size_t i, const char *what)
 {
+	struct MHD_OptionItem tls[TLS_MHD_OPTIONS]; /* h14-tls: and how connections are watched */
+
+	tls_server_options(jh->tls, &jh->tcp.guards, tls);
 	jh->tcp.mhd[i] = MHD_start_daemon(
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-	    on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, jwks_log, jh, MHD_OPTION_LISTEN_SOCKET,
-	    jh->tcp.fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+	        tls_server_flags(jh->tls),
+	    0, NULL, NULL, on_request, jh, MHD_OPTION_EXTERNAL_LOGGER, jwks_log, jh,
+	    MHD_OPTION_LISTEN_SOCKET, jh->tcp.fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
 	    MHD_OPTION_CONNECTION_LIMIT, jh->d->budget.jwks, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
 	    jh->d->budget.jwks_per_address, MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS,
-	    MHD_OPTION_NOTIFY_CONNECTION, http_on_tcp_connection, &jh->tcp.guards,
-	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_URI_LOG_CALLBACK,
-	    http_on_target, NULL, MHD_OPTION_END);
+	    MHD_OPTION_ARRAY, tls, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+	    MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_END);
 	if (!jh->tcp.mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
 		return -EIO;
@@ -340,6 +345,10 @@ int jwks_http_start(struct daemon *d, const int *fds, size_t n, struct jwks_http
 	jh->d = d;
 	r = http_tcp_set_init(&jh->tcp, total, conf->jwks.request_timeout,
 	                      metrics_series(&counters.connections_open, "jwks", NULL), "JWKS");
+	/* h14-tls: HTTPS when [jwks] has tls-cert; HSTS on its answers. */
+	if (r == 0)
+		r = tls_server_new(&conf->jwks.tls, "jwks", d->config_path, &jh->tcp.guards, true,
+		                   &jh->tls);
 	if (r < 0) {
 		jwks_http_stop(jh);
 		return r;
@@ -367,5 +376,17 @@ void jwks_http_stop(struct jwks_http *jh)
 	if (!jh)
 		return;
 	http_tcp_set_stop(&jh->tcp);
+	tls_server_free(jh->tls); /* h14-tls: after the daemons, whose connections held it */
 	free(jh);
+}
+
+/* h14-tls */
+bool jwks_http_tls_on(const struct jwks_http *jh)
+{
+	return jh->tls != NULL;
+}
+
+int jwks_http_reload_tls(struct jwks_http *jh, const struct conf *conf, const char *config_path)
+{
+	return jh->tls ? tls_server_reload(jh->tls, &conf->jwks.tls, config_path) : 0;
 }

@@ -18,3 +18,9 @@ void jwks_http_stop(struct jwks_http *jh);
 /* A listening TCP socket on lc (non-blocking, SO_REUSEPORT for reloads, IPv6 only on [::]);
  * the metrics listener's too. */
 int jwks_http_listen(const struct listen_conf *lc, int *ret);
+
+/* h14-tls: whether the listeners speak HTTPS; a reload that turns it on or off needs new
+ * listeners (reload.c). Otherwise the reload reads [jwks] tls-cert and tls-key of conf again for
+ * the connections that start from now on; on failure (logged) the running ones stay. */
+bool jwks_http_tls_on(const struct jwks_http *jh);
+int jwks_http_reload_tls(struct jwks_http *jh, const struct conf *conf, const char *config_path);

@@ -17,10 +17,12 @@
 #include "http.h"
 #include "jwks_http.h"
 #include "log.h"
+#include "tls.h"
 
 struct metrics_http {
 	struct daemon *d;
 	struct http_tcp_set tcp;
+	struct tls_server *tls; /* h14-tls: NULL: plain HTTP */
 };
 
 static const char content_type[] = "text/plain; version=0.0.4; charset=utf-8";
@@ -358,15 +360,19 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 
 static int serve(struct metrics_http *mh, size_t i, const char *what)
 {
+	struct MHD_OptionItem tls[TLS_MHD_OPTIONS]; /* h14-tls: and how connections are watched */
+
+	tls_server_options(mh->tls, &mh->tcp.guards, tls);
 	mh->tcp.mhd[i] = MHD_start_daemon(
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-	    on_request, mh, MHD_OPTION_EXTERNAL_LOGGER, metrics_log, mh, MHD_OPTION_LISTEN_SOCKET,
-	    mh->tcp.fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+	        tls_server_flags(mh->tls),
+	    0, NULL, NULL, on_request, mh, MHD_OPTION_EXTERNAL_LOGGER, metrics_log, mh,
+	    MHD_OPTION_LISTEN_SOCKET, mh->tcp.fds[i], MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
 	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONNECTION_MEMORY,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_HTTP_MAX_CONNECTIONS,
-	    MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS, MHD_OPTION_NOTIFY_CONNECTION,
-	    http_on_tcp_connection, &mh->tcp.guards, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-	    NULL, MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_END);
+	    MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS, MHD_OPTION_ARRAY, tls,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_URI_LOG_CALLBACK,
+	    http_on_target, NULL, MHD_OPTION_END);
 	if (!mh->tcp.mhd[i]) {
 		log_error("cannot start the metrics server on %s", what);
 		return -EIO;
@@ -391,6 +397,10 @@ int metrics_http_start(struct daemon *d, struct metrics_http **ret)
 	r = http_tcp_set_init(&mh->tcp, total, conf->jwks.request_timeout,
 	                      metrics_series(&counters.connections_open, "metrics", NULL),
 	                      "metrics");
+	/* h14-tls: HTTPS when [metrics] has tls-cert; client certificates with client-ca. */
+	if (r == 0)
+		r = tls_server_new(&conf->metrics.tls, "metrics", d->config_path, &mh->tcp.guards,
+		                   false, &mh->tls);
 	if (r < 0) {
 		metrics_http_stop(mh);
 		return r;
@@ -419,5 +429,18 @@ void metrics_http_stop(struct metrics_http *mh)
 	if (!mh)
 		return;
 	http_tcp_set_stop(&mh->tcp);
+	tls_server_free(mh->tls); /* h14-tls: after the daemons, whose connections held it */
 	free(mh);
+}
+
+/* h14-tls */
+bool metrics_http_tls_on(const struct metrics_http *mh)
+{
+	return mh && mh->tls != NULL;
+}
+
+int metrics_http_reload_tls(struct metrics_http *mh, const struct conf *conf,
+                            const char *config_path)
+{
+	return mh && mh->tls ? tls_server_reload(mh->tls, &conf->metrics.tls, config_path) : 0;
 }

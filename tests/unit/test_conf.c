@@ -1021,6 +1021,57 @@ static void test_free_null(void)
 	CHECK(e.n == 0);
 }
 
+/* h14-tls: tls-cert and tls-key both or neither; client-ca only in [metrics], only with TLS.
+ * The files themselves are the daemon's to read (daemon/http/tls.c): not opened here. */
+static void test_tls(void)
+{
+	/* Accepted: both in [jwks]; all three in [metrics]. */
+	{
+		char *t = base_with(L_JWKS_FREE, "tls-cert = /etc/tokensign/jwks.crt\n"
+		                                 "tls-key = /etc/tokensign/jwks.key\n"
+		                                 "[metrics]\nlisten = 127.0.0.1:9464\n"
+		                                 "tls-cert = /etc/tokensign/m.crt\n"
+		                                 "tls-key = /etc/tokensign/m.key\n"
+		                                 "client-ca = /etc/tokensign/ca.pem\n");
+		struct conf *c = load_ok(t);
+		CHECK(c != NULL);
+		if (c) {
+			CHECK_STR(c->jwks.tls.cert, "/etc/tokensign/jwks.crt");
+			CHECK_STR(c->jwks.tls.key, "/etc/tokensign/jwks.key");
+			CHECK(c->jwks.tls.client_ca == NULL);
+			CHECK_STR(c->metrics.tls.cert, "/etc/tokensign/m.crt");
+			CHECK_STR(c->metrics.tls.key, "/etc/tokensign/m.key");
+			CHECK_STR(c->metrics.tls.client_ca, "/etc/tokensign/ca.pem");
+		}
+		conf_free(c);
+		free(t);
+	}
+	/* Neither: plain HTTP. */
+	{
+		char *t = base_with(L_END, "");
+		struct conf *c = load_ok(t);
+		CHECK(c && !c->jwks.tls.cert && !c->jwks.tls.key && !c->metrics.tls.cert);
+		conf_free(c);
+		free(t);
+	}
+	/* One without the other: at the line of the one given. */
+	EXPECT(L_JWKS_FREE, "tls-cert = /etc/tokensign/jwks.crt", L_JWKS_FREE, "tls-key is not", 1);
+	EXPECT(L_JWKS_FREE, "tls-key = /etc/tokensign/jwks.key", L_JWKS_FREE, "tls-cert is not", 1);
+	EXPECT(L_JWKS_FREE, "[metrics]\nlisten = 127.0.0.1:9464\ntls-key = /etc/tokensign/m.key",
+	       L_JWKS_FREE + 2, "both or neither", 1);
+	/* client-ca: never in [jwks], and only with TLS in [metrics]. */
+	EXPECT(L_JWKS_FREE, "client-ca = /etc/tokensign/ca.pem", L_JWKS_FREE, "only [metrics]", 1);
+	EXPECT(L_JWKS_FREE, "[metrics]\nlisten = 127.0.0.1:9464\nclient-ca = /etc/ca.pem",
+	       L_JWKS_FREE + 2, "needs tls-cert", 1);
+	/* Relative paths, empty values and repetitions. */
+	EXPECT(L_JWKS_FREE, "tls-cert = jwks.crt\ntls-key = /etc/tokensign/jwks.key", L_JWKS_FREE,
+	       "absolute", 1);
+	EXPECT(L_JWKS_FREE, "tls-cert =\ntls-key = /etc/tokensign/jwks.key", L_JWKS_FREE,
+	       "absolute", 1);
+	EXPECT(L_JWKS_FREE, "tls-cert = /a.crt\ntls-key = /a.key\ntls-cert = /b.crt",
+	       L_JWKS_FREE + 2, "twice", 1);
+}
+
 int main(void)
 {
 	unsetenv("CREDENTIALS_DIRECTORY");
@@ -1039,5 +1090,6 @@ int main(void)
 	test_cors_origins();
 	test_jwks_health();
 	test_free_null();
+	test_tls(); /* h14-tls */
 	return unit_finish("conf");
 }
