@@ -955,8 +955,19 @@ static int batch_answer(struct hsmc *c, struct slot *s, struct proto_in *in,
 
 	for (size_t i = 0; ok && i < n; i++)
 		ok = batch_item_answer(in, &items[i]);
-	if (ok && answer_end(c, s, in) == 0)
+	if (ok && answer_end(c, s, in) == 0) {
+		/* Each input that failed is an error of the op, as a failed SIGN is one. */
+		for (size_t i = 0; i < n; i++)
+			if (items[i].result < 0) {
+				char ckr[64];
+				const char *name =
+				    counters_ckr(items[i].result, items[i].error, ckr, sizeof(ckr));
+				metrics_add(metrics_series(&counters.hsm_errors,
+				                           proto_op_name(PROTO_SIGN_BATCH), name),
+				            1);
+			}
 		return 0;
+	}
 	if (s->fd >= 0)
 		slot_drop(c, s, true, "answered a batch outside the protocol");
 	return hsm_fail_text(-ECONNABORTED, "the token helper answered a batch outside the "
