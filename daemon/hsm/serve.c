@@ -154,6 +154,49 @@ static void do_sign(struct server *sv, const struct proto_req *rq)
 		proto_put_bytes(&sv->out, sig, slen);
 }
 
+/* One input of a batch, guarded and signed as a PROTO_SIGN alone: its result and the error
+ * text or signature go into the answer, so a refusal is that input's, not the batch's. Returns
+ * the result. */
+static int sign_item(struct server *sv, struct known *k, const uint8_t *input, size_t len)
+{
+	uint8_t sig[HSM_MAX_SIG];
+	size_t slen = 0;
+	char why[160];
+	struct guard_key gk = {k->hk.alg, k->kid, k->iss, k->max_ttl};
+	int r = 0;
+
+	if (guard_check((const char *)input, len, &gk, (int64_t)time(NULL), why, sizeof(why)) < 0)
+		r = hsm_fail_text(-EPERM, "signature refused: %s", why);
+	if (r == 0)
+		r = hsm_sign(sv->h, &k->hk, input, len, sig, sizeof(sig), &slen);
+	proto_put_u32(&sv->out, (uint32_t)r);
+	proto_put_bytes(&sv->out, r < 0 ? hsm_last_error() : "",
+	                r < 0 ? strnlen(hsm_last_error(), PROTO_MAX_ERROR - 1) : 0);
+	if (r == 0)
+		proto_put_bytes(&sv->out, sig, slen);
+	return r;
+}
+
+/* A batch for one key: the key is found once (its failure is the whole answer's), then each
+ * input is judged by the guard on its own. */
+static void do_sign_batch(struct server *sv, const struct proto_req *rq)
+{
+	struct known *k = NULL;
+	bool token_failed = false;
+	int r = known_get(sv, rq->key.id, rq->alg, &k);
+
+	proto_answer(&sv->out, PROTO_SIGN_BATCH, r, hsm_last_error());
+	if (r < 0)
+		return;
+	proto_put_u32(&sv->out, rq->n_items);
+	for (uint32_t i = 0; i < rq->n_items; i++) {
+		r = sign_item(sv, k, rq->items[i], rq->item_len[i]);
+		token_failed |= r < 0 && r != -EPERM;
+	}
+	if (token_failed)
+		known_drop(sv, (size_t)(k - sv->known)); /* found again next time */
+}
+
 /* A proof signs only what can never pass for a JWS (PROTO_PROVE_PREFIX). */
 static void do_prove(struct server *sv, struct proto_req *rq)
 {
@@ -296,6 +339,9 @@ static void dispatch(struct server *sv, struct proto_req *rq)
 	case PROTO_SIGN:
 		do_sign(sv, rq);
 		return;
+	case PROTO_SIGN_BATCH:
+		do_sign_batch(sv, rq);
+		return;
 	case PROTO_PROVE:
 		do_prove(sv, rq);
 		return;
@@ -357,9 +403,11 @@ static void dispatch(struct server *sv, struct proto_req *rq)
 
 static bool role_serves(enum serve_role role, enum proto_op op)
 {
+	bool signs = op == PROTO_SIGN || op == PROTO_SIGN_BATCH;
+
 	if (role == SERVE_SIGN)
-		return op == PROTO_SIGN || op == PROTO_PROBE;
-	return op != PROTO_SIGN;
+		return signs || op == PROTO_PROBE;
+	return !signs;
 }
 
 int serve(struct hsm *h, int fd, enum serve_role role)
@@ -373,7 +421,8 @@ int serve(struct hsm *h, int fd, enum serve_role role)
 	for (;;) {
 		struct proto_req rq;
 		unsigned long repairs;
-		r = proto_recv(fd, PROTO_MAX_REQUEST, &buf, &cap, &body, &len);
+		/* The decoder holds every op but SIGN_BATCH to PROTO_MAX_REQUEST. */
+		r = proto_recv(fd, PROTO_MAX_BATCH_REQUEST, &buf, &cap, &body, &len);
 		if (r == -EPIPE) {
 			r = 0; /* the daemon is gone */
 			break;

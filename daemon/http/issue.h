@@ -1,6 +1,7 @@
 /* Token issuance (docs/api.md, "Signing"): from a request's body to a signed token, or a
  * refusal, each with its audit record. The sign API calls it once the body is complete. */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "audit.h"
@@ -21,6 +22,22 @@ struct issue_outcome {
  * be answered. */
 int token_issue(struct runtime *rt, const struct issuer_conf *ic, const char *body, size_t len,
                 const struct audit_signature *caller, struct issue_outcome *ret);
+
+/* One item of a batch: a single sign's body (len bytes, not NUL-terminated). */
+struct issue_request {
+	const char *body;
+	size_t len;
+};
+
+/* Issues n (1..POLICY_MAX_BATCH) tokens of issuer ic, each judged and audited exactly as
+ * token_issue() judges its body, signed in one round trip to a signing helper: ret[i] is the
+ * outcome of reqs[i]. *ret_lost: no token was issued and the signing helpers could not be
+ * reached (lost twice, or none running): the batch as a whole is then answered 503. Returns 0
+ * with every ret[i] filled, -EINVAL for a bad n, or -ENOMEM when nothing can be answered. */
+int token_issue_batch(struct runtime *rt, const struct issuer_conf *ic,
+                      const struct issue_request *reqs, size_t n,
+                      const struct audit_signature *caller, struct issue_outcome *ret,
+                      bool *ret_lost);
 
 /* Refuses a request for ic: writes its audit record (caller as above; seen: what the request
  * named so far, jti, aud, kid, exp, or NULL), then fills *ret. The record is never a reason to

@@ -349,6 +349,82 @@ out:
 	return r;
 }
 
+/* ---- sign-batch ---- */
+
+static int batch_requests(json_t *root, json_t **ret, struct policy_error *err)
+{
+	const char *key;
+	json_t *v, *reqs;
+
+	if (!json_is_object(root))
+		return refuse(err, "body_not_object", "the body must be a JSON object");
+	json_object_foreach (root, key, v) {
+		if (strcmp(key, "requests") != 0)
+			return refuse(err, "unknown_member",
+			              "unknown member '%.40s'; the body has only 'requests'", key);
+	}
+	reqs = json_object_get(root, "requests");
+	if (!reqs)
+		return refuse(err, "requests_missing", "'requests' is required");
+	if (!json_is_array(reqs))
+		return refuse(err, "requests_not_array", "'requests' must be a JSON array");
+	if (json_array_size(reqs) == 0)
+		return refuse(err, "requests_empty", "'requests' holds no request");
+	if (json_array_size(reqs) > POLICY_MAX_BATCH)
+		return refuse(err, "requests_too_many", "'requests' holds %zu requests; at most %d",
+		              json_array_size(reqs), POLICY_MAX_BATCH);
+	*ret = reqs;
+	return 0;
+}
+
+int policy_batch_split(const char *body, size_t len, struct policy_batch *ret,
+                       struct policy_error *err)
+{
+	json_error_t jerr;
+	json_t *root, *reqs = NULL, *item;
+	size_t i;
+	int r;
+
+	memset(ret, 0, sizeof(*ret));
+	err->jti[0] = err->aud[0] = '\0';
+	err->aud_cut = false;
+	if (memchr(body, '\0', len))
+		return refuse(err, "invalid_utf8", "the body holds a NUL byte");
+	root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+	if (!root)
+		return refuse_parse(&jerr, err);
+	if ((r = batch_requests(root, &reqs, err)) < 0)
+		goto out;
+	json_array_foreach (reqs, i, item) {
+		if (!json_is_object(item)) {
+			r = refuse(err, "request_not_object",
+			           "'requests' item %zu is not a JSON object", i);
+			goto out;
+		}
+	}
+	/* Each request again as a body of its own: the single sign's one policy judges it. */
+	json_array_foreach (reqs, i, item) {
+		ret->items[i] = json_dumps(item, JSON_COMPACT);
+		if (!ret->items[i]) {
+			r = -ENOMEM;
+			goto out;
+		}
+		ret->len[i] = strlen(ret->items[i]);
+		ret->n = i + 1;
+	}
+	r = 0;
+out:
+	json_decref(root);
+	return r;
+}
+
+void policy_batch_free(struct policy_batch *b)
+{
+	for (size_t i = 0; i < b->n; i++)
+		free(b->items[i]);
+	memset(b, 0, sizeof(*b));
+}
+
 int policy_content_type_ok(const char *value)
 {
 	size_t n;

@@ -11,6 +11,11 @@
 #define POLICY_MAX_DEPTH 32
 #define POLICY_JTI_BYTES 16
 
+/* sign-batch (docs/api.md): 1 to POLICY_MAX_BATCH requests in a body of at most
+ * POLICY_MAX_BATCH_BODY; each request within it is held to the single sign's rules. */
+#define POLICY_MAX_BATCH      64
+#define POLICY_MAX_BATCH_BODY (256 * 1024)
+
 /* Why a request was refused: HTTP status, a stable code for programs, a message for people;
  * and for its audit record, the jti (when a valid one was given) and aud (as kept in struct
  * signing_request) of a body whose claims could be read, else "". */
@@ -40,6 +45,23 @@ struct signing_request {
 int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int64_t now,
                  const uint8_t jti_random[POLICY_JTI_BYTES], struct signing_request *ret,
                  struct policy_error *err);
+
+/* A sign-batch body split into its requests, each as compact JSON: what policy_apply() then
+ * judges as a single sign's body. */
+struct policy_batch {
+	char *items[POLICY_MAX_BATCH]; /* owned */
+	size_t len[POLICY_MAX_BATCH];
+	size_t n;
+};
+
+/* The request-level rules of a sign-batch body (len bytes, not NUL-terminated): well-formed
+ * JSON as a single sign's body must be, an object with only "requests", an array of 1 to
+ * POLICY_MAX_BATCH objects. Nesting within a request is left to policy_apply(). Returns 0 and
+ * fills *ret, or -EINVAL (err: status 400) / -ENOMEM; policy_batch_free() frees *ret either
+ * way. */
+int policy_batch_split(const char *body, size_t len, struct policy_batch *ret,
+                       struct policy_error *err);
+void policy_batch_free(struct policy_batch *b);
 
 /* True when a Content-Type header value names application/json (parameters allowed). */
 int policy_content_type_ok(const char *value);

@@ -28,6 +28,7 @@ struct sign_api {
 
 enum route {
 	ROUTE_SIGN,
+	ROUTE_BATCH, /* sign-batch: many sign requests in one, each judged as ROUTE_SIGN's */
 	ROUTE_JWKS,
 };
 
@@ -45,6 +46,17 @@ struct request {
 	uint64_t start_us; /* its headers were in, monotonic: tokensign_sign_duration_seconds */
 };
 
+/* The largest body of a signing route, and the words of its refusal. */
+static size_t body_max(enum route route)
+{
+	return route == ROUTE_BATCH ? POLICY_MAX_BATCH_BODY : POLICY_MAX_BODY;
+}
+
+static const char *body_too_large(enum route route)
+{
+	return route == ROUTE_BATCH ? "the body is over 256 KiB" : "the body is over 64 KiB";
+}
+
 static uint64_t monotonic_us(void)
 {
 	struct timespec ts;
@@ -53,7 +65,7 @@ static uint64_t monotonic_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-/* "/v1/issuers/NAME/sign" -> route and NAME; false for any other shape. */
+/* "/v1/issuers/NAME/sign" (or sign-batch, jwks) -> route and NAME; false for any other shape. */
 static bool parse_issuer_path(const char *url, enum route *route, const char **name, size_t *len)
 {
 	const char *p = url + strlen("/v1/issuers/"), *slash;
@@ -65,6 +77,8 @@ static bool parse_issuer_path(const char *url, enum route *route, const char **n
 		return false;
 	if (strcmp(slash, "/sign") == 0)
 		*route = ROUTE_SIGN;
+	else if (strcmp(slash, "/sign-batch") == 0)
+		*route = ROUTE_BATCH;
 	else if (strcmp(slash, "/jwks") == 0)
 		*route = ROUTE_JWKS;
 	else
@@ -84,10 +98,13 @@ static void audit_caller(struct MHD_Connection *c, struct audit_signature *a)
 	a->pid = a->no_caller ? 0 : (int32_t)hp->peer.pid;
 }
 
-/* Counts a decision of ic: a granted one through rt's cached series when there is rt. */
+/* Counts a decision of ic: a granted one through rt's cached series when there is rt, timed
+ * from start_us unless that is 0 (a batch's items: the batch is timed once). */
 static void count_outcome(struct runtime *rt, const struct issuer_conf *ic, uint64_t start_us,
                           const struct issue_outcome *out)
 {
+	uint64_t us = start_us ? monotonic_us() - start_us : 0;
+
 	if (out->status != MHD_HTTP_OK) {
 		counters_sign(ic->name, out->code, 0);
 		return;
@@ -95,10 +112,11 @@ static void count_outcome(struct runtime *rt, const struct issuer_conf *ic, uint
 	if (rt && rt->series) {
 		const struct issuer_series *s = &rt->series[ic - rt->conf->issuers];
 		metrics_add(s->granted, 1);
-		metrics_observe(&counters.sign_duration, s->duration, monotonic_us() - start_us);
+		if (start_us)
+			metrics_observe(&counters.sign_duration, s->duration, us);
 		return;
 	}
-	counters_sign(ic->name, "granted", monotonic_us() - start_us);
+	counters_sign(ic->name, "granted", us);
 }
 
 /* The answer to an issuance, a token or a refusal, counted: every audited decision ends
@@ -147,7 +165,7 @@ static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct M
 		return health_http_reply(api->d, c, url, method);
 	if (!parse_issuer_path(url, &route, &name, &len))
 		return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no such path");
-	if (route == ROUTE_SIGN && strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+	if (route != ROUTE_JWKS && strcmp(method, MHD_HTTP_METHOD_POST) != 0)
 		return http_reply_method(c, "POST");
 	if (route == ROUTE_JWKS && strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
 	    strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
@@ -172,9 +190,9 @@ static enum MHD_Result decide(struct sign_api *api, struct runtime *rt, struct M
 		              "this caller may not sign for this issuer");
 	}
 	cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (cl && strtoull(cl, NULL, 10) > POLICY_MAX_BODY)
+	if (cl && strtoull(cl, NULL, 10) > body_max(route))
 		return refuse(c, ic, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
-		              "the body is over 64 KiB");
+		              body_too_large(route));
 	rq = calloc(1, sizeof(*rq));
 	if (!rq)
 		return MHD_NO;
@@ -200,6 +218,123 @@ static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c
 	return r;
 }
 
+/* One item of a batch's answer: the single sign's answer, or its error object. Caller frees. */
+static char *batch_result(const struct issue_outcome *out)
+{
+	json_t *obj;
+	char *s;
+
+	if (out->status == MHD_HTTP_OK)
+		return strdup(out->answer);
+	obj = json_pack("{s:s, s:s}", "error", out->code, "message", out->message);
+	s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	json_decref(obj);
+	return s;
+}
+
+/* {"results": [...]} of n outcomes, in order. Caller frees. */
+static char *batch_answer(const struct issue_outcome *outs, size_t n)
+{
+	char *parts[POLICY_MAX_BATCH] = {0}, *s = NULL, *p;
+	size_t len = sizeof("{\"results\":[]}");
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (!(parts[i] = batch_result(&outs[i])))
+			goto out;
+		len += strlen(parts[i]) + 1;
+	}
+	s = p = malloc(len);
+	if (!s)
+		goto out;
+	p = stpcpy(p, "{\"results\":[");
+	for (i = 0; i < n; i++)
+		p = stpcpy(stpcpy(p, i ? "," : ""), parts[i]);
+	strcpy(p, "]}");
+out:
+	for (i = 0; i < n; i++)
+		free(parts[i]);
+	return s;
+}
+
+/* Counts each item as the single sign counts a decision, and times the batch once (one
+ * observation per batch that issued a token: the latency its caller saw). */
+static void count_batch(struct request *rq, const struct issue_outcome *outs, size_t n)
+{
+	struct runtime *rt = rq->rt;
+	bool granted = false;
+
+	for (size_t i = 0; i < n; i++) {
+		count_outcome(rt, rq->ic, 0, &outs[i]);
+		granted |= outs[i].status == MHD_HTTP_OK;
+	}
+	if (!granted)
+		return;
+	if (rt->series)
+		metrics_observe(&counters.sign_duration,
+		                rt->series[rq->ic - rt->conf->issuers].duration,
+		                monotonic_us() - rq->start_us);
+}
+
+/* The items of a batch, issued together (token_issue_batch()) and answered in one 200; or one
+ * 503 when none was issued because no signing helper could be reached. */
+static enum MHD_Result answer_batch(struct MHD_Connection *c, struct request *rq,
+                                    const struct policy_batch *pb,
+                                    const struct audit_signature *caller)
+{
+	struct issue_request reqs[POLICY_MAX_BATCH];
+	struct issue_outcome *outs = calloc(pb->n, sizeof(*outs));
+	enum MHD_Result r = MHD_NO;
+	bool lost = false;
+	char *body = NULL;
+
+	for (size_t i = 0; i < pb->n; i++)
+		reqs[i] = (struct issue_request){pb->items[i], pb->len[i]};
+	if (!outs || token_issue_batch(rq->rt, rq->ic, reqs, pb->n, caller, outs, &lost) < 0) {
+		counters_sign(rq->ic->name, "error", 0);
+		free(outs);
+		return MHD_NO;
+	}
+	count_batch(rq, outs, pb->n);
+	if (lost)
+		r = http_reply_error(
+		    c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
+		    "no signing helper could be reached; no token of this batch was "
+		    "issued");
+	else if ((body = batch_answer(outs, pb->n)))
+		r = http_reply_json(c, MHD_HTTP_OK, body);
+	else
+		counters_sign(rq->ic->name, "error", 0);
+	for (size_t i = 0; i < pb->n; i++)
+		free(outs[i].answer);
+	free(outs);
+	free(body);
+	return r;
+}
+
+/* A complete sign-batch body: the request-level rules (policy_batch_split()) refuse the whole
+ * batch as a single sign's would be refused; past them each item is its own decision. */
+static enum MHD_Result on_complete_batch(struct MHD_Connection *c, struct request *rq)
+{
+	struct audit_signature caller = {0};
+	struct policy_error perr = {0};
+	struct policy_batch pb;
+	enum MHD_Result r;
+	int e = policy_batch_split(rq->body.data ? rq->body.data : "", rq->body.len, &pb, &perr);
+
+	if (e == -EINVAL)
+		r = refuse(c, rq->ic, (unsigned)perr.status, perr.code, perr.message);
+	else if (e < 0) {
+		counters_sign(rq->ic->name, "error", 0);
+		r = MHD_NO;
+	} else {
+		audit_caller(c, &caller);
+		r = answer_batch(c, rq, &pb, &caller);
+	}
+	policy_batch_free(&pb);
+	return r;
+}
+
 static enum MHD_Result on_complete(struct MHD_Connection *c, struct request *rq)
 {
 	struct audit_signature caller = {0};
@@ -207,11 +342,13 @@ static enum MHD_Result on_complete(struct MHD_Connection *c, struct request *rq)
 
 	if (rq->body.too_large)
 		return refuse(c, rq->ic, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
-		              "the body is over 64 KiB");
+		              body_too_large(rq->route));
 	if (!policy_content_type_ok(
 	        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE)))
 		return refuse(c, rq->ic, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
 		              "Content-Type must be application/json");
+	if (rq->route == ROUTE_BATCH)
+		return on_complete_batch(c, rq);
 	audit_caller(c, &caller);
 	if (token_issue(rq->rt, rq->ic, rq->body.data ? rq->body.data : "", rq->body.len, &caller,
 	                &out) < 0) {
@@ -256,11 +393,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		return r;
 	}
 	if (*upload_size) {
-		http_body_append(&rq->body, upload, *upload_size, POLICY_MAX_BODY);
+		http_body_append(&rq->body, upload, *upload_size, body_max(rq->route));
 		*upload_size = 0;
 		/* A chunked body has no length to refuse up front: cut it off here. */
 		if (rq->body.too_large)
-			return http_refuse_upload(c, "the body is over 64 KiB");
+			return http_refuse_upload(c, body_too_large(rq->route));
 		return MHD_YES;
 	}
 	return on_complete(c, rq);

@@ -949,6 +949,97 @@ int hsmc_sign(struct hsmc *c, const struct hsm_key *key, const char *input, size
 	return r;
 }
 
+_Static_assert(sizeof(((struct hsmc_batch_item *)0)->error) == PROTO_MAX_ERROR,
+               "an item's error holds the helper's text");
+
+/* One item of a SIGN_BATCH answer: i32 result, str error (only with a failure), bytes sig (only
+ * with success). false when it breaks that shape. */
+static bool batch_item_answer(struct proto_in *in, struct hsmc_batch_item *it)
+{
+	const uint8_t *p;
+	int32_t res = (int32_t)proto_get_u32(in);
+
+	proto_get_str(in, it->error, sizeof(it->error));
+	if (in->bad || res > 0 || res < -4095 || (res == 0) != (it->error[0] == '\0'))
+		return false;
+	it->result = res;
+	it->sig_len = 0;
+	if (res < 0)
+		return true;
+	p = proto_get_bytes(in, sizeof(it->sig), &it->sig_len);
+	if (!p || it->sig_len == 0)
+		return false;
+	memcpy(it->sig, p, it->sig_len);
+	return true;
+}
+
+/* The per-item answers of a batch of n; the helper is lost when they do not decode exactly. */
+static int batch_answer(struct hsmc *c, struct slot *s, struct proto_in *in,
+                        struct hsmc_batch_item *items, size_t n)
+{
+	bool ok = proto_get_u32(in) == n && !in->bad;
+
+	for (size_t i = 0; ok && i < n; i++)
+		ok = batch_item_answer(in, &items[i]);
+	if (ok && answer_end(c, s, in) == 0) {
+		/* Each input that failed is an error of the op, as a failed SIGN is one. */
+		for (size_t i = 0; i < n; i++)
+			if (items[i].result < 0) {
+				char ckr[64];
+				const char *name =
+				    counters_ckr(items[i].result, items[i].error, ckr, sizeof(ckr));
+				metrics_add(metrics_series(&counters.hsm_errors,
+				                           proto_op_name(PROTO_SIGN_BATCH), name),
+				            1);
+			}
+		return 0;
+	}
+	if (s->fd >= 0)
+		slot_drop(c, s, true, "answered a batch outside the protocol");
+	return hsm_fail_text(-ECONNABORTED, "the token helper answered a batch outside the "
+	                                    "protocol");
+}
+
+int hsmc_sign_batch(struct hsmc *c, const struct hsm_key *key, struct hsmc_batch_item *items,
+                    size_t n)
+{
+	struct slot *lost = NULL;
+	size_t total = 0;
+	int r = 0;
+
+	if (n == 0 || n > PROTO_MAX_BATCH)
+		return hsm_fail_text(-E2BIG, "a batch of %zu signing inputs", n);
+	for (size_t i = 0; i < n; i++) {
+		if (items[i].len > PROTO_MAX_INPUT)
+			return hsm_fail_text(-E2BIG, "a signing input of %zu bytes", items[i].len);
+		total += items[i].len + 4;
+	}
+	if (total + 64 > PROTO_MAX_BATCH_REQUEST)
+		return hsm_fail_text(-E2BIG, "a batch of %zu bytes of signing input", total);
+	signing_thread_slot(c);
+	/* As hsmc_sign(): a helper lost under the batch, the whole batch once more on another. A
+	 * signature has no effect of its own (nothing is answered or audited before the helper's
+	 * answer is in whole), so signing an input twice is safe. */
+	for (int attempt = 0; attempt < 2; attempt++) {
+		struct slot *s = sign_slot(c, lost);
+		struct proto_in in;
+		proto_request(&s->out, PROTO_SIGN_BATCH);
+		proto_put_bytes(&s->out, key->id, HSM_ID_LEN);
+		proto_put_u8(&s->out, (uint8_t)key->alg);
+		proto_put_u32(&s->out, (uint32_t)n);
+		for (size_t i = 0; i < n; i++)
+			proto_put_bytes(&s->out, items[i].input, items[i].len);
+		r = call(c, s, PROTO_SIGN_BATCH, c->sign_timeout_ms, &in);
+		if (r == 0)
+			r = batch_answer(c, s, &in, items, n);
+		pthread_mutex_unlock(&s->lock);
+		if (r != -ECONNABORTED && r != -ENOTCONN)
+			break;
+		lost = s;
+	}
+	return r;
+}
+
 int hsmc_probe_signing(struct hsmc *c)
 {
 	struct slot *s = sign_slot(c, NULL);

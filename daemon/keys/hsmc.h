@@ -83,6 +83,26 @@ void hsmc_manage_renew(struct hsmc *c);
 int hsmc_sign(struct hsmc *c, const struct hsm_key *key, const char *input, size_t len,
               uint8_t *sig, size_t sig_size, size_t *ret_len);
 
+/* One input of hsmc_sign_batch(): input and len are the caller's; result (0 or a negative
+ * errno: -EPERM when the helper's guard refused it), error (the helper's text of a failure) and
+ * the signature are the answer's. */
+struct hsmc_batch_item {
+	const char *input;
+	size_t len;
+	int result;
+	char error[192]; /* PROTO_MAX_ERROR */
+	uint8_t sig[HSM_MAX_SIG];
+	size_t sig_len;
+};
+
+/* Signs n (1..PROTO_MAX_BATCH) signing inputs with key in one round trip to a signing helper,
+ * which judges each as hsmc_sign() would: a refusal or failure of one is that item's result.
+ * Returns 0 when the helper answered for every item, or a negative errno for the batch as a
+ * whole (the key not found, the helper lost twice: the same recovery as hsmc_sign()). The whole
+ * batch shares one deadline, the signing timeout. */
+int hsmc_sign_batch(struct hsmc *c, const struct hsm_key *key, struct hsmc_batch_item *items,
+                    size_t n);
+
 /* Signs challenge (beginning with PROTO_PROVE_PREFIX) with key's private half, by its handles:
  * the proof that a new key's public half is its own. */
 int hsmc_prove(struct hsmc *c, const struct hsm_key *key, const char *challenge, size_t len,

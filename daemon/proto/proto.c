@@ -25,6 +25,7 @@ static const char *const op_names[_PROTO_OP_MAX] = {
     [PROTO_PROVE] = "prove",
     [PROTO_MIGRATE] = "migrate",
     [PROTO_RESYNC] = "resync",
+    [PROTO_SIGN_BATCH] = "sign-batch",
 };
 
 const char *proto_op_name(enum proto_op op)

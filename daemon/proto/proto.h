@@ -27,6 +27,13 @@
 #define PROTO_MAX_ERROR   192u
 #define PROTO_MAX_ITEMS   20000u /* objects in one index or record list */
 
+/* PROTO_SIGN_BATCH: at most PROTO_MAX_BATCH inputs, each at most PROTO_MAX_INPUT, in a frame of
+ * at most PROTO_MAX_BATCH_REQUEST (every other request stays within PROTO_MAX_REQUEST). A batch
+ * body of the sign API is at most 256 KiB (policy.h): its signing inputs, base64url of the
+ * claims plus what the daemon adds, fit in this with room to spare. */
+#define PROTO_MAX_BATCH         64u
+#define PROTO_MAX_BATCH_REQUEST (512u * 1024)
+
 /* File descriptors a helper is started with (fork + exec): its end of the socketpair and the
  * PIN file, opened by the daemon. */
 #define PROTO_FD_SOCKET 3
@@ -49,6 +56,8 @@ enum proto_op {
 	PROTO_PROVE,          /* key, bytes challenge -> bytes sig: PROTO_PROVE_PREFIX... */
 	PROTO_MIGRATE,        /* -> u64 migrated */
 	PROTO_RESYNC,         /* -> result */
+	PROTO_SIGN_BATCH,     /* id, u8 alg, u32 n, n x bytes input -> u32 n, n x (i32 result,
+	                         str error, bytes sig when result is 0): each input guarded alone */
 	_PROTO_OP_MAX,
 };
 

@@ -14,11 +14,36 @@ static void get_alg(struct proto_in *in, enum jws_alg *ret)
 	*ret = in->bad ? 0 : (enum jws_alg)alg;
 }
 
-static bool decode_fields(struct proto_in *in, struct proto_req *req)
+/* The key id and algorithm of SIGN and SIGN_BATCH. */
+static void get_sign_key(struct proto_in *in, struct proto_req *req)
 {
 	size_t n;
-	const uint8_t *id;
+	const uint8_t *id = proto_get_bytes(in, HSM_ID_LEN, &n);
 
+	if (id && n == HSM_ID_LEN)
+		memcpy(req->key.id, id, HSM_ID_LEN);
+	else
+		in->bad = true;
+	get_alg(in, &req->alg);
+	req->key.alg = req->alg;
+}
+
+/* n inputs, 1..PROTO_MAX_BATCH, each capped as a single SIGN's. */
+static void get_batch(struct proto_in *in, struct proto_req *req)
+{
+	uint32_t n = proto_get_u32(in);
+
+	if (n == 0 || n > PROTO_MAX_BATCH) {
+		in->bad = true;
+		return;
+	}
+	for (uint32_t i = 0; i < n && !in->bad; i++)
+		req->items[i] = proto_get_bytes(in, PROTO_MAX_INPUT, &req->item_len[i]);
+	req->n_items = in->bad ? 0 : n;
+}
+
+static bool decode_fields(struct proto_in *in, struct proto_req *req)
+{
 	switch (req->op) {
 	case PROTO_PROBE:
 	case PROTO_INDEX_READ:
@@ -67,14 +92,12 @@ static bool decode_fields(struct proto_in *in, struct proto_req *req)
 		proto_get_record(in, &req->rec);
 		break;
 	case PROTO_SIGN:
-		id = proto_get_bytes(in, HSM_ID_LEN, &n);
-		if (id && n == HSM_ID_LEN)
-			memcpy(req->key.id, id, HSM_ID_LEN);
-		else
-			in->bad = true;
-		get_alg(in, &req->alg);
-		req->key.alg = req->alg;
+		get_sign_key(in, req);
 		req->data = proto_get_bytes(in, PROTO_MAX_INPUT, &req->data_len);
+		break;
+	case PROTO_SIGN_BATCH:
+		get_sign_key(in, req);
+		get_batch(in, req);
 		break;
 	case PROTO_PROVE:
 		proto_get_key(in, &req->key);
@@ -95,6 +118,8 @@ int proto_req_decode(const uint8_t *body, size_t len, struct proto_req *req)
 
 	memset(req, 0, sizeof(*req));
 	if (proto_open_request(&in, body, len, &req->op) < 0)
+		return -EPROTO;
+	if (len > PROTO_MAX_REQUEST && req->op != PROTO_SIGN_BATCH)
 		return -EPROTO;
 	return decode_fields(&in, req) ? 0 : -EPROTO;
 }

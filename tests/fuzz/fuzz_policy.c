@@ -43,6 +43,11 @@ static const char *const codes[] = {
     "nbf_after_exp",     "jti_invalid",
 };
 
+/* sign-batch's own, for its body as a whole. */
+static const char *const batch_codes[] = {"requests_missing", "requests_not_array",
+                                          "requests_empty", "requests_too_many",
+                                          "request_not_object"};
+
 static void check_refusal(const struct policy_error *err)
 {
 	size_t i;
@@ -51,6 +56,9 @@ static void check_refusal(const struct policy_error *err)
 		abort();
 	for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
 		if (strcmp(codes[i], err->code) == 0)
+			return;
+	for (i = 0; i < sizeof(batch_codes) / sizeof(batch_codes[0]); i++)
+		if (strcmp(batch_codes[i], err->code) == 0)
 			return;
 	abort();
 }
@@ -99,6 +107,33 @@ static void check_payload(const struct signing_request *req)
 	json_decref(p);
 }
 
+/* The same bytes as a sign-batch body: split, and each request judged as a body of its own. */
+static void fuzz_batch(const uint8_t *data, size_t size)
+{
+	struct policy_batch pb;
+	struct policy_error err;
+	int r;
+
+	memset(&err, 0, sizeof(err));
+	r = policy_batch_split((const char *)data, size, &pb, &err);
+	if (r == -EINVAL)
+		check_refusal(&err);
+	else if (r == 0 && (pb.n == 0 || pb.n > POLICY_MAX_BATCH))
+		abort();
+	else if (r != 0 && r != -ENOMEM)
+		abort();
+	for (size_t i = 0; r == 0 && i < pb.n; i++) {
+		struct signing_request req = {0};
+		if (!pb.items[i] || strlen(pb.items[i]) != pb.len[i] || pb.items[i][0] != '{')
+			abort();
+		if (policy_apply(&ic, pb.items[i], pb.len[i], NOW, jti_random, &req, &err) == 0) {
+			check_payload(&req);
+			free(req.payload);
+		}
+	}
+	policy_batch_free(&pb);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct signing_request req;
@@ -120,5 +155,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	} else if (r != -ENOMEM) {
 		abort();
 	}
+	fuzz_batch(data, size);
 	return 0;
 }

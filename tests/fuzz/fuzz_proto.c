@@ -1,6 +1,7 @@
 /* libFuzzer harness for the helper protocol (daemon/proto/): any request frame body decodes or
  * is refused with nothing leaked; any answer body is read by the daemon's decoders of lists,
- * records, key objects and keys without reading out of bounds. The first byte picks the mode. */
+ * records, key objects, keys and batch results without reading out of bounds. The first byte picks
+ * the mode. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,11 @@ static void check_request(const struct proto_req *rq)
 		abort();
 	if (rq->data_len > PROTO_MAX_INPUT)
 		abort();
+	if ((rq->op == PROTO_SIGN_BATCH) != (rq->n_items > 0) || rq->n_items > PROTO_MAX_BATCH)
+		abort();
+	for (uint32_t i = 0; i < rq->n_items; i++)
+		if ((!rq->items[i] && rq->item_len[i]) || rq->item_len[i] > PROTO_MAX_INPUT)
+			abort();
 	if (rq->op == PROTO_STORE_RECORD && (!rq->value || strlen(rq->value) > PROTO_MAX_RECORD))
 		abort();
 }
@@ -34,7 +40,7 @@ static void read_answer_fields(struct proto_in *in, uint8_t kind)
 	size_t n;
 	uint32_t count;
 
-	switch (kind % 5) {
+	switch (kind % 6) {
 	case 0:
 		count = proto_get_u32(in);
 		for (uint32_t i = 0; i < count && i < PROTO_MAX_ITEMS && !in->bad; i++) {
@@ -64,9 +70,21 @@ static void read_answer_fields(struct proto_in *in, uint8_t kind)
 		                 jwk.e_len > sizeof(jwk.e)))
 			abort();
 		break;
-	default:
+	case 4:
 		if (proto_get_bytes(in, HSM_MAX_SIG, &n) && n > HSM_MAX_SIG)
 			abort();
+		break;
+	default: /* a SIGN_BATCH answer's items, as hsmc.c reads them */
+		count = proto_get_u32(in);
+		for (uint32_t i = 0; i < count && i < PROTO_MAX_BATCH && !in->bad; i++) {
+			char err[PROTO_MAX_ERROR];
+			int32_t res = (int32_t)proto_get_u32(in);
+			proto_get_str(in, err, sizeof(err));
+			if (strlen(err) >= sizeof(err))
+				abort();
+			if (res == 0 && proto_get_bytes(in, HSM_MAX_SIG, &n) && n > HSM_MAX_SIG)
+				abort();
+		}
 	}
 	(void)proto_done(in);
 }

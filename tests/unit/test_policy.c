@@ -692,6 +692,58 @@ static void test_refusal_audit_fields(void)
 	CHECK_STR(err.aud, "");
 }
 
+/* sign-batch: the request-level rules refuse the whole body; each request comes out as a
+ * compact object for policy_apply(), in order. */
+static void batch_refused(const char *body, const char *code)
+{
+	struct policy_batch pb;
+	struct policy_error err = {0};
+
+	CHECK_INT(policy_batch_split(body, strlen(body), &pb, &err), -EINVAL);
+	CHECK_INT(err.status, 400);
+	CHECK_STR(err.code, code);
+	CHECK_INT(pb.n, 0);
+	policy_batch_free(&pb);
+}
+
+static void test_batch_split(void)
+{
+	struct policy_batch pb;
+	struct policy_error err = {0};
+	char many[64 * 16 + 64], *p = many;
+	const char *two = "{\"requests\": [{\"claims\": {\"b\": 1, \"a\": [1, 2]}}, "
+	                  "{\"typ\": 5, \"claims\": null}]}";
+
+	CHECK_INT(policy_batch_split(two, strlen(two), &pb, &err), 0);
+	CHECK_INT(pb.n, 2);
+	CHECK_STR(pb.items[0], "{\"claims\":{\"b\":1,\"a\":[1,2]}}");
+	CHECK_INT(pb.len[0], strlen(pb.items[0]));
+	CHECK_STR(pb.items[1], "{\"typ\":5,\"claims\":null}");
+	policy_batch_free(&pb);
+
+	batch_refused("[]", "body_not_object");
+	batch_refused("{\"requests\": [{}], \"x\": 1}", "unknown_member");
+	batch_refused("{\"claims\": {}}", "unknown_member");
+	batch_refused("{}", "requests_missing");
+	batch_refused("{\"requests\": {}}", "requests_not_array");
+	batch_refused("{\"requests\": []}", "requests_empty");
+	batch_refused("{\"requests\": [{}, 1]}", "request_not_object");
+	batch_refused("{\"requests\": [{}, {\"claims\": {\"a\": 1, \"a\": 2}}]}",
+	              "duplicate_member");
+	batch_refused("{\"requests\": [", "invalid_json");
+	batch_refused("{\"requests\": [{\"claims\": {\"a\": \"\\u0000\"}}]}", "invalid_utf8");
+
+	p = stpcpy(p, "{\"requests\": [{}");
+	for (int i = 1; i < POLICY_MAX_BATCH; i++)
+		p = stpcpy(p, ",{}");
+	strcpy(p, "]}");
+	CHECK_INT(policy_batch_split(many, strlen(many), &pb, &err), 0);
+	CHECK_INT(pb.n, POLICY_MAX_BATCH);
+	policy_batch_free(&pb);
+	strcpy(p, ",{}]}");
+	batch_refused(many, "requests_too_many");
+}
+
 int main(void)
 {
 	test_defaults();
@@ -711,5 +763,6 @@ int main(void)
 	test_exp_nbf_jti();
 	test_content_type();
 	test_refusal_audit_fields();
+	test_batch_split();
 	return unit_finish("policy");
 }
