@@ -167,12 +167,18 @@ static int deny_list(scmp_filter_ctx ctx, uint32_t action, const char *const *na
 	return 0;
 }
 
+/* Argument 0 compared with v: SCMP_A0_64() without its missing initializer (clang warns). */
+static struct scmp_arg_cmp arg0(enum scmp_compare op, uint64_t v)
+{
+	return (struct scmp_arg_cmp){.arg = 0, .op = op, .datum_a = v, .datum_b = 0};
+}
+
 /* personality(0xffffffff) only reads the persona (sanitizers and some libcs ask); a change
  * would switch off address space randomisation or change the ABI. */
 static int deny_personality(scmp_filter_ctx ctx, char *why, size_t why_size)
 {
-	struct scmp_arg_cmp below = SCMP_A0_64(SCMP_CMP_LT, 0xffffffffu);
-	struct scmp_arg_cmp above = SCMP_A0_64(SCMP_CMP_GT, 0xffffffffu);
+	struct scmp_arg_cmp below = arg0(SCMP_CMP_LT, 0xffffffffu);
+	struct scmp_arg_cmp above = arg0(SCMP_CMP_GT, 0xffffffffu);
 	int r;
 
 	r = deny(ctx, SCMP_ACT_KILL_PROCESS, "personality", false, 1, &below, why, why_size);
@@ -239,12 +245,12 @@ static int deny_domains(scmp_filter_ctx ctx, const int *allowed, size_t n, char 
 	static const char *const calls[] = {"socket", "socketpair"};
 
 	for (size_t c = 0; c < 2; c++) {
-		struct scmp_arg_cmp above = SCMP_A0_64(SCMP_CMP_GT, (uint64_t)allowed[n - 1]);
+		struct scmp_arg_cmp above = arg0(SCMP_CMP_GT, (uint64_t)allowed[n - 1]);
 		int d = 0, r;
 
 		for (size_t i = 0; i < n; d = allowed[i++] + 1) {
 			for (; d < allowed[i]; d++) {
-				struct scmp_arg_cmp eq = SCMP_A0_64(SCMP_CMP_EQ, (uint64_t)d);
+				struct scmp_arg_cmp eq = arg0(SCMP_CMP_EQ, (uint64_t)d);
 				r = deny(ctx, SCMP_ACT_ERRNO(EPERM), calls[c], true, 1, &eq, why,
 				         why_size);
 				if (r < 0)

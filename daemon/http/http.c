@@ -129,6 +129,8 @@ static bool tcp_option_noise(const char *fmt)
 /* Whoever can connect can make libmicrohttpd log (a request cut off, headers too large): the
  * lines are rate-limited per kind of listener, decided before anything is formatted. */
 static void http_log_line(enum log_kind kind, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void http_log_line(enum log_kind kind, const char *fmt, va_list ap)
 {
 	char line[512];
 	size_t n;
@@ -154,6 +156,8 @@ static bool refusal_noise(const char *fmt)
 	return strncmp(fmt, "Application reported internal error", 35) == 0;
 }
 
+static void http_log_unix(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 static void http_log_unix(void *cls, const char *fmt, va_list ap)
 {
 	if (!tcp_option_noise(fmt) && !refusal_noise(fmt))

@@ -275,6 +275,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 /* Anyone can make libmicrohttpd refuse a connection at a cap, once per connection: the caps
  * are logged at start instead. */
+static void jwks_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void jwks_log(void *cls, const char *fmt, va_list ap)
 {
 	if (strncmp(fmt, "Server reached connection limit", 31) == 0)

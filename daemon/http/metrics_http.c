@@ -342,6 +342,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 }
 
 static void metrics_log(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void metrics_log(void *cls, const char *fmt, va_list ap)
 {
 	if (strncmp(fmt, "Server reached connection limit", 31) == 0)
 		metrics_add(metrics_series(&counters.connections_refused, "metrics", NULL), 1);

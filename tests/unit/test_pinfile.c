@@ -47,7 +47,7 @@ int main(void)
 {
 	char dir[] = "/tmp/test_pinfile.XXXXXX", creds[64], pin[96], sibling[96], link[96];
 	char outside[96], why[256];
-	int status, r;
+	int status = 0, r;
 	pid_t pid;
 
 	CHECK(mkdtemp(dir) != NULL);
