@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "conf_routes.h"
 #include "conf_values.h"
 #include "counters.h"
 #include "etag.h"
@@ -109,6 +110,10 @@ static char *jwks_base(struct runtime *rt, const struct issuer_conf *ic)
 	return strndup(ic->iss, n);
 }
 
+/* OIDC Discovery §3 and RFC 8414 §2 require response_types_supported, and RFC 8414 §3.2 forbids an
+ * empty array. We run no authorization endpoint; ["id_token"] says what relying parties get (a
+ * signed JWT checked against jwks_uri), as Kubernetes' service-account issuer says it
+ * (docs/relying-parties.md). */
 static char *discovery_render(const struct issuer_conf *ic, const char *base)
 {
 	json_t *doc;
@@ -116,7 +121,8 @@ static char *discovery_render(const struct issuer_conf *ic, const char *base)
 
 	if (asprintf(&uri, "%s/%s%s", base, ic->name, jwks_suffix) < 0)
 		return NULL;
-	doc = json_pack("{s:s, s:s, s:[s]}", "issuer", ic->iss, "jwks_uri", uri,
+	doc = json_pack("{s:s, s:s, s:[s], s:[s], s:[s]}", "issuer", ic->iss, "jwks_uri", uri,
+	                "response_types_supported", "id_token", "subject_types_supported", "public",
 	                "id_token_signing_alg_values_supported", jws_alg_name(ic->alg));
 	if (doc)
 		s = json_dumps(doc, JSON_COMPACT);
@@ -164,23 +170,25 @@ static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection
 	return r;
 }
 
-/* "/NAME/.well-known/..." -> the issuer and which document; NULL when no such issuer. */
+/* The path's issuer and document, from the table built with the configuration (conf_routes.h):
+ * /NAME/.well-known/..., {iss path}/.well-known/openid-configuration and
+ * /.well-known/oauth-authorization-server{iss path}. url is the path as sent (keep_escaped), so
+ * "%2F", "//" or "/../" reach no document. /NAME/.well-known/{jwks.json,openid-configuration}
+ * for no configured NAME is still a path: 405 before 404 unknown_issuer. */
 static const struct issuer_conf *route(struct runtime *rt, const char *url, bool *is_jwks,
                                        bool *is_path)
 {
+	const struct conf_route *r = conf_route_find(rt->conf, url);
 	const char *slash;
 
-	*is_path = false;
-	if (url[0] != '/' || !(slash = strchr(url + 1, '/')))
-		return NULL;
-	if (strcmp(slash, jwks_suffix) == 0)
-		*is_jwks = true;
-	else if (strcmp(slash, discovery_suffix) == 0)
-		*is_jwks = false;
-	else
-		return NULL;
-	*is_path = true;
-	return conf_find_issuer(rt->conf, url + 1, (size_t)(slash - url - 1));
+	if (r) {
+		*is_path = true;
+		*is_jwks = r->doc == CONF_DOC_JWKS;
+		return &rt->conf->issuers[r->issuer];
+	}
+	*is_path = url[0] == '/' && (slash = strchr(url + 1, '/')) &&
+	           (strcmp(slash, jwks_suffix) == 0 || strcmp(slash, discovery_suffix) == 0);
+	return NULL;
 }
 
 static enum MHD_Result answer(struct runtime *rt, struct MHD_Connection *c, const char *url,
@@ -270,6 +278,14 @@ int jwks_http_listen(const struct listen_conf *lc, int *ret)
 	return 0;
 }
 
+/* libmicrohttpd would decode every %-escape in the path before the handler sees it, so that
+ * "/realms%2Fmain/..." reached the document of "/realms/main/...": only the RFC 3986
+ * equivalences are applied (conf_route_normalize). */
+static size_t keep_escaped(void *cls, struct MHD_Connection *c, char *s)
+{
+	return conf_route_normalize(s);
+}
+
 static int serve(struct jwks_http *jh, size_t i, const char *what)
 {
 	jh->tcp.mhd[i] = MHD_start_daemon(
@@ -281,7 +297,7 @@ static int serve(struct jwks_http *jh, size_t i, const char *what)
 	    jh->d->budget.jwks_per_address, MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS,
 	    MHD_OPTION_NOTIFY_CONNECTION, http_on_tcp_connection, &jh->tcp.guards,
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_URI_LOG_CALLBACK,
-	    http_on_target, NULL, MHD_OPTION_END);
+	    http_on_target, NULL, MHD_OPTION_UNESCAPE_CALLBACK, keep_escaped, NULL, MHD_OPTION_END);
 	if (!jh->tcp.mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
 		return -EIO;
