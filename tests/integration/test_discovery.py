@@ -4,17 +4,19 @@ at {iss path}/.well-known/openid-configuration and RFC 8414 at
 /.well-known/oauth-authorization-server{iss path}, matched exactly, built from the configuration
 alone; and go-oidc (tests/interop/oidc/verify_oidc.go) discovering and verifying real tokens.
 
-Run with test names to pick a part: DiscoveryHttpTest and PathClashTest need Python only;
-GoOidcTest needs go and Debian's golang-github-coreos-go-oidc-dev and is skipped (77) without
-them, unless TOKENSIGN_REQUIRE_GO is set (scripts/test sets it)."""
+Run with test names to pick a part: DiscoveryHttpTest, PathClashTest and ReloadTest need Python
+only; GoOidcTest needs go and Debian's golang-github-coreos-go-oidc-dev and is skipped (77)
+without them, unless TOKENSIGN_REQUIRE_GO is set (scripts/test sets it)."""
 
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
@@ -271,6 +273,46 @@ class PathClashTest(harness.TestCase):
     def test_undiscoverable_iss(self):
         err = self.check({"a": {"iss": "https://login.example.test/a?tenant=1"}})
         self.assertIn("query", err)
+
+
+class ReloadTest(harness.TestCase):
+    """The route table belongs to the configuration: a reload (SIGHUP) moves the paths with the
+    iss, and a file with clashing paths is refused while the running table stays."""
+
+    def reload(self, d):
+        d.write_config()
+        before = d.log().count("reload: done")
+        fails = d.log().count("running configuration stays")
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while d.log().count("reload: done") == before and \
+                d.log().count("running configuration stays") == fails:
+            self.assertLess(time.time(), deadline, "no end of reload:\n" + d.log()[-3000:])
+            time.sleep(0.05)
+        return d.log().count("reload: done") > before
+
+    def issuer_at(self, d, path):
+        r = d.http("GET", path)
+        return r.json()["issuer"] if r.status == 200 else r.status
+
+    def test_paths_follow_the_iss(self):
+        with discovery_daemon({"main": {"iss": "{base}/v1"}}) as d:
+            self.assertEqual(self.issuer_at(d, "/v1" + OIDC), d.base + "/v1")
+            d.issuers["main"]["iss"] = d.base + "/v2"
+            d.issuers["other"] = {"iss": d.base + "/v1", "allow": "*"}
+            self.assertTrue(self.reload(d), d.log()[-3000:])
+            self.assertEqual(self.issuer_at(d, "/v2" + OIDC), d.base + "/v2")
+            self.assertEqual(self.issuer_at(d, RFC8414 + "/v2"), d.base + "/v2")
+            self.assertEqual(self.issuer_at(d, "/v1" + OIDC), d.base + "/v1")
+            self.assertEqual(self.issuer_at(d, "/other" + OIDC), d.base + "/v1")
+            self.assertEqual(self.issuer_at(d, "/main" + OIDC), d.base + "/v2")
+            # a clash: refused, named, and the running table stays
+            d.issuers["third"] = {"iss": "https://elsewhere.example.test/v2", "allow": "*"}
+            self.assertFalse(self.reload(d))
+            self.assertRegex(d.log(), r"\[issuer:third\].*\[issuer:main\].*/v2")
+            self.assertEqual(self.issuer_at(d, "/v2" + OIDC), d.base + "/v2")
+            self.assertEqual(self.issuer_at(d, "/third" + OIDC), 404)
+            self.assertStillSigns(d)
 
 
 def go_binary():
