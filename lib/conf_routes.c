@@ -197,7 +197,7 @@ static int route_cmp(const void *a, const void *b)
 	return (int)x->doc - (int)y->doc;
 }
 
-/* Whether the pair (a, b) already had a clash reported: pairs holds *n of them. */
+/* Whether the pair (a, b) is among the first n pairs, whose clash was reported already. */
 static bool pair_seen(size_t (*pairs)[2], size_t n, size_t a, size_t b)
 {
 	for (size_t i = 0; i < n; i++)
