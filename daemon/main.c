@@ -55,7 +55,9 @@ static void usage(FILE *out)
 	    "      --version       show the version\n"
 	    "\n"
 	    "Signing API: POST /v1/issuers/NAME/sign on the [sign] socket (see docs/api.md).\n"
-	    "JWKS: GET /NAME/.well-known/jwks.json on each [jwks] listen address.\n");
+	    "JWKS: GET /NAME/.well-known/jwks.json on each [jwks] listen address; discovery at\n"
+	    "{iss path}/.well-known/openid-configuration and\n"
+	    "/.well-known/oauth-authorization-server{iss path} (see docs/relying-parties.md).\n");
 }
 
 static int config_check(const char *path, struct conf **ret)

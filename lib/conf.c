@@ -17,6 +17,7 @@
 
 #include "conf_cors.h"
 #include "conf_values.h"
+#include "conf_routes.h" /* h14-discovery */
 #include "duration.h"
 
 #define CONF_MAX_LINE 4096
@@ -130,6 +131,7 @@ void conf_free(struct conf *conf)
 	for (size_t i = 0; i < conf->n_issuers; i++)
 		issuer_conf_clear(&conf->issuers[i]);
 	free(conf->issuers);
+	conf_routes_free(conf); /* h14-discovery */
 	free(conf);
 }
 
@@ -847,6 +849,44 @@ static void validate_metrics(struct parser *p)
 				           c->metrics.listen[i].text, c->jwks.listen[j].text);
 }
 
+/* ---- h14-discovery: the public listener's paths (SPEC §5, docs/relying-parties.md) ---- */
+
+static void on_route_clash(void *cls, const char *path, size_t a, size_t b)
+{
+	struct parser *p = cls;
+	const struct issuer_conf *x = &p->conf->issuers[a], *y = &p->conf->issuers[b];
+
+	/* The same iss twice is reported by validate_issuer already. */
+	if (x->iss && y->iss && strcmp(x->iss, y->iss) == 0)
+		return;
+	conf_error(p, y->line,
+	           "[issuer:%s] (iss '%s') and [issuer:%s] (iss '%s') would both be served at %s: "
+	           "the JWKS listener tells issuers apart by path alone, never by Host, so give "
+	           "each issuer an iss with a path of its own (and none that is another issuer's "
+	           "/NAME)",
+	           y->name, y->iss ? y->iss : "", x->name, x->iss ? x->iss : "", path);
+}
+
+/* An http(s) iss is where relying parties look for the discovery document (OIDC Discovery,
+ * RFC 8414): it must be a URL they can ask for, and no two issuers may share its path. */
+static void validate_routes(struct parser *p)
+{
+	struct conf *c = p->conf;
+	const char *why;
+	size_t off, len;
+
+	for (size_t i = 0; i < c->n_issuers; i++) {
+		const struct issuer_conf *ic = &c->issuers[i];
+		if (ic->iss && conf_iss_path(ic->iss, &off, &len, &why) == -EINVAL)
+			conf_error(p, ic->line,
+			           "[issuer:%s]: iss '%s' is an http(s) URL that relying parties "
+			           "cannot discover: %s",
+			           ic->name, ic->iss, why);
+	}
+	if (conf_routes_build(c, on_route_clash, p) == -ENOMEM)
+		conf_error(p, 0, "out of memory building the JWKS listener's paths");
+}
+
 static void validate(struct parser *p)
 {
 	struct conf *c = p->conf;
@@ -884,6 +924,7 @@ static void validate(struct parser *p)
 		conf_error(p, 0, "no [issuer:NAME] section: nothing to sign for");
 	for (size_t i = 0; i < c->n_issuers; i++)
 		validate_issuer(p, &c->issuers[i]);
+	validate_routes(p); /* h14-discovery */
 }
 
 int conf_load(const char *path, struct conf **ret, struct conf_errors *errs)

@@ -99,6 +99,9 @@ struct conf {
 	} metrics;
 	struct issuer_conf *issuers; /* in file order */
 	size_t n_issuers;
+	/* h14-discovery: the public listener's paths (conf_routes.h), sorted; built at load. */
+	struct conf_route *routes;
+	size_t n_routes;
 };
 
 /* Every problem found, each "FILE:LINE: reason" (or "FILE: reason" when no line applies). */

@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "conf_routes.h"
 #include "conf_values.h"
 #include "cors.h"
 #include "counters.h"
@@ -133,6 +134,10 @@ static char *jwks_base(struct runtime *rt, const struct issuer_conf *ic)
 	return strndup(ic->iss, n);
 }
 
+/* OIDC Discovery §3 and RFC 8414 §2 require response_types_supported, and RFC 8414 §3.2 forbids an
+ * empty array. We run no authorization endpoint; ["id_token"] says what relying parties get (a
+ * signed JWT checked against jwks_uri), as Kubernetes' service-account issuer says it
+ * (docs/relying-parties.md). */
 static char *discovery_render(const struct issuer_conf *ic, const char *base)
 {
 	json_t *doc;
@@ -140,7 +145,8 @@ static char *discovery_render(const struct issuer_conf *ic, const char *base)
 
 	if (asprintf(&uri, "%s/%s%s", base, ic->name, jwks_suffix) < 0)
 		return NULL;
-	doc = json_pack("{s:s, s:s, s:[s]}", "issuer", ic->iss, "jwks_uri", uri,
+	doc = json_pack("{s:s, s:s, s:[s], s:[s], s:[s]}", "issuer", ic->iss, "jwks_uri", uri,
+	                "response_types_supported", "id_token", "subject_types_supported", "public",
 	                "id_token_signing_alg_values_supported", jws_alg_name(ic->alg));
 	if (doc)
 		s = json_dumps(doc, JSON_COMPACT);
@@ -188,23 +194,25 @@ static enum MHD_Result reply_discovery(struct runtime *rt, struct MHD_Connection
 	return queue(rt, c, MHD_HTTP_OK, resp, true);
 }
 
-/* "/NAME/.well-known/..." -> the issuer and which document; NULL when no such issuer. */
+/* The path's issuer and document, from the table built with the configuration (conf_routes.h):
+ * /NAME/.well-known/..., {iss path}/.well-known/openid-configuration and
+ * /.well-known/oauth-authorization-server{iss path}. url is the path as sent (keep_escaped), so
+ * "%2F", "//" or "/../" reach no document. /NAME/.well-known/{jwks.json,openid-configuration}
+ * for no configured NAME is still a path: 405 before 404 unknown_issuer. */
 static const struct issuer_conf *route(struct runtime *rt, const char *url, bool *is_jwks,
                                        bool *is_path)
 {
+	const struct conf_route *r = conf_route_find(rt->conf, url);
 	const char *slash;
 
-	*is_path = false;
-	if (url[0] != '/' || !(slash = strchr(url + 1, '/')))
-		return NULL;
-	if (strcmp(slash, jwks_suffix) == 0)
-		*is_jwks = true;
-	else if (strcmp(slash, discovery_suffix) == 0)
-		*is_jwks = false;
-	else
-		return NULL;
-	*is_path = true;
-	return conf_find_issuer(rt->conf, url + 1, (size_t)(slash - url - 1));
+	if (r) {
+		*is_path = true;
+		*is_jwks = r->doc == CONF_DOC_JWKS;
+		return &rt->conf->issuers[r->issuer];
+	}
+	*is_path = url[0] == '/' && (slash = strchr(url + 1, '/')) &&
+	           (strcmp(slash, jwks_suffix) == 0 || strcmp(slash, discovery_suffix) == 0);
+	return NULL;
 }
 
 static enum MHD_Result answer(struct runtime *rt, struct MHD_Connection *c, const char *url,
@@ -312,6 +320,14 @@ int jwks_http_listen(const struct listen_conf *lc, int *ret)
 	return 0;
 }
 
+/* libmicrohttpd would decode every %-escape in the path before the handler sees it, so that
+ * "/realms%2Fmain/..." reached the document of "/realms/main/...": only the RFC 3986
+ * equivalences are applied (conf_route_normalize). */
+static size_t keep_escaped(void *cls, struct MHD_Connection *c, char *s)
+{
+	return conf_route_normalize(s);
+}
+
 static int serve(struct jwks_http *jh, size_t i, const char *what)
 {
 	struct MHD_OptionItem tls[TLS_MHD_OPTIONS]; /* h14-tls: and how connections are watched */
@@ -326,7 +342,8 @@ static int serve(struct jwks_http *jh, size_t i, const char *what)
 	    MHD_OPTION_CONNECTION_LIMIT, jh->d->budget.jwks, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
 	    jh->d->budget.jwks_per_address, MHD_OPTION_STRICT_FOR_CLIENT, (int)HTTP_STRICTNESS,
 	    MHD_OPTION_ARRAY, tls, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-	    MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_END);
+	    MHD_OPTION_URI_LOG_CALLBACK, http_on_target, NULL, MHD_OPTION_UNESCAPE_CALLBACK,
+	    keep_escaped, NULL, MHD_OPTION_END);
 	if (!jh->tcp.mhd[i]) {
 		log_error("cannot start the JWKS server on %s", what);
 		return -EIO;

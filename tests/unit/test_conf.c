@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "conf_routes.h" /* h14-discovery */
 #include "unit.h"
 
 /* A minimal valid file. Cases replace one of its lines; the L_ names are its line numbers. */
@@ -1072,6 +1073,259 @@ static void test_tls(void)
 	       L_JWKS_FREE + 2, "twice", 1);
 }
 
+/* ---- h14-discovery: the JWKS listener's paths (lib/conf_routes.c) ---- */
+
+static void check_iss_path(const char *iss, int want_r, const char *want_path)
+{
+	size_t off = 0, len = 0;
+	const char *why = NULL;
+	int r = conf_iss_path(iss, &off, &len, &why);
+
+	CHECK_INT(r, want_r);
+	if (r == 0 && want_path) {
+		char got[128];
+		snprintf(got, sizeof(got), "%.*s", (int)len, iss + off);
+		CHECK_STR(got, want_path);
+	}
+	if (r == -EINVAL)
+		CHECK(why && *why);
+	if (r != want_r)
+		fprintf(stderr, "    ^ iss '%s'\n", iss);
+}
+
+static void test_iss_path(void)
+{
+	check_iss_path("https://login.example.com/realms/main", 0, "/realms/main");
+	check_iss_path("https://login.example.com", 0, "");
+	check_iss_path("https://login.example.com/", 0, "");
+	check_iss_path("https://login.example.com/t/", 0, "/t"); /* one terminating '/' goes */
+	check_iss_path("https://login.example.com/t//", 0, "/t/");
+	check_iss_path("http://127.0.0.1:8080/x", 0, "/x");
+	check_iss_path("https://[::1]:8443/a", 0, "/a");
+	check_iss_path("https://h/a%2Fb", 0, "/a%2Fb"); /* kept as written: matched as sent */
+	check_iss_path("https://h/..a/b.", 0, "/..a/b.");
+	check_iss_path("https://h/a-b_c~d!$&'()*+,;=:@e", 0, "/a-b_c~d!$&'()*+,;=:@e");
+	/* Not URLs: no discovery at their path, and no error. */
+	check_iss_path("urn:example:issuer", -ENOENT, NULL);
+	check_iss_path("tokensign", -ENOENT, NULL);
+	check_iss_path("ftp://h/x", -ENOENT, NULL);
+	/* URLs no relying party could discover. */
+	check_iss_path("https://h/x?y=1", -EINVAL, NULL);
+	check_iss_path("https://h/x#f", -EINVAL, NULL);
+	check_iss_path("https://h?x", -EINVAL, NULL);
+	check_iss_path("https://user@h/x", -EINVAL, NULL);
+	check_iss_path("https:///x", -EINVAL, NULL);
+	check_iss_path("https://h/a b", -EINVAL, NULL);
+	check_iss_path("https://h/\xc3\xa9", -EINVAL, NULL);
+	check_iss_path("https://h/a\"b", -EINVAL, NULL);
+	check_iss_path("https://h/a%2", -EINVAL, NULL);
+	check_iss_path("https://h/a%zz", -EINVAL, NULL);
+	check_iss_path("https://h/a/../b", -EINVAL, NULL);
+	check_iss_path("https://h/a/./b", -EINVAL, NULL);
+	check_iss_path("https://h/a/..", -EINVAL, NULL);
+	check_iss_path("https://h/.", -EINVAL, NULL);
+	check_iss_path("https://h/./", -EINVAL, NULL);
+	check_iss_path("https://h/a/%2E%2e/b", -EINVAL, NULL);
+	check_iss_path("https://h/a/.%2E", -EINVAL, NULL);
+	check_iss_path("https://h/%2E", -EINVAL, NULL);
+	check_iss_path("https://h/a/%2E%2E%2E/b", 0, "/a/%2E%2E%2E/b");
+}
+
+static void check_normalize(const char *in, const char *want)
+{
+	char buf[128];
+
+	snprintf(buf, sizeof(buf), "%s", in);
+	CHECK_INT(conf_route_normalize(buf), strlen(want));
+	CHECK_STR(buf, want);
+}
+
+static void test_route_normalize(void)
+{
+	check_normalize("/realms/main", "/realms/main");
+	check_normalize("/m%61in", "/main");
+	check_normalize("%41%5a%30%39%2D%2e%5F%7e", "AZ09-._~"); /* unreserved: decoded */
+	check_normalize("/a%2fb", "/a%2Fb");                     /* reserved: kept, upper case */
+	check_normalize("/a%2Fb", "/a%2Fb");
+	check_normalize("/%e2%82%ac", "/%E2%82%AC");
+	check_normalize("/a%00b", "/a%00b"); /* never a NUL */
+	check_normalize("/a%2", "/a%2");     /* broken escapes stay as sent */
+	check_normalize("/a%zz%", "/a%zz%");
+	check_normalize("/%2E%2E/x", "/../x"); /* dots are unreserved; no segment is removed */
+	check_normalize("", "");
+}
+
+static void check_route(const struct conf *c, const char *route, const char *issuer,
+                        enum conf_doc doc)
+{
+	const struct conf_route *r = conf_route_find(c, route);
+
+	CHECK(r != NULL);
+	if (!r) {
+		fprintf(stderr, "    ^ no route for %s\n", route);
+		return;
+	}
+	CHECK_STR(c->issuers[r->issuer].name, issuer);
+	CHECK_INT(r->doc, doc);
+}
+
+static void test_routes(void)
+{
+	char *t = base_with(L_ISS, "iss = https://login.example.com/realms/main");
+	struct conf *c = load_ok(t);
+
+	free(t);
+	if (!c)
+		return;
+	CHECK_INT(c->n_routes, 4);
+	for (size_t i = 1; i < c->n_routes; i++)
+		CHECK(strcmp(c->routes[i - 1].path, c->routes[i].path) < 0);
+	check_route(c, "/main/.well-known/jwks.json", "main", CONF_DOC_JWKS);
+	check_route(c, "/main/.well-known/openid-configuration", "main", CONF_DOC_DISCOVERY);
+	check_route(c, "/realms/main/.well-known/openid-configuration", "main", CONF_DOC_DISCOVERY);
+	check_route(c, "/.well-known/oauth-authorization-server/realms/main", "main",
+	            CONF_DOC_DISCOVERY);
+	static const char *const misses[] = {
+	    "",
+	    "/",
+	    "/realms/main",
+	    "/realms/main/",
+	    "/realms/main/.well-known/openid-configuration/",
+	    "//realms/main/.well-known/openid-configuration",
+	    "/realms/main/../main/.well-known/openid-configuration",
+	    "/realms%2Fmain/.well-known/openid-configuration",
+	    "/realms/.well-known/openid-configuration",
+	    "/.well-known/openid-configuration",
+	    "/.well-known/oauth-authorization-server",
+	    "/.well-known/oauth-authorization-server/realms/main/",
+	    "/.well-known/oauth-authorization-server/realms",
+	    "/.well-known/oauth-authorization-server/realms/main/.well-known/openid-configuration",
+	    "/realms/main/.well-known/jwks.json",
+	    "/REALMS/main/.well-known/openid-configuration",
+	};
+	for (size_t i = 0; i < sizeof(misses) / sizeof(*misses); i++) {
+		CHECK(conf_route_find(c, misses[i]) == NULL);
+		if (conf_route_find(c, misses[i]))
+			fprintf(stderr, "    ^ a route for %s\n", misses[i]);
+	}
+	conf_free(c);
+
+	/* The iss path /main is the issuer's own /NAME: one route, not a clash. */
+	t = base_with(L_END, "\n[issuer:root]\niss = https://keys.example.com/\nallow = *");
+	c = load_ok(t);
+	free(t);
+	if (!c)
+		return;
+	CHECK_INT(c->n_routes, 7);
+	check_route(c, "/main/.well-known/openid-configuration", "main", CONF_DOC_DISCOVERY);
+	check_route(c, "/.well-known/oauth-authorization-server/main", "main", CONF_DOC_DISCOVERY);
+	check_route(c, "/.well-known/openid-configuration", "root", CONF_DOC_DISCOVERY);
+	check_route(c, "/.well-known/oauth-authorization-server", "root", CONF_DOC_DISCOVERY);
+	check_route(c, "/root/.well-known/jwks.json", "root", CONF_DOC_JWKS);
+	conf_free(c);
+
+	/* Escapes in an iss path are normalised as request paths are. */
+	t = base_with(L_ISS, "iss = https://login.example.com/m%61in/a%2fb");
+	c = load_ok(t);
+	free(t);
+	if (c) {
+		check_route(c, "/main/a%2Fb/.well-known/openid-configuration", "main",
+		            CONF_DOC_DISCOVERY);
+		check_route(c, "/.well-known/oauth-authorization-server/main/a%2Fb", "main",
+		            CONF_DOC_DISCOVERY);
+	}
+	conf_free(c);
+
+	/* An opaque iss has its /NAME routes only. */
+	t = base_with(L_ISS, "iss = urn:example:main");
+	c = load_ok(t);
+	free(t);
+	if (c)
+		CHECK_INT(c->n_routes, 2);
+	conf_free(c);
+}
+
+/* Loads text and expects exactly one error, at line, naming both issuers and path. */
+static void expect_clash_at(int caller_line, const char *text, unsigned line, const char *a,
+                            const char *b, const char *route)
+{
+	struct conf *c = NULL;
+	struct conf_errors e = {0};
+	unsigned before = unit_failures;
+
+	write_file(text, strlen(text));
+	CHECK_INT(conf_load(path, &c, &e), -EINVAL);
+	CHECK_INT(e.n, 1);
+	CHECK(has_error(&e, line, a));
+	CHECK(has_error(&e, line, b));
+	CHECK(has_error(&e, line, route));
+	CHECK(has_error(&e, line, "Host"));
+	if (unit_failures != before) {
+		fprintf(stderr, "    ^ case at line %d\n", caller_line);
+		dump_errors(&e);
+	}
+	conf_errors_clear(&e);
+	unlink(path);
+}
+
+#define EXPECT_CLASH(at, text, line, a, b, route)                                                  \
+	do {                                                                                       \
+		char *unit_s_ = base_with((at), (text));                                           \
+		expect_clash_at(__LINE__, unit_s_, (line), (a), (b), (route));                     \
+		free(unit_s_);                                                                     \
+	} while (0)
+
+static void test_route_clashes(void)
+{
+	/* The same path on two hosts: the listener never reads Host, so it cannot tell them
+	 * apart. Reported once for the pair, at the second issuer. */
+	EXPECT_CLASH(L_END, "\n[issuer:other]\niss = https://other.example.com/main\nallow = *",
+	             L_END + 1, "[issuer:main]", "[issuer:other]",
+	             "/.well-known/oauth-authorization-server/main");
+	/* A terminating '/' does not make another path. */
+	EXPECT_CLASH(L_END, "\n[issuer:other]\niss = https://login.example.com/main/\nallow = *",
+	             L_END + 1, "https://login.example.com/main/",
+	             "https://login.example.com/main'", "/main");
+	/* Two issuers without a path. */
+	{
+		char *t = base_with(L_ISS, "iss = https://a.example.com");
+		char *u = NULL;
+		if (asprintf(&u, "%s\n[issuer:b]\niss = https://b.example.com/\nallow = *\n", t) <
+		    0)
+			abort();
+		expect_clash_at(__LINE__, u, L_END + 1, "[issuer:main]", "[issuer:b]",
+		                "/.well-known/oauth-authorization-server");
+		free(t);
+		free(u);
+	}
+	/* An iss path that is another issuer's /NAME. */
+	{
+		char *t = base_with(L_ISS, "iss = https://login.example.com/other");
+		char *u = NULL;
+		if (asprintf(&u, "%s\n[issuer:other]\niss = https://x.example.com/y\nallow = *\n",
+		             t) < 0)
+			abort();
+		expect_clash_at(__LINE__, u, L_END + 1, "[issuer:main]", "[issuer:other]",
+		                "/other/.well-known/openid-configuration");
+		free(t);
+		free(u);
+	}
+	/* The same iss twice stays one error (validate_issuer's). */
+	EXPECT(L_END, "\n[issuer:other]\niss = https://login.example.com/main\nallow = *",
+	       L_END + 1, "also the iss", 1);
+	/* Three issuers on one path: each pair with the first. */
+	EXPECT(L_END,
+	       "\n[issuer:b]\niss = https://b.example.com/main\nallow = *\n"
+	       "[issuer:c]\niss = https://c.example.com/main\nallow = *",
+	       L_END + 1, "[issuer:b]", 2);
+	/* http(s) iss that no relying party could discover. */
+	EXPECT(L_ISS, "iss = https://login.example.com/main?tenant=1", L_ISSUER, "query", 1);
+	EXPECT(L_ISS, "iss = https://login.example.com/main#x", L_ISSUER, "fragment", 1);
+	EXPECT(L_ISS, "iss = https://me@login.example.com/main", L_ISSUER, "user info", 1);
+	EXPECT(L_ISS, "iss = https://login.example.com/ma in", L_ISSUER, "percent-encode", 1);
+	EXPECT(L_ISS, "iss = https://login.example.com/a/../main", L_ISSUER, "'..'", 1);
+}
+
 int main(void)
 {
 	unsetenv("CREDENTIALS_DIRECTORY");
@@ -1090,6 +1344,10 @@ int main(void)
 	test_cors_origins();
 	test_jwks_health();
 	test_free_null();
-	test_tls(); /* h14-tls */
+	test_tls();             /* h14-tls */
+	test_iss_path();        /* h14-discovery */
+	test_route_normalize(); /* h14-discovery */
+	test_routes();          /* h14-discovery */
+	test_route_clashes();   /* h14-discovery */
 	return unit_finish("conf");
 }
