@@ -5,8 +5,10 @@ at {iss path}/.well-known/openid-configuration and RFC 8414 at
 alone; and go-oidc (tests/interop/oidc/verify_oidc.go) discovering and verifying real tokens.
 
 Run with test names to pick a part: DiscoveryHttpTest, PathClashTest and ReloadTest need Python
-only; GoOidcTest needs go and Debian's golang-github-coreos-go-oidc-dev and is skipped (77)
-without them, unless TOKENSIGN_REQUIRE_GO is set (scripts/test sets it)."""
+only; GoOidcTest (plain HTTP) and GoOidcTestHttps (the same over HTTPS, [jwks] tls-cert, with a
+throwaway CA the Go program trusts through SSL_CERT_FILE) need go and Debian's
+golang-github-coreos-go-oidc-dev and are skipped (77) without them, unless TOKENSIGN_REQUIRE_GO
+is set (scripts/test sets it)."""
 
 import json
 import os
@@ -35,11 +37,11 @@ def ordered_keys(body):
     return [k for k, _ in json.loads(body.decode("utf-8"), object_pairs_hook=lambda p: p)]
 
 
-def discovery_daemon(issuers, **kw):
-    """A Daemon whose issuers' iss live on its own JWKS listener: each iss value is a template
-    with {base} = http://127.0.0.1:PORT."""
-    d = harness.Daemon(issuers=issuers, **kw)
-    base = "http://127.0.0.1:%d" % d.jwks_port
+def discovery_daemon(issuers, cls=harness.Daemon, scheme="http", **kw):
+    """A Daemon (cls) whose issuers' iss live on its own JWKS listener: each iss value is a
+    template with {base} = SCHEME://127.0.0.1:PORT."""
+    d = cls(issuers=issuers, **kw)
+    base = "%s://127.0.0.1:%d" % (scheme, d.jwks_port)
     for ic in d.issuers.values():
         ic["iss"] = ic["iss"].format(base=base)
     d.write_config()
@@ -348,6 +350,7 @@ class GoOidcTest(harness.TestCase):
 
     @classmethod
     def setUpClass(cls):
+        cls.env = dict(os.environ)
         cls.tmp = tempfile.mkdtemp(prefix="tokensign-go-oidc-")
         cls.verifier = os.path.join(cls.tmp, "verify_oidc")
         env = dict(os.environ, GOPATH=GO_OIDC_GOPATH, GO111MODULE="off", GOFLAGS="",
@@ -360,9 +363,13 @@ class GoOidcTest(harness.TestCase):
             raise harness.HarnessError("go build of verify_oidc.go failed (is "
                                        "golang-github-coreos-go-oidc-dev installed?):\n"
                                        + r.stdout)
-        cls.d = discovery_daemon({name: {"algorithm": alg, "iss": iss}
-                                  for name, (alg, iss) in cls.ISSUERS.items()})
+        cls.d = cls.make_daemon({name: {"algorithm": alg, "iss": iss}
+                                 for name, (alg, iss) in cls.ISSUERS.items()})
         harness.start_or_close(cls.d)
+
+    @classmethod
+    def make_daemon(cls, issuers):
+        return discovery_daemon(issuers)
 
     @classmethod
     def tearDownClass(cls):
@@ -377,7 +384,7 @@ class GoOidcTest(harness.TestCase):
 
     def verify(self, iss, aud, token):
         # SSL_CERT_FILE passes through: the same program checks an HTTPS listener.
-        r = subprocess.run([self.verifier, iss, aud], input=token, env=dict(os.environ),
+        r = subprocess.run([self.verifier, iss, aud], input=token, env=self.env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            timeout=60)
         return r.returncode, r.stdout + r.stderr
@@ -433,6 +440,43 @@ class GoOidcTest(harness.TestCase):
     def test_no_discovery_at_a_wrong_iss(self):
         # an iss this daemon does not serve: discovery itself fails
         self.assertRefused(self.d.base + "/nope", self.token("es256"), r"discovery|404")
+
+
+class GoOidcTestHttps(GoOidcTest):
+    """The same over HTTPS ([jwks] tls-cert, tls-key): go-oidc fetches discovery and the JWKS
+    from https:// issuers, trusting the throwaway CA of the test (SSL_CERT_FILE) and nothing
+    else."""
+
+    @classmethod
+    def make_daemon(cls, issuers):
+        import test_tls
+        cls.pki = test_tls.Pki()
+        cls.pki.ca("ca")
+        cert, key = cls.pki.leaf("server", "127.0.0.1")
+        cls.env["SSL_CERT_FILE"] = cls.pki.path("ca.crt")
+        return discovery_daemon(issuers, cls=test_tls.TlsDaemon, scheme="https",
+                                jwks_lines=["tls-cert = %s" % cert, "tls-key = %s" % key])
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.pki.close()
+
+    def test_iss_is_https(self):
+        for ic in self.d.issuers.values():
+            self.assertTrue(ic["iss"].startswith("https://127.0.0.1:"), ic["iss"])
+
+    def test_unknown_ca_refused(self):
+        # Without the test CA the certificate is not trusted: discovery fails, nothing is
+        # verified (the system roots do not know it).
+        env = dict(self.env)
+        env["SSL_CERT_FILE"] = "/dev/null"
+        env["SSL_CERT_DIR"] = "/nonexistent"
+        r = subprocess.run([self.verifier, self.d.issuers["es256"]["iss"], "api://orders"],
+                           input=self.token("es256"), env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertRegex(r.stdout, r"certificate|x509")
 
 
 def main():
