@@ -25,15 +25,17 @@
 #define RBUF_SIZE  (64 * 1024)
 #define MAX_STATUS 600
 #define NS         1000000000ull
+#define MAX_ITEMS  64 /* docs/api.md: sign-batch takes 1..64 items */
 
 enum mode {
 	MODE_SIGN,
 	MODE_JWKS,
 	MODE_GET,
 	MODE_IDLE,
+	MODE_BATCH,
 };
 
-static const char *const mode_names[] = {"sign", "jwks", "get", "idle"};
+static const char *const mode_names[] = {"sign", "jwks", "get", "idle", "batch"};
 
 struct options {
 	enum mode mode;
@@ -43,6 +45,7 @@ struct options {
 	const char *path; /* get */
 	const char *body_file;
 	unsigned conns, threads;
+	unsigned items; /* batch: items per sign-batch request */
 	double seconds, rate, drain;
 	unsigned long requests;
 	bool if_none_match;
@@ -77,6 +80,8 @@ struct thread {
 	unsigned long status[MAX_STATUS];
 	char *sample[MAX_STATUS]; /* the first body seen of each unexpected status */
 	unsigned long conn_errors, reconnects, timeouts, backlog;
+	unsigned long items_ok, items_bad; /* batch: tokens in 200 answers, and items without */
+	char *batch_sample;                /* the first 200 with fewer tokens than items */
 	int fatal;
 };
 
@@ -87,7 +92,8 @@ static struct {
 	int family;
 	char *req; /* the request template */
 	size_t req_len;
-	size_t sub_off; /* offset of the "sub" digits in req, 0: nothing to rewrite */
+	size_t sub_off[MAX_ITEMS]; /* offsets of the "sub" digits in req, 0: nothing to rewrite */
+	unsigned n_subs;
 	unsigned expected;
 	pthread_barrier_t start;
 	uint64_t t0, deadline;
@@ -122,6 +128,7 @@ static void usage(FILE *out)
 	      "       loadgen jwks --tcp HOST:PORT --issuer NAME [--if-none-match] [options]\n"
 	      "       loadgen get --unix SOCKET | --tcp HOST:PORT --path /healthz [options]\n"
 	      "       loadgen idle --unix SOCKET --connections N [--seconds S] [--bare]\n"
+	      "       loadgen batch --unix SOCKET --issuer NAME [--items 16] [options]\n"
 	      "options:\n"
 	      "  --connections N   keep-alive connections (default 16)\n"
 	      "  --threads N       client threads, each with its own epoll (default 1)\n"
@@ -130,6 +137,8 @@ static void usage(FILE *out)
 	      "  --rate R          open loop at R requests/s (latency counted from the time each\n"
 	      "                    request was due, so a stalled server is not hidden)\n"
 	      "  --body FILE       sign: this request body instead of the built-in claims\n"
+	      "  --items N         batch: items per POST .../sign-batch (1..64, default 16);\n"
+	      "                    each 200 must carry N tokens\n"
 	      "  --if-none-match   jwks: fetch the ETag once, then ask with If-None-Match (304)\n"
 	      "  --bare            idle: only connect; by default each connection is used once\n"
 	      "                    (GET /healthz), as a keep-alive client leaves it\n"
@@ -153,12 +162,13 @@ static void parse_options(int argc, char **argv, struct options *o)
 	    {"drain", required_argument, NULL, 'd'},
 	    {"bare", no_argument, NULL, 'B'},
 	    {"path", required_argument, NULL, 'P'},
+	    {"items", required_argument, NULL, 'N'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	int c;
 
-	*o = (struct options){.conns = 16, .threads = 1, .seconds = 5, .drain = 5};
+	*o = (struct options){.conns = 16, .threads = 1, .seconds = 5, .drain = 5, .items = 16};
 	if (argc < 2 || strcmp(argv[1], "--help") == 0) {
 		usage(argc < 2 ? stderr : stdout);
 		exit(argc < 2 ? 2 : 0);
@@ -171,8 +181,10 @@ static void parse_options(int argc, char **argv, struct options *o)
 		o->mode = MODE_GET;
 	else if (strcmp(argv[1], "idle") == 0)
 		o->mode = MODE_IDLE;
+	else if (strcmp(argv[1], "batch") == 0)
+		o->mode = MODE_BATCH;
 	else
-		die("unknown mode '%s' (sign, jwks, get or idle)", argv[1]);
+		die("unknown mode '%s' (sign, batch, jwks, get or idle)", argv[1]);
 	optind = 2;
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
 		switch (c) {
@@ -215,6 +227,9 @@ static void parse_options(int argc, char **argv, struct options *o)
 		case 'P':
 			o->path = optarg;
 			break;
+		case 'N':
+			o->items = (unsigned)strtoul(optarg, NULL, 10);
+			break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -226,11 +241,13 @@ static void parse_options(int argc, char **argv, struct options *o)
 	if (o->conns < 1 || o->threads < 1 || o->threads > o->conns || o->rate < 0 ||
 	    (o->seconds <= 0 && o->requests == 0))
 		die("bad --connections, --threads, --rate, --seconds or --requests");
+	if (o->items < 1 || o->items > MAX_ITEMS)
+		die("--items wants 1..%d", MAX_ITEMS);
 	if (o->mode == MODE_GET ? !o->tcp == !o->unix_path
 	                        : (o->mode == MODE_JWKS) != (o->tcp != NULL) ||
 	                              (o->mode != MODE_JWKS && !o->unix_path))
-		die("sign and idle need --unix, jwks needs --tcp, get one of them");
-	if ((o->mode == MODE_SIGN || o->mode == MODE_JWKS) && !o->issuer)
+		die("sign, batch and idle need --unix, jwks needs --tcp, get one of them");
+	if ((o->mode == MODE_SIGN || o->mode == MODE_BATCH || o->mode == MODE_JWKS) && !o->issuer)
 		die("--issuer is required");
 	if (o->mode == MODE_GET && (!o->path || o->path[0] != '/'))
 		die("get needs --path /...");
@@ -367,6 +384,20 @@ static void build_request(const char *etag, size_t etag_len)
 		        g.o.issuer, body_len);
 		fwrite(body, 1, body_len, m);
 		free(body);
+	} else if (g.o.mode == MODE_BATCH) {
+		/* N copies of the single sign's body; each item's sub is rewritten per request. */
+		static const char item[] =
+		    "{\"claims\":" BENCH_CLAIMS ",\"typ\":\"" BENCH_TYP "\"}";
+		body_len =
+		    strlen("{\"requests\":[]}") + g.o.items * (sizeof(item) - 1) + g.o.items - 1;
+		fprintf(m,
+		        "POST /v1/issuers/%s/sign-batch HTTP/1.1\r\nHost: localhost\r\n"
+		        "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n"
+		        "{\"requests\":[",
+		        g.o.issuer, body_len);
+		for (unsigned i = 0; i < g.o.items; i++)
+			fprintf(m, "%s%s", i ? "," : "", item);
+		fputs("]}", m);
 	} else if (g.o.mode == MODE_GET) {
 		fprintf(m, "GET %s HTTP/1.1\r\nHost: %s\r\n", g.o.path,
 		        g.o.tcp ? g.o.tcp : "localhost");
@@ -382,10 +413,15 @@ static void build_request(const char *etag, size_t etag_len)
 	}
 	if (fclose(m) != 0)
 		die("out of memory");
-	if (g.o.mode == MODE_SIGN && !g.o.body_file) {
-		char *sub =
-		    memmem(g.req, g.req_len, "\"" BENCH_SUB_PREFIX, strlen(BENCH_SUB_PREFIX) + 1);
-		g.sub_off = sub ? (size_t)(sub - g.req) + 1 + strlen(BENCH_SUB_PREFIX) : 0;
+	if ((g.o.mode == MODE_SIGN && !g.o.body_file) || g.o.mode == MODE_BATCH) {
+		const char *p = g.req, *end = g.req + g.req_len, *sub;
+		size_t plen = strlen(BENCH_SUB_PREFIX) + 1;
+		g.n_subs = 0;
+		while (g.n_subs < MAX_ITEMS &&
+		       (sub = memmem(p, (size_t)(end - p), "\"" BENCH_SUB_PREFIX, plen))) {
+			g.sub_off[g.n_subs++] = (size_t)(sub - g.req) + plen;
+			p = sub + plen;
+		}
 	}
 }
 
@@ -448,11 +484,11 @@ static void request_fail(struct thread *t, struct conn *c);
 
 static void request_send(struct thread *t, struct conn *c, uint64_t start)
 {
-	if (g.sub_off) {
-		/* A different sub per request: no cache anywhere may answer for the token. */
+	/* A different sub per token: no cache anywhere may answer for the token. */
+	for (unsigned k = 0; k < g.n_subs; k++) {
 		uint64_t v = (t->index * 10000000ull + t->seq++) % 100000000ull;
 		for (int i = BENCH_SUB_DIGITS - 1; i >= 0; i--, v /= 10)
-			c->req[g.sub_off + (size_t)i] = (char)('0' + v % 10);
+			c->req[g.sub_off[k] + (size_t)i] = (char)('0' + v % 10);
 	}
 	c->busy = true;
 	c->start_ns = start;
@@ -495,6 +531,17 @@ static void record(struct thread *t, unsigned status, uint64_t lat, const char *
 	}
 	t->lat[t->n_lat++] = lat;
 	t->status[status]++;
+	if (g.o.mode == MODE_BATCH && status == g.expected) {
+		/* Each result is a token or an error object: count the tokens. */
+		unsigned long n = 0;
+		for (const char *p = body, *end = body + len;
+		     (p = memmem(p, (size_t)(end - p), "\"token\":\"", 9)); p += 9)
+			n++;
+		t->items_ok += n;
+		t->items_bad += g.o.items - (n < g.o.items ? n : g.o.items);
+		if (n < g.o.items && !t->batch_sample)
+			t->batch_sample = strndup(body, len > 300 ? 300 : len);
+	}
 	if (status != g.expected && !t->sample[status] && body)
 		t->sample[status] = strndup(body, len > 300 ? 300 : len);
 }
@@ -747,7 +794,8 @@ int main(int argc, char **argv)
 	struct thread *threads;
 	unsigned long status[MAX_STATUS] = {0};
 	unsigned long conn_errors = 0, reconnects = 0, timeouts = 0, backlog = 0;
-	const char *sample[MAX_STATUS] = {0};
+	unsigned long items_ok = 0, items_bad = 0;
+	const char *sample[MAX_STATUS] = {0}, *batch_sample = NULL;
 	uint64_t *lat;
 	size_t n_lat = 0;
 	double c0, t_end;
@@ -808,6 +856,10 @@ int main(int argc, char **argv)
 			if (!sample[s])
 				sample[s] = t->sample[s];
 		}
+		items_ok += t->items_ok;
+		items_bad += t->items_bad;
+		if (!batch_sample)
+			batch_sample = t->batch_sample;
 		conn_errors += t->conn_errors;
 		reconnects += t->reconnects;
 		timeouts += t->timeouts;
@@ -843,6 +895,12 @@ int main(int argc, char **argv)
 			printf("  not %u: %lu x %u, first body: %s\n", g.expected, status[s], s,
 			       sample[s] ? sample[s] : "");
 	}
+	if (g.o.mode == MODE_BATCH)
+		printf("  batch    %u items per request: %lu tokens = %.1f tokens/s, %lu items "
+		       "without a token%s%s\n",
+		       g.o.items, items_ok, (double)items_ok / t_end, items_bad,
+		       batch_sample ? ", first such answer: " : "",
+		       batch_sample ? batch_sample : "");
 	if (conn_errors || reconnects || timeouts || backlog)
 		printf("  connection errors %lu, reconnects %lu, unanswered at the end %lu, "
 		       "due but never sent (rate too high) %lu\n",
@@ -864,17 +922,21 @@ int main(int argc, char **argv)
 		}
 	}
 	printf("},\"conn_errors\":%lu,\"timeouts\":%lu,\"backlog\":%lu,"
-	       "\"client_cpu_us_per_req\":%.2f}\n",
-	       conn_errors, timeouts, backlog, n_lat ? cpu / (double)n_lat * 1e6 : 0);
+	       "\"client_cpu_us_per_req\":%.2f,\"items\":%u,\"items_ok\":%lu,"
+	       "\"items_bad\":%lu}\n",
+	       conn_errors, timeouts, backlog, n_lat ? cpu / (double)n_lat * 1e6 : 0,
+	       g.o.mode == MODE_BATCH ? g.o.items : 1, g.o.mode == MODE_BATCH ? items_ok : ok,
+	       items_bad);
 	for (unsigned i = 0; i < g.o.threads; i++) {
 		for (unsigned s = 0; s < MAX_STATUS; s++)
 			free(threads[i].sample[s]);
 		free(threads[i].lat);
+		free(threads[i].batch_sample);
 		free(threads[i].conns);
 		free(threads[i].idle);
 	}
 	free(threads);
 	free(lat);
 	free(g.req);
-	return bad || conn_errors || timeouts ? 1 : 0;
+	return bad || items_bad || conn_errors || timeouts ? 1 : 0;
 }
