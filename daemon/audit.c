@@ -225,18 +225,45 @@ static int journal_refused(const struct audit_signature *a, const char *unit)
 	return r;
 }
 
+void audit_unit_clear(struct audit_unit *u)
+{
+	if (!u)
+		return;
+	free(u->name);
+	*u = (struct audit_unit){0};
+}
+
+/* The caller's unit answers "which service asked", better than a pid: from the connection's
+ * cache, else looked up into *own (the caller frees it). NULL when there is none. */
+static const char *caller_unit(const struct audit_signature *a, char **own)
+{
+	struct audit_unit *u = a->unit;
+
+	*own = NULL;
+	if (a->no_caller)
+		return NULL;
+	if (!u) {
+		if (sd_pid_get_unit(a->pid, own) < 0)
+			*own = NULL;
+		return *own;
+	}
+	if (!u->looked_up && sd_pid_get_unit(a->pid, &u->name) < 0)
+		u->name = NULL;
+	u->looked_up = true;
+	return u->name;
+}
+
 static int record(const struct audit_signature *a)
 {
-	char *unit = NULL;
+	const char *unit;
+	char *own;
 	int r;
 
 	if (!log_to_journal())
 		return note_result(json_record(a));
-	/* The caller's unit answers "which service asked", better than a pid. */
-	if (a->no_caller || sd_pid_get_unit(a->pid, &unit) < 0)
-		unit = NULL;
+	unit = caller_unit(a, &own);
 	r = a->reason ? journal_refused(a, unit) : journal_signed(a, unit);
-	free(unit);
+	free(own);
 	return note_result(r);
 }
 

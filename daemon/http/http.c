@@ -193,8 +193,10 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 		if (*socket_ctx && w)
 			http_deadline_untrack(w->deadline,
 			                      &((struct http_peer *)*socket_ctx)->clock);
-		if (*socket_ctx)
+		if (*socket_ctx) {
 			peer_clear(&((struct http_peer *)*socket_ctx)->peer);
+			audit_unit_clear(&((struct http_peer *)*socket_ctx)->unit);
+		}
 		free(*socket_ctx);
 		*socket_ctx = NULL;
 		return;

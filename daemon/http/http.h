@@ -7,6 +7,7 @@
 
 #include <microhttpd.h>
 
+#include "audit.h"
 #include "conf.h"
 #include "counters.h"
 #include "http_deadline.h"
@@ -95,6 +96,7 @@ void http_unix_close(struct http_unix_server *srv);
 struct http_peer {
 	int err; /* negative errno: credentials unreadable, the caller is refused */
 	struct peer peer;
+	struct audit_unit unit; /* the caller's systemd unit, looked up once, by the audit */
 	/* Where the current request's target was received, in libmicrohttpd's read buffer, and
 	 * what http_on_target found wrong with it (libmicrohttpd decodes it in place later). */
 	const char *target;

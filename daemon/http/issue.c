@@ -27,6 +27,7 @@ int issue_refuse(const struct issuer_conf *ic, const struct audit_signature *cal
 	a.uid = caller->uid;
 	a.pid = caller->pid;
 	a.no_caller = caller->no_caller;
+	a.unit = caller->unit;
 	audit_refused(&a);
 	memset(ret, 0, sizeof(*ret));
 	ret->status = status;
@@ -154,6 +155,7 @@ static int issued(struct runtime *rt, const struct issuer_conf *ic, const struct
 	a.uid = caller->uid;
 	a.pid = caller->pid;
 	a.no_caller = caller->no_caller;
+	a.unit = caller->unit;
 	memset(ret, 0, sizeof(*ret));
 	if (audit_signed(&a) < 0 && rt->conf->audit == CONF_AUDIT_REQUIRED) {
 		free(answer);

@@ -91,11 +91,12 @@ static bool parse_issuer_path(const char *url, enum route *route, const char **n
 /* The caller as its audit record names it. */
 static void audit_caller(struct MHD_Connection *c, struct audit_signature *a)
 {
-	const struct http_peer *hp = http_peer_of(c);
+	struct http_peer *hp = (struct http_peer *)http_peer_of(c);
 
 	a->no_caller = !hp || hp->err < 0;
 	a->uid = a->no_caller ? 0 : (uint32_t)hp->peer.uid;
 	a->pid = a->no_caller ? 0 : (int32_t)hp->peer.pid;
+	a->unit = a->no_caller ? NULL : &hp->unit;
 }
 
 /* Counts a decision of ic: a granted one through rt's cached series when there is rt, timed
