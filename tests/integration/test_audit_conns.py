@@ -5,6 +5,10 @@
   names the unit of the caller on whose connection it was decided, two callers in two units on
   interleaved keep-alive connections (spread over both sign workers) each get their own, granted
   and refused alike. Needs root and a writable systemd cgroup hierarchy (skipped otherwise).
+- Outside the journal, audit records and log lines written by concurrent workers never
+  interleave: 8 keep-alive connections sign, are refused and logged at once, and every line of
+  stderr (a regular file, and a pipe) is one whole JSON record or one whole log line, one record
+  per decision.
 
 Environment: TOKENSIGND, SOFTHSM_MODULE, PYTHONPATH (tests/integration/meson.build)."""
 
@@ -19,7 +23,7 @@ import time
 import unittest
 
 import harness
-from test_audit import JournalDaemon, journal_fields
+from test_audit import JournalDaemon, PipeDaemon, journal_fields
 
 CLAIMS = {"sub": "user-42", "aud": "api://orders"}
 SIGNED_ID = "4b9e2d7c1f0a4e6b8c3d5a7f9e1b2c4d"
@@ -34,11 +38,11 @@ class KeepAlive:
         self.s.settimeout(harness.IO_TIMEOUT)
         self.buf = b""
 
-    def sign(self, claims):
+    def sign(self, claims, issuer="main"):
         data = json.dumps({"claims": claims}).encode()
-        self.s.sendall(b"POST /v1/issuers/main/sign HTTP/1.1\r\nHost: x\r\n"
+        self.s.sendall(b"POST /v1/issuers/%s/sign HTTP/1.1\r\nHost: x\r\n"
                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                       % len(data) + data)
+                       % (issuer.encode(), len(data)) + data)
         while b"\r\n\r\n" not in self.buf:
             self.buf += self._recv()
         head, _, rest = self.buf.partition(b"\r\n\r\n")
@@ -220,6 +224,92 @@ class Units(harness.TestCase):
         units = {str(c.pid): c.unit for c in callers}
         for e in refused:
             self.assertEqual(e["TOKENSIGN_CALLER_UNIT"], units[e["TOKENSIGN_CALLER_PID"]], e)
+
+
+class NoInterleaving(harness.TestCase):
+    """Audit records and log lines written by concurrent workers each stay one whole line, on a
+    regular file (no lock of ours: the kernel keeps each write whole) and on a pipe (our lock)."""
+
+    CONNS, PER_CONN = 8, 120
+    LOG_LINE = re.compile(r"^tokensignd: (emerg|alert|crit|error|warning|notice|info|debug): ")
+
+    def daemon(self, cls):
+        issuers = {"main": dict(harness.DEFAULT_ISSUER),
+                   # a caller refused here is logged (rate-limited) and audited
+                   "closed": dict(harness.DEFAULT_ISSUER, allow="uid:4242",
+                                  iss="https://login.example.test/closed")}
+        d = cls(issuers=issuers)
+        self.addCleanup(d.close)
+        d.start()
+        return d
+
+    def storm(self, d):
+        """CONNS clients at once; returns the jtis of the tokens they were given."""
+        errors, jtis = [], []
+
+        def client(i):
+            try:
+                k = KeepAlive(socket.socket(socket.AF_UNIX))
+                k.s.connect(d.sign_socket)
+                for n in range(self.PER_CONN):
+                    # long members, so that records are several hundred bytes
+                    jti = "c%d-%d-%s" % (i, n, "x" * 100)
+                    if n % 8 == 7:  # refused on its headers: the connection is closed after
+                        status, body = k.sign(dict(CLAIMS, jti=jti), issuer="closed")
+                        k.s.close()
+                        k = KeepAlive(socket.socket(socket.AF_UNIX))
+                        k.s.connect(d.sign_socket)
+                        expect = (403, "forbidden")
+                    elif n % 8 == 3:
+                        status, body = k.sign(dict(CLAIMS, jti=jti, aud="api://" + "y" * 150))
+                        expect = (400, "aud_not_allowed")
+                    else:
+                        status, body = k.sign(dict(CLAIMS, jti=jti))
+                        expect = (200, None)
+                        jtis.append(jti)
+                    if (status, body.get("error")) != expect:
+                        errors.append((status, body))
+                k.s.close()
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(self.CONNS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        return jtis
+
+    def check(self, d, mark, jtis):
+        time.sleep(0.3)
+        signed, refused, logged = [], 0, 0
+        for line in d.log()[mark:].splitlines():
+            if self.LOG_LINE.match(line):
+                self.assertNotIn('{"', line, "a record inside a log line")
+                logged += 1
+                continue
+            rec = json.loads(line)  # a torn or merged record is not one JSON object
+            if rec["event"] == "signed":
+                signed.append(rec["jti"])
+            else:
+                self.assertIn(rec["reason"], ("aud_not_allowed", "forbidden"), rec)
+                refused += 1
+        self.assertEqual(sorted(signed), sorted(jtis))
+        self.assertEqual(refused, self.CONNS * self.PER_CONN // 4)
+        self.assertGreater(logged, 10, "log lines were written meanwhile")
+
+    def test_file(self):
+        d = self.daemon(harness.Daemon)
+        mark = len(d.log())
+        self.check(d, mark, self.storm(d))
+
+    def test_pipe(self):
+        d = self.daemon(PipeDaemon)
+        mark = len(d.log())
+        jtis = self.storm(d)
+        time.sleep(0.3)
+        self.check(d, mark, jtis)
 
 
 if __name__ == "__main__":
