@@ -402,14 +402,18 @@ int policy_batch_split(const char *body, size_t len, struct policy_batch *ret,
 			goto out;
 		}
 	}
-	/* Each request again as a body of its own: the single sign's one policy judges it. */
+	/* Each request again as a body of its own: the single sign's one policy judges it.
+	 * json_out writes json_dumps()'s bytes at a fraction of its cost; json_dumps() is left
+	 * only the items nested deeper than json_out goes (policy_apply() refuses them). */
 	json_array_foreach (reqs, i, item) {
-		ret->items[i] = json_dumps(item, JSON_COMPACT);
-		if (!ret->items[i]) {
-			r = -ENOMEM;
-			goto out;
+		r = json_out_compact(item, &ret->items[i], &ret->len[i]);
+		if (r == -EINVAL) {
+			ret->items[i] = json_dumps(item, JSON_COMPACT);
+			r = ret->items[i] ? 0 : -ENOMEM;
+			ret->len[i] = ret->items[i] ? strlen(ret->items[i]) : 0;
 		}
-		ret->len[i] = strlen(ret->items[i]);
+		if (r < 0)
+			goto out;
 		ret->n = i + 1;
 	}
 	r = 0;
