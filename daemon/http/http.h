@@ -22,6 +22,10 @@ struct tls_creds;
 
 enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body);
 
+/* h15-cost: the same with a body from malloc(), which it takes (libmicrohttpd frees it): no
+ * copy. */
+enum MHD_Result http_reply_json_take(struct MHD_Connection *c, unsigned status, char *body);
+
 /* h14-tls: MHD_queue_response() with the headers every answer of the connection carries
  * (Strict-Transport-Security on the JWKS over HTTPS). */
 enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status,
