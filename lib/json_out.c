@@ -149,12 +149,17 @@ static void put_value(struct out *o, const json_t *v, int depth)
 		break;
 	case JSON_REAL: {
 		char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		json_malloc_t jmalloc;
+		json_free_t jfree;
 		if (!s) {
 			o->err = -ENOMEM;
 			return;
 		}
 		put(o, s, strlen(s));
-		free(s);
+		/* Made by jansson's allocator, which the daemon replaces
+		 * (daemon/http/json_arena.h). */
+		json_get_alloc_funcs(&jmalloc, &jfree);
+		jfree(s);
 		break;
 	}
 	case JSON_TRUE:

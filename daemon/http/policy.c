@@ -12,6 +12,7 @@
 #include <jansson.h>
 
 #include "b64url.h"
+#include "json_arena.h"
 #include "json_out.h"
 
 /* Members a caller might use to smuggle a JOSE header parameter into the token. */
@@ -294,6 +295,7 @@ int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int
 	const char *typ = NULL;
 	int64_t exp = 0;
 	char *payload;
+	bool arena;
 	int r;
 
 	err->jti[0] = err->aud[0] = '\0';
@@ -302,9 +304,13 @@ int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int
 	 */
 	if (memchr(body, '\0', len))
 		return refuse(err, "invalid_utf8", "the body holds a NUL byte");
+	/* The tree lives until the end of this function: its allocations from the arena. */
+	arena = json_arena_begin();
 	root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-	if (!root)
+	if (!root) {
+		json_arena_end(arena);
 		return refuse_parse(&jerr, err);
+	}
 	if (too_deep(root, 1, POLICY_MAX_DEPTH)) {
 		r = refuse(err, "too_deep", "nesting deeper than %d levels", POLICY_MAX_DEPTH);
 		goto out;
@@ -346,6 +352,7 @@ int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int
 	r = 0;
 out:
 	json_decref(root);
+	json_arena_end(arena);
 	return r;
 }
 
@@ -382,6 +389,7 @@ int policy_batch_split(const char *body, size_t len, struct policy_batch *ret,
 {
 	json_error_t jerr;
 	json_t *root, *reqs = NULL, *item;
+	bool arena;
 	size_t i;
 	int r;
 
@@ -390,9 +398,12 @@ int policy_batch_split(const char *body, size_t len, struct policy_batch *ret,
 	err->aud_cut = false;
 	if (memchr(body, '\0', len))
 		return refuse(err, "invalid_utf8", "the body holds a NUL byte");
+	arena = json_arena_begin();
 	root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
-	if (!root)
+	if (!root) {
+		json_arena_end(arena);
 		return refuse_parse(&jerr, err);
+	}
 	if ((r = batch_requests(root, &reqs, err)) < 0)
 		goto out;
 	json_array_foreach (reqs, i, item) {
@@ -402,6 +413,10 @@ int policy_batch_split(const char *body, size_t len, struct policy_batch *ret,
 			goto out;
 		}
 	}
+	/* The items' texts outlive the tree: from malloc(), not the arena. The tree's memory stays
+	 * as it is until this thread takes the arena again. */
+	json_arena_end(arena);
+	arena = false;
 	/* Each request again as a body of its own: the single sign's one policy judges it.
 	 * json_out writes json_dumps()'s bytes at a fraction of its cost; json_dumps() is left
 	 * only the items nested deeper than json_out goes (policy_apply() refuses them). */
@@ -419,6 +434,7 @@ int policy_batch_split(const char *body, size_t len, struct policy_batch *ret,
 	r = 0;
 out:
 	json_decref(root);
+	json_arena_end(arena);
 	return r;
 }
 
