@@ -126,10 +126,13 @@ static char *line_format(char *p, const struct audit_signature *a)
 		/* The policy's compact JSON of aud goes in as it is, unless it was cut. */
 		p = a->aud_cut ? put(p, a->aud) : stpcpy(p, a->aud);
 	}
+	/* Numbers without printf's machinery, the same digits. */
 	if (a->exp)
-		p += sprintf(p, ",\"exp\":%lld", (long long)a->exp);
-	if (!a->no_caller)
-		p += sprintf(p, ",\"uid\":%u,\"pid\":%d", (unsigned)a->uid, (int)a->pid);
+		p = json_out_int(stpcpy(p, ",\"exp\":"), (long long)a->exp);
+	if (!a->no_caller) {
+		p = json_out_int(stpcpy(p, ",\"uid\":"), (long long)a->uid);
+		p = json_out_int(stpcpy(p, ",\"pid\":"), (long long)a->pid);
+	}
 	if (!a->reason)
 		return stpcpy(p, ",\"result\":\"granted\"}\n");
 	p = put(stpcpy(p, ",\"result\":\"refused\",\"reason\":"), a->reason);
