@@ -4,6 +4,7 @@
  * they are cut from a buffer of the thread's own and all given back at once. */
 #include "json_arena.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -22,15 +23,17 @@
 #define JSON_ARENA_OFF 0
 #endif
 
-/* Room for the tree of a typical sign request many times over; a batch's body overflows into
- * malloc(). Touched only by a thread that parses request bodies. */
+/* Room for the tree of a typical sign request many times over; a bigger one overflows into
+ * malloc(). Made at a thread's first scope, so that only the threads that judge request bodies
+ * (the sign workers) have one, and freed when the thread ends. */
 #define ARENA_SIZE  (32 * 1024)
 #define ARENA_ALIGN 16
 
-static __thread unsigned char arena[ARENA_SIZE] __attribute__((aligned(ARENA_ALIGN)));
+static __thread unsigned char *arena;
 static __thread size_t arena_used;
 static __thread bool arena_on;
 static atomic_bool installed;
+static pthread_key_t arena_key;
 
 static void *arena_malloc(size_t size)
 {
@@ -50,14 +53,14 @@ static void arena_free(void *p)
 {
 	uintptr_t a = (uintptr_t)arena, q = (uintptr_t)p;
 
-	if (q >= a && q < a + ARENA_SIZE)
+	if (arena && q >= a && q < a + ARENA_SIZE)
 		return;
 	free(p);
 }
 
 void json_arena_install(void)
 {
-	if (JSON_ARENA_OFF)
+	if (JSON_ARENA_OFF || pthread_key_create(&arena_key, free) != 0)
 		return;
 	json_set_alloc_funcs(arena_malloc, arena_free);
 	atomic_store(&installed, true);
@@ -67,6 +70,13 @@ bool json_arena_begin(void)
 {
 	if (arena_on || !atomic_load_explicit(&installed, memory_order_relaxed))
 		return false;
+	if (!arena) {
+		arena = aligned_alloc(ARENA_ALIGN, ARENA_SIZE);
+		if (!arena)
+			return false;
+		/* Freed with the thread (the key's destructor). */
+		pthread_setspecific(arena_key, arena);
+	}
 	arena_used = 0;
 	arena_on = true;
 	return true;
