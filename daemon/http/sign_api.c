@@ -291,7 +291,7 @@ static enum MHD_Result answer_batch(struct MHD_Connection *c, struct request *rq
 	char *body = NULL;
 
 	for (size_t i = 0; i < pb->n; i++)
-		reqs[i] = (struct issue_request){pb->items[i], pb->len[i]};
+		reqs[i] = (struct issue_request){pb->items[i], pb->len[i], pb->trees[i]};
 	if (!outs || token_issue_batch(rq->rt, rq->ic, reqs, pb->n, caller, outs, &lost) < 0) {
 		counters_sign(rq->ic->name, "error", 0);
 		free(outs);
