@@ -20,7 +20,6 @@ import secrets
 import socket
 import threading
 import time
-import unittest
 
 import harness
 from test_audit import JournalDaemon, PipeDaemon, journal_fields
