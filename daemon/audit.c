@@ -35,9 +35,14 @@ static const char *const event_names[] = {
 static void json_line(json_t *obj)
 {
 	char *line = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	size_t len = line ? strlen(line) : 0;
+	char *nl = line ? realloc(line, len + 2) : NULL;
 
-	if (line)
-		fprintf(stderr, "%s\n", line);
+	if (nl) {
+		line = nl;
+		memcpy(line + len, "\n", 2);
+		(void)log_write(line, len + 1);
+	}
 	free(line);
 	json_decref(obj);
 }
@@ -121,10 +126,13 @@ static char *line_format(char *p, const struct audit_signature *a)
 		/* The policy's compact JSON of aud goes in as it is, unless it was cut. */
 		p = a->aud_cut ? put(p, a->aud) : stpcpy(p, a->aud);
 	}
+	/* Numbers without printf's machinery, the same digits. */
 	if (a->exp)
-		p += sprintf(p, ",\"exp\":%lld", (long long)a->exp);
-	if (!a->no_caller)
-		p += sprintf(p, ",\"uid\":%u,\"pid\":%d", (unsigned)a->uid, (int)a->pid);
+		p = json_out_int(stpcpy(p, ",\"exp\":"), (long long)a->exp);
+	if (!a->no_caller) {
+		p = json_out_int(stpcpy(p, ",\"uid\":"), (long long)a->uid);
+		p = json_out_int(stpcpy(p, ",\"pid\":"), (long long)a->pid);
+	}
 	if (!a->reason)
 		return stpcpy(p, ",\"result\":\"granted\"}\n");
 	p = put(stpcpy(p, ",\"result\":\"refused\",\"reason\":"), a->reason);
@@ -140,47 +148,54 @@ static int json_record(const struct audit_signature *a)
 	if (!buf)
 		return -ENOMEM;
 	len = (size_t)(line_format(buf, a) - buf);
-	/* stderr is unbuffered: a short count is a failed write(2) (EPIPE, EAGAIN, ENOSPC). */
-	errno = 0;
-	if (fwrite(buf, 1, len, stderr) != len)
-		r = errno ? -errno : -EIO;
+	/* The whole record in one write(2), so that the record is on stderr before the token
+	 * is answered ([sign] audit = required), and whole. */
+	r = log_write(buf, len);
 	if (buf != stack)
 		free(buf);
 	return r;
 }
 
-static int journal_signed(const struct audit_signature *a, const char *unit)
-{
-	return sd_journal_send(
-	    "MESSAGE=issuer %s: signed jti %s with key %s for uid %u", a->issuer, a->jti, a->kid,
-	    (unsigned)a->uid, "MESSAGE_ID=" SIGNED_MESSAGE_ID, "PRIORITY=%d", LOG_INFO,
-	    "TOKENSIGN_EVENT=signed", "TOKENSIGN_RESULT=granted", "TOKENSIGN_ISSUER=%s", a->issuer,
-	    "TOKENSIGN_KID=%s", a->kid, "TOKENSIGN_JTI=%s", a->jti, "TOKENSIGN_AUD=%s", a->aud,
-	    "TOKENSIGN_EXP=%lld", (long long)a->exp, "TOKENSIGN_CALLER_UID=%u", (unsigned)a->uid,
-	    "TOKENSIGN_CALLER_PID=%d", (int)a->pid, "TOKENSIGN_CALLER_UNIT=%s", unit ? unit : "",
-	    NULL);
-}
-
-/* The fields of a refusal, each only when known: sd_journal_send() cannot skip an argument. */
+/* The fields of one journal record, formatted into one buffer and sent with one
+ * sd_journal_sendv(): no allocation unless a field does not fit in what is left of buf.
+ * sd_journal_send() would vasprintf() each field. */
 struct fields {
 	struct iovec iov[16];
-	size_t n;
+	bool heap[16]; /* iov[i] was allocated */
+	size_t n, used;
 	int err;
+	char buf[4096];
 };
+
+/* Not = {0}: that would clear buf, 4 KiB, per record. */
+static void fields_init(struct fields *f)
+{
+	f->n = f->used = 0;
+	f->err = 0;
+	memset(f->heap, 0, sizeof(f->heap));
+}
 
 static void field(struct fields *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void field(struct fields *f, const char *fmt, ...)
 {
-	char *s = NULL;
+	size_t room = sizeof(f->buf) - f->used;
+	char *s = f->buf + f->used;
 	va_list ap;
 	int n;
 
 	if (f->err || f->n == sizeof(f->iov) / sizeof(f->iov[0]))
 		return;
 	va_start(ap, fmt);
-	n = vasprintf(&s, fmt, ap);
+	n = vsnprintf(s, room, fmt, ap);
 	va_end(ap);
+	if (n >= 0 && (size_t)n >= room) {
+		va_start(ap, fmt);
+		n = vasprintf(&s, fmt, ap);
+		va_end(ap);
+		f->heap[f->n] = n >= 0;
+	} else if (n >= 0)
+		f->used += (size_t)n + 1;
 	if (n < 0) {
 		f->err = -ENOMEM;
 		return;
@@ -188,11 +203,43 @@ static void field(struct fields *f, const char *fmt, ...)
 	f->iov[f->n++] = (struct iovec){.iov_base = s, .iov_len = (size_t)n};
 }
 
+static int fields_send(struct fields *f)
+{
+	int r = f->err ? f->err : sd_journal_sendv(f->iov, (int)f->n);
+
+	for (size_t i = 0; i < f->n; i++)
+		if (f->heap[i])
+			free(f->iov[i].iov_base);
+	return r;
+}
+
+static int journal_signed(const struct audit_signature *a, const char *unit)
+{
+	struct fields f;
+
+	fields_init(&f);
+	field(&f, "MESSAGE=issuer %s: signed jti %s with key %s for uid %u", a->issuer, a->jti,
+	      a->kid, (unsigned)a->uid);
+	field(&f, "MESSAGE_ID=" SIGNED_MESSAGE_ID);
+	field(&f, "PRIORITY=%d", LOG_INFO);
+	field(&f, "TOKENSIGN_EVENT=signed");
+	field(&f, "TOKENSIGN_RESULT=granted");
+	field(&f, "TOKENSIGN_ISSUER=%s", a->issuer);
+	field(&f, "TOKENSIGN_KID=%s", a->kid);
+	field(&f, "TOKENSIGN_JTI=%s", a->jti);
+	field(&f, "TOKENSIGN_AUD=%s", a->aud);
+	field(&f, "TOKENSIGN_EXP=%lld", (long long)a->exp);
+	field(&f, "TOKENSIGN_CALLER_UID=%u", (unsigned)a->uid);
+	field(&f, "TOKENSIGN_CALLER_PID=%d", (int)a->pid);
+	field(&f, "TOKENSIGN_CALLER_UNIT=%s", unit ? unit : "");
+	return fields_send(&f);
+}
+
 static int journal_refused(const struct audit_signature *a, const char *unit)
 {
-	struct fields f = {0};
-	int r;
+	struct fields f;
 
+	fields_init(&f);
 	if (a->no_caller)
 		field(&f,
 		      "MESSAGE=issuer %s: refused a caller whose credentials are unreadable: %s",
@@ -219,24 +266,48 @@ static int journal_refused(const struct audit_signature *a, const char *unit)
 		field(&f, "TOKENSIGN_CALLER_PID=%d", (int)a->pid);
 		field(&f, "TOKENSIGN_CALLER_UNIT=%s", unit ? unit : "");
 	}
-	r = f.err ? f.err : sd_journal_sendv(f.iov, (int)f.n);
-	for (size_t i = 0; i < f.n; i++)
-		free(f.iov[i].iov_base);
-	return r;
+	return fields_send(&f);
+}
+
+void audit_unit_clear(struct audit_unit *u)
+{
+	if (!u)
+		return;
+	free(u->name);
+	*u = (struct audit_unit){0};
+}
+
+/* The caller's unit answers "which service asked", better than a pid: from the connection's
+ * cache, else looked up into *own (the caller frees it). NULL when there is none. */
+static const char *caller_unit(const struct audit_signature *a, char **own)
+{
+	struct audit_unit *u = a->unit;
+
+	*own = NULL;
+	if (a->no_caller)
+		return NULL;
+	if (!u) {
+		if (sd_pid_get_unit(a->pid, own) < 0)
+			*own = NULL;
+		return *own;
+	}
+	if (!u->looked_up && sd_pid_get_unit(a->pid, &u->name) < 0)
+		u->name = NULL;
+	u->looked_up = true;
+	return u->name;
 }
 
 static int record(const struct audit_signature *a)
 {
-	char *unit = NULL;
+	const char *unit;
+	char *own;
 	int r;
 
 	if (!log_to_journal())
 		return note_result(json_record(a));
-	/* The caller's unit answers "which service asked", better than a pid. */
-	if (a->no_caller || sd_pid_get_unit(a->pid, &unit) < 0)
-		unit = NULL;
+	unit = caller_unit(a, &own);
 	r = a->reason ? journal_refused(a, unit) : journal_signed(a, unit);
-	free(unit);
+	free(own);
 	return note_result(r);
 }
 

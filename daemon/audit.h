@@ -16,6 +16,16 @@ enum audit_event {
 /* operator_uid < 0: the daemon itself acted (schedule), not a person. */
 void audit_key(enum audit_event event, const char *issuer, const char *kid, int64_t operator_uid);
 
+/* The caller's systemd unit, for the journal's records (TOKENSIGN_CALLER_UNIT): a connection's
+ * caller has one pid for the connection's life, so its unit is looked up at most once per
+ * connection, and only when a record goes to the journal (sd_pid_get_unit() costs about 30
+ * system calls). Owned by the connection; used by the one thread that serves it. */
+struct audit_unit {
+	char *name;     /* NULL: no unit (or not looked up yet) */
+	bool looked_up; /* name is the answer, whatever it was */
+};
+void audit_unit_clear(struct audit_unit *u);
+
 /* One record per signing decision (docs/operations.md, "Audit records"): a token issued
  * (audit_signed) or a request refused (audit_refused). Who asked (uid, pid, and under the journal
  * the caller's systemd unit), for which issuer and audience, with which key, its jti and exp; for a
@@ -30,7 +40,8 @@ struct audit_signature {
 	int32_t pid;
 	bool aud_cut;
 	bool no_caller;
-	const char *reason; /* audit_refused(): the error code of docs/api.md */
+	struct audit_unit *unit; /* the connection's, or NULL: looked up for this record alone */
+	const char *reason;      /* audit_refused(): the error code of docs/api.md */
 };
 
 /* Each returns 0, or a negative errno when the record could not be written (the caller applies

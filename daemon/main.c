@@ -19,6 +19,7 @@
 #include "daemon.h"
 #include "health.h"
 #include "http_linger.h"
+#include "json_arena.h"
 #include "jwks_http.h"
 #include "metrics_http.h"
 #include "tls.h"
@@ -229,6 +230,8 @@ static int run(const char *config_path)
 	/* SoftHSM keeps key material in our address space: a core file would leak it. */
 	prctl(PR_SET_DUMPABLE, 0);
 	block_signals();
+	/* h15-cost: before any thread uses jansson (json_arena.h). */
+	json_arena_install();
 	pthread_mutex_init(&d.rt_lock, NULL);
 	if (daemon_config_load(config_path, &conf) < 0 || activation_collect(&d.act) < 0 ||
 	    plan_budget(&d, conf) < 0) {

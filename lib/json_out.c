@@ -1,7 +1,8 @@
 /* Compact JSON output (json_out.h). Strings are escaped exactly as jansson escapes them without
  * flags: the quote, the backslash and the control characters below 0x20 (\b \f \n \r \t by
  * name, the rest as \u00XX); everything else, UTF-8 included, is copied. Integers are printed
- * with JSON_INTEGER_FORMAT; a real is rare in claims and is left to jansson's own formatting. */
+ * as JSON_INTEGER_FORMAT ("%lld") prints them, without printf's machinery; a real is rare in
+ * claims and is left to jansson's own formatting. */
 #include "json_out.h"
 
 #include <errno.h>
@@ -25,7 +26,8 @@ static void reserve(struct out *o, size_t n)
 
 	if (o->err || o->len + n + 1 <= o->cap)
 		return;
-	cap = o->cap ? o->cap : 256;
+	/* A token's payload is a few hundred bytes: one allocation, rarely a second. */
+	cap = o->cap ? o->cap : 1024;
 	while (cap < o->len + n + 1)
 		cap *= 2;
 	grown = realloc(o->buf, cap);
@@ -44,6 +46,22 @@ static void put(struct out *o, const char *s, size_t n)
 		return;
 	memcpy(o->buf + o->len, s, n);
 	o->len += n;
+}
+
+char *json_out_int(char *out, long long v)
+{
+	/* The magnitude as unsigned: -LLONG_MIN does not fit a long long. */
+	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+	char digits[20], *d = digits + sizeof(digits);
+
+	do {
+		*--d = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		*out++ = '-';
+	memcpy(out, d, (size_t)(digits + sizeof(digits) - d));
+	return out + (digits + sizeof(digits) - d);
 }
 
 char *json_out_string(char *out, const char *s, size_t n)
@@ -144,17 +162,22 @@ static void put_value(struct out *o, const json_t *v, int depth)
 		put_string(o, json_string_value(v), json_string_length(v));
 		break;
 	case JSON_INTEGER:
-		w = snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		w = (int)(json_out_int(num, json_integer_value(v)) - num);
 		put(o, num, (size_t)w);
 		break;
 	case JSON_REAL: {
 		char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		json_malloc_t jmalloc;
+		json_free_t jfree;
 		if (!s) {
 			o->err = -ENOMEM;
 			return;
 		}
 		put(o, s, strlen(s));
-		free(s);
+		/* Made by jansson's allocator, which the daemon replaces
+		 * (daemon/http/json_arena.h). */
+		json_get_alloc_funcs(&jmalloc, &jfree);
+		jfree(s);
 		break;
 	}
 	case JSON_TRUE:

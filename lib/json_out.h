@@ -15,3 +15,8 @@ int json_out_compact(const json_t *v, char **ret, size_t *ret_len);
  * (not NUL-terminated). */
 #define JSON_OUT_STRING_MAX(n) (6 * (n) + 2)
 char *json_out_string(char *out, const char *s, size_t n);
+
+/* Writes v in decimal as printf("%lld") does at out, which has room for JSON_OUT_INT_MAX
+ * bytes; returns the end (not NUL-terminated). */
+#define JSON_OUT_INT_MAX 20
+char *json_out_int(char *out, long long v);

@@ -20,13 +20,19 @@
 #include "log_limit.h"
 #include "sockfile.h"
 
-struct MHD_Response *http_json_response(unsigned status, const char *body)
+/* body copied (MUST_COPY) or taken (MUST_FREE: libmicrohttpd frees it, even when the
+ * response cannot be made). */
+static struct MHD_Response *json_response(unsigned status, const char *body,
+                                          enum MHD_ResponseMemoryMode mode)
 {
 	struct MHD_Response *resp =
-	    MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
+	    MHD_create_response_from_buffer(strlen(body), (void *)body, mode);
 
-	if (!resp)
+	if (!resp) {
+		if (mode == MHD_RESPMEM_MUST_FREE)
+			free((void *)body);
 		return NULL;
+	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	/* Every 503 says when to come back (RFC 9110, 10.2.3): a lost helper is replaced, a late
@@ -34,6 +40,11 @@ struct MHD_Response *http_json_response(unsigned status, const char *body)
 	if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, HTTP_RETRY_AFTER);
 	return resp;
+}
+
+struct MHD_Response *http_json_response(unsigned status, const char *body)
+{
+	return json_response(status, body, MHD_RESPMEM_MUST_COPY);
 }
 
 /* h14-tls: HSTS (RFC 6797) only over HTTPS, where a browser takes it: once a site was reached
@@ -65,6 +76,12 @@ static enum MHD_Result queue_owned(struct MHD_Connection *c, unsigned status,
 enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body)
 {
 	return queue_owned(c, status, http_json_response(status, body));
+}
+
+/* h15-cost: the answers the sign path builds are handed over, not copied once more. */
+enum MHD_Result http_reply_json_take(struct MHD_Connection *c, unsigned status, char *body)
+{
+	return queue_owned(c, status, json_response(status, body, MHD_RESPMEM_MUST_FREE));
 }
 
 struct MHD_Response *http_error_response(unsigned status, const char *code, const char *message)
@@ -193,8 +210,10 @@ void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
 		if (*socket_ctx && w)
 			http_deadline_untrack(w->deadline,
 			                      &((struct http_peer *)*socket_ctx)->clock);
-		if (*socket_ctx)
+		if (*socket_ctx) {
 			peer_clear(&((struct http_peer *)*socket_ctx)->peer);
+			audit_unit_clear(&((struct http_peer *)*socket_ctx)->unit);
+		}
 		free(*socket_ctx);
 		*socket_ctx = NULL;
 		return;

@@ -7,6 +7,7 @@
 
 #include <microhttpd.h>
 
+#include "audit.h"
 #include "conf.h"
 #include "counters.h"
 #include "http_deadline.h"
@@ -20,6 +21,10 @@ struct tls_creds;
 #define HTTP_RETRY_AFTER "1"
 
 enum MHD_Result http_reply_json(struct MHD_Connection *c, unsigned status, const char *body);
+
+/* h15-cost: the same with a body from malloc(), which it takes (libmicrohttpd frees it): no
+ * copy. */
+enum MHD_Result http_reply_json_take(struct MHD_Connection *c, unsigned status, char *body);
 
 /* h14-tls: MHD_queue_response() with the headers every answer of the connection carries
  * (Strict-Transport-Security on the JWKS over HTTPS). */
@@ -95,6 +100,7 @@ void http_unix_close(struct http_unix_server *srv);
 struct http_peer {
 	int err; /* negative errno: credentials unreadable, the caller is refused */
 	struct peer peer;
+	struct audit_unit unit; /* the caller's systemd unit, looked up once, by the audit */
 	/* Where the current request's target was received, in libmicrohttpd's read buffer, and
 	 * what http_on_target found wrong with it (libmicrohttpd decodes it in place later). */
 	const char *target;

@@ -27,6 +27,7 @@ int issue_refuse(const struct issuer_conf *ic, const struct audit_signature *cal
 	a.uid = caller->uid;
 	a.pid = caller->pid;
 	a.no_caller = caller->no_caller;
+	a.unit = caller->unit;
 	audit_refused(&a);
 	memset(ret, 0, sizeof(*ret));
 	ret->status = status;
@@ -86,6 +87,7 @@ static int jti_random(uint8_t out[POLICY_JTI_BYTES])
 struct item {
 	const char *body; /* the request, len bytes */
 	size_t len;
+	const struct json_t *tree; /* the request parsed already, or NULL */
 	uint8_t jti[POLICY_JTI_BYTES];
 	struct signing_request sr; /* sr.payload: the policy accepted it, for this attempt */
 	bool decided;              /* out is final and audited */
@@ -154,6 +156,7 @@ static int issued(struct runtime *rt, const struct issuer_conf *ic, const struct
 	a.uid = caller->uid;
 	a.pid = caller->pid;
 	a.no_caller = caller->no_caller;
+	a.unit = caller->unit;
 	memset(ret, 0, sizeof(*ret));
 	if (audit_signed(&a) < 0 && rt->conf->audit == CONF_AUDIT_REQUIRED) {
 		free(answer);
@@ -383,7 +386,8 @@ static int item_policy(const struct issuer_conf *ic, const struct issuer_conf *a
 		return issue_refuse(ic, caller, 413, "body_too_large", "the request is over 64 KiB",
 		                    NULL, &it->out);
 	}
-	r = policy_apply(as, it->body, it->len, now, it->jti, &it->sr, &perr);
+	r = it->tree ? policy_apply_item(as, it->tree, now, it->jti, &it->sr, &perr)
+	             : policy_apply(as, it->body, it->len, now, it->jti, &it->sr, &perr);
 	if (r == 0)
 		return 0;
 	it->decided = true;
@@ -482,6 +486,7 @@ int token_issue_batch(struct runtime *rt, const struct issuer_conf *ic,
 	for (size_t i = 0; i < n; i++) {
 		items[i].body = reqs[i].body;
 		items[i].len = reqs[i].len;
+		items[i].tree = reqs[i].tree;
 	}
 	r = issue_items(rt, ic, caller, items, n);
 	for (size_t i = 0; i < n; i++) {

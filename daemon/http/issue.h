@@ -23,10 +23,13 @@ struct issue_outcome {
 int token_issue(struct runtime *rt, const struct issuer_conf *ic, const char *body, size_t len,
                 const struct audit_signature *caller, struct issue_outcome *ret);
 
-/* One item of a batch: a single sign's body (len bytes, not NUL-terminated). */
+/* One item of a batch: a single sign's body (len bytes, not NUL-terminated), and when it was
+ * parsed already (policy_batch_split()), its tree, judged instead of parsing body again. */
+struct json_t;
 struct issue_request {
 	const char *body;
 	size_t len;
+	const struct json_t *tree; /* or NULL */
 };
 
 /* Issues n (1..POLICY_MAX_BATCH) tokens of issuer ic, each judged and audited exactly as

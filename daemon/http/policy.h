@@ -46,11 +46,21 @@ int policy_apply(const struct issuer_conf *ic, const char *body, size_t len, int
                  const uint8_t jti_random[POLICY_JTI_BYTES], struct signing_request *ret,
                  struct policy_error *err);
 
-/* A sign-batch body split into its requests, each as compact JSON: what policy_apply() then
- * judges as a single sign's body. */
+/* policy_apply() for a request parsed already (a sign-batch item): the same rules on a copy of
+ * item, which is left as it is. */
+struct json_t;
+int policy_apply_item(const struct issuer_conf *ic, const struct json_t *item, int64_t now,
+                      const uint8_t jti_random[POLICY_JTI_BYTES], struct signing_request *ret,
+                      struct policy_error *err);
+
+/* A sign-batch body split into its requests, each as its tree in the batch's (what
+ * policy_apply_item() judges) and as compact JSON (what policy_apply() would judge as a single
+ * sign's body: the same rules, the same answer). */
 struct policy_batch {
 	char *items[POLICY_MAX_BATCH]; /* owned */
 	size_t len[POLICY_MAX_BATCH];
+	const struct json_t *trees[POLICY_MAX_BATCH]; /* in root */
+	struct json_t *root;                          /* owned */
 	size_t n;
 };
 

@@ -15,6 +15,7 @@
 #include "health_http.h"
 #include "http.h"
 #include "issue.h"
+#include "json_out.h"
 #include "jwks_http.h"
 #include "log.h"
 #include "log_limit.h"
@@ -91,11 +92,12 @@ static bool parse_issuer_path(const char *url, enum route *route, const char **n
 /* The caller as its audit record names it. */
 static void audit_caller(struct MHD_Connection *c, struct audit_signature *a)
 {
-	const struct http_peer *hp = http_peer_of(c);
+	struct http_peer *hp = (struct http_peer *)http_peer_of(c);
 
 	a->no_caller = !hp || hp->err < 0;
 	a->uid = a->no_caller ? 0 : (uint32_t)hp->peer.uid;
 	a->pid = a->no_caller ? 0 : (int32_t)hp->peer.pid;
+	a->unit = a->no_caller ? NULL : &hp->unit;
 }
 
 /* Counts a decision of ic: a granted one through rt's cached series when there is rt, timed
@@ -131,8 +133,7 @@ static enum MHD_Result reply_outcome(struct MHD_Connection *c, struct runtime *r
 	count_outcome(rt, ic, start_us, out);
 	if (out->status != MHD_HTTP_OK)
 		return http_reply_error(c, out->status, out->code, out->message);
-	r = http_reply_json(c, MHD_HTTP_OK, out->answer);
-	free(out->answer);
+	r = http_reply_json_take(c, MHD_HTTP_OK, out->answer);
 	out->answer = NULL;
 	return r;
 }
@@ -218,42 +219,43 @@ static enum MHD_Result on_headers(struct sign_api *api, struct MHD_Connection *c
 	return r;
 }
 
-/* One item of a batch's answer: the single sign's answer, or its error object. Caller frees. */
-static char *batch_result(const struct issue_outcome *out)
+/* What an item of a batch answers, the single sign's answer or {"error": code, "message":
+ * message}, at most how long. */
+static size_t batch_result_max(const struct issue_outcome *out)
 {
-	json_t *obj;
-	char *s;
-
 	if (out->status == MHD_HTTP_OK)
-		return strdup(out->answer);
-	obj = json_pack("{s:s, s:s}", "error", out->code, "message", out->message);
-	s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
-	json_decref(obj);
-	return s;
+		return strlen(out->answer);
+	return sizeof("{\"error\":,\"message\":}") + JSON_OUT_STRING_MAX(strlen(out->code)) +
+	       JSON_OUT_STRING_MAX(strlen(out->message));
 }
 
-/* {"results": [...]} of n outcomes, in order. Caller frees. */
+/* Writes the item at p (the bytes json_dumps() of the error object would write); returns the
+ * end. */
+static char *batch_result(char *p, const struct issue_outcome *out)
+{
+	if (out->status == MHD_HTTP_OK)
+		return stpcpy(p, out->answer);
+	p = json_out_string(stpcpy(p, "{\"error\":"), out->code, strlen(out->code));
+	p = json_out_string(stpcpy(p, ",\"message\":"), out->message, strlen(out->message));
+	return stpcpy(p, "}");
+}
+
+/* {"results": [...]} of n outcomes, in order, written once into a buffer sized up front.
+ * Caller frees. */
 static char *batch_answer(const struct issue_outcome *outs, size_t n)
 {
-	char *parts[POLICY_MAX_BATCH] = {0}, *s = NULL, *p;
 	size_t len = sizeof("{\"results\":[]}");
-	size_t i;
+	char *s, *p;
 
-	for (i = 0; i < n; i++) {
-		if (!(parts[i] = batch_result(&outs[i])))
-			goto out;
-		len += strlen(parts[i]) + 1;
-	}
+	for (size_t i = 0; i < n; i++)
+		len += batch_result_max(&outs[i]) + 1;
 	s = p = malloc(len);
 	if (!s)
-		goto out;
+		return NULL;
 	p = stpcpy(p, "{\"results\":[");
-	for (i = 0; i < n; i++)
-		p = stpcpy(stpcpy(p, i ? "," : ""), parts[i]);
+	for (size_t i = 0; i < n; i++)
+		p = batch_result(stpcpy(p, i ? "," : ""), &outs[i]);
 	strcpy(p, "]}");
-out:
-	for (i = 0; i < n; i++)
-		free(parts[i]);
 	return s;
 }
 
@@ -289,7 +291,7 @@ static enum MHD_Result answer_batch(struct MHD_Connection *c, struct request *rq
 	char *body = NULL;
 
 	for (size_t i = 0; i < pb->n; i++)
-		reqs[i] = (struct issue_request){pb->items[i], pb->len[i]};
+		reqs[i] = (struct issue_request){pb->items[i], pb->len[i], pb->trees[i]};
 	if (!outs || token_issue_batch(rq->rt, rq->ic, reqs, pb->n, caller, outs, &lost) < 0) {
 		counters_sign(rq->ic->name, "error", 0);
 		free(outs);
@@ -301,9 +303,10 @@ static enum MHD_Result answer_batch(struct MHD_Connection *c, struct request *rq
 		    c, MHD_HTTP_SERVICE_UNAVAILABLE, "hsm_unavailable",
 		    "no signing helper could be reached; no token of this batch was "
 		    "issued");
-	else if ((body = batch_answer(outs, pb->n)))
-		r = http_reply_json(c, MHD_HTTP_OK, body);
-	else
+	else if ((body = batch_answer(outs, pb->n))) {
+		r = http_reply_json_take(c, MHD_HTTP_OK, body);
+		body = NULL;
+	} else
 		counters_sign(rq->ic->name, "error", 0);
 	for (size_t i = 0; i < pb->n; i++)
 		free(outs[i].answer);

@@ -123,13 +123,26 @@ static void fuzz_batch(const uint8_t *data, size_t size)
 	else if (r != 0 && r != -ENOMEM)
 		abort();
 	for (size_t i = 0; r == 0 && i < pb.n; i++) {
-		struct signing_request req = {0};
+		struct signing_request req = {0}, tree_req = {0};
+		struct policy_error tree_err;
+		int a, b;
 		if (!pb.items[i] || strlen(pb.items[i]) != pb.len[i] || pb.items[i][0] != '{')
 			abort();
-		if (policy_apply(&ic, pb.items[i], pb.len[i], NOW, jti_random, &req, &err) == 0) {
+		a = policy_apply(&ic, pb.items[i], pb.len[i], NOW, jti_random, &req, &err);
+		/* The daemon judges the item's tree (h15-cost): the same decision and payload. */
+		memset(&tree_err, 0, sizeof(tree_err));
+		b = policy_apply_item(&ic, pb.trees[i], NOW, jti_random, &tree_req, &tree_err);
+		if (a != b && a != -ENOMEM && b != -ENOMEM)
+			abort();
+		if (a == -EINVAL && b == -EINVAL && strcmp(err.code, tree_err.code) != 0)
+			abort();
+		if (a == 0 && b == 0 && strcmp(req.payload, tree_req.payload) != 0)
+			abort();
+		if (a == 0) {
 			check_payload(&req);
 			free(req.payload);
 		}
+		free(b == 0 ? tree_req.payload : NULL);
 	}
 	policy_batch_free(&pb);
 }

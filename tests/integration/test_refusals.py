@@ -201,6 +201,22 @@ class RefusalTest(harness.TestCase):
         self.refused(json.dumps({"claims": {"aud": AUD}, "typ": nested_array(32)}), 400,
                      "too_deep", "deep typ")
 
+    def test_reals(self):
+        """h15-cost: a request's tree is made in a per-thread arena, and a real is the one value
+        whose text jansson makes for us (json_out): refused and signed bodies with reals, in
+        the claims, in aud (which the audit record writes out) and in a batch's items."""
+        for aud in (1.5, [1.5], ["api://orders", -2.5e-3]):
+            self.claims({"aud": aud}, code="aud_invalid")
+        self.claims({"aud": AUD, "exp": 1.5e9}, code="exp_invalid")
+        self.claims({"aud": AUD, "nbf": 0.5}, code="nbf_invalid")
+        self.assertSigned(self.post({"claims": {"aud": AUD, "f": 1.5, "g": [-0.25, {"h": 1e10}]}}))
+        r = self.post({"requests": [{"claims": {"aud": 2.5}}, {"claims": {"aud": AUD, "f": 0.5}}]},
+                      path=SIGN + "-batch")
+        self.assertEqual(r.status, 200, r)
+        results = r.json()["results"]
+        self.assertEqual(results[0]["error"], "aud_invalid", results)
+        self.assertIn("token", results[1], results)
+
     def test_invalid_json(self):
         for body in (b"", b"{", b'{"claims":', b'{"claims":{"aud":"api://orders"}',
                      b'{"claims":{"aud":"api://orders"}} x', b'{"claims":{"aud":"api://orders"}}}',

@@ -134,6 +134,27 @@ class BatchTest(harness.TestCase):
         self.assertEqual(self.verify(results[-1], aud="api://billing", typ="at+jwt")["scope"],
                          "b")
 
+    def test_refusals_byte_for_byte_the_single_signs(self):
+        """h15-cost: items are passed on and answers written without jansson's dumps: the
+        answer of refused items is exactly the single signs' error bodies, joined; an item
+        nested deeper than the daemon's own JSON writer goes (64 levels) is judged all the
+        same."""
+        deep = "x"
+        for _ in range(100):
+            deep = [deep]
+        requests = [
+            item(dict(CLAIMS, aud='api://"quoted"\\ \u00e9\u2028\n\x01')),  # escaped in message
+            item(dict(CLAIMS, nested=deep)),                                  # too_deep
+            item({"sub": "x"}),                                               # aud_missing
+        ]
+        r = self.batch(requests)
+        self.assertEqual(r.status, 200, r)
+        singles = [self.d.unix_request("POST", "/v1/issuers/main/sign", req) for req in requests]
+        self.assertEqual([x.status for x in singles], [400, 400, 400], singles)
+        self.assertEqual([x.json()["error"] for x in singles],
+                         ["aud_not_allowed", "too_deep", "aud_missing"])
+        self.assertEqual(r.body, b'{"results":[' + b",".join(x.body for x in singles) + b"]}")
+
     def test_64_items_signed_each_verifies_alone(self):
         requests = [item(dict(CLAIMS, n=i)) for i in range(MAX_ITEMS)]
         results = self.results(self.batch(requests), MAX_ITEMS)

@@ -147,8 +147,31 @@ static void test_depth(void)
 	CHECK_INT(json_out_compact(NULL, &out, &len), -EINVAL);
 }
 
+/* json_out_int() is printf("%lld")'s digits, at the edges and in between. */
+static void test_int(void)
+{
+	const long long v[] = {
+	    0,   1,          -1,    9,         10,        -10,           99,
+	    100, 1795889881, -4711, INT64_MAX, INT64_MIN, INT64_MIN + 1, INT64_MAX - 1};
+	char want[32], got[JSON_OUT_INT_MAX + 1];
+
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		snprintf(want, sizeof(want), "%lld", v[i]);
+		*json_out_int(got, v[i]) = '\0';
+		CHECK_STR(got, want);
+	}
+	for (long long x = -100000; x <= 100000; x += 7) {
+		snprintf(want, sizeof(want), "%lld", x);
+		*json_out_int(got, x) = '\0';
+		unit_checks++;
+		if (strcmp(got, want) != 0)
+			unit_fail(__FILE__, __LINE__, want);
+	}
+}
+
 int main(void)
 {
+	test_int();
 	test_fixed();
 	test_random();
 	test_depth();

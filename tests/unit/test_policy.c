@@ -744,8 +744,41 @@ static void test_batch_split(void)
 	batch_refused(many, "requests_too_many");
 }
 
+/* A batch's items are judged on their trees (policy_apply_item()): the same payload or refusal
+ * as policy_apply() of the item's text, the item left as it was, and so judged alike a second
+ * time (a key handover makes issue.c apply the policy to an item again). */
+static void test_apply_item(void)
+{
+	const char *body =
+	    "{\"requests\": [{\"claims\": {\"aud\": \"api://x\", \"sub\": \"u\", \"n\": [1.5, "
+	    "{\"k\": null}]}, \"typ\": \"JWT\"}, {\"claims\": {\"aud\": \"a\", \"iat\": 1}}]}";
+	struct policy_batch pb;
+	struct policy_error err = {0}, err2 = {0};
+	struct signing_request a = {0}, b = {0}, c = {0};
+
+	CHECK_INT(policy_batch_split(body, strlen(body), &pb, &err), 0);
+	CHECK_INT(pb.n, 2);
+	CHECK_INT(policy_apply(&ic_open, pb.items[0], pb.len[0], NOW, jti_random, &a, &err), 0);
+	CHECK_INT(policy_apply_item(&ic_open, pb.trees[0], NOW, jti_random, &b, &err), 0);
+	CHECK_INT(policy_apply_item(&ic_open, pb.trees[0], NOW + 1, jti_random, &c, &err), 0);
+	CHECK_STR(b.payload, a.payload);
+	CHECK_INT(c.iat, NOW + 1);
+	CHECK(json_object_get(json_object_get(pb.trees[0], "claims"), "iat") == NULL);
+	CHECK_INT(
+	    policy_apply(&ic_open, pb.items[1], pb.len[1], NOW, jti_random, &a, &err) == -EINVAL &&
+	        policy_apply_item(&ic_open, pb.trees[1], NOW, jti_random, &b, &err2) == -EINVAL,
+	    1);
+	CHECK_STR(err2.code, err.code);
+	CHECK_STR(err2.code, "iat_forbidden");
+	free(a.payload);
+	free(b.payload);
+	free(c.payload);
+	policy_batch_free(&pb);
+}
+
 int main(void)
 {
+	test_apply_item();
 	test_defaults();
 	test_exp_nbf_accepted();
 	test_aud_iss_typ_jti_accepted();
