@@ -12,10 +12,28 @@
 
 #include <jansson.h>
 
+/* Under AddressSanitizer the arena stays on, and tells it which bytes are handed out: all of it
+ * is poisoned outside a scope and between allocations, so a value used after
+ * json_arena_end() (the next request reuses the bytes), read past its end, or freed with
+ * free() (another thread's, or a json_dumps() result) is reported as for malloc's memory. */
 #if defined(__SANITIZE_ADDRESS__)
-#define JSON_ARENA_OFF 1
+#define JSON_ARENA_ASAN 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer)
+#if __has_feature(address_sanitizer)
+#define JSON_ARENA_ASAN 1
+#endif
+#endif
+#ifdef JSON_ARENA_ASAN
+#include <sanitizer/asan_interface.h>
+#define arena_poison(p, n)   ASAN_POISON_MEMORY_REGION(p, n)
+#define arena_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define arena_poison(p, n)   ((void)(p), (void)(n))
+#define arena_unpoison(p, n) ((void)(p), (void)(n))
+#endif
+/* MemorySanitizer does not know the arena: jansson's memory stays malloc's there. */
+#if defined(__has_feature)
+#if __has_feature(memory_sanitizer)
 #define JSON_ARENA_OFF 1
 #endif
 #endif
@@ -42,6 +60,8 @@ static void *arena_malloc(size_t size)
 	if (arena_on && n >= size && n <= ARENA_SIZE - arena_used) {
 		void *p = arena + arena_used;
 		arena_used += n;
+		/* The rounding stays poisoned: a read past size is caught. */
+		arena_unpoison(p, size);
 		return p;
 	}
 	return malloc(size);
@@ -79,6 +99,7 @@ bool json_arena_begin(void)
 	}
 	arena_used = 0;
 	arena_on = true;
+	arena_poison(arena, ARENA_SIZE);
 	return true;
 }
 
@@ -88,4 +109,5 @@ void json_arena_end(bool began)
 		return;
 	arena_on = false;
 	arena_used = 0;
+	arena_poison(arena, ARENA_SIZE);
 }

@@ -4,8 +4,8 @@
 
 /* Makes jansson allocate through the arena's functions (json_set_alloc_funcs()). Call once,
  * before any other thread uses jansson; without it json_arena_begin() does nothing (the unit
- * tests and fuzz harnesses), and so in sanitizer builds, where the sanitizers should see
- * jansson's memory as malloc's. */
+ * tests and fuzz harnesses). Under AddressSanitizer the arena poisons what it has not handed
+ * out, so misuse is reported as for malloc's memory (json_arena.c). */
 void json_arena_install(void);
 
 /* From here to json_arena_end(), this thread's jansson allocations are cut from its arena
