@@ -28,8 +28,10 @@ static int attr_equals(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
 
 /* What a handle must still be before it is destroyed: an object of class cls, private, with
  * this CKA_ID (when id) and CKA_LABEL (when label). 1 when it is gone already (or the handle
- * names an object with another id now), 0 when it is as expected, -EPERM (something else claims
- * our id at that handle: never destroyed) or the token's error. */
+ * names another object now: one with another id, or, for a record, which has no id to tell,
+ * one of another class, a public one or one with another label), 0 when it is as expected,
+ * -EPERM (something else claims our id at that handle: never destroyed) or the token's
+ * error. */
 static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_OBJECT_CLASS cls,
                      const uint8_t *id, const char *label)
 {
@@ -51,6 +53,11 @@ static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, C
 		r = -EPERM;
 	if (r == 0 && label)
 		r = attr_equals(h, s, obj, CKA_LABEL, label, strlen(label));
+	/* A record's handle that names another kind of object now (a key pair or a record another
+	 * instance made since it destroyed ours, a public touch object): our record left it. The
+	 * value check (destroy_record()) still refuses a record of ours whose value changed. */
+	if (r == -EPERM && !id)
+		return 1;
 	if (r == -EPERM)
 		return hsm_fail_text(-EPERM, "object %lu is no longer the private object it was",
 		                     (unsigned long)obj);
