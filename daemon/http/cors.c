@@ -5,8 +5,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "http.h"
-
 /* The request headers a preflight may name (lowercase, as Fetch sends them). */
 static const char *const allowed_headers[] = {"if-none-match", "cache-control"};
 
@@ -104,7 +102,7 @@ static const char *allowed_for(const struct conf *conf, struct MHD_Connection *c
 /* With a list the answer depends on Origin: a shared cache must not hand one origin's answer
  * to another, nor one made without Origin to a browser. "*" is the same for every request, and
  * is sent even without Origin, so that a cached copy suits every browser: no Vary. */
-static void add_vary(const struct conf *conf, struct MHD_Response *resp)
+void cors_add_vary(const struct conf *conf, struct MHD_Response *resp)
 {
 	if (!conf->jwks.cors_any)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Origin");
@@ -116,7 +114,7 @@ void cors_add_headers(const struct conf *conf, struct MHD_Connection *c, struct 
 
 	if (!cors_enabled(conf))
 		return;
-	add_vary(conf, resp);
+	cors_add_vary(conf, resp);
 	allow = allowed_for(conf, c);
 	if (!allow)
 		return;
@@ -124,7 +122,7 @@ void cors_add_headers(const struct conf *conf, struct MHD_Connection *c, struct 
 	MHD_add_response_header(resp, "Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS);
 }
 
-static const char *refusal_message(enum cors_preflight p)
+const char *cors_refusal_message(enum cors_preflight p)
 {
 	switch (p) {
 	case CORS_REFUSED_ORIGIN:
@@ -136,50 +134,32 @@ static const char *refusal_message(enum cors_preflight p)
 	}
 }
 
-static enum MHD_Result reply_allowed(const struct conf *conf, struct MHD_Connection *c,
-                                     const char *origin)
+/* The 204 of an allowed preflight: no body, the CORS headers. NULL: out of memory. */
+static struct MHD_Response *allowed_response(const struct conf *conf, const char *origin)
 {
 	struct MHD_Response *resp =
 	    MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-	enum MHD_Result r;
 
 	if (!resp)
-		return MHD_NO;
-	add_vary(conf, resp);
+		return NULL;
+	cors_add_vary(conf, resp);
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, origin);
 	MHD_add_response_header(resp, "Access-Control-Allow-Methods", CORS_ALLOW_METHODS);
 	MHD_add_response_header(resp, "Access-Control-Allow-Headers", CORS_ALLOW_HEADERS);
 	MHD_add_response_header(resp, "Access-Control-Max-Age", CORS_MAX_AGE);
-	r = http_queue_response(c, MHD_HTTP_NO_CONTENT, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return resp;
 }
 
-bool cors_reply_preflight(const struct conf *conf, struct MHD_Connection *c, enum MHD_Result *ret,
-                          const char **ret_status)
+enum cors_preflight cors_preflight(const struct conf *conf, struct MHD_Connection *c,
+                                   struct MHD_Response **ret)
 {
-	struct MHD_Response *resp;
 	struct cors_request rq;
 	enum cors_preflight p;
 
+	*ret = NULL;
 	cors_request_of(c, &rq);
 	p = cors_preflight_check(conf, &rq);
-	if (p == CORS_NOT_PREFLIGHT)
-		return false;
-	if (p == CORS_PREFLIGHT_OK) {
-		*ret_status = "204";
-		*ret = reply_allowed(conf, c, cors_allow_origin(conf, rq.origin));
-		return true;
-	}
-	/* Fetch fails a preflight whose status is not 2xx: a 403 does that and, unlike a bare
-	 * 204, says why to whoever looks (curl, the browser's network panel). */
-	resp = http_error_response(MHD_HTTP_FORBIDDEN, "cors_refused", refusal_message(p));
-	*ret_status = "403";
-	*ret = MHD_NO;
-	if (resp) {
-		add_vary(conf, resp);
-		*ret = http_queue_response(c, MHD_HTTP_FORBIDDEN, resp);
-		MHD_destroy_response(resp);
-	}
-	return true;
+	if (p == CORS_PREFLIGHT_OK)
+		*ret = allowed_response(conf, cors_allow_origin(conf, rq.origin));
+	return p;
 }

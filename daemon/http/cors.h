@@ -54,8 +54,14 @@ void cors_request_of(struct MHD_Connection *c, struct cors_request *ret);
  * Access-Control-Allow-Origin and -Expose-Headers. Nothing when CORS is off. */
 void cors_add_headers(const struct conf *conf, struct MHD_Connection *c, struct MHD_Response *resp);
 
-/* For an OPTIONS request: when it is a preflight and CORS is on, queues its answer (204 with
- * the CORS headers, or 403 without them), sets *ret_status to "204" or "403" and *ret to the
- * handler's result, and returns true. False: not a preflight, answer as before (405). */
-bool cors_reply_preflight(const struct conf *conf, struct MHD_Connection *c, enum MHD_Result *ret,
-                          const char **ret_status);
+/* With a list of origins, Vary: Origin on resp (a preflight's answer too). */
+void cors_add_vary(const struct conf *conf, struct MHD_Response *resp);
+
+/* For an OPTIONS request: what kind of preflight it is (CORS_NOT_PREFLIGHT when CORS is off);
+ * for CORS_PREFLIGHT_OK *ret is its 204 answer with the CORS headers (NULL: out of memory),
+ * else NULL: a refusal is answered 403 without CORS headers (jwks_http.c). */
+enum cors_preflight cors_preflight(const struct conf *conf, struct MHD_Connection *c,
+                                   struct MHD_Response **ret);
+
+/* Why a refused preflight was refused, for its 403. */
+const char *cors_refusal_message(enum cors_preflight p);

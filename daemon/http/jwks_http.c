@@ -215,12 +215,34 @@ static const struct issuer_conf *route(struct runtime *rt, const char *url, bool
 	return NULL;
 }
 
+/* A preflight's answer: true with *ret set, or false (not one: answered as before). */
+static bool reply_preflight(struct runtime *rt, struct MHD_Connection *c, enum MHD_Result *ret)
+{
+	struct MHD_Response *resp;
+	enum cors_preflight p = cors_preflight(rt->conf, c, &resp);
+
+	if (p == CORS_NOT_PREFLIGHT)
+		return false;
+	if (p == CORS_PREFLIGHT_OK) {
+		count("204");
+		*ret = queue(rt, c, MHD_HTTP_NO_CONTENT, resp, false);
+		return true;
+	}
+	/* Fetch fails a preflight whose status is not 2xx: a 403 does that and, unlike a bare
+	 * 204, says why to whoever looks (curl, the browser's network panel). */
+	resp = http_error_response(MHD_HTTP_FORBIDDEN, "cors_refused", cors_refusal_message(p));
+	if (resp)
+		cors_add_vary(rt->conf, resp);
+	count("403");
+	*ret = queue(rt, c, MHD_HTTP_FORBIDDEN, resp, false);
+	return true;
+}
+
 static enum MHD_Result answer(struct runtime *rt, struct MHD_Connection *c, const char *url,
                               const char *method)
 {
 	const struct issuer_conf *ic;
 	bool is_jwks = false, is_path;
-	const char *status;
 	enum MHD_Result r;
 
 	ic = route(rt, url, &is_jwks, &is_path);
@@ -231,11 +253,8 @@ static enum MHD_Result answer(struct runtime *rt, struct MHD_Connection *c, cons
 		             true);
 	}
 	/* h14-cors: a browser's preflight, when [jwks] cors-origins is set. */
-	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 &&
-	    cors_reply_preflight(rt->conf, c, &r, &status)) {
-		count(status);
+	if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && reply_preflight(rt, c, &r))
 		return r;
-	}
 	if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
 		return queue(rt, c, MHD_HTTP_METHOD_NOT_ALLOWED, http_method_response("GET, HEAD"),
 		             true);

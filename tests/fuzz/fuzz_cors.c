@@ -6,28 +6,8 @@
 
 #include "conf_cors.h"
 #include "cors.h"
-#include "http.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* cors.c's 403 body comes from http.c, which the harness does not link: never called here. */
-struct MHD_Response *http_error_response(unsigned status, const char *code, const char *message)
-{
-	(void)status;
-	(void)code;
-	(void)message;
-	return NULL;
-}
-
-/* The same for its preflight answers, queued through http.c (HSTS): never called here. */
-enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status,
-                                    struct MHD_Response *resp)
-{
-	(void)c;
-	(void)status;
-	(void)resp;
-	return MHD_NO;
-}
 
 static char *configured[] = {"https://app.example.com", "http://localhost:3000"};
 
