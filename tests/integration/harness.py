@@ -566,6 +566,21 @@ class Daemon:
             self._logf = None
         return self.returncode
 
+    def threads(self):
+        """[(tid, name)] of the daemon's threads. A thread may end between the listing and the
+        read of its name (open() then succeeds and read() fails with ESRCH): it is left out."""
+        if self.proc is None:
+            return []
+        task = "/proc/%d/task" % self.proc.pid
+        found = []
+        for tid in os.listdir(task):
+            try:
+                with open(os.path.join(task, tid, "comm")) as f:
+                    found.append((int(tid), f.read().strip()))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return found
+
     def helpers(self):
         """The daemon's helper processes: {"keeper": pid, "manage": pid, "sign": [pids]}
         (docs/design.md, "Privilege separation"); empty when the daemon is not running."""

@@ -351,10 +351,9 @@ class PinCpusTest(harness.TestCase):
         self.assertEqual(len(set(cpus)), min(len(cpus), len(os.sched_getaffinity(0))), cpus)
         # The workers that signed run on their helpers' CPUs; nothing else of the front is pinned.
         workers = []
-        for tid in map(int, os.listdir("/proc/%d/task" % d.proc.pid)):
-            with open("/proc/%d/task/%d/comm" % (d.proc.pid, tid)) as f:
-                if f.read().strip() == "sign-worker":
-                    workers.append(self.cpus_allowed(d.proc.pid, tid))
+        for tid, name in d.threads():
+            if name == "sign-worker":
+                workers.append(self.cpus_allowed(d.proc.pid, tid))
         self.assertTrue(set(w for w in workers if w.isdigit()) <= set(cpus), (workers, cpus))
         self.assertFalse(self.cpus_allowed(d.proc.pid).isdigit())
 

@@ -99,15 +99,7 @@ class ReloadSessions(harness.TestCase):
 
     def threads(self):
         """[(tid, name)] of the daemon's threads."""
-        task = "/proc/%d/task" % self.d.proc.pid
-        found = []
-        for tid in os.listdir(task):
-            try:
-                with open(os.path.join(task, tid, "comm")) as f:
-                    found.append((int(tid), f.read().strip()))
-            except FileNotFoundError:  # a thread that just ended
-                pass
-        return found
+        return self.d.threads()
 
     def thread_names(self):
         return [name for _, name in self.threads()]

@@ -303,11 +303,7 @@ class SignTest(harness.TestCase):
                 c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             for c in conns:
                 self.assertTrue(c.recv(4096).startswith(b"HTTP/1.1 200"))
-            task = "/proc/%d/task" % self.d.proc.pid
-            names = []
-            for tid in os.listdir(task):
-                with open(os.path.join(task, tid, "comm")) as f:
-                    names.append(f.read().strip())
+            names = [name for _, name in self.d.threads()]
             self.assertEqual(names.count("sign-worker"), harness.SIGN_WORKERS, names)
             self.assertEqual(names.count("sign-accept"), 1, names)
             # libmicrohttpd's complaints about TCP options on a Unix socket are not logged
