@@ -29,6 +29,10 @@ NULLS = KEYS[13:]
 PAIR_NUMBERS = ["raw_cpu_us_per_sign", "daemon_cpu_us_per_sign", "helper_cpu_us_per_sign",
                 "throughput_ratio", "p99_ms_at_half_load", "batch_tokens_per_s"]
 PAIR_SIGNED = ["own_us_per_sign", "own_us_per_token_batch16"]
+# bench/floors' parts and their sums.
+FLOOR_NUMBERS = ["parse_body_us", "parse_item_us", "parse_guard_us", "encode_us", "round_trip_us",
+                 "round_trip_one_cpu_us", "round_trip_parallel_us", "round_trip_parallel_pinned_us",
+                 "journal_send_us", "own_us_per_sign", "own_us_per_token_batch"]
 
 
 def journal_possible():
@@ -90,6 +94,13 @@ def check_result(r, audit):
         for k in PAIR_NUMBERS + PAIR_SIGNED:
             if not is_number(p.get(k), k in PAIR_SIGNED):
                 problems.append("pair %s: %s is %r, not a number" % (name, k, p.get(k)))
+    floors = result.get("floors")
+    if not isinstance(floors, dict):
+        problems.append("floors is %r, not an object" % floors)
+    else:
+        for k in FLOOR_NUMBERS:
+            if not is_number(floors.get(k)):
+                problems.append("floors: %s is %r, not a number" % (k, floors.get(k)))
     if result.get("audit") != audit:
         problems.append("audit is %r, want %r" % (result.get("audit"), audit))
     if audit == "journal" and not (isinstance(result.get("journal_records"), int) and
