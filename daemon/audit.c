@@ -203,6 +203,41 @@ static void field(struct fields *f, const char *fmt, ...)
 	f->iov[f->n++] = (struct iovec){.iov_base = s, .iov_len = (size_t)n};
 }
 
+/* name (with its '=') and value copied as they are: most fields need no printf. */
+static void field_text(struct fields *f, const char *name, const char *value)
+{
+	size_t nl = strlen(name), vl = value ? strlen(value) : 0;
+	char *s = f->buf + f->used;
+
+	if (f->err || f->n == sizeof(f->iov) / sizeof(f->iov[0]))
+		return;
+	/* NULL as printf has always written it; too long for what is left: allocated */
+	if (!value || nl + vl + 1 > sizeof(f->buf) - f->used) {
+		field(f, "%s%s", name, value);
+		return;
+	}
+	memcpy(s, name, nl);
+	memcpy(s + nl, value, vl);
+	s[nl + vl] = '\0';
+	f->used += nl + vl + 1;
+	f->iov[f->n++] = (struct iovec){.iov_base = s, .iov_len = nl + vl};
+}
+
+static void field_int(struct fields *f, const char *name, long long value)
+{
+	char digits[24], *d = digits + sizeof(digits);
+	unsigned long long u =
+	    value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+
+	*--d = '\0';
+	do
+		*--d = (char)('0' + u % 10);
+	while ((u /= 10) != 0);
+	if (value < 0)
+		*--d = '-';
+	field_text(f, name, d);
+}
+
 static int fields_send(struct fields *f)
 {
 	int r = f->err ? f->err : sd_journal_sendv(f->iov, (int)f->n);
@@ -220,18 +255,18 @@ static int journal_signed(const struct audit_signature *a, const char *unit)
 	fields_init(&f);
 	field(&f, "MESSAGE=issuer %s: signed jti %s with key %s for uid %u", a->issuer, a->jti,
 	      a->kid, (unsigned)a->uid);
-	field(&f, "MESSAGE_ID=" SIGNED_MESSAGE_ID);
-	field(&f, "PRIORITY=%d", LOG_INFO);
-	field(&f, "TOKENSIGN_EVENT=signed");
-	field(&f, "TOKENSIGN_RESULT=granted");
-	field(&f, "TOKENSIGN_ISSUER=%s", a->issuer);
-	field(&f, "TOKENSIGN_KID=%s", a->kid);
-	field(&f, "TOKENSIGN_JTI=%s", a->jti);
-	field(&f, "TOKENSIGN_AUD=%s", a->aud);
-	field(&f, "TOKENSIGN_EXP=%lld", (long long)a->exp);
-	field(&f, "TOKENSIGN_CALLER_UID=%u", (unsigned)a->uid);
-	field(&f, "TOKENSIGN_CALLER_PID=%d", (int)a->pid);
-	field(&f, "TOKENSIGN_CALLER_UNIT=%s", unit ? unit : "");
+	field_text(&f, "MESSAGE_ID=", SIGNED_MESSAGE_ID);
+	field_int(&f, "PRIORITY=", LOG_INFO);
+	field_text(&f, "TOKENSIGN_EVENT=", "signed");
+	field_text(&f, "TOKENSIGN_RESULT=", "granted");
+	field_text(&f, "TOKENSIGN_ISSUER=", a->issuer);
+	field_text(&f, "TOKENSIGN_KID=", a->kid);
+	field_text(&f, "TOKENSIGN_JTI=", a->jti);
+	field_text(&f, "TOKENSIGN_AUD=", a->aud);
+	field_int(&f, "TOKENSIGN_EXP=", (long long)a->exp);
+	field_int(&f, "TOKENSIGN_CALLER_UID=", (long long)a->uid);
+	field_int(&f, "TOKENSIGN_CALLER_PID=", (long long)a->pid);
+	field_text(&f, "TOKENSIGN_CALLER_UNIT=", unit ? unit : "");
 	return fields_send(&f);
 }
 
@@ -247,24 +282,24 @@ static int journal_refused(const struct audit_signature *a, const char *unit)
 	else
 		field(&f, "MESSAGE=issuer %s: refused uid %u pid %d: %s", a->issuer,
 		      (unsigned)a->uid, (int)a->pid, a->reason);
-	field(&f, "MESSAGE_ID=" REFUSED_MESSAGE_ID);
-	field(&f, "PRIORITY=%d", LOG_NOTICE);
-	field(&f, "TOKENSIGN_EVENT=refused");
-	field(&f, "TOKENSIGN_RESULT=refused");
-	field(&f, "TOKENSIGN_REASON=%s", a->reason);
-	field(&f, "TOKENSIGN_ISSUER=%s", a->issuer);
+	field_text(&f, "MESSAGE_ID=", REFUSED_MESSAGE_ID);
+	field_int(&f, "PRIORITY=", LOG_NOTICE);
+	field_text(&f, "TOKENSIGN_EVENT=", "refused");
+	field_text(&f, "TOKENSIGN_RESULT=", "refused");
+	field_text(&f, "TOKENSIGN_REASON=", a->reason);
+	field_text(&f, "TOKENSIGN_ISSUER=", a->issuer);
 	if (known(a->kid))
-		field(&f, "TOKENSIGN_KID=%s", a->kid);
+		field_text(&f, "TOKENSIGN_KID=", a->kid);
 	if (known(a->jti))
-		field(&f, "TOKENSIGN_JTI=%s", a->jti);
+		field_text(&f, "TOKENSIGN_JTI=", a->jti);
 	if (known(a->aud))
-		field(&f, "TOKENSIGN_AUD=%s", a->aud);
+		field_text(&f, "TOKENSIGN_AUD=", a->aud);
 	if (a->exp)
-		field(&f, "TOKENSIGN_EXP=%lld", (long long)a->exp);
+		field_int(&f, "TOKENSIGN_EXP=", (long long)a->exp);
 	if (!a->no_caller) {
-		field(&f, "TOKENSIGN_CALLER_UID=%u", (unsigned)a->uid);
-		field(&f, "TOKENSIGN_CALLER_PID=%d", (int)a->pid);
-		field(&f, "TOKENSIGN_CALLER_UNIT=%s", unit ? unit : "");
+		field_int(&f, "TOKENSIGN_CALLER_UID=", (long long)a->uid);
+		field_int(&f, "TOKENSIGN_CALLER_PID=", (long long)a->pid);
+		field_text(&f, "TOKENSIGN_CALLER_UNIT=", unit ? unit : "");
 	}
 	return fields_send(&f);
 }

@@ -334,6 +334,14 @@ class Journal(harness.TestCase):
                           signed["TOKENSIGN_JTI"], signed["TOKENSIGN_KID"],
                           signed["TOKENSIGN_CALLER_UID"]),
                          ("signed", "granted", jti, body["kid"], str(os.getuid())))
+        # every field, as written without printf: names, numbers and the empty unit
+        self.assertEqual((signed["PRIORITY"], signed["TOKENSIGN_ISSUER"], signed["TOKENSIGN_AUD"],
+                          signed["TOKENSIGN_EXP"], signed["TOKENSIGN_CALLER_PID"],
+                          signed["MESSAGE"]),
+                         ("6", "main", '"%s"' % CLAIMS["aud"], str(body["exp"]), str(os.getpid()),
+                          "issuer main: signed jti %s with key %s for uid %d"
+                          % (jti, body["kid"], os.getuid())))
+        self.assertIn("TOKENSIGN_CALLER_UNIT", signed)
         refused = got.get("9c3a5e7b2d4f4a6c8e1b3d5f7a9c2e4b")
         self.assertIsNotNone(refused, got)
         self.assertEqual((refused["TOKENSIGN_EVENT"], refused["TOKENSIGN_RESULT"],
@@ -343,6 +351,7 @@ class Journal(harness.TestCase):
                          ("refused", "refused", "aud_not_allowed", "main", "r\nj",
                           '"api://nope"', str(os.getuid()), str(os.getpid())))
         self.assertNotIn("TOKENSIGN_KID", refused)
+        self.assertEqual(refused["PRIORITY"], "5")
 
     def test_journal_gone(self):
         """journald stopped: its socket file is still there, nobody receives (ECONNREFUSED)."""
