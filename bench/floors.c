@@ -195,64 +195,63 @@ static void pin(int cpu)
 		die("sched_setaffinity");
 }
 
-/* Both sides' CPU per exchange of FRAME_OUT bytes and FRAME_IN back; cpu < 0: not pinned. */
-static double round_trip_us(long n, int cpu)
+/* One exchange to warm up, then n timed: a frame of FRAME_OUT bytes from the client to the
+ * serving side, and one of FRAME_IN bytes back. Returns the CPU microseconds of the n. */
+static double exchanges(int fd, long n, int serving)
 {
-	int sv[2];
 	char out[FRAME_OUT] = {0}, in[FRAME_IN] = {0};
-	double t0, child_us;
+	double t0 = 0;
+
+	for (long i = -1; i < n; i++) {
+		if (i == 0)
+			t0 = cpu_us();
+		full_io(fd, out, sizeof(out), !serving);
+		full_io(fd, in, sizeof(in), serving);
+	}
+	return cpu_us() - t0;
+}
+
+/* A socketpair of type and a child: the child keeps sv[1], the parent sv[0]. */
+static pid_t fork_pair(int type, int sv[2])
+{
 	pid_t pid;
 
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+	if (socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) < 0)
 		die("socketpair");
 	pid = fork();
 	if (pid < 0)
 		die("fork");
-	if (pid == 0) {
-		char rq[FRAME_OUT], an[FRAME_IN] = {0};
-		double c0, used;
+	close(sv[pid == 0 ? 0 : 1]);
+	return pid;
+}
 
-		close(sv[0]);
+/* Both sides' CPU per exchange of FRAME_OUT bytes and FRAME_IN back; cpu < 0: not pinned. */
+static double round_trip_us(long n, int cpu)
+{
+	int sv[2];
+	double mine, child_us;
+	cpu_set_t old;
+	pid_t pid;
+
+	pid = fork_pair(SOCK_STREAM, sv);
+	if (pid == 0) {
+		double used;
+
 		pin(cpu);
-		full_io(sv[1], rq, sizeof(rq), 0); /* the first one, before the clock starts */
-		full_io(sv[1], an, sizeof(an), 1);
-		c0 = cpu_us();
-		for (long i = 0; i < n; i++) {
-			full_io(sv[1], rq, sizeof(rq), 0);
-			full_io(sv[1], an, sizeof(an), 1);
-		}
-		used = cpu_us() - c0;
+		used = exchanges(sv[1], n, 1);
 		full_io(sv[1], &used, sizeof(used), 1);
 		_exit(0);
 	}
-	close(sv[1]);
-	if (cpu >= 0) {
-		cpu_set_t old;
-		sched_getaffinity(0, sizeof(old), &old);
-		pin(cpu);
-		full_io(sv[0], out, sizeof(out), 1);
-		full_io(sv[0], in, sizeof(in), 0);
-		t0 = cpu_us();
-		for (long i = 0; i < n; i++) {
-			full_io(sv[0], out, sizeof(out), 1);
-			full_io(sv[0], in, sizeof(in), 0);
-		}
-		t0 = cpu_us() - t0;
-		sched_setaffinity(0, sizeof(old), &old);
-	} else {
-		full_io(sv[0], out, sizeof(out), 1);
-		full_io(sv[0], in, sizeof(in), 0);
-		t0 = cpu_us();
-		for (long i = 0; i < n; i++) {
-			full_io(sv[0], out, sizeof(out), 1);
-			full_io(sv[0], in, sizeof(in), 0);
-		}
-		t0 = cpu_us() - t0;
-	}
+	if (cpu >= 0 && sched_getaffinity(0, sizeof(old), &old) < 0)
+		die("sched_getaffinity");
+	pin(cpu);
+	mine = exchanges(sv[0], n, 0);
+	if (cpu >= 0 && sched_setaffinity(0, sizeof(old), &old) < 0)
+		die("sched_setaffinity");
 	full_io(sv[0], &child_us, sizeof(child_us), 0);
 	close(sv[0]);
 	waitpid(pid, NULL, 0);
-	return (t0 + child_us) / (double)n;
+	return (mine + child_us) / (double)n;
 }
 
 /* round_trip_us() in `pairs` processes at once, pair k on the k-th allowed CPU when pinned:
@@ -303,20 +302,14 @@ static double journal_send_us(long n)
 	pid_t pid;
 
 	memset(rec, 'x', sizeof(rec));
-	if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0)
-		die("socketpair");
-	pid = fork();
-	if (pid < 0)
-		die("fork");
+	pid = fork_pair(SOCK_DGRAM, sv);
 	if (pid == 0) {
 		char buf[RECORD + 1];
-		close(sv[0]);
 		for (long i = 0; i < n + 1; i++)
 			if (recv(sv[1], buf, sizeof(buf), 0) < 0)
 				_exit(1);
 		_exit(0);
 	}
-	close(sv[1]);
 	t0 = cpu_us();
 	for (long i = 0; i < n; i++)
 		if (send(sv[0], rec, sizeof(rec), MSG_NOSIGNAL) != (ssize_t)sizeof(rec))

@@ -248,6 +248,23 @@ static int fields_send(struct fields *f)
 	return r;
 }
 
+/* The fields every record has after its MESSAGE, and the caller's at its end. */
+static void fields_event(struct fields *f, const char *message_id, int priority, const char *event,
+                         const char *result)
+{
+	field_text(f, "MESSAGE_ID=", message_id);
+	field_int(f, "PRIORITY=", priority);
+	field_text(f, "TOKENSIGN_EVENT=", event);
+	field_text(f, "TOKENSIGN_RESULT=", result);
+}
+
+static void fields_caller(struct fields *f, const struct audit_signature *a, const char *unit)
+{
+	field_int(f, "TOKENSIGN_CALLER_UID=", (long long)a->uid);
+	field_int(f, "TOKENSIGN_CALLER_PID=", (long long)a->pid);
+	field_text(f, "TOKENSIGN_CALLER_UNIT=", unit ? unit : "");
+}
+
 static int journal_signed(const struct audit_signature *a, const char *unit)
 {
 	struct fields f;
@@ -255,18 +272,13 @@ static int journal_signed(const struct audit_signature *a, const char *unit)
 	fields_init(&f);
 	field(&f, "MESSAGE=issuer %s: signed jti %s with key %s for uid %u", a->issuer, a->jti,
 	      a->kid, (unsigned)a->uid);
-	field_text(&f, "MESSAGE_ID=", SIGNED_MESSAGE_ID);
-	field_int(&f, "PRIORITY=", LOG_INFO);
-	field_text(&f, "TOKENSIGN_EVENT=", "signed");
-	field_text(&f, "TOKENSIGN_RESULT=", "granted");
+	fields_event(&f, SIGNED_MESSAGE_ID, LOG_INFO, "signed", "granted");
 	field_text(&f, "TOKENSIGN_ISSUER=", a->issuer);
 	field_text(&f, "TOKENSIGN_KID=", a->kid);
 	field_text(&f, "TOKENSIGN_JTI=", a->jti);
 	field_text(&f, "TOKENSIGN_AUD=", a->aud);
 	field_int(&f, "TOKENSIGN_EXP=", (long long)a->exp);
-	field_int(&f, "TOKENSIGN_CALLER_UID=", (long long)a->uid);
-	field_int(&f, "TOKENSIGN_CALLER_PID=", (long long)a->pid);
-	field_text(&f, "TOKENSIGN_CALLER_UNIT=", unit ? unit : "");
+	fields_caller(&f, a, unit);
 	return fields_send(&f);
 }
 
@@ -282,10 +294,7 @@ static int journal_refused(const struct audit_signature *a, const char *unit)
 	else
 		field(&f, "MESSAGE=issuer %s: refused uid %u pid %d: %s", a->issuer,
 		      (unsigned)a->uid, (int)a->pid, a->reason);
-	field_text(&f, "MESSAGE_ID=", REFUSED_MESSAGE_ID);
-	field_int(&f, "PRIORITY=", LOG_NOTICE);
-	field_text(&f, "TOKENSIGN_EVENT=", "refused");
-	field_text(&f, "TOKENSIGN_RESULT=", "refused");
+	fields_event(&f, REFUSED_MESSAGE_ID, LOG_NOTICE, "refused", "refused");
 	field_text(&f, "TOKENSIGN_REASON=", a->reason);
 	field_text(&f, "TOKENSIGN_ISSUER=", a->issuer);
 	if (known(a->kid))
@@ -296,11 +305,8 @@ static int journal_refused(const struct audit_signature *a, const char *unit)
 		field_text(&f, "TOKENSIGN_AUD=", a->aud);
 	if (a->exp)
 		field_int(&f, "TOKENSIGN_EXP=", (long long)a->exp);
-	if (!a->no_caller) {
-		field_int(&f, "TOKENSIGN_CALLER_UID=", (long long)a->uid);
-		field_int(&f, "TOKENSIGN_CALLER_PID=", (long long)a->pid);
-		field_text(&f, "TOKENSIGN_CALLER_UNIT=", unit ? unit : "");
-	}
+	if (!a->no_caller)
+		fields_caller(&f, a, unit);
 	return fields_send(&f);
 }
 
