@@ -195,20 +195,49 @@ static void pin(int cpu)
 		die("sched_setaffinity");
 }
 
+static double wall_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
 /* One exchange to warm up, then n timed: a frame of FRAME_OUT bytes from the client to the
- * serving side, and one of FRAME_IN bytes back. Returns the CPU microseconds of the n. */
-static double exchanges(int fd, long n, int serving)
+ * serving side, and one of FRAME_IN bytes back. Returns the CPU microseconds of the n; with
+ * lat (the client's side), each exchange's wall-clock microseconds go there. */
+static double exchanges(int fd, long n, int serving, double *lat)
 {
 	char out[FRAME_OUT] = {0}, in[FRAME_IN] = {0};
-	double t0 = 0;
+	double t0 = 0, w = 0;
 
 	for (long i = -1; i < n; i++) {
 		if (i == 0)
 			t0 = cpu_us();
+		if (lat)
+			w = wall_us();
 		full_io(fd, out, sizeof(out), !serving);
 		full_io(fd, in, sizeof(in), serving);
+		if (lat && i >= 0)
+			lat[i] = wall_us() - w;
 	}
 	return cpu_us() - t0;
+}
+
+static int by_value(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* The p-th percentile (0 < p < 100) of n values, sorted in place. */
+static double percentile(double *v, long n, double p)
+{
+	long i = (long)((double)n * p / 100.0);
+
+	qsort(v, (size_t)n, sizeof(*v), by_value);
+	return v[i < n ? i : n - 1];
 }
 
 /* A socketpair of type and a child: the child keeps sv[1], the parent sv[0]. */
@@ -225,9 +254,11 @@ static pid_t fork_pair(int type, int sv[2])
 	return pid;
 }
 
-/* Both sides' CPU per exchange of FRAME_OUT bytes and FRAME_IN back; cpu < 0: not pinned. */
-static double round_trip_us(long n, int cpu)
+/* Both sides' CPU per exchange of FRAME_OUT bytes and FRAME_IN back; cpu < 0: not pinned.
+ * With p99, the 99th percentile of an exchange's wall-clock time goes there. */
+static double round_trip_us(long n, int cpu, double *p99)
 {
+	double *lat = p99 ? calloc((size_t)n, sizeof(*lat)) : NULL;
 	int sv[2];
 	double mine, child_us;
 	cpu_set_t old;
@@ -238,14 +269,19 @@ static double round_trip_us(long n, int cpu)
 		double used;
 
 		pin(cpu);
-		used = exchanges(sv[1], n, 1);
+		used = exchanges(sv[1], n, 1, NULL);
 		full_io(sv[1], &used, sizeof(used), 1);
 		_exit(0);
 	}
 	if (cpu >= 0 && sched_getaffinity(0, sizeof(old), &old) < 0)
 		die("sched_getaffinity");
 	pin(cpu);
-	mine = exchanges(sv[0], n, 0);
+	if (p99 && !lat)
+		die("calloc");
+	mine = exchanges(sv[0], n, 0, lat);
+	if (p99)
+		*p99 = percentile(lat, n, 99.0);
+	free(lat);
 	if (cpu >= 0 && sched_setaffinity(0, sizeof(old), &old) < 0)
 		die("sched_setaffinity");
 	full_io(sv[0], &child_us, sizeof(child_us), 0);
@@ -276,7 +312,7 @@ static double parallel_round_trip_us(long n, int pairs, int pinned)
 		if (pid == 0) {
 			double us;
 			close(fds[0]);
-			us = round_trip_us(n, pinned ? cpus[k % n_cpus] : -1);
+			us = round_trip_us(n, pinned ? cpus[k % n_cpus] : -1, NULL);
 			full_io(fds[1], &us, sizeof(us), 1);
 			_exit(0);
 		}
@@ -329,6 +365,7 @@ int main(int argc, char **argv)
 	char *batch;
 	double body, item, body_malloc, guard, enc, rt_any, rt_one = -1, rt_par, rt_par_pinned,
 	                                                    jsend;
+	double rt_any_p99 = -1, rt_one_p99 = -1;
 	cpu_set_t allowed;
 	int n_cpus = 1;
 
@@ -357,12 +394,12 @@ int main(int argc, char **argv)
 	       BATCH_ITEMS;
 	guard = guard_us(n);
 	enc = encode_us(n);
-	rt_any = round_trip_us(n, -1);
+	rt_any = round_trip_us(n, -1, &rt_any_p99);
 	if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && CPU_COUNT(&allowed) > 0) {
 		n_cpus = CPU_COUNT(&allowed);
 		for (int c = 0; c < CPU_SETSIZE; c++)
 			if (CPU_ISSET(c, &allowed)) {
-				rt_one = round_trip_us(n, c);
+				rt_one = round_trip_us(n, c, &rt_one_p99);
 				break;
 			}
 	}
@@ -372,10 +409,11 @@ int main(int argc, char **argv)
 	printf("{\"iterations\":%ld,\"body_bytes\":%zu,\"parse_body_us\":%.2f,"
 	       "\"parse_body_malloc_us\":%.2f,\"parse_item_us\":%.2f,\"parse_guard_us\":%.2f,"
 	       "\"encode_us\":%.2f,\"round_trip_us\":%.2f,\"round_trip_one_cpu_us\":%.2f,"
+	       "\"round_trip_p99_wall_us\":%.1f,\"round_trip_one_cpu_p99_wall_us\":%.1f,"
 	       "\"round_trip_pairs\":%d,\"round_trip_parallel_us\":%.2f,"
 	       "\"round_trip_parallel_pinned_us\":%.2f,\"journal_send_us\":%.2f}\n",
-	       n, strlen(BODY), body, body_malloc, item, guard, enc, rt_any, rt_one, n_cpus, rt_par,
-	       rt_par_pinned, jsend);
+	       n, strlen(BODY), body, body_malloc, item, guard, enc, rt_any, rt_one, rt_any_p99,
+	       rt_one_p99, n_cpus, rt_par, rt_par_pinned, jsend);
 	free(batch);
 	return 0;
 }
