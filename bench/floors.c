@@ -13,7 +13,9 @@
  *                 both on one CPU (what [hsm] pin-cpus = yes does). Alone, the other CPUs idle,
  *                 each wake-up may have to wake an idle CPU; so the same again with as many
  *                 pairs at once as this process may use CPUs (the daemon's signing workers and
- *                 their helpers: one per CPU), unpinned, and pinned pair k to the k-th CPU
+ *                 their helpers: one per CPU), unpinned, and pinned pair k to the k-th CPU;
+ *                 for the lone pair, alone and on one CPU, also the 99th percentile of one
+ *                 exchange's wall-clock time
  *   journal_send  one datagram of a journal record's size sent on a Unix datagram socket that
  *                 another process drains: the sender's CPU (the receiver is journald's)
  *
