@@ -41,10 +41,8 @@ static void known_drop(struct server *sv, size_t i)
 	sv->known[i] = sv->known[--sv->n_known];
 }
 
-/* The records of id that are ours (private, readable, parseable), or -ENOENT. Records of one key
- * that disagree on a fact a revision may not change: -EPERM. ret gets the one with the highest
- * seq (the caller clears it). */
-static int record_of(struct hsm *h, const uint8_t id[HSM_ID_LEN], struct record *ret)
+/* One reading of record_of(). */
+static int record_read_once(struct hsm *h, const uint8_t id[HSM_ID_LEN], struct record *ret)
 {
 	struct hsm_record *recs = NULL;
 	size_t n = 0, found = 0;
@@ -85,6 +83,19 @@ static int record_of(struct hsm *h, const uint8_t id[HSM_ID_LEN], struct record 
 	if (r == 0 && found == 0)
 		r = hsm_fail_text(-ENOENT, "no record of ours describes the key");
 	return r;
+}
+
+/* The records of id that are ours (private, readable, parseable), or -ENOENT. Records of one key
+ * that disagree on a fact a revision may not change: -EPERM. ret gets the one with the highest
+ * seq (the caller clears it). A record is revised by writing the new revision and then
+ * destroying the old (docs/design.md): a reading whose search came before the write and whose
+ * read of the old one came after the destroy finds none, so "none" is believed only after a
+ * second reading, which finds the new revision if there is one. */
+static int record_of(struct hsm *h, const uint8_t id[HSM_ID_LEN], struct record *ret)
+{
+	int r = record_read_once(h, id, ret);
+
+	return r == -ENOENT ? record_read_once(h, id, ret) : r;
 }
 
 /* The key's thumbprint, from its public half in the token. */

@@ -786,5 +786,26 @@ class FreshViewTest(harness.TestCase):
         self.assertEqual(status["quarantined"], 0, status)
         self.assertEqual(self.assertSigned(d.sign("main", harness.VALID_CLAIMS))["kid"], kid)
 
+class RecordRevisedUnderTheHelper(harness.TestCase):
+    """A record is revised by writing the new revision, then destroying the old one. A signing
+    helper that searched for records just before the write and read them just after the destroy
+    finds no record of the key (test_crash caught one during a forced rotation: 503). It
+    searches again before it answers "no record": the new revision is there by then. The shim's
+    `C_FindObjectsInit:0 EMPTY 1` makes the next search for data objects (CKO_DATA = 0: the
+    records) find none, as that reading did."""
+
+    def test_a_search_that_finds_no_record_is_made_again(self):
+        d = harness.shim_daemon()
+        self.addCleanup(d.close)
+        d.start()
+        # No signature yet: the signing helper learns the key (and reads its records) at the
+        # first one.
+        harness.write_faults(d, "C_FindObjectsInit:0 EMPTY 1")
+        self.assertSigned(d.sign("main", harness.VALID_CLAIMS))
+        with open(d.faults) as f:
+            self.assertIn("EMPTY 0", f.read(), "the fault was not injected")
+        self.assertNotIn("no record of ours describes the key", d.log())
+
+
 if __name__ == "__main__":
     harness.main()
