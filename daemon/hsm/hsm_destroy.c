@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Whether attribute type of obj is exactly want (want_len bytes): 0 yes, -EPERM no, 1 the
  * object is gone, or the token's error. */
@@ -32,8 +33,8 @@ static int attr_equals(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
  * one of another class, a public one or one with another label), 0 when it is as expected,
  * -EPERM (something else claims our id at that handle: never destroyed) or the token's
  * error. */
-static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_OBJECT_CLASS cls,
-                     const uint8_t *id, const char *label)
+static int object_is_once(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                          CK_OBJECT_CLASS cls, const uint8_t *id, const char *label)
 {
 	CK_OBJECT_CLASS c = (CK_OBJECT_CLASS)-1;
 	CK_BBOOL priv = CK_FALSE;
@@ -58,6 +59,23 @@ static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, C
 	 * value check (destroy_record()) still refuses a record of ours whose value changed. */
 	if (r == -EPERM && !id)
 		return 1;
+	return r;
+}
+
+/* object_is_once(), and for a key half that reads as ours in id but wrong in class, privacy or
+ * label, a second reading 50 ms later: seen when another instance destroyed the same half at
+ * that moment (two instances revoking one pending key), whose module state was then
+ * half-gone. Only a half that still reads wrong is refused; one gone or with another id by
+ * then is a half already gone. Nothing is destroyed on a doubtful reading. */
+static int object_is(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj, CK_OBJECT_CLASS cls,
+                     const uint8_t *id, const char *label)
+{
+	int r = object_is_once(h, s, obj, cls, id, label);
+
+	if (r == -EPERM) {
+		nanosleep(&(struct timespec){.tv_nsec = 50 * 1000 * 1000}, NULL);
+		r = object_is_once(h, s, obj, cls, id, label);
+	}
 	if (r == -EPERM)
 		return hsm_fail_text(-EPERM, "object %lu is no longer the private object it was",
 		                     (unsigned long)obj);
