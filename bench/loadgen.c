@@ -44,6 +44,7 @@ struct options {
 	const char *issuer;
 	const char *path; /* get */
 	const char *body_file;
+	const char *timeline; /* --timeline FILE */
 	unsigned conns, threads;
 	unsigned items; /* batch: items per sign-batch request */
 	double seconds, rate, drain;
@@ -76,6 +77,7 @@ struct thread {
 	unsigned in_flight;
 	uint64_t seq;
 	uint64_t *lat;
+	uint64_t *done; /* --timeline: when each answer arrived, ns after t0 */
 	size_t n_lat, cap_lat;
 	unsigned long status[MAX_STATUS];
 	char *sample[MAX_STATUS]; /* the first body seen of each unexpected status */
@@ -140,6 +142,8 @@ static void usage(FILE *out)
 	      "  --items N         batch: items per POST .../sign-batch (1..64, default 16);\n"
 	      "                    each 200 must carry N tokens\n"
 	      "  --if-none-match   jwks: fetch the ETag once, then ask with If-None-Match (304)\n"
+	      "  --timeline FILE   write one line per answer: ms after the start it arrived, its\n"
+	      "                    latency in us (finds when the slow answers came)\n"
 	      "  --bare            idle: only connect; by default each connection is used once\n"
 	      "                    (GET /healthz), as a keep-alive client leaves it\n"
 	      "The last line of output is one JSON object.\n",
@@ -163,6 +167,7 @@ static void parse_options(int argc, char **argv, struct options *o)
 	    {"bare", no_argument, NULL, 'B'},
 	    {"path", required_argument, NULL, 'P'},
 	    {"items", required_argument, NULL, 'N'},
+	    {"timeline", required_argument, NULL, 'L'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -229,6 +234,9 @@ static void parse_options(int argc, char **argv, struct options *o)
 			break;
 		case 'N':
 			o->items = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'L':
+			o->timeline = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -528,7 +536,14 @@ static void record(struct thread *t, unsigned status, uint64_t lat, const char *
 		t->lat = realloc(t->lat, t->cap_lat * sizeof(*t->lat));
 		if (!t->lat)
 			die("out of memory");
+		if (g.o.timeline) {
+			t->done = realloc(t->done, t->cap_lat * sizeof(*t->done));
+			if (!t->done)
+				die("out of memory");
+		}
 	}
+	if (g.o.timeline)
+		t->done[t->n_lat] = now_ns() - g.t0;
 	t->lat[t->n_lat++] = lat;
 	t->status[status]++;
 	if (g.o.mode == MODE_BATCH && status == g.expected) {
@@ -789,6 +804,20 @@ static int run_idle(void)
 	return open_n == g.o.conns ? 0 : 1;
 }
 
+/* --timeline: per answer, when it arrived and how long it took, in the order each thread saw. */
+static void write_timeline(const struct thread *threads)
+{
+	FILE *f = fopen(g.o.timeline, "w");
+	if (!f)
+		die("cannot write %s: %s", g.o.timeline, strerror(errno));
+	for (unsigned i = 0; i < g.o.threads; i++)
+		for (size_t k = 0; k < threads[i].n_lat; k++)
+			fprintf(f, "%.3f %.1f\n", (double)threads[i].done[k] / 1e6,
+			        (double)threads[i].lat[k] / 1e3);
+	if (fclose(f) != 0)
+		die("cannot write %s: %s", g.o.timeline, strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
 	struct thread *threads;
@@ -865,6 +894,8 @@ int main(int argc, char **argv)
 		timeouts += t->timeouts;
 		backlog += t->backlog;
 	}
+	if (g.o.timeline)
+		write_timeline(threads);
 	qsort(lat, n_lat, sizeof(*lat), cmp_u64);
 	double sum = 0;
 	for (size_t i = 0; i < n_lat; i++)
