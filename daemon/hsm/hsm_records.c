@@ -58,8 +58,10 @@ static CK_RV record_read(struct hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE ob
 	return rv == CKR_OK && (!r->label || !r->value) ? CKR_HOST_MEMORY : rv;
 }
 
-static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record **ret,
-                          size_t *ret_n)
+/* One search and one read of every record found; *vanished counts the handles destroyed by
+ * another process in between. */
+static CK_RV read_records_once(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record **ret,
+                               size_t *ret_n, unsigned *vanished)
 {
 	CK_OBJECT_HANDLE *handles = NULL;
 	struct hsm_record *recs;
@@ -81,6 +83,7 @@ static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record 
 			free(r->label);
 			free(r->value);
 			memset(r, 0, sizeof(*r));
+			(*vanished)++;
 			rv = CKR_OK;
 			continue;
 		}
@@ -94,6 +97,28 @@ static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record 
 	*ret = recs;
 	*ret_n = kept;
 	return CKR_OK;
+}
+
+/* Every record, read after one search. A record is revised by writing the new revision and
+ * then destroying the old (docs/design.md): a search made before another instance's write,
+ * read after its destroy, misses the record altogether, and the key would look unrecorded to
+ * this reading (out of the JWKS, not signing) until the next. So when a handle vanished between
+ * the search and the read, the search is made again: the new revision is there by then. At most
+ * READ_PASSES readings; the last one counts whatever it found. */
+#define READ_PASSES 3
+
+static CK_RV read_records(struct hsm *h, CK_SESSION_HANDLE s, struct hsm_record **ret,
+                          size_t *ret_n)
+{
+	for (unsigned pass = 1;; pass++) {
+		unsigned vanished = 0;
+		CK_RV rv = read_records_once(h, s, ret, ret_n, &vanished);
+		if (rv != CKR_OK || vanished == 0 || pass == READ_PASSES)
+			return rv;
+		hsm_records_free(*ret, *ret_n);
+		*ret = NULL;
+		*ret_n = 0;
+	}
 }
 
 /* A read of every record, and its result. */

@@ -33,6 +33,7 @@ import unittest
 import jwt
 
 import harness
+import tokencheck
 
 ISS = harness.DEFAULT_ISSUER["iss"]
 CLAIMS = {"sub": "user-42", "aud": "api://orders"}
@@ -805,6 +806,40 @@ class RecordRevisedUnderTheHelper(harness.TestCase):
         with open(d.faults) as f:
             self.assertIn("EMPTY 0", f.read(), "the fault was not injected")
         self.assertNotIn("no record of ours describes the key", d.log())
+
+
+class RecordVanishedDuringARefresh(harness.TestCase):
+    """Every rescan reads all records: one search, then each record found. Another instance that
+    revises a record meanwhile (new revision written, old destroyed) leaves a handle that
+    vanished between the two: that reading would miss the record, and the key looked
+    unrecorded for one rescan, so the active key left the JWKS, was audited "retired", signing
+    failed closed, and the next rescan made it active again. The records are searched again
+    when a handle vanished. The shim's `C_GetAttributeValue:1 CKR_OBJECT_HANDLE_INVALID 1`
+    makes the next one-attribute read (a rescan reads each record's CKA_PRIVATE first) answer as
+    if the object had just been destroyed."""
+
+    def test_a_record_that_vanished_is_searched_again(self):
+        issuer = dict(harness.DEFAULT_ISSUER, **{"rotation-period": "1h", "prepublish": "4s"})
+        d = harness.shim_daemon(issuers={"main": issuer}, jwks_max_age="1s")
+        self.addCleanup(d.close)
+        d.start()
+        self.assertSigned(d.sign("main", harness.VALID_CLAIMS))
+        kids = sorted(k["kid"] for k in d.jwks("main")["keys"])
+        self.assertEqual(len(kids), 2, kids)  # active and pending
+        before = len(d.log())
+        harness.write_faults(d, "C_GetAttributeValue:1 CKR_OBJECT_HANDLE_INVALID 1")
+        seen = set()
+        deadline = time.time() + 3 * tokencheck.rescan_interval({"main": issuer}) + 1
+        while time.time() < deadline:
+            seen.add(tuple(sorted(k["kid"] for k in d.jwks("main")["keys"])))
+            self.assertSigned(d.sign("main", harness.VALID_CLAIMS))
+            time.sleep(0.05)
+        with open(d.faults) as f:
+            self.assertIn("INVALID 0", f.read(), "the fault was not injected")
+        self.assertEqual(seen, {tuple(kids)}, "the JWKS changed")
+        log = d.log()[before:]
+        self.assertNotIn('"event":"retired"', log)
+        self.assertNotIn("no key may sign now", log)
 
 
 if __name__ == "__main__":
