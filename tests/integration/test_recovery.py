@@ -808,6 +808,64 @@ class RecordRevisedUnderTheHelper(harness.TestCase):
         self.assertNotIn("no record of ours describes the key", d.log())
 
 
+class KeyHalfMisreadOnce(harness.TestCase):
+    """Before destroying a key pair, the management helper reads each half's class and privacy
+    (one C_GetAttributeValue of two attributes) and refuses a half that is not the private
+    object it was. Two instances revoking one pending key at once saw one such reading that was
+    wrong only for a moment (SoftHSM's file store is not coherent between processes): the loser
+    answered 409. A half that reads wrong is read again 50 ms later, and only a second wrong
+    reading is believed. A revocation reads two attributes twice before the key pair (the
+    record's check, which destroys the record, and a look at the gone record), so the shim's
+    `C_GetAttributeValue:2 SLEEP=0 2` lets those through and the next line flips a bit of the
+    private half's class: once (`CORRUPT 1`), or in both readings (`CORRUPT 2`)."""
+
+    SKIP = "C_GetAttributeValue:2 SLEEP=0 2"
+
+    def setUp(self):
+        self.d = harness.shim_daemon(admin=True)
+        self.addCleanup(self.d.close)
+        self.d.start()
+
+    def pending(self):
+        r = harness.unix_http(self.d.admin_sock, "GET", "/v1/status")
+        self.assertEqual(r.status, 200, r)
+        kid = {i["issuer"]: i for i in r.json()["issuers"]}["main"]["pending_kid"]
+        self.assertIsNotNone(kid)
+        return kid
+
+    def revoke(self, kid, *faults):
+        harness.write_faults(self.d, *faults)
+        r = harness.unix_http(self.d.admin_sock, "POST",
+                              "/v1/issuers/main/keys/%s/revoke" % kid, body={},
+                              headers={"Content-Type": "application/json"})
+        with open(self.d.faults) as f:
+            left = f.read()
+        harness.write_faults(self.d)
+        return r, left
+
+    def test_a_half_misread_once_is_read_again_and_destroyed(self):
+        kid = self.pending()
+        r, left = self.revoke(kid, self.SKIP, "C_GetAttributeValue:2 CORRUPT 1")
+        self.assertIn("CORRUPT 0", left, "the fault was not injected")
+        self.assertEqual(r.status, 200, "%r\n%s" % (r, self.d.log()[-3000:]))
+        view = tokencheck.read(self.d)
+        self.assertNotIn(kid, {k.kid for k in view.keys})
+        self.assertNotIn(kid, {j["kid"] for j in self.d.jwks("main")["keys"]})
+
+    def test_a_half_misread_twice_is_refused_and_kept(self):
+        kid = self.pending()
+        key_id = {k.kid: k.id for k in tokencheck.read(self.d).keys}[kid]
+        r, left = self.revoke(kid, self.SKIP, "C_GetAttributeValue:2 CORRUPT 2")
+        self.assertIn("CORRUPT 0", left, "the faults were not injected")
+        self.assertEqual(r.status, 409, r)
+        self.assertRegex(r.json().get("message", ""),
+                         r"object \d+ is no longer the private object it was")
+        # Nothing of the pair was destroyed on the doubtful readings (its record went first,
+        # as a revocation does: the key is out of every JWKS).
+        view = tokencheck.read(self.d)
+        self.assertIn(key_id, view.privs)
+        self.assertIn(key_id, view.pubs)
+
 class RecordVanishedDuringARefresh(harness.TestCase):
     """Every rescan reads all records: one search, then each record found. Another instance that
     revises a record meanwhile (new revision written, old destroyed) leaves a handle that
