@@ -63,6 +63,13 @@ const char *sockfile_strerror(int err)
 		return "it is not a socket; left as it is";
 	case -EACCES:
 		return "it is a socket of another user, not ours; left as it is";
+	case -EPERM:
+		/* Only chown(2) gives EPERM here: not a member of the group, or a system call
+		 * filter without it (tokensignd.service, which expects its socket units). */
+		return "not permitted to give it its group (chown(2): the daemon must be a member "
+		       "of the group, and a system call filter must allow it; under "
+		       "tokensignd.service, use the socket units or "
+		       "own-sockets-drop-in.conf.example)";
 	default:
 		return strerror(-err);
 	}

@@ -952,6 +952,8 @@ int conf_load(const char *path, struct conf **ret, struct conf_errors *errs)
 	}
 	p.conf->sign.mode = 0660;
 	p.conf->admin.mode = 0660;
+	/* docs/design.md, "Privilege separation": a worker and its helper on one CPU. */
+	p.conf->hsm.pin_cpus = true;
 	/* As long as the idle timeouts: a keep-alive client sees no change. */
 	p.conf->sign.request_timeout = 60;
 	p.conf->admin.request_timeout = 60;

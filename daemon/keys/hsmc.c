@@ -266,8 +266,20 @@ static void pin(pid_t pid, int cpu)
 		return;
 	CPU_ZERO(&set);
 	CPU_SET(cpu, &set);
-	/* Best effort: a CPU set narrowed under us leaves the scheduler to decide. */
-	(void)sched_setaffinity(pid, sizeof(set), &set);
+	/* Best effort: a CPU set narrowed under us, or a system call filter that refuses the
+	 * call (a unit without SystemCallFilter=sched_setaffinity), leaves the scheduler to
+	 * decide; said once, since it costs CPU and latency but no signature. */
+	if (sched_setaffinity(pid, sizeof(set), &set) < 0) {
+		static atomic_bool said;
+		int e = errno;
+		if (!atomic_exchange(&said, true))
+			log_warning(
+			    "hsm: pin-cpus: cannot pin %s to CPU %d: %s; signing workers and "
+			    "helpers run wherever the scheduler puts them, at a cost in CPU and "
+			    "latency (allow sched_setaffinity, or set [hsm] pin-cpus = no; "
+			    "docs/performance.md)",
+			    pid ? "a signing helper" : "a signing worker", cpu, strerror(e));
+	}
 }
 
 /* Starts s's helper and waits for its login. */

@@ -8,6 +8,9 @@
 - On reload the mode and group of a socket the daemon bound go to that socket file only: a
   symbolic link, or another file, now at the socket's path is left as it is, and the log says
   why. A real socket still gets the new mode.
+- A socket file the daemon cannot give its configured group (chown(2) refused: not a member of
+  the group, or tokensignd.service's system call filter without its socket units) stops the
+  start with a message naming the socket and the way out.
 - JOURNAL_STREAM counts only when its DEVICE:INODE are those of stderr: forged (or inherited
   by a process whose stderr goes elsewhere), log lines and audit records stay plain lines on
   stderr, where whoever started the daemon collects them.
@@ -16,6 +19,7 @@ Environment (tests/integration/meson.build): TOKENSIGND, P11PROBE, SOFTHSM_MODUL
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -25,6 +29,21 @@ import harness
 
 WAIT_EXIT = 10.0
 WAIT_LOG = 30.0
+
+
+def start_refused(test, d):
+    """Starts d, which must exit within WAIT_EXIT with status 1 before READY=1; its log."""
+    d.spawn()
+    try:
+        rc = d.proc.wait(WAIT_EXIT)
+    except subprocess.TimeoutExpired:
+        d.kill()
+        test.fail("tokensignd still starting %gs later; log:\n%s" % (WAIT_EXIT, d.log()))
+    d.kill()
+    log = d.log()
+    test.assertEqual(rc, 1, log)
+    test.assertNotIn("READY=1", log)
+    return log
 
 
 class PinFile(harness.TestCase):
@@ -38,21 +57,12 @@ class PinFile(harness.TestCase):
         """The daemon exits promptly, status 1 (not the wrong-PIN status: the token was not
         asked), naming the PIN file and words, never the PIN."""
         t0 = time.monotonic()
-        d.spawn()
-        try:
-            rc = d.proc.wait(WAIT_EXIT)
-        except subprocess.TimeoutExpired:
-            d.kill()
-            self.fail("tokensignd still starting %gs later; log:\n%s" % (WAIT_EXIT, d.log()))
-        d.kill()
-        log = d.log()
-        self.assertEqual(rc, 1, log)
+        log = start_refused(self, d)
         self.assertLess(time.monotonic() - t0, WAIT_EXIT)
         self.assertIn(d.pin_file, log)
         for w in words:
             self.assertIn(w, log)
         self.assertNotIn(d.pin, log)
-        self.assertNotIn("READY=1", log)
         return log
 
     def test_fifo_does_not_block_the_start(self):
@@ -141,6 +151,48 @@ class SocketAttrs(harness.TestCase):
         log = self.reload("0666")
         self.assertEqual(self.mode(victim), 0o600)
         self.assertIn("not a socket", log)
+
+
+class GroupDaemon(harness.Daemon):
+    """The sign socket has a group: nogroup, which every Debian system has."""
+
+    def config_text(self):
+        return super().config_text().replace("mode = %s\n" % self.sign_mode,
+                                             "mode = %s\ngroup = nogroup\n" % self.sign_mode, 1)
+
+
+class ChownRefusedDaemon(GroupDaemon):
+    """strace makes every fchownat(2) fail with EPERM, as the packaged unit's system call
+    filter does without own-sockets-drop-in.conf.example."""
+
+    def spawn(self):
+        wrapper = os.path.join(self.workdir, "refuse-chown")
+        with open(wrapper, "w") as f:
+            f.write("#!/bin/sh\nexec %s -f -qq -o /dev/null -e trace=fchownat "
+                    "-e inject=fchownat:error=EPERM -- %s \"$@\"\n"
+                    % (shutil.which("strace"), harness.tokensignd_path()))
+        os.chmod(wrapper, 0o755)
+        self.binary = wrapper
+        return super().spawn()
+
+
+class SocketGroup(harness.TestCase):
+    def test_group_refused_stops_the_start_and_names_the_way_out(self):
+        if not shutil.which("strace"):
+            self.skipTest("strace not installed")
+        d = ChownRefusedDaemon()
+        self.addCleanup(d.close)
+        log = start_refused(self, d)
+        self.assertIn("cannot listen on %s: not permitted to give it its group" % d.sign_socket,
+                      log)
+        self.assertIn("own-sockets-drop-in.conf.example", log)
+
+    def test_group_given_when_permitted(self):
+        d = GroupDaemon()
+        self.addCleanup(d.close)
+        d.start()
+        self.assertEqual(os.stat(d.sign_socket).st_gid, 65534)
+        self.assertStillSigns(d)
 
 
 class JournalStream(harness.TestCase):

@@ -7,6 +7,7 @@ anything outside the protocol."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -322,10 +323,35 @@ class PinCredentialTest(harness.TestCase):
         self.assertIn("the PIN file is not a systemd credential", d.log())
 
 
-class PinnedDaemon(harness.Daemon):
+class UnpinnedDaemon(harness.Daemon):
     def config_text(self):
         return self.__class__.__bases__[0].config_text(self).replace(
-            "[hsm]\n", "[hsm]\npin-cpus = yes\n", 1)
+            "[hsm]\n", "[hsm]\npin-cpus = no\n", 1)
+
+
+class PinRefusedDaemon(harness.Daemon):
+    """Runs under strace, which makes every sched_setaffinity(2) fail with EPERM: what a unit
+    whose system call filter refuses the call does to the daemon."""
+
+    def spawn(self):
+        wrapper = os.path.join(self.workdir, "refuse-affinity")
+        with open(wrapper, "w") as f:
+            f.write("#!/bin/sh\nexec %s -f -qq -o /dev/null "
+                    "-e trace=sched_setaffinity -e inject=sched_setaffinity:error=EPERM "
+                    "-- %s \"$@\"\n" % (shutil.which("strace"), harness.tokensignd_path()))
+        os.chmod(wrapper, 0o755)
+        self.binary = wrapper
+        return super().spawn()
+
+    def daemon_pid(self):
+        with open("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)) as f:
+            return int(f.read().split()[0])
+
+    def stop(self):
+        # strace (-o) ignores SIGTERM: the daemon itself is told to stop.
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.daemon_pid(), signal.SIGTERM)
+        return super().stop()
 
 
 class PinCpusTest(harness.TestCase):
@@ -340,7 +366,7 @@ class PinCpusTest(harness.TestCase):
     def test_each_signing_helper_on_a_cpu_of_its_own_with_its_worker(self):
         if len(os.sched_getaffinity(0)) < 2:
             self.skipTest("one CPU: nothing to pin apart")
-        d = PinnedDaemon()
+        d = harness.Daemon()  # pin-cpus = yes is the default
         self.addCleanup(d.close)
         harness.start_or_close(d)
         for _ in range(20):
@@ -356,14 +382,35 @@ class PinCpusTest(harness.TestCase):
                 workers.append(self.cpus_allowed(d.proc.pid, tid))
         self.assertTrue(set(w for w in workers if w.isdigit()) <= set(cpus), (workers, cpus))
         self.assertFalse(self.cpus_allowed(d.proc.pid).isdigit())
+        self.assertNotIn("pin-cpus", d.log())
 
-    def test_not_pinned_by_default(self):
-        d = harness.Daemon()
+    def test_not_pinned_with_no(self):
+        d = UnpinnedDaemon()
         self.addCleanup(d.close)
         harness.start_or_close(d)
         self.assertSigned(d.sign("main", {"aud": "api://orders"}))
         for pid in d.helpers()["sign"]:
             self.assertEqual(self.cpus_allowed(pid), self.cpus_allowed(d.proc.pid))
+
+    def test_pinning_refused_signs_unpinned_and_says_so_once(self):
+        if not shutil.which("strace"):
+            self.skipTest("strace not installed")
+        d = PinRefusedDaemon()
+        self.addCleanup(d.close)
+        harness.start_or_close(d)
+        for _ in range(20):
+            self.assertSigned(d.sign("main", {"aud": "api://orders"}))
+        # Every helper and worker was refused (all went through strace); one line says so.
+        said = [l for l in d.log().splitlines() if "pin-cpus: cannot pin" in l]
+        self.assertEqual(len(said), 1, d.log()[-3000:])
+        self.assertIn("Operation not permitted", said[0])
+        self.assertIn("pin-cpus = no", said[0])
+        front = d.daemon_pid()
+        with open("/proc/%d/task/%d/children" % (front, front)) as f:
+            helpers = [int(p) for p in f.read().split()]
+        self.assertTrue(helpers)
+        for pid in helpers:
+            self.assertEqual(self.cpus_allowed(pid), self.cpus_allowed(front))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import tempfile
 import time
 
 PKG = "tokensign"
-EXPOSURE_MAX = 2.0
+EXPOSURE_MAX = 1.4  # issue 13
 UNITDIR = "/lib/systemd/system"
 UNITS = ["tokensignd.service", "tokensignd-sign.socket", "tokensignd-admin.socket",
          "tokensignd-jwks.socket"]
@@ -150,7 +150,8 @@ def installed_files(version, src):
           "systemd-analyze security: exposure %s <= %.1f" % (m.group(1) if m else "?",
                                                              EXPOSURE_MAX), r.stdout)
     for f in ("/usr/lib/sysusers.d/tokensign.conf", "/usr/lib/tmpfiles.d/tokensign.conf",
-              "/usr/share/doc/tokensign/examples/hsm-drop-in.conf.example"):
+              "/usr/share/doc/tokensign/examples/hsm-drop-in.conf.example",
+              "/usr/share/doc/tokensign/examples/own-sockets-drop-in.conf.example"):
         check(os.path.isfile(f), f)
     try:
         pw = pwd.getpwnam("tokensign")
@@ -296,7 +297,8 @@ class Service:
             for h in high:
                 os.close(h)
 
-        groups = [grp.getgrnam(g).gr_gid for g in unit["SupplementaryGroups"][0].split()]
+        groups = [grp.getgrnam(g).gr_gid
+                  for g in unit.get("SupplementaryGroups", [""])[-1].split()]
         self.log = open(os.path.join(self.tmp, "daemon.log"), "w+")
         self.proc = subprocess.Popen(
             ["/bin/sh", "-c", 'export LISTEN_PID=$$; exec "$0" "$@"', *exec_start],

@@ -7,7 +7,9 @@ refusals, JWKS, the admin API with a forced rotation and a revocation, SIGHUP, S
 checks what it did, and what its `--touch-token` children did, against what the unit allows:
 
 - every system call is in the unit's SystemCallFilter= (as systemd-analyze syscall-filter
-  expands it); outside it the daemon would get EPERM;
+  expands it), with own-sockets-drop-in.conf.example for the socket files' group (this daemon
+  binds its own sockets); outside it the daemon would get EPERM. The drop-in adds only chown;
+  sched_setaffinity ([hsm] pin-cpus = yes, the default) is in the bare unit's filter;
 - sockets only of the RestrictAddressFamilies= families;
 - no writable+executable mapping and no mprotect(PROT_EXEC) (MemoryDenyWriteExecute=);
 - files written, created or removed only in the daemon's runtime and token directories
@@ -16,7 +18,8 @@ checks what it did, and what its `--touch-token` children did, against what the 
 - no personality() change (LockPersonality=).
 
 Environment: TOKENSIGND (the built daemon), SOFTHSM_MODULE, SERVICE_UNIT (the configured
-tokensignd.service), PYTHONPATH with tests/integration (the harness).
+tokensignd.service), OWN_SOCKETS_DROP_IN (packaging/systemd/own-sockets-drop-in.conf.example),
+PYTHONPATH with tests/integration (the harness).
 """
 
 import json
@@ -74,12 +77,16 @@ def expand(items, groups, seen=None):
     return out
 
 
-def allowed_syscalls(unit_path):
+def allowed_syscalls(unit_path, drop_in=None):
     """The effective allow list of the unit's SystemCallFilter= lines, in order: the first
-    (an allow list) sets it, '~' lines remove, later plain lines add back."""
+    (an allow list) sets it, '~' lines remove, later plain lines add back; then those of the
+    drop-in."""
     groups = syscall_groups()
     allow = None
-    for v in unit_settings(unit_path, "SystemCallFilter"):
+    lines = unit_settings(unit_path, "SystemCallFilter")
+    if drop_in:
+        lines += unit_settings(drop_in, "SystemCallFilter")
+    for v in lines:
         deny = v.startswith("~")
         names = expand(v.lstrip("~").split(), groups)
         if allow is None:
@@ -145,9 +152,11 @@ class Sandbox(unittest.TestCase):
         if not STRACE:
             raise AssertionError("strace not found: apt-get install strace")
         cls.unit = os.environ.get("SERVICE_UNIT")
+        cls.own_sockets = os.environ.get("OWN_SOCKETS_DROP_IN")
         real = os.environ.get("TOKENSIGND")
-        if not cls.unit or not real:
-            raise AssertionError("SERVICE_UNIT and TOKENSIGND must be set: run through meson test")
+        if not cls.unit or not real or not cls.own_sockets:
+            raise AssertionError("SERVICE_UNIT, OWN_SOCKETS_DROP_IN and TOKENSIGND must be set: "
+                                 "run through meson test")
         # Not under /tmp: a write there would hide among the daemon's own files.
         base = os.path.dirname(os.path.abspath(real))
         cls.tmp = tempfile.mkdtemp(prefix="sandbox-", dir=base)
@@ -233,13 +242,22 @@ class Sandbox(unittest.TestCase):
                             for _, name, rest, _ in self.calls), "no touch child was traced")
 
     def test_syscalls_in_filter(self):
-        allow = allowed_syscalls(self.unit)
+        # This daemon binds its sockets and gives them a group, which the unit allows only with
+        # own-sockets-drop-in.conf.example (the packaged setup has socket units instead).
+        allow = allowed_syscalls(self.unit, self.own_sockets)
         used = {name for _, name, _, _ in self.calls}
         outside = sorted(used - allow)
         print("%d distinct system calls, all in the unit's filter" % len(used)
               if not outside else "outside the filter: %s" % outside)
         self.assertEqual(outside, [], "system calls the unit's SystemCallFilter= refuses "
                          "(EPERM under systemd): %s" % outside)
+        # What the drop-in adds is the group of the socket files, nothing else.
+        extra = sorted(used - allowed_syscalls(self.unit))
+        self.assertTrue(set(extra) <= {"fchownat", "fchown", "chown", "lchown"}, extra)
+        # [hsm] pin-cpus = yes, the default: the bare unit allows it, and it ran.
+        self.assertIn("sched_setaffinity", used)
+        self.assertIn("sched_setaffinity", allowed_syscalls(self.unit))
+        self.assertNotIn("pin-cpus: cannot pin", self.results["log"])
 
     def test_address_families(self):
         ok = {"AF_UNIX", "AF_INET", "AF_INET6"}

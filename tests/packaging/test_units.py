@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """The shipped systemd files: systemd-analyze verify is clean, systemd-analyze security rates the
-service at an exposure of at most 2.0, the units carry the settings the daemon relies on, the
-socket units agree with the packaged configuration, and the sysusers.d/tmpfiles.d files create
-what the units and the configuration name.
+service at an exposure of at most EXPOSURE_MAX (1.4), the units carry the settings the daemon
+relies on, the own-sockets drop-in applies and costs what it says, the socket units agree with
+the packaged configuration, and the sysusers.d/tmpfiles.d files create what the units and the
+configuration name.
 
 Environment (tests/packaging/meson.build):
     TOKENSIGND      the built daemon (ExecStart= is pointed at it in a temp copy)
@@ -13,12 +14,13 @@ The checks run on the template rendered as the Debian package renders it (/usr/s
 after checking that meson's configured unit is the same rendering with the build's directories.
     SOCKET_UNITS    the three socket units, ':'-separated (source dir)
     DROP_IN_EXAMPLE packaging/systemd/hsm-drop-in.conf.example
+    OWN_SOCKETS_DROP_IN packaging/systemd/own-sockets-drop-in.conf.example
     SYSUSERS        packaging/systemd/tokensign.sysusers
     TMPFILES        packaging/systemd/tokensign.tmpfiles
     SOFTHSM_CONF    packaging/softhsm2.conf (the packaged /etc/tokensign/softhsm2.conf)
     CONFIG          config/tokensignd.conf (the packaged /etc/tokensign/tokensignd.conf)
     MAN_PAGES       the generated man pages, ':'-separated (build dir)
-    EXPOSURE_MAX    optional, default 2.0
+    EXPOSURE_MAX    optional, default 2.0 (meson sets 1.4)
 """
 
 import configparser
@@ -186,6 +188,32 @@ class Units(unittest.TestCase):
         finally:
             shutil.rmtree(d)
 
+    def test_own_sockets_drop_in(self):
+        """own-sockets-drop-in.conf.example applies cleanly, gives the daemon the groups the
+        packaged configuration names for its sockets and chown, and costs what it says."""
+        with open(env_path("OWN_SOCKETS_DROP_IN")) as f:
+            text = f.read()
+        drop = read_unit(env_path("OWN_SOCKETS_DROP_IN"))
+        conf = read_config(env_path("CONFIG"))
+        self.assertEqual(set(value(drop, "Service", "SupplementaryGroups").split()),
+                         {conf["sign"]["group"][0], conf["admin"]["group"][0]})
+        self.assertEqual(values(drop, "Service", "SystemCallFilter"), ["@chown"])
+        base, _ = self.exposure()
+        d = self.service + ".d"
+        os.makedirs(d, exist_ok=True)
+        try:
+            with open(os.path.join(d, "own-sockets.conf"), "w") as f:
+                f.write(text)
+            r = self.analyze("verify", "--man=no", self.service)
+            self.assertEqual(r.returncode, 0, r.stdout)
+            self.assertEqual(r.stdout.strip(), "", "with the drop-in:\n" + r.stdout)
+            level, _ = self.exposure()
+        finally:
+            shutil.rmtree(d)
+        said = re.search(r"exposure ([0-9.]+) -> ([0-9.]+)", text)
+        self.assertIsNotNone(said, "the drop-in does not say what it costs")
+        self.assertEqual((float(said.group(1)), float(said.group(2))), (base, level))
+
     def exposure(self):
         r = self.analyze("security", "--offline=true", "--no-pager",
                          "--threshold=%d" % round(EXPOSURE_MAX * 10), self.service)
@@ -235,9 +263,13 @@ class Units(unittest.TestCase):
                          r"^/usr/sbin/tokensignd -c /etc/tokensign/tokensignd\.conf$")
         self.assertTrue(value(u, S, "WatchdogSec"), "WatchdogSec= is not set")
         self.assertIn("@system-service", values(u, S, "SystemCallFilter"))
-        # the daemon's supplementary groups: it gives self-bound socket files these groups
-        self.assertEqual(set(value(u, S, "SupplementaryGroups").split()),
-                         {"tokensign-clients", "tokensign-admin"})
+        # The socket units give the socket files their groups: no supplementary groups and no
+        # chown, which only a daemon binding its own sockets needs (own-sockets drop-in). Their
+        # weight pays for sched_setaffinity, [hsm] pin-cpus = yes (the default).
+        self.assertIsNone(value(u, S, "SupplementaryGroups"))
+        filters = " ".join(values(u, S, "SystemCallFilter")).split()
+        self.assertNotIn("@chown", filters)
+        self.assertIn("sched_setaffinity", filters)
         # the runtime directory holds the sockets: clients must be able to traverse it
         self.assertEqual(value(u, S, "RuntimeDirectoryMode"), "0755")
         # A wrong PIN (exit status 77, tokensignd(8) EXIT STATUS) is never restarted into
@@ -316,7 +348,8 @@ class Units(unittest.TestCase):
         self.assertLess(int(users["tokensign"][2]), 1000, "not a system user")
         conf = read_config(env_path("CONFIG"))
         named = {conf["sign"]["group"][0], conf["admin"]["group"][0], "tokensign"}
-        named |= set(value(self.unit, "Service", "SupplementaryGroups").split())
+        named |= set(value(read_unit(env_path("OWN_SOCKETS_DROP_IN")), "Service",
+                           "SupplementaryGroups").split())
         named |= {value(read_unit(p), "Socket", "SocketGroup") for p in self.socket_srcs
                   if value(read_unit(p), "Socket", "SocketGroup")}
         for issuer in (s for s in conf if s.startswith("issuer:")):
