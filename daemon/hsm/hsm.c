@@ -158,6 +158,9 @@ static int pin_read(struct hsm *h, char *buf, size_t size, size_t *ret_len)
 	return 0;
 }
 
+/* How long before a C_Login answered CKR_USER_PIN_NOT_INITIALIZED is asked again. */
+#define LOGIN_AGAIN_MS 200
+
 /* The one C_Login with the PIN of the file. A refusal (wrong, locked, expired PIN) is final:
  * a token locks the PIN after a few wrong tries, so no path of this process tries it again,
  * and the daemon is told (hsm_on_pin_refused()) so that it exits rather than be restarted
@@ -176,6 +179,14 @@ static int login(struct hsm *h, CK_SESSION_HANDLE s)
 	r = pin_read(h, pin, sizeof(pin), &len);
 	if (r == 0) {
 		rv = h->f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, len);
+		/* Not a refusal of this PIN: the token did not check it. SoftHSM answers so while
+		 * another process rewrites the token's file (two instances making their first keys
+		 * at once read it half-written), so it is asked once more, a moment later; a token
+		 * really without a user PIN says so again. No try is counted against the PIN. */
+		if (rv == CKR_USER_PIN_NOT_INITIALIZED) {
+			nanosleep(&(struct timespec){.tv_nsec = LOGIN_AGAIN_MS * 1000000L}, NULL);
+			rv = h->f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, len);
+		}
 		r = rv == CKR_USER_ALREADY_LOGGED_IN ? 0 : hsm_check("C_Login", rv);
 	}
 	explicit_bzero(pin, sizeof(pin));
